@@ -1,0 +1,40 @@
+# Everything goes into .venv at the repository root. `make demo` and `make test` install first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages: dicom3tools gives dciodvfy (validates output against the IODs), dcmtk gives a real peer.
+APT_PACKAGES := dicom3tools dcmtk
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean apt
+
+install: $(STAMP)
+
+apt:
+	@missing=""; for t in dciodvfy dcmdump; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock
+	$(MAKE) apt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m deidpipe.demo
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: install
+	$(BIN)/ruff check deidpipe tests benchmarks
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-output

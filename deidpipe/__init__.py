@@ -1,0 +1,33 @@
+"""deidpipe: make medical imaging archives safe to share.
+
+The public API, re-exported from the stage sub-packages::
+
+    from deidpipe import Policy, ProjectKey, deidentify_dataset
+    key = ProjectKey.from_file("project.key")
+    clean = deidentify_dataset(ds, Policy.basic(options=["RetainLongModifiedDates"]), key=key)
+"""
+
+from deidpipe.errors import (
+    DeidError,
+    InputError,
+    InvalidValueError,
+    KeyMissingError,
+    NotDicomError,
+    PolicyError,
+    TruncatedError,
+)
+from deidpipe.keys import ProjectKey
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeidError",
+    "InputError",
+    "InvalidValueError",
+    "KeyMissingError",
+    "NotDicomError",
+    "PolicyError",
+    "ProjectKey",
+    "TruncatedError",
+    "__version__",
+]

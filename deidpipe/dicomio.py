@@ -1,0 +1,115 @@
+"""Reading and writing DICOM files with typed, value-free errors.
+
+pydicom parses lazily and warns (through ``warnings`` and its logger) with attribute values in the text. Here a
+read parses every element eagerly, so a bad value surfaces as an :class:`InputError` at read time rather than half
+way through de-identification, and pydicom's own messages are kept out of the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.datadict import dictionary_has_tag
+from pydicom.errors import InvalidDicomError
+
+from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
+
+# pydicom's log lines quote values; nothing below WARNING of ours goes through, and pydicom's are silenced.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's value-quoting warnings and validation while inside the block."""
+    settings = pydicom_config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = pydicom_config.IGNORE
+    settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved
+
+
+def _looks_like_dicom(ds: Dataset) -> bool:
+    """A forced read of a non-DICOM file yields a handful of nonsense tags; a real data set has known ones."""
+    tags = list(ds.keys())
+    if len(tags) < 2:
+        return False
+    known = sum(1 for t in tags if dictionary_has_tag(t) or t.is_private)
+    return known / len(tags) >= 0.9 and any(t.group == 0x0008 for t in tags)
+
+
+def _describe(exc: BaseException) -> str:
+    """A reason built from the exception's type only: pydicom's messages can quote values."""
+    if isinstance(exc, EOFError | ValueError) and "end of file" in str(exc).lower():
+        return "file is truncated"
+    return f"cannot be parsed ({type(exc).__name__})"
+
+
+def _force_parse(ds: Dataset, path: str | Path | None) -> None:
+    """Touch every element so that lazy conversion errors happen now, with the tag in the message."""
+    for elem in ds.iterall():
+        try:
+            _ = elem.value
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is an input problem
+            raise InvalidValueError(path, f"element {elem.tag} (VR {elem.VR}) {_describe(exc)}") from None
+        if elem.VR not in pydicom.valuerep.VR.__members__.values() and elem.VR != "UN":
+            raise InvalidValueError(path, f"element {elem.tag} has an unknown VR")
+
+
+def read_dataset(
+    source: str | Path | BinaryIO, *, stop_before_pixels: bool = False, name: str | None = None
+) -> FileDataset:
+    """Read a DICOM file completely or raise a typed :class:`InputError` that names the file and the reason.
+
+    Files without the 128-byte preamble and File Meta Information are accepted when what follows parses as a
+    plausible data set.
+    """
+    label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
+    if isinstance(source, str | Path):
+        p = Path(source)
+        if p.is_dir():
+            raise NotDicomError(label, "is a directory")
+        if not p.exists():
+            raise InputError(label, "does not exist")
+        if p.stat().st_size == 0:
+            raise NotDicomError(label, "is empty")
+    with quiet_pydicom():
+        try:
+            try:
+                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+            except InvalidDicomError:
+                if not isinstance(source, str | Path):
+                    source.seek(0)
+                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
+                if not _looks_like_dicom(ds):
+                    raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
+            _force_parse(ds, label)
+        except InputError:
+            raise
+        except (EOFError, OSError) as exc:
+            if isinstance(exc, EOFError) or "end of file" in str(exc).lower():
+                raise TruncatedError(label, "file is truncated") from None
+            raise InputError(label, f"cannot be read ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for malformed input
+            if "end of file" in str(exc).lower() or "truncat" in str(exc).lower():
+                raise TruncatedError(label, "file is truncated") from None
+            raise InputError(label, _describe(exc)) from None
+    return ds
+
+
+def write_dataset(ds: Dataset, target: str | Path | BinaryIO) -> None:
+    """Write ``ds`` as a DICOM Part 10 file (preamble and File Meta Information always present)."""
+    with quiet_pydicom():
+        ds.save_as(target, enforce_file_format=True)
