@@ -228,6 +228,27 @@ class RestoreReport:
     """Top-level attributes put back (counted once per item)."""
 
 
+def _der_unpad(data: bytes) -> bytes:
+    """Drop the trailing 0x00 that DICOM adds to make an odd-length OB value even (PS3.5 6.2).
+
+    A DER parser rejects bytes after the outer SEQUENCE, so Encrypted Content (0400,0520) read from a file
+    is cut to the length that the outer DER header announces, when what follows is only zero padding.
+    """
+    if len(data) < 2 or data[0] != 0x30:
+        return data
+    first = data[1]
+    if first < 0x80:
+        total = 2 + first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 8 or len(data) < 2 + n:
+            return data
+        total = 2 + n + int.from_bytes(data[2 : 2 + n], "big")
+    if total < len(data) and not data[total:].strip(b"\x00"):
+        return data[:total]
+    return data
+
+
 def _same_public_key(private_key: PrivateKey, certificate: x509.Certificate) -> bool:
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
@@ -273,7 +294,9 @@ def restore_with_report(ds: Dataset, private_key: PrivateKey, certificate: x509.
                 f"Encrypted Attributes Sequence item {index}: no Encrypted Content (0400,0520)"
             )
         try:
-            plaintext = pkcs7.pkcs7_decrypt_der(bytes(content.value), certificate, private_key, [])
+            plaintext = pkcs7.pkcs7_decrypt_der(
+                _der_unpad(bytes(content.value)), certificate, private_key, []
+            )
         except ValueError as exc:
             if "No recipient found" in str(exc):
                 left.append(item)
