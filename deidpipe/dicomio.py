@@ -16,8 +16,8 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileDataset
 from pydicom.datadict import dictionary_has_tag
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError

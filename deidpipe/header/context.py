@@ -1,0 +1,88 @@
+"""Per-object state of one de-identification: the key, the policy, the patient's pseudonym and date shift."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+from deidpipe.header.rules import RuleTable, SafePrivate, load_safe_private, load_table
+from deidpipe.header.text import DenyList, date_variants
+from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy
+
+# Attributes whose original values make up the object's deny-list (screening) and residual check.
+IDENTITY_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+    "PatientMotherBirthName", "AccessionNumber", "IssuerOfPatientID", "PatientAddress",
+    "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+    "RequestingPhysician", "StudyID", "MedicalRecordLocator", "PatientBirthDate",
+)
+RESIDUAL_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthName")
+
+
+def _strings(ds: Dataset, keyword: str) -> list[str]:
+    elem = ds.data_element(keyword) if keyword in ds else None
+    if elem is None or elem.value in (None, "", b""):
+        return []
+    values = elem.value if isinstance(elem.value, list | tuple) or elem.VM > 1 else [elem.value]
+    return [str(v) for v in values if v not in (None, "")]
+
+
+def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS) -> list[str]:
+    """The object's identifying strings: whole values, name components and name parts, date spellings."""
+    terms: list[str] = []
+    for kw in keywords:
+        for s in _strings(ds, kw):
+            if kw == "PatientBirthDate":
+                terms += date_variants(s)
+                continue
+            terms.append(s)
+            if "^" in s or "=" in s:  # PN: each group, each component, each word of a component
+                for group in s.split("="):
+                    comps = [c for c in group.split("^") if c.strip()]
+                    terms += comps
+                    terms += [w for c in comps for w in c.split()]
+                    if len(comps) >= 2:
+                        terms += [f"{comps[1]} {comps[0]}", f"{comps[0]} {comps[1]}", f"{comps[0]}, {comps[1]}"]
+    return terms
+
+
+def patient_key(ds: Dataset) -> str:
+    """What identifies the patient for pseudonyms and date shifts: Patient ID, else name, else the study."""
+    for kw in ("PatientID", "PatientName", "StudyInstanceUID"):
+        s = _strings(ds, kw)
+        if s and s[0].strip():
+            return f"{kw}:{s[0].strip()}"
+    return "unknown"
+
+
+@dataclass
+class ScrubContext:
+    """Everything the actions need for one object; built by :meth:`for_dataset`."""
+
+    key: ProjectKey
+    policy: Policy
+    table: RuleTable
+    safe_private: SafePrivate
+    patient_token: str
+    shift_days: int
+    denylist: DenyList
+    use_model: bool
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def for_dataset(cls, ds: Dataset, policy: Policy, key: ProjectKey) -> ScrubContext:
+        pkey = patient_key(ds)
+        return cls(
+            key=key,
+            policy=policy,
+            table=load_table(),
+            safe_private=load_safe_private(),
+            patient_token=key.token("patient", pkey, 16),
+            shift_days=key.date_shift_days(pkey),
+            denylist=DenyList.from_terms(identity_terms(ds)),
+            use_model=policy.text_screening == "presidio",
+        )

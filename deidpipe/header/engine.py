@@ -1,0 +1,143 @@
+"""The header de-identification engine: one pydicom Dataset in, a de-identified Dataset out.
+
+    result = deidentify(ds, Policy.basic(), ProjectKey.from_file("project.key"))
+    result.dataset          # a new FileDataset; ``ds`` is not modified
+    result.actions          # Counter of actions taken, by Table E.1-1 code (P = keyed pseudonym)
+
+Fail closed: anything unexpected raises a :class:`~deidpipe.errors.DeidError` naming the tag and the kind of
+failure, never a value, and no partial result is returned. A last check searches every text element of the
+output for the object's own identifying values (name, IDs, birth date) and refuses the object if one survived.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+import deidpipe
+from deidpipe.errors import DeidError, PolicyError
+from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
+from deidpipe.header.rules import load_rule_file
+from deidpipe.header.text import DenyList
+from deidpipe.header.walk import scrub_dataset
+from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy, is_known_tag
+
+#: Implementation Class UID (0002,0012) of files written by deidpipe: 2.25 + a fixed 128-bit number.
+IMPLEMENTATION_CLASS_UID = "2.25.215806209617355374052498211498738711649"
+IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{deidpipe.__version__.replace('.', '_')}"[:16]
+_RESIDUAL_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "CS"})
+
+
+class ResidualIdentityError(DeidError):
+    """An identifying value of the object survived de-identification (the object must not be released)."""
+
+
+@dataclass
+class HeaderResult:
+    """What :func:`deidentify` produced for one object.
+
+    Attributes:
+        dataset: the de-identified data set, with new File Meta Information.
+        actions: how often each action was applied (D, Z, X, K, C, U, P for pseudonym, set; and
+            ``C:spans``, the number of text spans replaced while cleaning).
+    """
+
+    dataset: FileDataset
+    actions: Counter[str] = field(default_factory=Counter)
+
+
+def _method_codes(policy: Policy) -> list[tuple[str, str]]:
+    data = load_rule_file("options.yaml")
+    codes = [(data["profile"]["code"], data["profile"]["meaning"])]
+    codes += [(data["options"][o]["code"], data["options"][o]["meaning"]) for o in sorted(policy.options)]
+    return codes
+
+
+def set_method_attributes(ds: Dataset, policy: Policy) -> None:
+    """PatientIdentityRemoved, DeidentificationMethod (+ Code Sequence, CID 7050) and
+    LongitudinalTemporalInformationModified, as PS3.15 E.1.1 asks."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = [f"deidpipe {deidpipe.__version__}"] + [m for _, m in _method_codes(policy)]
+    items = []
+    for code, meaning in _method_codes(policy):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = items
+    ds.LongitudinalTemporalInformationModified = {
+        "full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}[policy.temporal]
+
+
+def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:
+    """Fresh File Meta Information: only the transfer syntax survives; AE titles and private info do not."""
+    meta = FileMetaDataset()
+    old = getattr(src, "file_meta", None)
+    ts = getattr(old, "TransferSyntaxUID", None) if old is not None else None
+    if ts is None:
+        ts = ImplicitVRLittleEndian if getattr(src, "is_implicit_VR", False) else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", "")
+    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID", "")
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
+    """Refuse the object if its Patient's Name, IDs or Accession Number still appear in any text element.
+
+    Terms from attributes the policy explicitly keeps are left out of the check.
+    """
+    keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
+    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if kw in src and src[kw].tag not in keep)
+    deny = DenyList.from_terms(identity_terms(src, keywords))
+    if deny.pattern is None:
+        return
+    for elem in out.iterall():
+        if elem.VR in _RESIDUAL_VRS and elem.value not in (None, ""):
+            values = elem.value if elem.VM > 1 else [elem.value]
+            if any(deny.spans(str(v)) for v in values):
+                raise ResidualIdentityError(
+                    f"an identifying value of the object survived in {elem.tag} ({elem.keyword or 'private'})")
+
+
+def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
+    """De-identify the header of one object under ``policy``; ``ds`` itself is not modified."""
+    ctx = ScrubContext.for_dataset(ds, policy, key)
+    try:
+        out = scrub_dataset(ds, ctx)
+    except DeidError:
+        raise
+    except ValueError as exc:
+        if str(exc) == "set":
+            raise PolicyError("action 'set' cannot be applied to a sequence") from None
+        raise DeidError(f"header de-identification failed ({type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unforeseen, without the message
+        raise DeidError(f"header de-identification failed ({type(exc).__name__})") from None
+    for add in policy.additions:
+        if add.tag not in out and is_known_tag(add.tag):
+            from pydicom.datadict import dictionary_VR
+
+            out.add_new(add.tag, dictionary_VR(add.tag), add.value)
+            ctx.counts["set"] += 1
+    set_method_attributes(out, policy)
+    check_residual_identity(ds, out, policy)
+    if policy.recipients:
+        from deidpipe.header.reversible import add_encrypted_attributes, load_certificate, originals_from_diff
+
+        certs = [load_certificate(p) for p in policy.recipients]
+        add_encrypted_attributes(out, originals_from_diff(ds, out), certs)
+    result = FileDataset("", out, file_meta=_file_meta(ds, out), preamble=b"\x00" * 128)
+    ts = result.file_meta.TransferSyntaxUID
+    if ts.is_transfer_syntax:
+        result.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian)
+    return HeaderResult(dataset=result, actions=ctx.counts)
+
+
+def deidentify_dataset(ds: Dataset, policy: Policy | None = None, key: ProjectKey | None = None) -> FileDataset:
+    """De-identify one data set; the policy defaults to the Basic Profile, the key to the environment."""
+    return deidentify(ds, policy or Policy.basic(), key or ProjectKey.from_env()).dataset

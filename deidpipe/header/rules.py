@@ -1,0 +1,166 @@
+"""Table E.1-1 and the other rule files in ``rules/``, loaded once and turned into per-tag actions.
+
+Action codes are those of PS3.15 Table E.1-1:
+
+=====  ===========================================================================================
+``D``  replace with a non-zero-length dummy value consistent with the VR
+``Z``  replace with a zero-length value (or a dummy, where the attribute must stay non-empty)
+``X``  remove
+``K``  keep (non-sequence attributes); a kept sequence still has its items processed
+``C``  clean: keep the value with identifying information removed (text screened, dates shifted)
+``U``  replace a UID with a keyed non-zero-length UID, the same for the same input everywhere
+=====  ===========================================================================================
+
+Compound codes (``Z/D``, ``X/Z``, ``X/D``, ``X/Z/D``, ``X/Z/U*``) name a choice the standard leaves to the
+implementation, by the attribute's Type in the IOD. deidpipe resolves them without IOD tables by keeping the
+attribute's *presence* and dropping its *content*; see :func:`resolve_compound`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deidpipe.errors import PolicyError
+
+ACTION_CODES = ("D", "Z", "X", "K", "C", "U")
+COMPOUND_CODES = ("Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*")
+
+
+def rules_dir() -> Path:
+    """The ``rules/`` folder: beside the package in a checkout, inside it in an installed wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "rules", here / "_rules"):
+        if (candidate / "ps315_table_e1_1.json").is_file():
+            return candidate
+    raise PolicyError("rules/ folder not found beside or inside the deidpipe package")
+
+
+@cache
+def load_rule_file(name: str) -> Any:
+    """Parse one file of ``rules/`` (JSON or YAML), cached for the life of the process."""
+    path = rules_dir() / name
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of Table E.1-1: a single tag, or a group pattern such as ``(60XX,3000)``."""
+
+    tag: str
+    name: str
+    basic: str
+    options: dict[str, str]
+
+    def action(self, option_columns: frozenset[str]) -> str:
+        """The row's action under the enabled option columns.
+
+        Options only ever make the profile less destructive, so when two apply, a keep (``K``) wins over a
+        clean (``C``), which wins over the Basic Profile's action.
+        """
+        chosen = [self.options[c] for c in option_columns if c in self.options]
+        if "K" in chosen:
+            return "K"
+        if "C" in chosen:
+            return "C"
+        return self.basic
+
+
+_PATTERN = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$")
+
+
+@dataclass(frozen=True)
+class RuleTable:
+    """Table E.1-1 indexed by tag, with the few group patterns (50xx curves, 60xx overlays) kept apart."""
+
+    by_tag: dict[int, TableRow]
+    patterns: tuple[tuple[int, int, int, int, TableRow], ...]  # (group mask, group, elem mask, elem, row)
+    edition: dict[str, str]
+
+    def lookup(self, tag: int) -> TableRow | None:
+        """The row that governs ``tag``, or None when the table does not list it."""
+        row = self.by_tag.get(tag)
+        if row is not None:
+            return row
+        group, elem = tag >> 16, tag & 0xFFFF
+        for gmask, gval, emask, evalue, prow in self.patterns:
+            if group & gmask == gval and elem & emask == evalue:
+                return prow
+        return None
+
+    def __len__(self) -> int:
+        return len(self.by_tag) + len(self.patterns)
+
+
+@cache
+def load_table() -> RuleTable:
+    """Load ``rules/ps315_table_e1_1.json`` (built by ``scripts/build_rules.py``)."""
+    data = load_rule_file("ps315_table_e1_1.json")
+    by_tag: dict[int, TableRow] = {}
+    patterns = []
+    for r in data["rows"]:
+        row = TableRow(tag=r["tag"], name=r["name"], basic=r["basic"], options=r["options"])
+        m = _PATTERN.match(row.tag)
+        if not m:
+            continue  # "(GGGG,EEEE) WHERE GGGG IS ODD": private attributes, handled by header.private
+        g, e = m.groups()
+        if "X" in g or "X" in e:
+            gmask = int("".join("0" if c == "X" else "F" for c in g), 16)
+            emask = int("".join("0" if c == "X" else "F" for c in e), 16)
+            patterns.append((gmask, int(g.replace("X", "0"), 16), emask, int(e.replace("X", "0"), 16), row))
+        else:
+            by_tag[int(g + e, 16)] = row
+    return RuleTable(by_tag=by_tag, patterns=tuple(patterns), edition=data["edition"])
+
+
+def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool) -> str:
+    """Choose one action for a compound code, so that the output stays valid for any IOD.
+
+    The standard picks X for a Type 3 attribute, Z for Type 2 and D for Type 1. Rather than carry the IOD
+    module tables, deidpipe keeps what the input had present and removes only the content:
+
+    - ``X/Z/U*``: the sequence stays, its items are processed (every UID inside mapped) -> ``U``;
+    - a sequence under ``X/Z``, ``X/D``, ``X/Z/D`` or ``Z/D`` keeps its items, each de-identified -> ``D``
+      (the items' own attributes follow their own rows, so nothing identifying survives);
+    - an empty input value stays empty -> ``Z`` (valid wherever the input was valid);
+    - a non-empty value becomes a dummy when the code allows ``D`` (valid even for Type 1), else empty (``Z``).
+
+    The cost is a dummy value where removal would also have been valid; the benefit is that no object
+    becomes invalid because an attribute its IOD requires went missing.
+    """
+    if code not in COMPOUND_CODES:
+        return code
+    if code == "X/Z/U*":
+        return "U"
+    if is_sequence:
+        return "D" if "D" in code else "Z"
+    if not present_and_nonempty:
+        return "Z"
+    return "D" if "D" in code else "Z"
+
+
+@dataclass(frozen=True)
+class SafePrivate:
+    """Creator-qualified private elements that the Retain Safe Private option may keep."""
+
+    keys: frozenset[tuple[int, str, int]]  # (group, creator lower-cased and stripped, element byte)
+
+    def is_safe(self, group: int, creator: str, element_byte: int) -> bool:
+        return (group, creator.strip().lower(), element_byte) in self.keys
+
+
+@cache
+def load_safe_private() -> SafePrivate:
+    """Load ``rules/safe_private.json`` (TCIA private tag knowledge base, disposition keep)."""
+    data = load_rule_file("safe_private.json")
+    keys = frozenset(
+        (int(e["group"], 16), e["creator"].strip().lower(), int(e["element"], 16)) for e in data["entries"]
+    )
+    return SafePrivate(keys)

@@ -1,0 +1,176 @@
+"""Walk a data set at every nesting level and decide, element by element, what de-identification does.
+
+The decision for one element, in order:
+
+1. a policy override for its tag (``K``, ``X``, ``Z``, ``D``, ``C``, ``U`` or ``set``);
+2. its Table E.1-1 row, under the enabled options, compound codes resolved by
+   :func:`~deidpipe.header.rules.resolve_compound`;
+3. private elements: removed, unless Retain Safe Private and the TCIA knowledge base marks the
+   creator-qualified element safe;
+4. attributes the table does not list: UIDs mapped, PN replaced, free text screened, dates treated like the
+   table's dates; unknown tags removed; everything else kept (strict mode: only the allow-list is kept).
+
+Sequences are walked item by item; a sequence whose action is D (or C) passes that mode down, so that
+free text the table does not list inside, e.g. an SR Content Sequence, gets a dummy (or is cleaned).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from pydicom.datadict import dictionary_is_retired
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from deidpipe.header import actions
+from deidpipe.header.context import ScrubContext
+from deidpipe.header.rules import load_rule_file, resolve_compound
+from deidpipe.policy import is_known_tag
+
+NORMAL, DUMMY, CLEAN = "normal", "dummy", "clean"
+
+
+@cache
+def _free_text_rules() -> tuple[frozenset[str], re.Pattern[str], frozenset[str]]:
+    data = load_rule_file("free_text.yaml")
+    return frozenset(data["text_vrs"]), re.compile(data["keyword_pattern"]), frozenset(data["never_screen"])
+
+
+@cache
+def _strict_allow() -> tuple[frozenset[str], frozenset[str]]:
+    data = load_rule_file("strict_allow.yaml")
+    return frozenset(data["safe_vrs"]), frozenset(data["keep"])
+
+
+@cache
+def _identifiers() -> dict[str, str]:
+    data = load_rule_file("identifiers.yaml")
+    out = {kw: kind for kw, kind in data["patient"].items()}
+    out.update({kw: "value" for kw in data["value"]})
+    return out
+
+
+def _is_free_text(elem: DataElement) -> bool:
+    text_vrs, pattern, never = _free_text_rules()
+    return elem.VR in text_vrs and elem.keyword not in never and bool(pattern.search(elem.keyword))
+
+
+def _unlisted_action(elem: DataElement, ctx: ScrubContext, mode: str) -> str:
+    """The action for a standard attribute that Table E.1-1 does not list."""
+    tag = int(elem.tag)
+    if not is_known_tag(tag):
+        return "X"  # cannot judge what an unknown attribute holds
+    if ctx.policy.strict:
+        safe_vrs, keep = _strict_allow()
+        if dictionary_is_retired(tag) or not (elem.VR in safe_vrs or elem.keyword in keep or elem.VR == "UI"):
+            return "X"
+    vr = elem.VR
+    if vr == "UI":
+        return "U"
+    if vr == "PN":
+        return "D"
+    if vr in ("DA", "DT", "TM"):
+        return {"full": "K", "modified": "C", "removed": "D"}[ctx.policy.temporal]
+    if _is_free_text(elem):
+        return "D" if mode == DUMMY else "C"
+    return "K"
+
+
+def decide(elem: DataElement, ctx: ScrubContext, mode: str) -> tuple[str, str | None]:
+    """The single action for a standard (even-group) element and, for ``set``, its value."""
+    override = ctx.policy.override_map.get(int(elem.tag))
+    if override is not None:
+        return override.action, override.value
+    row = ctx.table.lookup(int(elem.tag))
+    action = row.action(ctx.policy.option_columns) if row is not None else _unlisted_action(elem, ctx, mode)
+    action = resolve_compound(action, present_and_nonempty=not elem.is_empty, is_sequence=elem.VR == "SQ")
+    return action, None
+
+
+def _scrub_sequence(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement:
+    items = Sequence([scrub_dataset(item, ctx, mode) for item in elem.value])
+    return DataElement(elem.tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
+
+
+def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement | None:
+    """The de-identified element, or None when it is removed. Counts each action in ``ctx.counts``."""
+    action, set_value = decide(elem, ctx, mode)
+    kind = _identifiers().get(elem.keyword)
+    if kind is not None and action in ("Z", "D") and not elem.is_empty:
+        action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
+    if action == "C" and elem.VR != "SQ":
+        value = actions.clean_value(elem, ctx)
+        if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
+            action = "D"
+    ctx.counts[action] += 1
+    if action == "X":
+        return None
+    if elem.VR == "SQ":
+        if action == "Z":
+            return DataElement(elem.tag, "SQ", Sequence())
+        if action == "set":
+            raise ValueError("set")  # turned into a PolicyError by the engine
+        return _scrub_sequence(elem, ctx, {"D": DUMMY, "C": CLEAN}.get(action, mode))
+    if action == "K":
+        return DataElement(elem.tag, elem.VR, elem.value)
+    if action == "Z":
+        return DataElement(elem.tag, elem.VR, elem.empty_value)
+    if action == "D":
+        return DataElement(elem.tag, elem.VR, actions.dummy_value(elem, ctx))
+    if action == "U":
+        return DataElement(elem.tag, elem.VR, actions.map_uids(elem, ctx))
+    if action == "P":
+        return DataElement(elem.tag, elem.VR, actions.pseudonym(elem, ctx, kind or "value"))
+    if action == "C":
+        return DataElement(elem.tag, elem.VR, value)
+    if action == "set":
+        return DataElement(elem.tag, elem.VR, set_value)
+    raise ValueError(f"action {action}")
+
+
+def _scrub_private(ds: Dataset, elem: DataElement, ctx: ScrubContext, mode: str,
+                   kept_blocks: set[tuple[int, int]]) -> DataElement | None:
+    """Keep a private element only under Retain Safe Private, when its creator-qualified tag is safe."""
+    group, el = elem.tag.group, elem.tag.element
+    if el < 0x1000 or "RetainSafePrivate" not in ctx.policy.options:
+        ctx.counts["X"] += 1 if el >= 0x0100 or el < 0x0010 else 0
+        return None
+    block = el >> 8
+    creator_elem = ds.get((group << 16) | block)
+    creator = str(creator_elem.value) if creator_elem is not None and creator_elem.value else ""
+    if not creator or not ctx.safe_private.is_safe(group, creator, el & 0xFF):
+        ctx.counts["X"] += 1
+        return None
+    kept_blocks.add((group, block))
+    ctx.counts["K"] += 1
+    if elem.VR == "SQ":
+        return _scrub_sequence(elem, ctx, mode)
+    return DataElement(elem.tag, elem.VR, elem.value)
+
+
+def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Dataset:
+    """A new Dataset holding the de-identified elements of ``src`` (which is left untouched)."""
+    out = Dataset()
+    kept_blocks: set[tuple[int, int]] = set()
+    removed_overlays: set[int] = set()
+    for elem in src:
+        tag = elem.tag
+        if tag.element == 0x0000:
+            continue  # group lengths are retired and recomputed by nobody: drop them
+        if tag.is_private:
+            new = _scrub_private(src, elem, ctx, mode, kept_blocks)
+        else:
+            new = scrub_element(elem, ctx, mode)
+            if new is None and 0x6000 <= tag.group <= 0x601E and tag.element == 0x3000:
+                removed_overlays.add(tag.group)
+        if new is not None:
+            out.add(new)
+    for group, block in kept_blocks:  # the Private Creator of every block something was kept from
+        creator = src[(group << 16) | block]
+        out.add(DataElement(creator.tag, creator.VR, creator.value))
+    for group in removed_overlays:  # an overlay without its data is invalid: drop the whole plane
+        for tag in [t for t in out.keys() if t.group == group]:
+            del out[tag]
+    return out
