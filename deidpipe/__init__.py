@@ -20,8 +20,16 @@ from deidpipe.keys import ProjectKey
 
 __version__ = "0.1.0"
 
+# Imported after __version__: the engine stamps it into DeidentificationMethod.
+from deidpipe.header.engine import HeaderResult, deidentify, deidentify_dataset  # noqa: E402
+from deidpipe.policy import Policy  # noqa: E402
+
 __all__ = [
     "DeidError",
+    "HeaderResult",
+    "Policy",
+    "deidentify",
+    "deidentify_dataset",
     "InputError",
     "InvalidValueError",
     "KeyMissingError",

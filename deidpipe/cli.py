@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import typer
 
+from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="deidpipe: make medical imaging archives safe to share (DICOM PS3.15 de-identification).",
+)
+app.command("deid-file")(deid_file)
+app.command("keygen")(keygen)
+app.add_typer(rules_app, name="rules")
 app.command("reidentify")(reidentify)
 app.command("make-recipient")(make_recipient_command)

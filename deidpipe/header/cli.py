@@ -1,0 +1,101 @@
+"""Commands of the header stage: ``deid-file``, ``rules show`` and ``keygen``. Thin over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deidpipe.errors import DeidError
+from deidpipe.keys import KEY_ENV, KEY_FILE_ENV, ProjectKey
+from deidpipe.policy import Policy, option_catalogue
+
+console = Console(stderr=True)
+rules_app = typer.Typer(help="Inspect the de-identification rules.", no_args_is_help=True)
+
+PolicyOpt = typer.Option(None, "--policy", help="YAML policy file (see docs/header.md).")
+OptionOpt = typer.Option([], "--option", "-o", help="Profile option to enable, e.g. RetainLongModifiedDates.")
+StrictOpt = typer.Option(False, "--strict", help="Keep only the allow-list (recommended for public release).")
+KeyFileOpt = typer.Option(None, "--key-file", help=f"Project key file; else ${KEY_ENV} or ${KEY_FILE_ENV}.")
+
+
+def policy_from_cli(policy_file: Path | None, options: list[str], strict: bool) -> Policy:
+    """The policy a command runs with: the file's, plus any options and strictness given on the line."""
+    policy = Policy.load(policy_file) if policy_file else Policy.basic()
+    if options:
+        policy = policy.with_options(*options)
+    if strict and not policy.strict:
+        from dataclasses import replace
+
+        policy = replace(policy, strict=True)
+    return policy
+
+
+def deid_file(
+    src: Path = typer.Argument(..., help="DICOM file to de-identify (not modified)."),
+    dst: Path = typer.Argument(..., help="Where to write the de-identified file."),
+    policy_file: Path | None = PolicyOpt,
+    option: list[str] = OptionOpt,
+    strict: bool = StrictOpt,
+    key_file: Path | None = KeyFileOpt,
+) -> None:
+    """De-identify one DICOM file's header."""
+    from deidpipe.dicomio import read_dataset, write_dataset
+    from deidpipe.header.engine import deidentify
+
+    try:
+        policy = policy_from_cli(policy_file, option, strict)
+        key = ProjectKey.load(key_file)
+        if dst.resolve() == src.resolve():
+            raise DeidError("refusing to overwrite the input file")
+        result = deidentify(read_dataset(src), policy, key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".part")
+        write_dataset(result.dataset, tmp)
+        tmp.replace(dst)
+    except DeidError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
+    console.print(f"de-identified -> {dst} ({counts})")
+
+
+@rules_app.command("show")
+def rules_show(
+    sop_class: str = typer.Option("", "--sop-class", help="SOP Class UID or name, shown in the title."),
+    policy_file: Path | None = PolicyOpt,
+    option: list[str] = OptionOpt,
+    strict: bool = StrictOpt,
+    changed_only: bool = typer.Option(False, "--changed-only", help="Only rows an option or override changes."),
+) -> None:
+    """Print the effective action of every Table E.1-1 row (and override) under a policy."""
+    from deidpipe.header.inspect import effective_rules
+
+    policy = policy_from_cli(policy_file, option, strict)
+    rows = effective_rules(policy)
+    title = f"Effective policy: {policy.describe()}" + (f" — SOP class {sop_class}" if sop_class else "")
+    table = Table(title=title, show_lines=False)
+    for col in ("tag", "attribute", "basic", "effective", "because"):
+        table.add_column(col)
+    for r in rows:
+        if changed_only and r.source == "basic profile":
+            continue
+        table.add_row(r.tag, r.name, r.basic, r.effective, r.source)
+    Console().print(table)
+    Console().print(
+        "Compound codes keep the attribute's presence and drop its content: a non-empty value gets a dummy (D) "
+        "where allowed, else is emptied (Z); sequences keep their items, each de-identified. Actions do not "
+        "depend on the SOP class beyond that. Options known: " + ", ".join(sorted(option_catalogue()))
+    )
+
+
+def keygen(out: Path = typer.Argument(..., help="File to create (mode 0600); never printed.")) -> None:
+    """Create a new project key (32 random bytes, hex) for keyed pseudonyms."""
+    try:
+        ProjectKey.generate(out)
+    except FileExistsError:
+        console.print(f"[red]error:[/red] {out} exists; a key is never overwritten")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {out} (mode 0600). Keep it secret and back it up: re-runs need the same key.")
