@@ -1,0 +1,34 @@
+"""Synthetic DICOM archives with an answer key.
+
+``generate_archive(out_dir)`` writes a small multi-patient archive (CT, MR, US, Comprehensive SR, RT Structure
+Set) full of planted identifying values in four character sets, private blocks, nested sequences and file meta,
+plus ``answer_key.json``: every planted value with its path and the bytes a leak search must look for, and every
+cross-object reference.  Users test their own pipelines with it; deidpipe's tests are built on it.
+"""
+
+from deidpipe.synth.answer_key import (
+    AnswerKey,
+    FileEntry,
+    PatientEntry,
+    Planted,
+    Reference,
+    SafePrivate,
+    SeriesEntry,
+    StudyEntry,
+    lookup,
+)
+from deidpipe.synth.archive import KEY_FILE, generate_archive
+
+__all__ = [
+    "KEY_FILE",
+    "AnswerKey",
+    "FileEntry",
+    "PatientEntry",
+    "Planted",
+    "Reference",
+    "SafePrivate",
+    "SeriesEntry",
+    "StudyEntry",
+    "generate_archive",
+    "lookup",
+]

@@ -1,0 +1,140 @@
+"""Setting values on datasets while recording them for the answer key.
+
+Builders never write an identifying value straight into a dataset: they go through :class:`FilePlanter`, which
+sets the element and records (path, value, VR, kind, file).  That way the key cannot drift from the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from deidpipe.synth.answer_key import Planted, Reference, SafePrivate, is_searchable, search_bytes_for
+
+
+def private_step(group: int, creator: str, offset: int) -> str:
+    """The path step of a private element, as the TCIA knowledge base writes it."""
+    return f'({group:04X},"{creator}",{offset:02X})'
+
+
+@dataclass
+class _Rec:
+    value: str
+    path: str
+    vr: str
+    kind: str
+    patient: int | None
+    files: list[str] = field(default_factory=list)
+    contains: list[str] = field(default_factory=list)
+
+
+def _iso_of(value: str, vr: str) -> str | None:
+    if vr in {"DA", "DT"} and len(value) >= 8 and value[:8].isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    return None
+
+
+class Recorder:
+    """Collects planted values, safe private elements and references over the whole archive."""
+
+    def __init__(self) -> None:
+        self._planted: dict[tuple[str, str, int | None], _Rec] = {}
+        self._safe: dict[tuple[str, str], SafePrivate] = {}
+        self._refs: list[tuple[str, str, str, str]] = []
+        self.file_charsets: dict[str, str | list[str]] = {}
+
+    def for_file(self, rel: str, patient: int | None, charset: str | list[str]) -> FilePlanter:
+        """A planter for one file written under SpecificCharacterSet ``charset``."""
+        self.file_charsets[rel] = charset
+        return FilePlanter(self, rel, patient)
+
+    def record(self, rel: str, patient: int | None, path: str, value: str, vr: str, kind: str,
+               contains: list[str]) -> None:
+        rec = self._planted.setdefault((path, value, patient), _Rec(value, path, vr, kind, patient))
+        if rel not in rec.files:
+            rec.files.append(rel)
+        for c in contains:
+            if c not in rec.contains:
+                rec.contains.append(c)
+
+    def record_safe(self, rel: str, path: str, creator: str, group: int, offset: int, vr: str, value: str) -> None:
+        entry = self._safe.setdefault((path, value), SafePrivate(path, creator, group, offset, vr, value, []))
+        if rel not in entry.files:
+            entry.files.append(rel)
+
+    def record_ref(self, rel: str, path: str, uid: str, kind: str) -> None:
+        self._refs.append((rel, path, uid, kind))
+
+    def planted(self) -> list[Planted]:
+        """The planted records with their search bytes, computed from the charsets of the files they are in."""
+        out: list[Planted] = []
+        for rec in self._planted.values():
+            written: list[str | list[str]] = []
+            for rel in rec.files:
+                cs = self.file_charsets[rel]
+                if cs not in written:
+                    written.append(cs)
+            patterns = search_bytes_for(rec.value, rec.vr, written, rec.contains)
+            searchable = bool(patterns) and is_searchable(rec.value.encode("utf-8"))
+            out.append(Planted(
+                value=rec.value, path=rec.path, vr=rec.vr, kind=rec.kind, patient=rec.patient,
+                files=sorted(rec.files), search_bytes=[p.hex() for p in patterns] if searchable else [],
+                searchable=searchable, date_iso=_iso_of(rec.value, rec.vr), contains=rec.contains,
+            ))
+        return sorted(out, key=lambda p: (p.patient if p.patient is not None else -1, p.path, p.value))
+
+    def safe_private(self) -> list[SafePrivate]:
+        return sorted(self._safe.values(), key=lambda s: (s.path, s.value))
+
+    def references(self, targets: dict[tuple[str, str], list[str]]) -> list[Reference]:
+        """References with the files holding each referenced UID (``targets`` maps (kind, uid) to files)."""
+        return [Reference(rel, path, uid, kind, sorted(targets.get((kind, uid), [])))
+                for rel, path, uid, kind in self._refs]
+
+
+class FilePlanter:
+    """Plants values into the datasets of one file."""
+
+    def __init__(self, recorder: Recorder, rel: str, patient: int | None) -> None:
+        self.recorder = recorder
+        self.rel = rel
+        self.patient = patient
+
+    def put(self, ds: Dataset, keyword: str, value: Any, kind: str, prefix: str = "",
+            contains: list[str] | None = None) -> None:
+        """Set ``ds.<keyword> = value`` and record it (each value of a multi-valued element separately)."""
+        setattr(ds, keyword, value)
+        vr = dictionary_VR(keyword)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            self.note(prefix + keyword, str(v), vr, kind, contains)
+
+    def note(self, path: str, value: str, vr: str, kind: str, contains: list[str] | None = None) -> None:
+        """Record a value that is already in the dataset (set by other means, e.g. a private block)."""
+        self.recorder.record(self.rel, self.patient, path, value, vr, kind, list(contains or []))
+
+    def private(self, ds: Dataset, group: int, creator: str, offset: int, vr: str, value: Any,
+                kind: str | None, prefix: str = "", contains: list[str] | None = None) -> str:
+        """Add a private element; ``kind`` None marks a KB-safe ('k') element.  Returns its path."""
+        ds.private_block(group, creator, create=True).add_new(offset, vr, value)
+        path = prefix + private_step(group, creator, offset)
+        if vr == "SQ":
+            return path
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if kind is None:
+            self.recorder.record_safe(self.rel, path, creator, group, offset, vr, text)
+        else:
+            self.note(path, text if not isinstance(value, bytes) else _ob_text(value), vr, kind, contains)
+        return path
+
+    def ref(self, path: str, uid: str, kind: str) -> None:
+        """Record a cross-object reference held at ``path`` in this file."""
+        self.recorder.record_ref(self.rel, path, uid, kind)
+
+
+def _ob_text(data: bytes) -> str:
+    """The printable text carried by an OB blob (the part a leak search can find)."""
+    return data.rstrip(b"\0").decode("utf-8")
