@@ -6,6 +6,7 @@ import typer
 
 from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
+from deidpipe.synth.cli import synth
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,3 +18,4 @@ app.command("keygen")(keygen)
 app.add_typer(rules_app, name="rules")
 app.command("reidentify")(reidentify)
 app.command("make-recipient")(make_recipient_command)
+app.command("synth")(synth)

@@ -126,6 +126,11 @@ def rt_structure_set(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan)
     fp.put(ds, "StructureSetDate", fmt_date(st.date), "date")
     fp.put(ds, "StructureSetTime", fmt_time(ctx.rng), "time")
 
+    # Frame of Reference module (the current standard includes it in the RT Structure Set IOD): the CT's.
+    ds.FrameOfReferenceUID = ct.frame_of_reference
+    fp.ref("FrameOfReferenceUID", str(ct.frame_of_reference), "frame_of_reference")
+    ds.PositionReferenceIndicator = ""
+
     prefix = "ReferencedFrameOfReferenceSequence[0]."
     fref = Dataset()
     fref.FrameOfReferenceUID = ct.frame_of_reference

@@ -150,7 +150,7 @@ def study_module(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     prefix = "ReferringPhysicianIdentificationSequence[0]."
     badge = Dataset()
     fp.put(badge, "CodeValue", f"GMC{p.patient_id[1:]}", "id", prefix + "PersonIdentificationCodeSequence[0].")
-    badge.CodingSchemeDesignator = "L"
+    badge.CodingSchemeDesignator = "99HOSP"
     fp.put(badge, "CodeMeaning", p.staff["referring"].replace("^", " ").strip(), "name",
            prefix + "PersonIdentificationCodeSequence[0].")
     ident.PersonIdentificationCodeSequence = Sequence([badge])
@@ -178,12 +178,14 @@ def series_module(ds: Dataset, fp: FilePlanter, ctx: Context, *, image: bool = T
     if image:
         if se.modality in {"CT", "MR"}:
             ds.PatientPosition = "HFS"
+        # Type 2C, required for paired body parts; dciodvfy cannot know ours are not paired, so send it empty
+        ds.Laterality = ""
         fp.put(ds, "PerformingPhysicianName", p.staff["performing"], "name")
         op = Dataset()
         code = Dataset()
         prefix = "OperatorIdentificationSequence[0].PersonIdentificationCodeSequence[0]."
         fp.put(code, "CodeValue", f"EMP{p.patient_id[2:]}{se.number}", "id", prefix)
-        code.CodingSchemeDesignator = "L"
+        code.CodingSchemeDesignator = "99HOSP"
         fp.put(code, "CodeMeaning", p.staff["operator"].replace("^", " "), "name", prefix)
         op.PersonIdentificationCodeSequence = Sequence([code])
         fp.put(op, "InstitutionName", p.site.name, "institution", "OperatorIdentificationSequence[0].")

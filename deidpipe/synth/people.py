@@ -178,7 +178,8 @@ def fmt_date(d: dt.date) -> str:
 
 def fmt_time(rng: random.Random, hour_lo: int = 7, hour_hi: int = 19) -> str:
     """A DICOM TM with fractional seconds: distinctive enough to search for without false hits."""
-    return f"{rng.randint(hour_lo, hour_hi):02d}{rng.randint(0, 59):02d}{rng.randint(0, 59):02d}.{rng.randint(1, 999):03d}"
+    hh, mm, ss, frac = rng.randint(hour_lo, hour_hi), rng.randint(0, 59), rng.randint(0, 59), rng.randint(1, 999)
+    return f"{hh:02d}{mm:02d}{ss:02d}.{frac:03d}"
 
 
 def age_string(birth: dt.date, on: dt.date) -> str:
