@@ -1,0 +1,174 @@
+"""The audit: a crash-safe journal while running, one Parquet row per object at the end.
+
+The journal (``DST/_deidpipe/journal.jsonl``) gets one JSON line per finished object, flushed as results arrive,
+so a ``kill -9`` loses at most the lines not yet handed to the OS, and a torn last line is ignored. ``--resume``
+reads it to skip finished objects. At the end of a run the journal becomes ``DST/_deidpipe/audit.parquet``: the
+latest record of each object, sorted by object id.
+
+A record holds hashes, pseudonymised output paths, timings, action counts and fixed reasons: no input path and no
+original value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+STATUS_WRITTEN = "written"  # de-identified and written (or an identical file was already there)
+STATUS_QUARANTINED = "quarantined"  # a stage failed: a record in DST/quarantine, nothing written
+STATUS_DUPLICATE = "duplicate"  # same SOP instance and same bytes as another input: written once
+STATUS_SKIPPED = "skipped"  # deliberately not carried over (a DICOMDIR)
+FINAL_STATUSES = (STATUS_WRITTEN, STATUS_QUARANTINED, STATUS_DUPLICATE, STATUS_SKIPPED)
+
+
+@dataclass
+class ObjectResult:
+    """What happened to one input object. Carries hashes, pseudonyms and counts only."""
+
+    object_id: str
+    status: str
+    content_hash: str | None = None
+    stage: str | None = None  # the stage that failed, for a quarantined object
+    reason: str | None = None
+    output: str | None = None  # path relative to DST
+    bytes_in: int = 0
+    bytes_out: int = 0
+    out_hash: str | None = None
+    series_uid: str | None = None  # pseudonym
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False  # finished by an earlier run and skipped by this one
+
+    def to_record(self) -> dict[str, Any]:
+        rec = asdict(self)
+        rec.pop("resumed")
+        rec["timings_ms"] = json.dumps({k: round(v, 3) for k, v in sorted(self.timings_ms.items())})
+        rec["actions"] = json.dumps(dict(sorted(self.actions.items())))
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ObjectResult:
+        rec = dict(rec)
+        rec["timings_ms"] = json.loads(rec.get("timings_ms") or "{}")
+        rec["actions"] = json.loads(rec.get("actions") or "{}")
+        rec.pop("run", None)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in rec.items() if k in known})
+
+
+AUDIT_SCHEMA: dict[str, Any] = {
+    "object_id": pl.String,
+    "status": pl.String,
+    "content_hash": pl.String,
+    "stage": pl.String,
+    "reason": pl.String,
+    "output": pl.String,
+    "bytes_in": pl.Int64,
+    "bytes_out": pl.Int64,
+    "out_hash": pl.String,
+    "series_uid": pl.String,
+    "timings_ms": pl.String,
+    "actions": pl.String,
+    "run": pl.Int64,
+}
+
+
+class Journal:
+    """Append-only JSON lines, flushed to the OS after every batch."""
+
+    def __init__(self, path: Path, run_number: int) -> None:
+        self.path = path
+        self.run_number = run_number
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_tail()
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _repair_tail(self) -> None:
+        """A kill can leave a torn last line; cut it so the next append starts on a fresh line."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            data_end = fh.seek(0, os.SEEK_END)
+            pos = data_end
+            while pos > 0:
+                step = min(65536, pos)
+                fh.seek(pos - step)
+                chunk = fh.read(step)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    fh.truncate(pos - step + nl + 1)
+                    return
+                pos -= step
+            fh.truncate(0)
+
+    def write(self, results: Iterable[ObjectResult]) -> None:
+        for r in results:
+            rec = r.to_record()
+            rec["run"] = self.run_number
+            self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record of a journal (a torn or garbled line is ignored)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def finished_objects(path: Path, dst: Path) -> dict[str, ObjectResult]:
+    """Objects a previous run finished, keyed by object id. A written object counts only when its output file is
+    still there with the recorded size; otherwise it is done again."""
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in read_journal(path):
+        latest[rec["object_id"]] = rec
+    done: dict[str, ObjectResult] = {}
+    for oid, rec in latest.items():
+        if rec.get("status") not in FINAL_STATUSES:
+            continue
+        if rec["status"] == STATUS_WRITTEN:
+            out = rec.get("output")
+            try:
+                if not out or (dst / out).stat().st_size != rec.get("bytes_out"):
+                    continue
+            except OSError:
+                continue
+        done[oid] = ObjectResult.from_record(rec)
+    return done
+
+
+def write_audit(journal: Path, out: Path) -> Path:
+    """The latest record of each object, as Parquet, sorted by object id."""
+    tmp = out.with_suffix(".parquet.tmp")
+    if journal.exists() and journal.stat().st_size:
+        frame = pl.scan_ndjson(journal, schema=AUDIT_SCHEMA)
+        (
+            frame.with_row_index("_line")
+            .filter(pl.col("_line") == pl.col("_line").max().over("object_id"))
+            .drop("_line")
+            .sort("object_id")
+            .sink_parquet(tmp)
+        )
+    else:
+        pl.DataFrame(schema=AUDIT_SCHEMA).write_parquet(tmp)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,67 @@
+"""``deidpipe run``: the command-line face of :mod:`deidpipe.pipeline.runner`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from deidpipe.errors import DeidError
+
+
+def run_command(
+    src: Path = typer.Argument(..., help="Folder tree, .zip or .tar(.gz) archive to de-identify (never modified)."),
+    dst: Path = typer.Argument(..., help="Output folder (new or empty, or a run to --resume)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Policy YAML file (default: the Basic profile)."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="Project key file (default: $DEIDPIPE_KEY or $DEIDPIPE_KEY_FILE)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) or dask."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in DST."),
+    keep_paths: bool = typer.Option(
+        False, "--keep-paths", help="Mirror the input's relative paths (off: names often carry identity)."
+    ),
+    allow_quarantine: bool = typer.Option(
+        False, "--allow-quarantine", help="Exit 0 even when objects were quarantined."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """De-identify an archive into DST: pseudonymised tree, quarantine records, manifest and audit tables."""
+    from deidpipe.keys import ProjectKey
+    from deidpipe.pipeline.progress import Reporter, print_summary
+    from deidpipe.pipeline.runner import run
+    from deidpipe.policy import Policy
+
+    if executor not in ("local", "dask"):
+        typer.echo("deidpipe run: --executor must be local or dask", err=True)
+        raise typer.Exit(2)
+    try:
+        key = ProjectKey.load(key_file)
+        pol = Policy.load(policy) if policy is not None else Policy.basic()
+        report = run(
+            src,
+            dst,
+            pol,
+            key=key,
+            workers=workers,
+            executor=executor,
+            scheduler=scheduler,
+            resume=resume,
+            keep_paths=keep_paths,
+            progress=Reporter("off") if quiet else Reporter.auto(sys.stderr),
+        )
+    except DeidError as exc:
+        typer.echo(f"deidpipe run: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print_summary(report)
+    if report.quarantined:
+        typer.echo(
+            f"{report.quarantined} object(s) quarantined: records in {report.dst / 'quarantine'}", err=True
+        )
+        if not allow_quarantine:
+            raise typer.Exit(1)

@@ -1,0 +1,390 @@
+"""Running tasks: the worker side (what a task does) and three executors (in process, local pool, Dask).
+
+Workers need no shared state: a :class:`WorkContext` (source, destination, policy and project key, all
+picklable) is installed once per worker process, and every pseudonym is derived from the key. Results come back as
+small :class:`ObjectResult` records; de-identified bytes are written by the worker itself.
+
+Every executor keeps a bounded number of tasks in flight, so memory does not grow with the archive. A task that
+fails as a whole (a worker killed, a crash in native code) is retried one object at a time, so one poisonous
+object is quarantined instead of its neighbours.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from deidpipe.dicomio import read_dataset, write_dataset
+from deidpipe.errors import DeidError, InputError
+from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
+from deidpipe.pipeline.index import content_hash, index_batch
+from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
+from deidpipe.pipeline.sink import output_digest, output_relpath, write_atomic
+from deidpipe.pipeline.source import SourceItem, SourceSpec, read_member
+
+log = logging.getLogger("deidpipe.pipeline")
+
+
+@dataclass(frozen=True)
+class WorkContext:
+    source: SourceSpec
+    dst: str
+    key: ProjectKey
+    policy: Any
+    layout: str
+
+
+def reason_of(exc: BaseException) -> str:
+    """A reason that is safe to log: typed errors say why in fixed words; anything else only by its type."""
+    if isinstance(exc, InputError):
+        return exc.reason
+    if isinstance(exc, DeidError):
+        return str(exc) or type(exc).__name__
+    return f"unexpected error ({type(exc).__name__})"
+
+
+# -- stages on the worker side ----------------------------------------------------------------------------------
+def _header_stage(ds: Dataset, ctx: WorkContext) -> tuple[Dataset, dict[str, int]]:
+    from deidpipe.header.engine import deidentify
+
+    result = deidentify(ds, ctx.policy, ctx.key)
+    return result.dataset, dict(result.actions)
+
+
+#: name -> fn(dataset, ctx) for object-scope stages; fn(list of datasets, ctx) for series-scope ones.
+STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage}
+
+
+@dataclass
+class _Work:
+    item: ExecItem
+    result: ObjectResult
+    ds: Dataset | None = None
+
+
+def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
+    w.result.status = STATUS_QUARANTINED
+    w.result.stage = stage
+    w.result.reason = reason_of(exc)
+    w.ds = None
+
+
+def _read(w: _Work, ctx: WorkContext) -> None:
+    t0 = time.perf_counter()
+    try:
+        data = read_member(ctx.source, w.item.item)
+        w.result.bytes_in = len(data)
+        digest = content_hash(ctx.key, data)
+        if w.item.content_hash is not None and digest != w.item.content_hash:
+            raise InputError(None, "input changed after it was indexed")
+        w.result.content_hash = digest
+        w.ds = read_dataset(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on
+        _quarantine(w, "read", exc)
+    w.result.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
+
+
+def _apply_object_stage(w: _Work, name: str, ctx: WorkContext) -> None:
+    t0 = time.perf_counter()
+    try:
+        w.ds, actions = STAGE_FUNCS[name](w.ds, ctx)
+        for code, n in actions.items():
+            w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
+    except Exception as exc:  # noqa: BLE001
+        _quarantine(w, name, exc)
+    w.result.timings_ms[name] = (time.perf_counter() - t0) * 1e3
+
+
+def _apply_series_stage(works: list[_Work], name: str, ctx: WorkContext) -> None:
+    live = [w for w in works if w.ds is not None]
+    t0 = time.perf_counter()
+    try:
+        outputs = STAGE_FUNCS[name]([w.ds for w in live], ctx)
+        for w, (ds, actions) in zip(live, outputs, strict=True):
+            w.ds = ds
+            for code, n in actions.items():
+                w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
+    except Exception as exc:  # noqa: BLE001 - a series stage fails for the whole series
+        for w in live:
+            _quarantine(w, name, exc)
+    per = (time.perf_counter() - t0) * 1e3 / max(len(live), 1)
+    for w in live:
+        w.result.timings_ms[name] = per
+
+
+def _write(w: _Work, ctx: WorkContext) -> None:
+    t0 = time.perf_counter()
+    try:
+        rel = output_relpath(w.ds, ctx.layout, w.item.item.relpath)
+        buf = io.BytesIO()
+        write_dataset(w.ds, buf)
+        data = buf.getvalue()
+        write_atomic(Path(ctx.dst), rel, data, w.item.object_id)
+        w.result.status = STATUS_WRITTEN
+        w.result.output = rel
+        w.result.bytes_out = len(data)
+        w.result.out_hash = output_digest(data)
+    except Exception as exc:  # noqa: BLE001
+        _quarantine(w, "write", exc)
+    w.ds = None
+    w.result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
+
+
+def _new_work(item: ExecItem) -> _Work:
+    return _Work(item, ObjectResult(item.object_id, STATUS_QUARANTINED, item.content_hash,
+                                    series_uid=item.series_uid, bytes_in=max(item.item.size, 0)))
+
+
+def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
+    """Run one series task; never raises for a bad object (it is quarantined)."""
+    scope = {s.name: s.scope for s in STAGES}
+    if not any(scope[s] == SCOPE_SERIES for s in task.stages):
+        out = []
+        for item in task.items:  # one object in memory at a time
+            w = _new_work(item)
+            _read(w, ctx)
+            for name in task.stages:
+                if w.ds is None:
+                    break
+                _apply_object_stage(w, name, ctx)
+            if w.ds is not None:
+                _write(w, ctx)
+            out.append(w.result)
+        return out
+    works = [_new_work(item) for item in task.items]
+    for w in works:
+        _read(w, ctx)
+    for name in task.stages:
+        if scope[name] == SCOPE_SERIES:
+            _apply_series_stage(works, name, ctx)
+        else:
+            for w in works:
+                if w.ds is not None:
+                    _apply_object_stage(w, name, ctx)
+    for w in works:
+        if w.ds is not None:
+            _write(w, ctx)
+    return [w.result for w in works]
+
+
+def index_task(ctx: WorkContext, items: list[SourceItem]) -> list[dict[str, Any]]:
+    return index_batch(ctx.source, ctx.key, items)
+
+
+def split_task(payload: Any) -> list[Any] | None:
+    """How a failed task is retried: an exec task one object at a time; anything else is not retried."""
+    if isinstance(payload, ExecTask) and len(payload.items) > 1:
+        return [replace(payload, items=[i]) for i in payload.items]
+    return None
+
+
+# -- executors ----------------------------------------------------------------------------------------------
+Outcome = tuple[Any, Any, BaseException | None]  # (payload, result, error)
+
+
+class SerialExecutor:
+    """In this process: no start-up cost, the fastest choice for one worker."""
+
+    name = "serial"
+
+    def __init__(self, ctx: WorkContext) -> None:
+        self.ctx = ctx
+        self.workers = 1
+
+    def imap(self, fn: Callable[[WorkContext, Any], Any], payloads: Iterable[Any]) -> Iterator[Outcome]:
+        for p in payloads:
+            try:
+                yield p, fn(self.ctx, p), None
+            except Exception as exc:  # noqa: BLE001
+                yield p, None, exc
+
+    def close(self) -> None:
+        pass
+
+
+_WORKER_CTX: WorkContext | None = None
+
+
+def _init_worker(ctx: WorkContext) -> None:
+    global _WORKER_CTX
+    _WORKER_CTX = ctx
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+
+
+def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
+    assert _WORKER_CTX is not None
+    return fn(_WORKER_CTX, payload)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # Not fork: the parent may hold threads (progress display, Dask); forkserver/spawn start clean workers.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class _Bounded:
+    """Shared bookkeeping: submit up to ``inflight`` tasks, retry failed ones split, yield as they finish."""
+
+    inflight: int
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Any:
+        raise NotImplementedError
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _result(self, fut: Any) -> Any:
+        raise NotImplementedError
+
+    def _on_failure(self, exc: BaseException) -> None:
+        pass
+
+    def imap(self, fn: Callable[[WorkContext, Any], Any], payloads: Iterable[Any]) -> Iterator[Outcome]:
+        source = iter(payloads)
+        retry: deque[tuple[Any, int]] = deque()
+        pending: dict[Any, tuple[Any, int]] = {}
+        exhausted = False
+        while True:
+            while len(pending) < self.inflight and (retry or not exhausted):
+                if retry:
+                    p, attempt = retry.popleft()
+                else:
+                    try:
+                        p, attempt = next(source), 0
+                    except StopIteration:
+                        exhausted = True
+                        continue
+                pending[self._submit(fn, p)] = (p, attempt)
+            if not pending:
+                return
+            for fut in self._wait_any(pending):
+                p, attempt = pending.pop(fut)
+                try:
+                    result = self._result(fut)
+                except Exception as exc:  # noqa: BLE001 - a whole task failed: retry its objects alone
+                    self._on_failure(exc)
+                    parts = split_task(p) if attempt == 0 else None
+                    if parts:
+                        log.warning("a task failed (%s); retrying its %d objects one by one",
+                                    type(exc).__name__, len(parts))
+                        retry.extend((part, 1) for part in parts)
+                    elif attempt == 0 and isinstance(exc, BrokenProcessPool):
+                        retry.append((p, 1))  # perhaps only a neighbour of the crash: once more
+                    else:
+                        yield p, None, exc
+                    continue
+                yield p, result, None
+
+
+class PoolExecutor(_Bounded):
+    """A local process pool."""
+
+    name = "local"
+
+    def __init__(self, ctx: WorkContext, workers: int, inflight: int | None = None) -> None:
+        self.ctx = ctx
+        self.workers = workers
+        self.inflight = inflight or workers * 3
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=_mp_context(), initializer=_init_worker,
+                                   initargs=(self.ctx,))
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Future[Any]:
+        try:
+            return self._pool.submit(_pool_call, fn, payload)
+        except BrokenProcessPool:
+            self._restart()
+            return self._pool.submit(_pool_call, fn, payload)
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def _result(self, fut: Future[Any]) -> Any:
+        return fut.result()
+
+    def _on_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, BrokenProcessPool):
+            self._restart()
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._start()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor(_Bounded):
+    """A Dask cluster: a new LocalCluster, or an existing scheduler at ``address``."""
+
+    name = "dask"
+
+    def __init__(self, ctx: WorkContext, workers: int, address: str | None = None,
+                 inflight: int | None = None) -> None:
+        from distributed import Client, LocalCluster
+
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self._cluster = None
+        if address:
+            self._client = Client(address)
+        else:
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)
+        self.workers = max(len(self._client.scheduler_info().get("workers", {})), 1)
+        self.inflight = inflight or self.workers * 3
+        self._ctx = self._client.scatter(ctx, broadcast=True, hash=False)
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Any:
+        return self._client.submit(fn, self._ctx, payload, pure=False)
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        from distributed import wait as dwait
+
+        done, _ = dwait(list(pending), return_when="FIRST_COMPLETED")
+        return list(done)
+
+    def _result(self, fut: Any) -> Any:
+        try:
+            return fut.result()
+        finally:
+            fut.release()
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def make_executor(ctx: WorkContext, executor: str = "local", workers: int | None = None,
+                  scheduler: str | None = None) -> SerialExecutor | PoolExecutor | DaskExecutor:
+    n = workers or default_workers()
+    if executor == "dask" or scheduler:
+        return DaskExecutor(ctx, n, scheduler)
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r} (local or dask)")
+    return SerialExecutor(ctx) if n == 1 else PoolExecutor(ctx, n)

@@ -1,0 +1,197 @@
+"""The index pass: read headers only, one manifest row per input file, written to Parquet in chunks.
+
+A row holds the input's relative path (the steward's own data: the manifest stays under ``DST/_deidpipe/`` and is
+not part of a release), the file's size, a keyed content hash, and the facts the plan needs: SOP class, modality,
+study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header engine uses), transfer syntax,
+rows / columns / frames and BurnedInAnnotation. A file that is not DICOM, or whose header cannot be read, is
+listed with a fixed reason and no other values.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from deidpipe.dicomio import quiet_pydicom, read_dataset
+from deidpipe.errors import InputError
+from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.source import SourceItem, SourceSpec, read_member
+
+#: Media Storage Directory Storage: a DICOMDIR.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+KIND_DICOM = "dicom"
+KIND_DICOMDIR = "dicomdir"
+KIND_INVALID = "invalid"
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "path": pl.String,
+    "object_id": pl.String,
+    "size": pl.Int64,
+    "content_hash": pl.String,
+    "kind": pl.String,
+    "reason": pl.String,
+    "sop_class_uid": pl.String,
+    "modality": pl.String,
+    "study_uid": pl.String,
+    "series_uid": pl.String,
+    "instance_uid": pl.String,
+    "transfer_syntax": pl.String,
+    "rows": pl.Int32,
+    "columns": pl.Int32,
+    "frames": pl.Int32,
+    "burned_in_annotation": pl.String,
+}
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "Modality",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BurnedInAnnotation",
+]
+
+
+def object_id(key: ProjectKey, relpath: str) -> str:
+    """The keyed hash of an input's relative path: how audit and quarantine records name an object."""
+    return key.digest("input-path", relpath).hex()[:32]
+
+
+def content_hash(key: ProjectKey, data: bytes) -> str:
+    """A keyed hash of a file's bytes (keyed, so it cannot confirm that a known file is in the archive)."""
+    return key.digest("input-content", data).hex()[:32]
+
+
+def _read_header(data: bytes) -> pydicom.Dataset:
+    """Header only. Part 10 files take the fast path (only the tags the manifest needs are kept); anything else
+    goes through :func:`read_dataset`, which accepts preamble-less data sets and rejects non-DICOM."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        with quiet_pydicom():
+            try:
+                return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            except InvalidDicomError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
+                text = str(exc).lower()
+                if isinstance(exc, EOFError) or "end of file" in text or "truncat" in text:
+                    raise InputError(None, "file is truncated") from None
+                raise InputError(None, f"header cannot be parsed ({type(exc).__name__})") from None
+    return read_dataset(io.BytesIO(data), stop_before_pixels=True)
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str, Any]:
+    """One manifest row for one source member (never raises for a bad input: the row says why)."""
+    row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
+    row.update(path=item.relpath, object_id=object_id(key, item.relpath), size=item.size)
+    try:
+        data = read_member(spec, item)
+        row["size"] = len(data)
+        row["content_hash"] = content_hash(key, data)
+        if not data:
+            raise InputError(None, "is empty")
+        ds = _read_header(data)
+    except InputError as exc:
+        row.update(kind=KIND_INVALID, reason=exc.reason)
+        return row
+    except Exception as exc:  # noqa: BLE001 - fail closed: any surprise is a reason, never a crash
+        row.update(kind=KIND_INVALID, reason=f"header cannot be read ({type(exc).__name__})")
+        return row
+    meta = getattr(ds, "file_meta", None)
+    sop_class = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else None)
+    row["sop_class_uid"] = sop_class
+    row["transfer_syntax"] = _text(meta, "TransferSyntaxUID") if meta else None
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        row.update(kind=KIND_DICOMDIR, reason="DICOMDIR: not carried over (its file references and "
+                   "patient records do not apply to the pseudonymised tree)")
+        return row
+    for keyword, column in (
+        ("StudyInstanceUID", "study_uid"),
+        ("SeriesInstanceUID", "series_uid"),
+        ("SOPInstanceUID", "instance_uid"),
+    ):
+        value = _text(ds, keyword)
+        row[column] = key.uid(value) if value else None
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames")
+    row.update(
+        kind=KIND_DICOM,
+        modality=_text(ds, "Modality"),
+        rows=rows,
+        columns=columns,
+        frames=frames if frames is not None else (1 if rows else None),
+        burned_in_annotation=_text(ds, "BurnedInAnnotation"),
+    )
+    return row
+
+
+def index_batch(spec: SourceSpec, key: ProjectKey, items: Iterable[SourceItem]) -> list[dict[str, Any]]:
+    return [index_item(spec, key, item) for item in items]
+
+
+class ManifestWriter:
+    """Collects rows and writes them as Parquet parts of ``chunk_rows``; :meth:`close` joins them into one file."""
+
+    def __init__(self, path: Path, chunk_rows: int = 5000) -> None:
+        self.path = path
+        self.parts_dir = path.with_name(path.stem + "-parts")
+        self.chunk_rows = chunk_rows
+        self._rows: list[dict[str, Any]] = []
+        self._parts: list[Path] = []
+        self.count = 0
+        if self.parts_dir.exists():
+            for old in self.parts_dir.iterdir():
+                old.unlink()
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._rows.append(row)
+            self.count += 1
+        if len(self._rows) >= self.chunk_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        part = self.parts_dir / f"part-{len(self._parts):06d}.parquet"
+        pl.DataFrame(self._rows, schema=MANIFEST_SCHEMA, orient="row").write_parquet(part)
+        self._parts.append(part)
+        self._rows = []
+
+    def close(self) -> Path:
+        self._flush()
+        tmp = self.path.with_suffix(".parquet.tmp")
+        if self._parts:
+            pl.scan_parquet(self._parts).sort("path").sink_parquet(tmp)
+        else:
+            pl.DataFrame(schema=MANIFEST_SCHEMA).write_parquet(tmp)
+        tmp.replace(self.path)
+        for part in self._parts:
+            part.unlink()
+        self.parts_dir.rmdir()
+        return self.path

@@ -1,0 +1,345 @@
+"""The batch runner: source -> index -> plan -> execute -> sink -> audit, resumable.
+
+``Run`` is an iterable of :class:`ObjectResult`, yielded as objects finish (for portals that stream);
+:func:`run` drains it and returns the :class:`RunReport`. Everything under ``DST/_deidpipe/`` is bookkeeping:
+``run.json`` (parameters, the key's fingerprint), ``manifest.parquet`` (input paths: keep it, do not release it),
+``journal.jsonl`` (crash-safe progress) and ``audit.parquet`` (one row per object, hashes only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deidpipe.errors import DeidError
+from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.audit import (
+    STATUS_DUPLICATE,
+    STATUS_QUARANTINED,
+    STATUS_SKIPPED,
+    STATUS_WRITTEN,
+    Journal,
+    ObjectResult,
+    finished_objects,
+    write_audit,
+)
+from deidpipe.pipeline.execute import WorkContext, exec_task, index_task, make_executor, reason_of
+from deidpipe.pipeline.index import KIND_INVALID, MANIFEST_SCHEMA, ManifestWriter, object_id
+from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
+from deidpipe.pipeline.progress import Reporter
+from deidpipe.pipeline.sink import (
+    CONTROL_DIR,
+    LAYOUT_KEEP,
+    LAYOUT_PSEUDONYM,
+    clean_temporaries,
+    remove_quarantine,
+    write_quarantine,
+)
+from deidpipe.pipeline.source import SourceItem, SourceSpec, detect, iter_items
+
+log = logging.getLogger("deidpipe.pipeline")
+
+RUN_FORMAT = 1
+INDEX_CHUNK = 64
+STREAM_TASK_BYTES = 64 * 1024**2
+
+
+@dataclass
+class RunReport:
+    """What a run did, in counts (no identifying value)."""
+
+    dst: Path
+    source_kind: str
+    executor: str
+    workers: int
+    objects: int = 0
+    written: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    index_s: float = 0.0
+    execute_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.quarantined == 0
+
+    @property
+    def processed(self) -> int:
+        return self.objects - self.resumed
+
+    @property
+    def files_per_s(self) -> float:
+        return self.processed / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def manifest(self) -> Path:
+        return self.dst / CONTROL_DIR / "manifest.parquet"
+
+    @property
+    def audit(self) -> Path:
+        return self.dst / CONTROL_DIR / "audit.parquet"
+
+    def add(self, r: ObjectResult) -> None:
+        self.objects += 1
+        if r.resumed:
+            self.resumed += 1
+        if r.status == STATUS_WRITTEN:
+            self.written += 1
+        elif r.status == STATUS_DUPLICATE:
+            self.duplicates += 1
+        elif r.status == STATUS_SKIPPED:
+            self.skipped += 1
+        else:
+            self.quarantined += 1
+            reason = f"{r.stage}: {r.reason}"
+            self.quarantined_by_reason[reason] = self.quarantined_by_reason.get(reason, 0) + 1
+        if not r.resumed:
+            self.bytes_in += r.bytes_in
+            self.bytes_out += r.bytes_out
+        for code, n in r.actions.items():
+            self.actions[code] = self.actions.get(code, 0) + n
+
+
+def _policy_digest(policy: Any) -> str:
+    text = policy.describe() if hasattr(policy, "describe") else repr(policy)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+class Run:
+    """One run of the pipeline; iterate it to drive it. ``report`` is set once iteration ends."""
+
+    def __init__(
+        self,
+        src: str | Path,
+        dst: str | Path,
+        policy: Any = None,
+        *,
+        key: ProjectKey | None = None,
+        workers: int | None = None,
+        executor: str = "local",
+        scheduler: str | None = None,
+        resume: bool = False,
+        keep_paths: bool = False,
+        progress: Reporter | bool | None = None,
+        chunk: int = 32,
+    ) -> None:
+        if policy is None:
+            from deidpipe.policy import Policy
+
+            policy = Policy.basic()
+        self.src = Path(src)
+        self.dst = Path(dst).resolve()
+        self.policy = policy
+        self.key = key if key is not None else ProjectKey.load(None)
+        self.workers = workers
+        self.executor_name = executor
+        self.scheduler = scheduler
+        self.resume = resume
+        self.layout = LAYOUT_KEEP if keep_paths else LAYOUT_PSEUDONYM
+        if isinstance(progress, Reporter):
+            self.reporter = progress
+        else:
+            self.reporter = Reporter.auto() if progress else Reporter("off")
+        self.chunk = chunk
+        self.report: RunReport | None = None
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def _prepare(self, spec: SourceSpec) -> int:
+        """Check SRC and DST, read or write run.json; returns this run's number."""
+        root = Path(spec.root)
+        if _inside(self.dst, root) or _inside(root, self.dst):
+            raise DeidError("source and destination must not contain one another")
+        control = self.dst / CONTROL_DIR
+        state_path = control / "run.json"
+        state: dict[str, Any] = {
+            "format": RUN_FORMAT,
+            "key_fingerprint": self.key.fingerprint(),
+            "policy": _policy_digest(self.policy),
+            "layout": self.layout,
+            "runs": 1,
+        }
+        if state_path.exists():
+            old = json.loads(state_path.read_text())
+            if not self.resume:
+                raise DeidError("the destination already holds a run: pass --resume to complete it, "
+                                "or choose an empty destination")
+            for name in ("key_fingerprint", "policy", "layout"):
+                if old.get(name) != state[name]:
+                    raise DeidError(f"cannot resume: the destination was made with a different {name.split('_')[0]}")
+            state["runs"] = int(old.get("runs", 1)) + 1
+        elif self.dst.exists() and any(self.dst.iterdir()):
+            raise DeidError("the destination is not empty and holds no deidpipe run")
+        control.mkdir(parents=True, exist_ok=True)
+        removed = clean_temporaries(self.dst)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        state["complete"] = False
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        tmp.replace(state_path)
+        return int(state["runs"])
+
+    def _finish_state(self) -> None:
+        state_path = self.dst / CONTROL_DIR / "run.json"
+        state = json.loads(state_path.read_text())
+        state["complete"] = True
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        tmp.replace(state_path)
+
+    # -- passes -----------------------------------------------------------------------------------------
+    def _index_payloads(self, spec: SourceSpec) -> Iterator[list[SourceItem]]:
+        batch: list[SourceItem] = []
+        nbytes = 0
+        for item in iter_items(spec):
+            batch.append(item)
+            nbytes += len(item.data) if item.data is not None else 0
+            if len(batch) >= INDEX_CHUNK or nbytes >= STREAM_TASK_BYTES:
+                yield batch
+                batch, nbytes = [], 0
+        if batch:
+            yield batch
+
+    def _index(self, spec: SourceSpec, executor: Any) -> Path:
+        writer = ManifestWriter(self.dst / CONTROL_DIR / "manifest.parquet")
+        self.reporter.start("index", None)
+        for items, rows, exc in executor.imap(index_task, self._index_payloads(spec)):
+            if exc is not None:
+                rows = []
+                for item in items:
+                    row = dict.fromkeys(MANIFEST_SCHEMA)
+                    row.update(path=item.relpath, object_id=object_id(self.key, item.relpath), size=item.size,
+                               kind=KIND_INVALID, reason=f"index failed ({reason_of(exc)})")
+                    rows.append(row)
+            writer.add(rows)
+            self.reporter.advance(len(rows), sum(1 for r in rows if r["kind"] == KIND_INVALID))
+        self.reporter.finish()
+        return writer.close()
+
+    def _stream_tasks(self, spec: SourceSpec, plan: Plan) -> Iterator[ExecTask]:
+        """Tasks that follow a streamed source's order, cut where the series changes."""
+        todo = plan.todo_items()
+        task: ExecTask | None = None
+        nbytes = 0
+        for item in iter_items(spec):
+            oid = object_id(self.key, item.relpath)
+            entry = todo.pop(oid, None)
+            if entry is None:
+                continue
+            series, chash = entry
+            if task is not None and (task.series_uid != series or len(task.items) >= self.chunk
+                                     or nbytes >= STREAM_TASK_BYTES):
+                yield task
+                task = None
+            if task is None:
+                task, nbytes = ExecTask(series, plan.stages_by_series[series]), 0
+            task.items.append(ExecItem(oid, item, chash, series))
+            nbytes += len(item.data or b"")
+        if task is not None:
+            yield task
+        for oid, (series, chash) in todo.items():  # listed by the index, gone from the stream now
+            yield ExecTask(series, plan.stages_by_series[series],
+                           [ExecItem(oid, SourceItem("", -1), chash, series)])
+
+    def _record(self, journal: Journal, results: list[ObjectResult]) -> None:
+        journal.write(results)
+        for r in results:
+            if r.status == STATUS_QUARANTINED:
+                write_quarantine(self.dst, {
+                    "object_id": r.object_id,
+                    "input_path_hash": r.object_id,
+                    "content_hash": r.content_hash,
+                    "stage": r.stage,
+                    "reason": r.reason,
+                })
+            else:
+                remove_quarantine(self.dst, r.object_id)
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[ObjectResult]:
+        t_start = time.monotonic()
+        spec = detect(self.src)
+        run_number = self._prepare(spec)
+        control = self.dst / CONTROL_DIR
+        journal_path = control / "journal.jsonl"
+        finished = finished_objects(journal_path, self.dst) if self.resume else {}
+        ctx = WorkContext(spec, str(self.dst), self.key, self.policy, self.layout)
+        executor = make_executor(ctx, self.executor_name, self.workers, self.scheduler)
+        report = RunReport(self.dst, spec.kind, executor.name, executor.workers)
+        journal = Journal(journal_path, run_number)
+        try:
+            manifest = self._index(spec, executor)
+            t_indexed = time.monotonic()
+            report.index_s = t_indexed - t_start
+            plan = Plan(manifest, set(finished), dedupe_instances=self.layout == LAYOUT_PSEUDONYM,
+                        chunk=self.chunk)
+            for oid in plan.resumed_ids:
+                r = finished[oid]
+                r.resumed = True
+                report.add(r)
+                yield r
+            decided = plan.decided()
+            self._record(journal, decided)
+            for r in decided:
+                report.add(r)
+                yield r
+            self.reporter.start("de-identify", plan.todo_count)
+            tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
+            for task, results, exc in executor.imap(exec_task, tasks):
+                if exc is not None:
+                    results = [ObjectResult(i.object_id, STATUS_QUARANTINED, i.content_hash, stage="execute",
+                                            reason=f"worker failed ({reason_of(exc)})", series_uid=i.series_uid,
+                                            bytes_in=max(i.item.size, 0)) for i in task.items]
+                self._record(journal, results)
+                self.reporter.advance(len(results), sum(r.status == STATUS_QUARANTINED for r in results))
+                for r in results:
+                    report.add(r)
+                    yield r
+            self.reporter.finish()
+            report.execute_s = time.monotonic() - t_indexed
+        finally:
+            self.reporter.finish()
+            journal.close()
+            executor.close()
+        write_audit(journal_path, control / "audit.parquet")
+        self._finish_state()
+        report.elapsed_s = time.monotonic() - t_start
+        self.report = report
+
+
+def iter_run(src: str | Path, dst: str | Path, policy: Any = None, **kwargs: Any) -> Run:
+    """An iterable of :class:`ObjectResult` as objects finish; its ``report`` is set when it is exhausted."""
+    return Run(src, dst, policy, **kwargs)
+
+
+def run(src: str | Path, dst: str | Path, policy: Any = None, **kwargs: Any) -> RunReport:
+    """De-identify the archive ``src`` into ``dst``; see :class:`Run` for the options."""
+    r = Run(src, dst, policy, **kwargs)
+    for _ in r:
+        pass
+    assert r.report is not None
+    return r.report
+
+
+__all__ = ["Run", "RunReport", "iter_run", "run"]
