@@ -41,6 +41,9 @@ def quiet_pydicom() -> Iterator[None]:
         settings.reading_validation_mode, settings.writing_validation_mode = saved
 
 
+_KNOWN_VRS = frozenset(v.value for v in pydicom.valuerep.VR)
+
+
 def _looks_like_dicom(ds: Dataset) -> bool:
     """A forced read of a non-DICOM file yields a handful of nonsense tags; a real data set has known ones."""
     tags = list(ds.keys())
@@ -58,14 +61,27 @@ def _describe(exc: BaseException) -> str:
 
 
 def _force_parse(ds: Dataset, path: str | Path | None) -> None:
-    """Touch every element so that lazy conversion errors happen now, with the tag in the message."""
-    for elem in ds.iterall():
+    """Convert every element now, so lazy conversion errors happen here, with the tag in the message.
+
+    pydicom reads a value shorter than its announced length without complaint; that is a truncated file,
+    caught here by comparing each raw value with its length before conversion.
+    """
+    for tag in list(ds.keys()):
+        raw = ds._dict[tag]
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if (isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF
+                and len(value) < length):
+            raise TruncatedError(path, f"file is truncated (inside element {tag})")
         try:
-            _ = elem.value
+            elem = ds[tag]
         except Exception as exc:  # noqa: BLE001 - any decoder failure is an input problem
-            raise InvalidValueError(path, f"element {elem.tag} (VR {elem.VR}) {_describe(exc)}") from None
-        if elem.VR not in pydicom.valuerep.VR.__members__.values() and elem.VR != "UN":
-            raise InvalidValueError(path, f"element {elem.tag} has an unknown VR")
+            raise InvalidValueError(path, f"element {tag} {_describe(exc)}") from None
+        if elem.VR not in _KNOWN_VRS:
+            raise InvalidValueError(path, f"element {tag} has an unknown VR")
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _force_parse(item, path)
 
 
 def read_dataset(
@@ -96,6 +112,8 @@ def read_dataset(
                 if not _looks_like_dicom(ds):
                     raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
             _force_parse(ds, label)
+            if getattr(ds, "file_meta", None) is not None:
+                _force_parse(ds.file_meta, label)
         except InputError:
             raise
         except (EOFError, OSError) as exc:

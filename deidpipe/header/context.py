@@ -31,8 +31,9 @@ def _strings(ds: Dataset, keyword: str) -> list[str]:
     return [str(v) for v in values if v not in (None, "")]
 
 
-def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS) -> list[str]:
-    """The object's identifying strings: whole values, name components and name parts, date spellings."""
+def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS, *, words: bool = True) -> list[str]:
+    """The object's identifying strings: whole values, name components (and, with ``words``, each word of a
+    component), and the usual spellings of dates."""
     terms: list[str] = []
     for kw in keywords:
         for s in _strings(ds, kw):
@@ -44,7 +45,8 @@ def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS) -
                 for group in s.split("="):
                     comps = [c for c in group.split("^") if c.strip()]
                     terms += comps
-                    terms += [w for c in comps for w in c.split()]
+                    if words:
+                        terms += [w for c in comps for w in c.split()]
                     if len(comps) >= 2:
                         terms += [f"{comps[1]} {comps[0]}", f"{comps[0]} {comps[1]}", f"{comps[0]}, {comps[1]}"]
     return terms

@@ -15,14 +15,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 import deidpipe
-from deidpipe.errors import DeidError, PolicyError
+from deidpipe.dicomio import quiet_pydicom
+from deidpipe.errors import DeidError, InputError, PolicyError
 from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList
-from deidpipe.header.walk import scrub_dataset
+from deidpipe.header.walk import never_screened_keywords, scrub_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy, is_known_tag
 
@@ -72,15 +73,27 @@ def set_method_attributes(ds: Dataset, policy: Policy) -> None:
         "full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}[policy.temporal]
 
 
-def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:
+def check_storable(ds: Dataset) -> None:
+    """Refuse what is not a composite object: a DICOMDIR, or a data set without SOP Class/Instance UIDs."""
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        raise InputError(getattr(ds, "filename", None),
+                         "is a DICOMDIR (Media Storage Directory): rebuild it from the de-identified files")
+    if not (ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")) or not (
+            ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")):
+        raise InputError(getattr(ds, "filename", None),
+                         "has no SOP Class UID or SOP Instance UID: not a storable DICOM object")
+
+
+def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     """Fresh File Meta Information: only the transfer syntax survives; AE titles and private info do not."""
     meta = FileMetaDataset()
-    old = getattr(src, "file_meta", None)
-    ts = getattr(old, "TransferSyntaxUID", None) if old is not None else None
+    old = getattr(src, "file_meta", None) or Dataset()
+    ts = old.get("TransferSyntaxUID")
     if ts is None:
         ts = ImplicitVRLittleEndian if getattr(src, "is_implicit_VR", False) else ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", "")
-    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID", "")
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or old.MediaStorageSOPClassUID
+    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or key.uid(old.MediaStorageSOPInstanceUID)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -94,11 +107,12 @@ def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
     """
     keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
     keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if kw in src and src[kw].tag not in keep)
-    deny = DenyList.from_terms(identity_terms(src, keywords))
+    deny = DenyList.from_terms(identity_terms(src, keywords, words=False))
     if deny.pattern is None:
         return
+    coded = never_screened_keywords()
     for elem in out.iterall():
-        if elem.VR in _RESIDUAL_VRS and elem.value not in (None, ""):
+        if elem.VR in _RESIDUAL_VRS and elem.value not in (None, "") and elem.keyword not in coded:
             values = elem.value if elem.VM > 1 else [elem.value]
             if any(deny.spans(str(v)) for v in values):
                 raise ResidualIdentityError(
@@ -107,9 +121,11 @@ def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
 
 def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     """De-identify the header of one object under ``policy``; ``ds`` itself is not modified."""
+    check_storable(ds)
     ctx = ScrubContext.for_dataset(ds, policy, key)
     try:
-        out = scrub_dataset(ds, ctx)
+        with quiet_pydicom():  # pydicom's validation warnings quote values
+            out = scrub_dataset(ds, ctx)
     except DeidError:
         raise
     except ValueError as exc:
@@ -131,7 +147,7 @@ def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
 
         certs = [load_certificate(p) for p in policy.recipients]
         add_encrypted_attributes(out, originals_from_diff(ds, out), certs)
-    result = FileDataset("", out, file_meta=_file_meta(ds, out), preamble=b"\x00" * 128)
+    result = FileDataset("", out, file_meta=_file_meta(ds, out, key), preamble=b"\x00" * 128)
     ts = result.file_meta.TransferSyntaxUID
     if ts.is_transfer_syntax:
         result.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian)

@@ -16,6 +16,7 @@ free text the table does not list inside, e.g. an SR Content Sequence, gets a du
 
 from __future__ import annotations
 
+import copy
 import re
 from functools import cache
 
@@ -50,6 +51,11 @@ def _identifiers() -> dict[str, str]:
     out = {kw: kind for kw, kind in data["patient"].items()}
     out.update({kw: "value" for kw in data["value"]})
     return out
+
+
+def never_screened_keywords() -> frozenset[str]:
+    """Coded attributes (Code Sequence Macro and the like) that carry vocabulary, not identity."""
+    return _free_text_rules()[2]
 
 
 def _is_free_text(elem: DataElement) -> bool:
@@ -114,7 +120,7 @@ def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElemen
             raise ValueError("set")  # turned into a PolicyError by the engine
         return _scrub_sequence(elem, ctx, {"D": DUMMY, "C": CLEAN}.get(action, mode))
     if action == "K":
-        return DataElement(elem.tag, elem.VR, elem.value)
+        return copy.copy(elem)  # no re-validation: a value the input had, odd or not, is carried as it was
     if action == "Z":
         return DataElement(elem.tag, elem.VR, elem.empty_value)
     if action == "D":
@@ -147,7 +153,7 @@ def _scrub_private(ds: Dataset, elem: DataElement, ctx: ScrubContext, mode: str,
     ctx.counts["K"] += 1
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
-    return DataElement(elem.tag, elem.VR, elem.value)
+    return copy.copy(elem)
 
 
 def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Dataset:
