@@ -1,9 +1,9 @@
 """The answer key: what was planted where, what refers to what, and how to search output bytes for leaks.
 
 It is written as ``answer_key.json`` next to the archive.  Paths use pydicom keywords joined by ``.``, with
-``[i]`` for a sequence item; a private element is written ``(gggg,"Creator",ee)`` (``ee`` the element byte
-within the creator's block, as the TCIA knowledge base writes it); file meta elements start with ``file_meta.``.
-:func:`lookup` resolves such a path against a dataset.
+``[i]`` for a sequence item; a private element is written ``(gggg,"Creator",ee)`` (lower-case hex, ``ee`` the
+element byte within the creator's block, as the TCIA knowledge base writes it); file meta elements start with
+``file_meta.``.  :func:`lookup` resolves such a path against a dataset.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def rt_structure_set(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan)
     fp.put(ds, "StructureSetTime", fmt_time(ctx.rng), "time")
 
     # Frame of Reference module (the current standard includes it in the RT Structure Set IOD): the CT's.
-    ds.FrameOfReferenceUID = ct.frame_of_reference
+    fp.put(ds, "FrameOfReferenceUID", ct.frame_of_reference, "uid")
     fp.ref("FrameOfReferenceUID", str(ct.frame_of_reference), "frame_of_reference")
     ds.PositionReferenceIndicator = ""
 

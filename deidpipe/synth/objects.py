@@ -268,7 +268,7 @@ def image_module(ds: Dataset, fp: FilePlanter, ctx: Context, image_type: list[st
         ds.ImagePositionPatient = ["-6", "-6", f"{ctx.index * 5:.1f}"]
         ds.SliceThickness = "5"
         ds.SliceLocation = f"{ctx.index * 5:.1f}"
-        ds.FrameOfReferenceUID = ctx.series.frame_of_reference
+        fp.put(ds, "FrameOfReferenceUID", ctx.series.frame_of_reference, "uid")
         ds.PositionReferenceIndicator = ""
     else:
         ds.PatientOrientation = ["A", "F"]

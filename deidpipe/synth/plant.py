@@ -17,7 +17,7 @@ from deidpipe.synth.answer_key import Planted, Reference, SafePrivate, is_search
 
 def private_step(group: int, creator: str, offset: int) -> str:
     """The path step of a private element, as the TCIA knowledge base writes it."""
-    return f'({group:04X},"{creator}",{offset:02X})'
+    return f'({group:04x},"{creator}",{offset:02x})'
 
 
 @dataclass
@@ -72,8 +72,9 @@ class Recorder:
         """The planted records with their search bytes, computed from the charsets of the files they are in."""
         out: list[Planted] = []
         for rec in self._planted.values():
-            written: list[str | list[str]] = []
-            for rel in rec.files:
+            # OB blobs are written as UTF-8 whatever the dataset's charset (see FilePlanter.private)
+            written: list[str | list[str]] = ["ISO_IR 192"] if rec.vr == "OB" else []
+            for rel in rec.files if rec.vr != "OB" else []:
                 cs = self.file_charsets[rel]
                 if cs not in written:
                     written.append(cs)

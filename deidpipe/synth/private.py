@@ -55,7 +55,8 @@ def add_mr_private(ds: Dataset, fp: FilePlanter, person: Person) -> None:
     fp.private(ds, 0x0019, SIEMENS_MR, 0x0A, "US", 1, None)  # Number of Images in Mosaic, k
     fp.private(ds, 0x0019, SIEMENS_MR, 0x0B, "DS", "245.5", None)  # Slice Measurement Duration, k
     fp.private(ds, 0x0019, SIEMENS_MR, 0x0C, "IS", "1000", None)  # B Value, k
-    fp.private(ds, 0x0029, SIEMENS_CSA, 0x08, "CS", "IMAGE NUM 4", None)  # CSA Image Header Type
+    # CSA Image Header Type: neither safe in the KB ('d') nor identifying, so not in the key
+    ds.private_block(0x0029, SIEMENS_CSA, create=True).add_new(0x08, "CS", "IMAGE NUM 4")
     text = f"SV10 PatientName={person.natural_name};PatientID={person.patient_id};Site={person.site.name}"
     fp.private(ds, 0x0029, SIEMENS_CSA, 0x10, "OB", _even(text.encode("utf-8")), "free_text",
                contains=[person.natural_name, person.patient_id, person.site.name])
