@@ -6,6 +6,7 @@ import typer
 
 from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
+from deidpipe.pipeline.cli import run_command
 from deidpipe.synth.cli import synth
 
 app = typer.Typer(
@@ -19,3 +20,4 @@ app.add_typer(rules_app, name="rules")
 app.command("reidentify")(reidentify)
 app.command("make-recipient")(make_recipient_command)
 app.command("synth")(synth)
+app.command("run")(run_command)
