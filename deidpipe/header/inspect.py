@@ -31,7 +31,7 @@ def effective_rules(policy: Policy) -> list[EffectiveRule]:
     rows = sorted(list(table.by_tag.items()) + [(-1, p[-1]) for p in table.patterns], key=lambda r: r[1].tag)
     for tag, row in rows:
         action = row.action(policy.option_columns)
-        source = "basic profile"
+        source = "deidpipe addition" if row.addition else "basic profile"
         if action != row.basic:
             source = ", ".join(by_column[c] for c in policy.option_columns if c in row.options)
         override = policy.override_map.get(tag) if tag >= 0 else None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydicom.datadict import tag_for_keyword
 
 from deidpipe.errors import PolicyError
 
@@ -58,6 +59,7 @@ class TableRow:
     name: str
     basic: str
     options: dict[str, str]
+    addition: bool = False  # deidpipe's own row (rules/additions.yaml), not part of Table E.1-1
 
     def action(self, option_columns: frozenset[str]) -> str:
         """The row's action under the enabled option columns.
@@ -117,6 +119,10 @@ def load_table() -> RuleTable:
             patterns.append((gmask, int(g.replace("X", "0"), 16), emask, int(e.replace("X", "0"), 16), row))
         else:
             by_tag[int(g + e, 16)] = row
+    for add in load_rule_file("additions.yaml"):
+        tag = int(tag_for_keyword(add["keyword"]))
+        by_tag.setdefault(tag, TableRow(tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X})", name=add["keyword"],
+                                        basic=add["action"], options={}, addition=True))
     return RuleTable(by_tag=by_tag, patterns=tuple(patterns), edition=data["edition"])
 
 

@@ -30,7 +30,7 @@ from deidpipe.header.context import ScrubContext
 from deidpipe.header.rules import load_rule_file, resolve_compound
 from deidpipe.policy import is_known_tag
 
-NORMAL, DUMMY, CLEAN = "normal", "dummy", "clean"
+NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
 
 
 @cache
@@ -79,8 +79,10 @@ def _unlisted_action(elem: DataElement, ctx: ScrubContext, mode: str) -> str:
         return "D"
     if vr in ("DA", "DT", "TM"):
         return {"full": "K", "modified": "C", "removed": "D"}[ctx.policy.temporal]
+    if mode == DUMMY_CODES and elem.VR in _free_text_rules()[0]:
+        return "D"  # the codes of e.g. a Person Identification Code Sequence identify the person
     if _is_free_text(elem):
-        return "D" if mode == DUMMY else "C"
+        return "D" if mode in (DUMMY, DUMMY_CODES) else "C"
     return "K"
 
 
@@ -98,6 +100,15 @@ def decide(elem: DataElement, ctx: ScrubContext, mode: str) -> tuple[str, str | 
 def _scrub_sequence(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement:
     items = Sequence([scrub_dataset(item, ctx, mode) for item in elem.value])
     return DataElement(elem.tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
+
+
+def _sequence_mode(elem: DataElement, action: str, mode: str) -> str:
+    """The mode a sequence's items are walked in: a D code sequence takes dummies even for its codes."""
+    if action == "D":
+        return DUMMY_CODES if elem.keyword.endswith("CodeSequence") or mode == DUMMY_CODES else DUMMY
+    if action == "C":
+        return CLEAN
+    return mode
 
 
 def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement | None:
@@ -118,7 +129,7 @@ def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElemen
             return DataElement(elem.tag, "SQ", Sequence())
         if action == "set":
             raise ValueError("set")  # turned into a PolicyError by the engine
-        return _scrub_sequence(elem, ctx, {"D": DUMMY, "C": CLEAN}.get(action, mode))
+        return _scrub_sequence(elem, ctx, _sequence_mode(elem, action, mode))
     if action == "K":
         return copy.copy(elem)  # no re-validation: a value the input had, odd or not, is carried as it was
     if action == "Z":
