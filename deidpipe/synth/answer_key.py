@@ -220,12 +220,14 @@ def _name_parts(pn: str) -> list[str]:
     return parts
 
 
-def search_bytes_for(value: str, vr: str, written: list[str | list[str]], contains: list[str]) -> list[bytes]:
+def search_bytes_for(value: str, vr: str, written: list[str | list[str]], contains: list[str],
+                     names: list[str] | None = None) -> list[bytes]:
     """Byte strings a leak search must look for.
 
     The value in every charset it was written in plus UTF-8 and Latin-1 (an output may re-encode it); for a
-    name also each component group and each component; for free text also each embedded identifier and its
-    words; for ISO 2022 encodings also the bytes without escape sequences.  Generic strings are left out.
+    name also each component group and each component; for free text also each embedded identifier, and the
+    words of the embedded names (not of institutions or phone numbers: their words are generic); for ISO 2022
+    encodings also the bytes without escape sequences.  Generic strings are left out.
     """
     charsets = [*written, *_ALTERNATIVE_CHARSETS]
     texts: list[tuple[str, str]] = [(value, vr)]
@@ -233,7 +235,8 @@ def search_bytes_for(value: str, vr: str, written: list[str | list[str]], contai
         texts += [(part, "PN") for part in _name_parts(value)]
     for extra in contains:
         texts.append((extra, "LO"))
-        texts += [(w, "LO") for w in re.split(r"[\^ ]", extra) if w and w != extra]
+        if extra in (names or []):
+            texts += [(w, "LO") for w in re.split(r"[\^ ]", extra) if w and w != extra]
     found: list[bytes] = []
     for text, text_vr in texts:
         for data in _encodings_of(text, text_vr, charsets):

@@ -85,7 +85,7 @@ def sr_document(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan, mr_s
     finding = _content("CONTAINS", "TEXT", ("121071", "DCM", "Finding"))
     fp.put(finding, "TextValue", f"{p.natural_name} ({p.local_name}, MRN {p.patient_id}): 8 mm nodule, "
            f"right upper lobe, stable since {fmt_date(mr_study.date) if mr_study else 'baseline'}", "free_text",
-           "ContentSequence[4].ContentSequence[0].", contains=[p.natural_name, p.local_name, p.patient_id])
+           "ContentSequence[4].ContentSequence[0].", contains=[p.patient_id], names=[p.natural_name, p.local_name])
     image = _content("INFERRED FROM", "IMAGE", ("121112", "DCM", "Source of Measurement"))
     ref = Dataset()
     ref.ReferencedSOPClassUID = ct.sop_class
@@ -95,8 +95,9 @@ def sr_document(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan, mr_s
     who = _content("HAS PROPERTIES", "PNAME", ("121008", "DCM", "Person Observer Name"))
     fp.put(who, "PersonName", p.staff["performing"], "name", f"{deep}[1].")
     comment = _content("HAS PROPERTIES", "TEXT", ("121106", "DCM", "Comment"))
-    fp.put(comment, "TextValue", f"Results phoned to {p.mother_birth_name.replace('^', ' ')} at {p.phone}",
-           "free_text", f"{deep}[2].", contains=[p.mother_birth_name, p.phone])
+    mother = p.mother_birth_name.replace("^", " ")
+    fp.put(comment, "TextValue", f"Results phoned to {mother} at {p.phone}", "free_text", f"{deep}[2].",
+           contains=[p.phone], names=[mother])
     when = _content("HAS PROPERTIES", "DATETIME", ("111526", "DCM", "DateTime Started"))
     fp.put(when, "DateTime", fmt_date(st.date) + st.time, "datetime", f"{deep}[3].")
     study_ref = _content("HAS PROPERTIES", "UIDREF", ("110180", "DCM", "Study Instance UID"))
@@ -109,7 +110,7 @@ def sr_document(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan, mr_s
     impression = _content("CONTAINS", "TEXT", ("121073", "DCM", "Impression"))
     fp.put(impression, "TextValue", f"Benign. Dr {p.staff['reader'].split('^')[0]} informed {p.natural_name}.",
            "free_text", "ContentSequence[5].ContentSequence[0].",
-           contains=[p.staff["reader"].split("^")[0], p.natural_name])
+           names=[p.staff["reader"].split("^")[0], p.natural_name])
     impressions = _content("CONTAINS", "CONTAINER", ("121072", "DCM", "Impressions"))
     impressions.ContinuityOfContent = "SEPARATE"
     impressions.ContentSequence = Sequence([impression])
@@ -122,7 +123,7 @@ def rt_structure_set(ds: Dataset, fp: FilePlanter, ctx: Context, ct: SeriesPlan)
     equipment_module(ds, fp, ctx, p.site.ct_station, p.site.ct_serial)
     ds.StructureSetLabel = "GTV"
     ds.InstanceNumber = 1
-    fp.put(ds, "StructureSetName", f"Plan {p.natural_name}", "free_text", contains=[p.natural_name])
+    fp.put(ds, "StructureSetName", f"Plan {p.natural_name}", "free_text", names=[p.natural_name])
     fp.put(ds, "StructureSetDate", fmt_date(st.date), "date")
     fp.put(ds, "StructureSetTime", fmt_time(ctx.rng), "time")
 

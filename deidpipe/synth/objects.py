@@ -118,7 +118,7 @@ def patient_modules(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     other.TypeOfPatientID = "TEXT"
     ds.OtherPatientIDsSequence = Sequence([other])
     fp.put(ds, "PatientComments", f"{p.local_name}: allergic to latex, prefers phone {p.phone}", "free_text",
-           contains=[p.local_name, p.phone])
+           contains=[p.phone], names=[p.local_name])
     # Patient Demographic module attributes: not in the image IODs (dciodvfy warns), but hospitals send them.
     fp.put(ds, "PatientAddress", p.address, "address")
     fp.put(ds, "PatientTelephoneNumbers", p.phone, "phone")
@@ -128,7 +128,7 @@ def patient_modules(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     ds.PatientWeight = "68"
     fp.put(ds, "AdditionalPatientHistory",
            f"Prior surgery at {p.site.name}; contact {p.natural_name} on {p.phone}", "free_text",
-           contains=[p.site.name, p.natural_name, p.phone])
+           contains=[p.site.name, p.phone], names=[p.natural_name])
 
 
 def study_module(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
@@ -140,7 +140,7 @@ def study_module(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     fp.put(ds, "ReferringPhysicianName", p.staff["referring"], "name")
     fp.put(ds, "StudyID", st.study_id, "id")
     fp.put(ds, "AccessionNumber", st.accession, "id")
-    fp.put(ds, "StudyDescription", st.description, "free_text", contains=[p.natural_name, p.patient_id])
+    fp.put(ds, "StudyDescription", st.description, "free_text", contains=[p.patient_id], names=[p.natural_name])
     fp.put(ds, "NameOfPhysiciansReadingStudy", p.staff["reader"], "name")
     issuer = Dataset()
     fp.put(issuer, "LocalNamespaceEntityID", f"{p.site.short.upper()}-RIS", "institution",
@@ -173,7 +173,7 @@ def series_module(ds: Dataset, fp: FilePlanter, ctx: Context, *, image: bool = T
     ds.SeriesNumber = se.number
     fp.put(ds, "SeriesDate", fmt_date(st.date), "date")
     fp.put(ds, "SeriesTime", fmt_time(random.Random(se.uid)), "time")
-    fp.put(ds, "SeriesDescription", se.description, "free_text", contains=[p.natural_name])
+    fp.put(ds, "SeriesDescription", se.description, "free_text", names=[p.natural_name])
     fp.put(ds, "OperatorsName", p.staff["operator"], "name")
     if image:
         if se.modality in {"CT", "MR"}:
@@ -194,7 +194,7 @@ def series_module(ds: Dataset, fp: FilePlanter, ctx: Context, *, image: bool = T
         fp.put(ds, "PerformedProcedureStepStartTime", st.time, "time")
         fp.put(ds, "PerformedProcedureStepID", f"PPS{st.accession[3:]}{se.number}", "id")
         fp.put(ds, "PerformedProcedureStepDescription", f"{se.modality} for {p.natural_name}", "free_text",
-               contains=[p.natural_name])
+               names=[p.natural_name])
         ds.RequestAttributesSequence = Sequence([_request(fp, ctx)])
 
 
@@ -209,7 +209,7 @@ def _request(fp: FilePlanter, ctx: Context) -> Dataset:
     req.StudyInstanceUID = st.uid
     fp.ref(prefix + "StudyInstanceUID", st.uid, "study")
     fp.put(req, "ReasonForTheRequestedProcedure", f"Query relapse, referred by {p.staff['referring']}",
-           "free_text", prefix, contains=[p.staff["referring"]])
+           "free_text", prefix, names=[p.staff["referring"]])
     proto = code_item(f"P{st.number}{ctx.series.number}", "99SYNTH", f"{ctx.series.modality} routine")
     ctx_item = Dataset()
     ctx_item.ValueType = "PNAME"
@@ -247,7 +247,7 @@ def image_module(ds: Dataset, fp: FilePlanter, ctx: Context, image_type: list[st
     fp.put(ds, "AcquisitionDateTime", fmt_date(st.date) + acq_time, "datetime")
     ds.AcquisitionNumber = 1
     fp.put(ds, "ImageComments", f"Slice {ctx.index + 1} of {p.local_name}, MRN {p.patient_id}", "free_text",
-           contains=[p.local_name, p.patient_id])
+           contains=[p.patient_id], names=[p.local_name])
     ds.BurnedInAnnotation = "NO"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -57,7 +57,7 @@ _STAFF = [
     "Petrakis^Yannis^^Dr", "Ekwueme^Adaeze", "Gallagher^Declan^^Dr", "Ivanova^Svetlana", "Thorsen^Eirik^^Dr",
     "Marchetti^Giulia", "Halvorsen^Ingrid^^Dr", "Oduya^Kwame", "Laurent^Capucine^^Dr", "Novak^Ondrej",
     "Sandoval^Ximena^^Dr", "Bergstrom^Linnea", "Adeyemi^Tunde^^Dr", "Kaczmarek^Jolanta", "Fitzroy^Alistair^^Dr",
-    "Moreau^Sylvain", "Tanaka^Hiroshi^^Dr", "Ballantyne^Fiona",
+    "Moreau^Sylvain", "Takeda^Hiroshi^^Dr", "Ballantyne^Fiona",
 ]
 _STAFF_ROLES = ("referring", "performing", "operator", "reader", "verifier", "interpreter")
 

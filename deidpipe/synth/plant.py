@@ -29,6 +29,7 @@ class _Rec:
     patient: int | None
     files: list[str] = field(default_factory=list)
     contains: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the embedded identifiers that are names: split into words
 
 
 def _iso_of(value: str, vr: str) -> str | None:
@@ -52,13 +53,14 @@ class Recorder:
         return FilePlanter(self, rel, patient)
 
     def record(self, rel: str, patient: int | None, path: str, value: str, vr: str, kind: str,
-               contains: list[str]) -> None:
+               contains: list[str], names: list[str]) -> None:
         rec = self._planted.setdefault((path, value, patient), _Rec(value, path, vr, kind, patient))
         if rel not in rec.files:
             rec.files.append(rel)
-        for c in contains:
+        for c in [*contains, *names]:
             if c not in rec.contains:
                 rec.contains.append(c)
+        rec.names.extend(n for n in names if n not in rec.names)
 
     def record_safe(self, rel: str, path: str, creator: str, group: int, offset: int, vr: str, value: str) -> None:
         entry = self._safe.setdefault((path, value), SafePrivate(path, creator, group, offset, vr, value, []))
@@ -78,7 +80,7 @@ class Recorder:
                 cs = self.file_charsets[rel]
                 if cs not in written:
                     written.append(cs)
-            patterns = search_bytes_for(rec.value, rec.vr, written, rec.contains)
+            patterns = search_bytes_for(rec.value, rec.vr, written, rec.contains, rec.names)
             searchable = bool(patterns) and is_searchable(rec.value.encode("utf-8"))
             out.append(Planted(
                 value=rec.value, path=rec.path, vr=rec.vr, kind=rec.kind, patient=rec.patient,
@@ -105,20 +107,26 @@ class FilePlanter:
         self.patient = patient
 
     def put(self, ds: Dataset, keyword: str, value: Any, kind: str, prefix: str = "",
-            contains: list[str] | None = None) -> None:
-        """Set ``ds.<keyword> = value`` and record it (each value of a multi-valued element separately)."""
+            contains: list[str] | None = None, names: list[str] | None = None) -> None:
+        """Set ``ds.<keyword> = value`` and record it (each value of a multi-valued element separately).
+
+        ``contains`` and ``names`` list the identifiers embedded in a free-text value; names are also searched
+        word by word, the others (phone numbers, institution names) only whole, as their words are generic.
+        """
         setattr(ds, keyword, value)
         vr = dictionary_VR(keyword)
         values = value if isinstance(value, list) else [value]
         for v in values:
-            self.note(prefix + keyword, str(v), vr, kind, contains)
+            self.note(prefix + keyword, str(v), vr, kind, contains, names)
 
-    def note(self, path: str, value: str, vr: str, kind: str, contains: list[str] | None = None) -> None:
+    def note(self, path: str, value: str, vr: str, kind: str, contains: list[str] | None = None,
+             names: list[str] | None = None) -> None:
         """Record a value that is already in the dataset (set by other means, e.g. a private block)."""
-        self.recorder.record(self.rel, self.patient, path, value, vr, kind, list(contains or []))
+        self.recorder.record(self.rel, self.patient, path, value, vr, kind, list(contains or []), list(names or []))
 
     def private(self, ds: Dataset, group: int, creator: str, offset: int, vr: str, value: Any,
-                kind: str | None, prefix: str = "", contains: list[str] | None = None) -> str:
+                kind: str | None, prefix: str = "", contains: list[str] | None = None,
+                names: list[str] | None = None) -> str:
         """Add a private element; ``kind`` None marks a KB-safe ('k') element.  Returns its path."""
         ds.private_block(group, creator, create=True).add_new(offset, vr, value)
         path = prefix + private_step(group, creator, offset)
@@ -128,7 +136,7 @@ class FilePlanter:
         if kind is None:
             self.recorder.record_safe(self.rel, path, creator, group, offset, vr, text)
         else:
-            self.note(path, text if not isinstance(value, bytes) else _ob_text(value), vr, kind, contains)
+            self.note(path, text if not isinstance(value, bytes) else _ob_text(value), vr, kind, contains, names)
         return path
 
     def ref(self, path: str, uid: str, kind: str) -> None:

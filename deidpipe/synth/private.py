@@ -45,7 +45,7 @@ def add_ct_private(ds: Dataset, fp: FilePlanter, person: Person, study_date: str
     prefix = seq_path + "[0]."
     fp.private(item, 0x0013, CTP, 0x20, "LO", person.patient_id, "id", prefix)
     fp.private(item, 0x0013, CTP, 0x26, "LT", f"Transferred from {site.name} for {person.natural_name}",
-               "free_text", prefix, contains=[site.name, person.natural_name])
+               "free_text", prefix, contains=[site.name], names=[person.natural_name])
     fp.put(item, "PatientName", person.name, "name", prefix)
     ds.private_block(0x0013, CTP)[0x01].value.append(item)
 
@@ -59,7 +59,7 @@ def add_mr_private(ds: Dataset, fp: FilePlanter, person: Person) -> None:
     ds.private_block(0x0029, SIEMENS_CSA, create=True).add_new(0x08, "CS", "IMAGE NUM 4")
     text = f"SV10 PatientName={person.natural_name};PatientID={person.patient_id};Site={person.site.name}"
     fp.private(ds, 0x0029, SIEMENS_CSA, 0x10, "OB", _even(text.encode("utf-8")), "free_text",
-               contains=[person.natural_name, person.patient_id, person.site.name])
+               contains=[person.patient_id, person.site.name], names=[person.natural_name])
 
 
 def add_us_private(ds: Dataset, fp: FilePlanter, person: Person) -> None:
@@ -71,4 +71,4 @@ def add_us_private(ds: Dataset, fp: FilePlanter, person: Person) -> None:
     fp.private(item, 0x2001, PHILIPS, 0x2D, "SS", 1, None, seq_path + "[0].")  # Number of Slices in Stack, k
     ds.private_block(0x2001, PHILIPS)[0x5F].value.append(item)
     fp.private(ds, 0x2001, PHILIPS, 0xC8, "LO", f"ExamCard {person.natural_name} abdomen", "free_text",
-               contains=[person.natural_name])  # Exam Card Name, d
+               names=[person.natural_name])  # Exam Card Name, d
