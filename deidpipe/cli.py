@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from deidpipe.he.cli import he_app
 from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
 from deidpipe.pipeline.cli import run_command
@@ -21,3 +22,4 @@ app.command("reidentify")(reidentify)
 app.command("make-recipient")(make_recipient_command)
 app.command("synth")(synth)
 app.command("run")(run_command)
+app.add_typer(he_app, name="he")

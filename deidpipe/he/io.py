@@ -226,3 +226,26 @@ class CipherBundle:
         if "context_id" not in meta or "packing" not in meta:
             raise FormatError(f"{path}: ciphertext file lacks its context id or packing")
         return cls(header["kind"], meta, [b for _, b in blobs])
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read labels (one column, or an indicator matrix) from .npy, .parquet or .csv."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif suffix in (".parquet", ".csv"):
+            import polars as pl
+
+            df = pl.read_parquet(p) if suffix == ".parquet" else pl.read_csv(p)
+            arr = df.to_numpy()
+            if arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]
+        else:
+            raise FormatError(f"{p}: labels must be .npy, .parquet or .csv")
+    except FormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a typed error
+        raise FormatError(f"{p}: cannot read labels ({type(exc).__name__})") from None
+    return np.asarray(arr)
