@@ -23,7 +23,7 @@ KB = Path(__file__).resolve().parents[1].parent / "shared/reference/tcia_private
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnswerKey]:
     out = tmp_path_factory.mktemp("synth")
-    return out, generate_archive(out)
+    return out, generate_archive(out, patients=4)  # four: each charset also in image files
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_gives_byte_identical_archive(archive: tuple[Path, AnswerKey], tmp_path: Path) -> None:
     out, _ = archive
-    generate_archive(tmp_path / "again")
+    generate_archive(tmp_path / "again", patients=4)
     assert _tree(out) == _tree(tmp_path / "again")
     generate_archive(tmp_path / "other", seed=1)
     assert _tree(out)["patient000/study1/series01_MR/001.dcm"] != _tree(tmp_path / "other")[
@@ -58,7 +58,7 @@ def test_key_round_trips_through_json(archive: tuple[Path, AnswerKey]) -> None:
 
 def test_archive_shape(archive: tuple[Path, AnswerKey], datasets: dict[str, pydicom.Dataset]) -> None:
     out, key = archive
-    assert len(key.patients) == 3
+    assert len(key.patients) == 4
     modalities = {ds.Modality for ds in datasets.values()}
     assert modalities == {"CT", "MR", "US", "SR", "RTSTRUCT"}
     for rel, ds in datasets.items():
@@ -114,11 +114,21 @@ def test_every_searchable_value_is_found_in_its_files(
     assert all(p in everything for p in {b for pl in key.planted for b in pl.patterns()[:1]})
 
 
-def test_generic_values_are_not_searchable() -> None:
+def test_generic_values_are_not_searchable(archive: tuple[Path, AnswerKey]) -> None:
+    _, key = archive
+    sex = [p for p in key.planted if p.path == "PatientSex"]
+    assert sex and not any(p.searchable or p.search_bytes for p in sex)
     assert not is_searchable(b"M")
     assert not is_searchable(b"12345")
     assert is_searchable(b"123456")
     assert is_searchable(b"054Y")
+
+
+def test_three_patients_already_cover_four_charsets(tmp_path: Path) -> None:
+    key = generate_archive(tmp_path, patients=3, rows=4, cols=4)
+    charsets = {f.specific_character_set for p in key.patients for st in p.studies for se in st.series
+                for f in se.files}
+    assert charsets == {"ISO_IR 100", "\\ISO 2022 IR 87", "\\ISO 2022 IR 149", "ISO_IR 192"}
 
 
 def test_four_character_sets_round_trip(

@@ -111,7 +111,8 @@ def patient_modules(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     fp.put(ds, "PatientID", p.patient_id, "id")
     fp.put(ds, "IssuerOfPatientID", p.issuer, "id")
     fp.put(ds, "PatientBirthDate", fmt_date(p.birth_date), "date")
-    ds.PatientSex = p.sex
+    # Too generic to search for (the key marks them searchable: false), but quasi-identifiers all the same.
+    fp.put(ds, "PatientSex", p.sex, "characteristic")
     other = Dataset()
     fp.put(other, "PatientID", p.other_id, "id", "OtherPatientIDsSequence[0].")
     fp.put(other, "IssuerOfPatientID", p.other_issuer, "id", "OtherPatientIDsSequence[0].")
@@ -125,7 +126,7 @@ def patient_modules(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     fp.put(ds, "PatientMotherBirthName", p.mother_birth_name, "name")
     fp.put(ds, "PatientAge", age_string(p.birth_date, ctx.study.date), "age")
     ds.PatientSize = "1.72"
-    ds.PatientWeight = "68"
+    fp.put(ds, "PatientWeight", "68", "characteristic")
     fp.put(ds, "AdditionalPatientHistory",
            f"Prior surgery at {p.site.name}; contact {p.natural_name} on {p.phone}", "free_text",
            contains=[p.site.name, p.phone], names=[p.natural_name])
