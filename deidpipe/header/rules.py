@@ -133,8 +133,9 @@ def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool
     module tables, deidpipe keeps what the input had present and removes only the content:
 
     - ``X/Z/U*``: the sequence stays, its items are processed (every UID inside mapped) -> ``U``;
-    - a sequence under ``X/Z``, ``X/D``, ``X/Z/D`` or ``Z/D`` keeps its items, each de-identified -> ``D``
-      (the items' own attributes follow their own rows, so nothing identifying survives);
+    - a sequence under ``X/D``, ``X/Z/D`` or ``Z/D`` keeps its items in dummy mode -> ``D``; under ``X/Z``
+      it keeps its items -> ``K`` (an empty sequence would be invalid where the attribute is Type 3); either
+      way the items' own attributes follow their own rows, so nothing identifying survives;
     - an empty input value stays empty -> ``Z`` (valid wherever the input was valid);
     - a non-empty value becomes a dummy when the code allows ``D`` (valid even for Type 1), else empty (``Z``).
 
@@ -146,7 +147,7 @@ def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool
     if code == "X/Z/U*":
         return "U"
     if is_sequence:
-        return "D" if "D" in code else "Z"
+        return "D" if "D" in code else "K"
     if not present_and_nonempty:
         return "Z"
     return "D" if "D" in code else "Z"

@@ -1,0 +1,36 @@
+"""Helpers for the header tests: run the engine over a folder, read dciodvfy's errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from deidpipe.dicomio import read_dataset, write_dataset
+from deidpipe.header.engine import deidentify
+from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy
+
+
+def deidentify_tree(src: Path, files: list[str], dst: Path, policy: Policy, key: ProjectKey) -> dict[str, Path]:
+    """De-identify each file of ``files`` (relative to ``src``) into ``dst``; return input -> output path."""
+    out = {}
+    for rel in files:
+        result = deidentify(read_dataset(src / rel), policy, key)
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset(result.dataset, target)
+        out[rel] = target
+    return out
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    """dciodvfy's error lines, with values and UIDs taken out so that input and output can be compared."""
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
+    errors = set()
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("Error"):
+            line = re.sub(r"\[\d+\]", "", line)
+            line = re.sub(r"UID [\d.]+|\b\d+(\.\d+){2,}\b|<[0-9.]+>|(=|value) <[^>]*>", "", line)
+            errors.add(line.strip())
+    return errors
