@@ -78,7 +78,11 @@ def _read_header(data: bytes) -> pydicom.Dataset:
     if len(data) >= 132 and data[128:132] == b"DICM":
         with quiet_pydicom():
             try:
-                return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                meta = getattr(ds, "file_meta", None)
+                if "SOPClassUID" in ds or (meta is not None and "MediaStorageSOPClassUID" in meta):
+                    return ds
+                # Nothing that identifies a storable object: let the full reader judge it.
             except InvalidDicomError:
                 pass
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input

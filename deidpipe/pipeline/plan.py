@@ -100,20 +100,32 @@ class Plan:
         frame = pl.read_parquet(manifest, columns=_PLAN_COLUMNS)
         self.resumed_ids: list[str] = []
         if finished:
-            done = pl.col("object_id").is_in(pl.Series(list(finished), dtype=pl.String))
-            self.resumed_ids = frame.filter(done)["object_id"].to_list()
-            frame = frame.filter(~done)
+            done = pl.DataFrame({"object_id": list(finished)}, schema={"object_id": pl.String})
+            self.resumed_ids = frame.join(done, on="object_id", how="semi")["object_id"].to_list()
+            frame = frame.join(done, on="object_id", how="anti")
         self.chunk = chunk
         self._decided: list[ObjectResult] = []
         self._decide_invalid(frame.filter(pl.col("kind") == KIND_INVALID))
         self._decide_dicomdir(frame.filter(pl.col("kind") == KIND_DICOMDIR))
-        todo = frame.filter(pl.col("kind") == KIND_DICOM)
+        todo = frame.filter(pl.col("kind") == KIND_DICOM).sort("path")
         if dedupe_instances:
             todo = self._decide_duplicates(todo)
-        self._todo = todo.sort(["series_uid", "path"], nulls_last=True)
+        else:
+            todo = todo.with_columns(_group=pl.col("series_uid"), _instance=pl.col("object_id"))
+        # Inputs that share a SOP instance but differ in content stay together, in path order, in one task:
+        # the first that succeeds is written, the others then meet a different finished file and are
+        # quarantined; the outcome never depends on which worker runs first.
+        self._todo = todo.sort(["_group", "_instance", "path"], nulls_last=True)
+        counts = self._todo.group_by("_instance").len()
+        self.conflict_ids: set[str] = set(
+            self._todo.join(counts.filter(pl.col("len") > 1), on="_instance", how="semi")["object_id"]
+        )
         self.stages_by_series: dict[str | None, tuple[str, ...]] = {}
         for (series,), rows in self._todo.group_by(["series_uid"], maintain_order=True):
             self.stages_by_series[series] = tuple(s.name for s in STAGES if s.needed(rows))
+        for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
+            if group not in self.stages_by_series:
+                self.stages_by_series[group] = tuple(s.name for s in STAGES if s.needed(rows))
 
     # -- outcomes decided without running anything ------------------------------------------------------
     def _decide_invalid(self, rows: pl.DataFrame) -> None:
@@ -133,30 +145,22 @@ class Plan:
             )
 
     def _decide_duplicates(self, todo: pl.DataFrame) -> pl.DataFrame:
-        ranked = todo.sort("path").with_columns(
-            _rank=pl.int_range(pl.len()).over("instance_uid"),
-            _first_hash=pl.col("content_hash").first().over("instance_uid"),
-        )
-        dup_filter = pl.col("instance_uid").is_not_null() & (pl.col("_rank") > 0)
-        cols = ("object_id", "content_hash", "size", "series_uid", "_first_hash")
-        for r in ranked.filter(dup_filter).select(cols).iter_rows(named=True):
-            same = r["content_hash"] == r["_first_hash"]
+        """Byte-identical copies of one SOP instance are ``duplicate`` (the first by path is done). Copies that
+        differ are all kept, grouped with the series of the first so that they run in one task."""
+        ranked = todo.with_columns(
+            _instance=pl.coalesce(pl.col("instance_uid"), pl.col("object_id")),
+            _copy=pl.int_range(pl.len()).over(pl.coalesce("instance_uid", "object_id"), "content_hash"),
+        ).with_columns(_group=pl.col("series_uid").first().over("_instance"))
+        cols = ("object_id", "content_hash", "size", "series_uid")
+        for r in ranked.filter(pl.col("_copy") > 0).select(cols).iter_rows(named=True):
             self._decided.append(
                 ObjectResult(
-                    r["object_id"],
-                    STATUS_DUPLICATE if same else STATUS_QUARANTINED,
-                    r["content_hash"],
-                    stage=None if same else "plan",
-                    reason=(
-                        "identical copy of another input (same SOP Instance UID, same bytes)"
-                        if same
-                        else "another input has the same SOP Instance UID and different content"
-                    ),
-                    bytes_in=r["size"] or 0,
-                    series_uid=r["series_uid"],
+                    r["object_id"], STATUS_DUPLICATE, r["content_hash"],
+                    reason="identical copy of another input (same SOP Instance UID, same bytes)",
+                    bytes_in=r["size"] or 0, series_uid=r["series_uid"],
                 )
             )
-        return ranked.filter(~dup_filter).drop("_rank", "_first_hash")
+        return ranked.filter(pl.col("_copy") == 0).drop("_copy")
 
     def decided(self) -> list[ObjectResult]:
         return self._decided
@@ -170,23 +174,33 @@ class Plan:
     def todo_bytes(self) -> int:
         return int(self._todo["size"].sum() or 0)
 
-    def todo_items(self) -> dict[str, tuple[str | None, str | None]]:
-        """object id -> (series pseudonym, content hash), for a streamed source whose tasks follow the stream."""
+    def todo_items(self) -> dict[str, tuple[str | None, str | None, str | None]]:
+        """object id -> (task group, content hash, series pseudonym) for a streamed source."""
         t = self._todo
-        return dict(zip(t["object_id"], zip(t["series_uid"], t["content_hash"], strict=True), strict=True))
+        return dict(zip(t["object_id"], zip(t["_group"], t["content_hash"], t["series_uid"], strict=True),
+                        strict=True))
+
+    def instance_of(self) -> dict[str, str]:
+        """object id -> SOP instance group, for the objects in :attr:`conflict_ids`."""
+        ids = pl.DataFrame({"object_id": sorted(self.conflict_ids)}, schema={"object_id": pl.String})
+        t = self._todo.join(ids, on="object_id", how="semi")
+        return dict(zip(t["object_id"], t["_instance"], strict=True))
 
     def tasks(self) -> Iterator[ExecTask]:
         """Series tasks for a random-access source: a whole series when a series-scope stage is needed, else
-        chunks of ``chunk`` objects of one series."""
+        chunks of about ``chunk`` objects of one series (never splitting the copies of one SOP instance)."""
         scope = {s.name: s.scope for s in STAGES}
-        for (series,), rows in self._todo.group_by(["series_uid"], maintain_order=True):
-            stages = self.stages_by_series[series]
+        for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
+            stages = self.stages_by_series[group]
             whole = any(scope[s] == SCOPE_SERIES for s in stages)
-            task = ExecTask(series, stages)
-            for r in rows.select("object_id", "path", "size", "content_hash").iter_rows():
-                task.items.append(ExecItem(r[0], SourceItem(r[1], r[2]), r[3], series))
-                if not whole and len(task.items) >= self.chunk:
+            task = ExecTask(group, stages)
+            last_instance = None
+            cols = ("object_id", "path", "size", "content_hash", "series_uid", "_instance")
+            for oid, path, size, chash, series, instance in rows.select(cols).iter_rows():
+                if not whole and len(task.items) >= self.chunk and instance != last_instance:
                     yield task
-                    task = ExecTask(series, stages)
+                    task = ExecTask(group, stages)
+                task.items.append(ExecItem(oid, SourceItem(path, size), chash, series))
+                last_instance = instance
             if task.items:
                 yield task

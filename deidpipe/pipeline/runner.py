@@ -238,8 +238,11 @@ class Run:
         return writer.close()
 
     def _stream_tasks(self, spec: SourceSpec, plan: Plan) -> Iterator[ExecTask]:
-        """Tasks that follow a streamed source's order, cut where the series changes."""
+        """Tasks that follow a streamed source's order, cut where the series changes. Differing copies of one
+        SOP instance (rare) are held back and run together, in path order, at the end."""
         todo = plan.todo_items()
+        instance_of = plan.instance_of()
+        held: dict[str, tuple[str | None, list[ExecItem]]] = {}
         task: ExecTask | None = None
         nbytes = 0
         for item in iter_items(spec):
@@ -247,20 +250,25 @@ class Run:
             entry = todo.pop(oid, None)
             if entry is None:
                 continue
-            series, chash = entry
-            if task is not None and (task.series_uid != series or len(task.items) >= self.chunk
+            group, chash, series = entry
+            if oid in instance_of:
+                held.setdefault(instance_of[oid], (group, []))[1].append(ExecItem(oid, item, chash, series))
+                continue
+            if task is not None and (task.series_uid != group or len(task.items) >= self.chunk
                                      or nbytes >= STREAM_TASK_BYTES):
                 yield task
                 task = None
             if task is None:
-                task, nbytes = ExecTask(series, plan.stages_by_series[series]), 0
+                task, nbytes = ExecTask(group, plan.stages_by_series[group]), 0
             task.items.append(ExecItem(oid, item, chash, series))
             nbytes += len(item.data or b"")
         if task is not None:
             yield task
-        for oid, (series, chash) in todo.items():  # listed by the index, gone from the stream now
-            yield ExecTask(series, plan.stages_by_series[series],
-                           [ExecItem(oid, SourceItem("", -1), chash, series)])
+        for group, items in held.values():
+            items.sort(key=lambda i: i.item.relpath)
+            yield ExecTask(group, plan.stages_by_series[group], items)
+        for oid, (group, chash, series) in todo.items():  # listed by the index, gone from the stream now
+            yield ExecTask(group, plan.stages_by_series[group], [ExecItem(oid, SourceItem("", -1), chash, series)])
 
     def _record(self, journal: Journal, results: list[ObjectResult]) -> None:
         journal.write(results)

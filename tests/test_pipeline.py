@@ -1,0 +1,244 @@
+"""`deidpipe run`: identical trees for any executor, kill -9 + resume, quarantine, archives as input.
+
+Real files from the synthetic archive generator, the real header engine, a real process pool and a real Dask
+LocalCluster; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from deidpipe.dicomio import read_dataset, write_dataset
+from deidpipe.keys import ProjectKey
+from deidpipe.pipeline import iter_run, run
+from deidpipe.policy import Policy
+from deidpipe.synth import generate_archive
+
+SECRET = "pipeline-test-secret-0123456789abcdef"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def key() -> ProjectKey:
+    return ProjectKey(SECRET.encode())
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("synth")
+    answer = generate_archive(root / "src", patients=2, seed=3)
+    (root / "src" / "answer_key.json").replace(root / "answer_key.json")
+    return root / "src", answer
+
+
+@pytest.fixture(scope="module")
+def reference(archive, key, tmp_path_factory) -> dict[str, str]:
+    """The tree of a clean single-worker run: what every other way of running must reproduce."""
+    src, _ = archive
+    dst = tmp_path_factory.mktemp("ref") / "out"
+    report = run(src, dst, Policy.basic(), key=key, workers=1)
+    assert report.ok and report.written == report.objects > 0
+    return tree(dst)
+
+
+def tree(dst: Path) -> dict[str, str]:
+    """relative path -> sha256 of every output file (bookkeeping under _deidpipe excluded)."""
+    out = {}
+    for p in sorted(dst.rglob("*")):
+        rel = p.relative_to(dst).as_posix()
+        if p.is_file() and not rel.startswith("_deidpipe/"):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def secrets_of(answer) -> set[bytes]:
+    """Original identifying strings long enough to search for without false hits."""
+    return {p for p in answer.search_patterns() if len(p) >= 6}
+
+
+def cli(*args: str, env_key: str = SECRET, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DEIDPIPE_KEY=env_key)
+    return subprocess.run([sys.executable, "-c", "from deidpipe.cli import app; app()", *args], cwd=REPO,
+                          env=env, capture_output=True, timeout=timeout)
+
+
+# -- the same tree whatever runs it ---------------------------------------------------------------------------
+def test_reference_tree_is_pseudonymised(archive, key, reference, tmp_path):
+    src, answer = archive
+    dcm = [p for p in reference if p.endswith(".dcm")]
+    assert len(dcm) == len(answer.files())
+    for rel in dcm:
+        patient, study, series, instance = rel.split("/")
+        assert study.startswith("2.25.") and series.startswith("2.25.") and instance.startswith("2.25.")
+    originals = {p.patient_id for p in answer.patients}
+    assert not originals & {rel.split("/")[0] for rel in dcm}
+
+
+def test_two_workers_and_dask_give_identical_trees(archive, key, reference, tmp_path):
+    src, _ = archive
+    r2 = run(src, tmp_path / "two", Policy.basic(), key=key, workers=2)
+    assert (r2.executor, r2.workers) == ("local", 2)
+    assert tree(tmp_path / "two") == reference
+    rd = run(src, tmp_path / "dask", Policy.basic(), key=key, workers=2, executor="dask")
+    assert rd.executor == "dask"
+    assert tree(tmp_path / "dask") == reference
+
+
+def test_zip_and_tar_inputs_equal_the_folder(archive, key, reference, tmp_path):
+    src, _ = archive
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            zf.write(p, p.relative_to(src).as_posix())
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tf:
+        tf.add(src, arcname="archive")
+    rz = run(tmp_path / "a.zip", tmp_path / "zip", Policy.basic(), key=key, workers=1)
+    assert rz.source_kind == "zip" and rz.ok
+    assert tree(tmp_path / "zip") == reference
+    rt = run(tmp_path / "a.tar.gz", tmp_path / "tar", Policy.basic(), key=key, workers=1)
+    assert rt.source_kind == "tar" and rt.ok
+    assert tree(tmp_path / "tar") == reference
+
+
+# -- crash and resume ---------------------------------------------------------------------------------------------
+def test_kill_9_then_resume_equals_a_clean_run(key, tmp_path):
+    answer = generate_archive(tmp_path / "src", patients=12, seed=5)
+    (tmp_path / "src" / "answer_key.json").unlink()
+    src, dst = tmp_path / "src", tmp_path / "out"
+    n = len(answer.files())
+    journal = dst / "_deidpipe" / "journal.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from deidpipe.cli import app; app()", "run", str(src), str(dst), "--workers", "1",
+         "-q"],
+        cwd=REPO, env=dict(os.environ, DEIDPIPE_KEY=SECRET), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done = journal.read_bytes().count(b"\n")
+    assert 8 <= done < n
+    # Nothing half written in the output tree: every file there is a complete DICOM object.
+    partial = [p for p in dst.rglob("*.dcm") if "_deidpipe" not in p.parts]
+    for p in partial:
+        read_dataset(p)
+
+    with pytest.raises(Exception, match="--resume"):
+        run(src, dst, Policy.basic(), key=key, workers=1)
+    resumed = run(src, dst, Policy.basic(), key=key, workers=1, resume=True)
+    assert resumed.ok and resumed.resumed >= 8 and resumed.written == n
+    assert not (dst / "_deidpipe" / "tmp").exists() or not any((dst / "_deidpipe" / "tmp").iterdir())
+
+    clean = run(src, tmp_path / "clean", Policy.basic(), key=key, workers=1)
+    assert clean.ok
+    assert tree(dst) == tree(tmp_path / "clean")
+    audit = pl.read_parquet(dst / "_deidpipe" / "audit.parquet")
+    assert audit.height == n and audit["object_id"].n_unique() == n
+    assert set(audit["status"]) == {"written"}
+
+
+def test_resume_refuses_another_key(archive, key, tmp_path):
+    src, _ = archive
+    run(src, tmp_path / "out", Policy.basic(), key=key, workers=1)
+    with pytest.raises(Exception, match="different key"):
+        run(src, tmp_path / "out", Policy.basic(), key=ProjectKey(b"another-secret-0123456789"), workers=1,
+            resume=True)
+    again = run(src, tmp_path / "out", Policy.basic(), key=key, workers=1, resume=True)
+    assert again.resumed == again.objects and again.processed == 0
+
+
+# -- bad inputs -----------------------------------------------------------------------------------------------
+def _dicomdir(path: Path) -> None:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.FileSetID = "MIXED"
+    ds.DirectoryRecordSequence = []
+    write_dataset(ds, path)
+
+
+def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_path):
+    answer = generate_archive(tmp_path / "src", patients=1, seed=9)
+    (tmp_path / "src" / "answer_key.json").replace(tmp_path / "answer_key.json")
+    src = tmp_path / "src"
+    good = answer.files()
+    victim = src / good[0]
+    bad = src / "Doe_John_notes"  # a file name that carries a name: it must not reach any output
+    bad.mkdir()
+    (bad / "README.txt").write_text("not DICOM at all\n")
+    (bad / "empty.dcm").write_bytes(b"")
+    (bad / "truncated.dcm").write_bytes(victim.read_bytes()[: victim.stat().st_size * 2 // 3])
+    (bad / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(300))
+    (bad / "dangling.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    _dicomdir(src / "DICOMDIR")
+    # A copy of a good file elsewhere in the tree: the same SOP instance, written once.
+    shutil.copy(src / good[1], bad / "copy.dcm")
+    n_bad = 5
+
+    dst = tmp_path / "out"
+    res = cli("run", str(src), str(dst), "--workers", "2")
+    assert res.returncode == 1, res.stderr.decode(errors="replace")
+    out = res.stdout + res.stderr
+    assert b"quarantined" in out
+    for secret in secrets_of(answer) | {b"Doe_John", b"README", b"truncated.dcm"}:
+        assert secret not in out
+
+    records = sorted((dst / "quarantine").glob("*.json"))
+    assert len(records) == n_bad
+    stages = sorted(json.loads(r.read_text())["stage"] for r in records)
+    assert stages.count("index") >= 3  # not DICOM, empty, garbage, dangling (truncated may fail later)
+    for r in records:
+        text = r.read_bytes()
+        assert b"Doe_John" not in text and b"README" not in text and b".dcm" not in text
+    written = [p for p in dst.rglob("*.dcm") if "quarantine" not in p.parts]
+    assert len(written) == len(good)
+    for p in written:
+        read_dataset(p)
+
+    audit = pl.read_parquet(dst / "_deidpipe" / "audit.parquet")
+    assert audit.height == len(good) + n_bad + 2
+    assert dict(audit["status"].value_counts().iter_rows()) == {
+        "written": len(good), "quarantined": n_bad, "skipped": 1, "duplicate": 1}
+    blob = (dst / "_deidpipe" / "audit.parquet").read_bytes() + b"".join(r.read_bytes() for r in records)
+    for secret in secrets_of(answer) | {b"Doe_John", b"README"}:
+        assert secret not in blob
+
+    manifest = pl.read_parquet(dst / "_deidpipe" / "manifest.parquet")
+    assert manifest.height == audit.height
+    originals = {st.study_instance_uid for p in answer.patients for st in p.studies}
+    assert not originals & set(manifest["study_uid"].drop_nulls())
+    assert {key.uid(u) for u in originals} == set(manifest["study_uid"].drop_nulls())
+    assert set(manifest.filter(pl.col("kind") == "invalid")["reason"]) >= {"is empty"}
+
+    ok = cli("run", str(src), str(tmp_path / "out2"), "--workers", "1", "--allow-quarantine", "-q")
+    assert ok.returncode == 0, ok.stderr.decode(errors="replace")
+    assert tree(tmp_path / "out2") == tree(dst)
+
+
+def test_iter_run_streams_results_and_keep_paths(archive, key, tmp_path):
+    src, answer = archive
+    it = iter_run(src, tmp_path / "out", Policy.basic(), key=key, workers=1, keep_paths=True)
+    results = list(it)
+    assert it.report is not None and it.report.written == len(results) == len(answer.files())
+    assert sorted(r.output for r in results) == sorted(answer.files())
+    assert all(r.timings_ms.get("header", 0) > 0 and r.actions for r in results)
