@@ -44,7 +44,8 @@ def test_deidentified_or_rejected_clearly(path: str, key, tmp_path):
     write_dataset(result.dataset, out)
     again = read_dataset(out)
     assert again.PatientIdentityRemoved == "YES"
-    assert again.file_meta.MediaStorageSOPInstanceUID == again.get("SOPInstanceUID", again.file_meta.MediaStorageSOPInstanceUID)
+    meta_uid = again.file_meta.MediaStorageSOPInstanceUID
+    assert meta_uid == again.get("SOPInstanceUID", meta_uid)
     if dciodvfy_available():
         new_errors = dciodvfy_errors(out) - dciodvfy_errors(Path(path))
         assert not new_errors, new_errors
