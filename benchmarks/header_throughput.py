@@ -1,0 +1,237 @@
+"""Header de-identification throughput: deidpipe beside the tools a user would otherwise pick.
+
+    python benchmarks/header_throughput.py [--files 2000] [--keep DIR] [--memory-check 20000]
+
+Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, half full 512x512), then runs, each
+in its own process on the same files: deidpipe with 1 worker and with all cores, pydicom/deid with its packaged
+recipe, dicognito, Kitware's dicom-anonymizer, and the floor (pydicom read + write, no changes). Prints files/s,
+MB/s and the peak resident memory of the tool's whole process tree (sampled every 50 ms).
+
+``--memory-check N`` also runs deidpipe (all cores) on N small files and on N/10, and compares peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+KEY = "benchmark-secret-0123456789abcdef"
+TOOLS = ["floor", "deidpipe-1", "deidpipe-all", "deid", "dicognito", "dicom-anonymizer"]
+
+
+# -- corpus ---------------------------------------------------------------------------------------------------
+def build_corpus(root: Path, n: int, big_share: float = 0.5, per_series: int = 50) -> int:
+    """``n`` CT slices under ``root/pNNN/sNNN/NNNNNN.dcm`` (unique base names: deid names outputs by them)."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    big_pixels = (np.arange(512 * 512, dtype=np.uint16) % 4096).astype("<u2").tobytes()
+    n_big = int(n * big_share)
+    total = 0
+    for i in range(n):
+        series_no, patient_no = i // per_series, i // (per_series * 4)
+        if i % per_series == 0:
+            study_uid = generate_uid(entropy_srcs=[f"study{patient_no}{series_no // 2}"])
+            series_uid = generate_uid(entropy_srcs=[f"series{series_no}"])
+        ds = base.copy()
+        ds.file_meta = base.file_meta.copy()
+        ds.PatientName = f"Patient^{patient_no:04d}^Benchmark"
+        ds.PatientID = f"PID{patient_no:06d}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"instance{i}"])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i % per_series + 1
+        if i < n_big:
+            ds.Rows, ds.Columns = 512, 512
+            ds.PixelData = big_pixels
+        path = root / f"p{patient_no:03d}" / f"s{series_no:04d}" / f"{i:06d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+def corpus_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.dcm"))
+
+
+# -- one tool, inside its own process ---------------------------------------------------------------------------
+def run_tool(tool: str, corpus: Path, out: Path) -> dict:
+    files = corpus_files(corpus)
+    out.mkdir(parents=True, exist_ok=True)
+    if tool.startswith("deidpipe"):
+        from deidpipe.keys import ProjectKey
+        from deidpipe.pipeline import run
+        from deidpipe.policy import Policy
+
+        workers = 1 if tool == "deidpipe-1" else (len(os.sched_getaffinity(0)))
+        t0 = time.perf_counter()
+        report = run(corpus, out / "dst", Policy.basic(), key=ProjectKey(KEY.encode()), workers=workers)
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds, "files": report.written, "quarantined": report.quarantined,
+                "index_s": report.index_s, "execute_s": report.execute_s, "workers": workers}
+    if tool == "floor":
+        import pydicom
+
+        t0 = time.perf_counter()
+        for i, f in enumerate(files):
+            pydicom.dcmread(f).save_as(out / f"{i:06d}.dcm")
+    elif tool == "dicognito":
+        import pydicom
+        from dicognito.anonymizer import Anonymizer
+
+        anonymizer = Anonymizer()
+        t0 = time.perf_counter()
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            anonymizer.anonymize(ds)
+            ds.save_as(out / f"{i:06d}.dcm")
+    elif tool == "dicom-anonymizer":
+        from dicomanonymizer import anonymize_dicom_file
+
+        t0 = time.perf_counter()
+        for i, f in enumerate(files):
+            anonymize_dicom_file(str(f), str(out / f"{i:06d}.dcm"))
+    elif tool == "deid":
+        from deid.config import DeidRecipe
+        from deid.dicom import replace_identifiers
+
+        recipe = DeidRecipe()  # the packaged default recipe
+        t0 = time.perf_counter()
+        for start in range(0, len(files), 200):
+            chunk = [str(f) for f in files[start : start + 200]]
+            replace_identifiers(dicom_files=chunk, deid=recipe, save=True, output_folder=str(out), overwrite=True)
+    else:
+        raise SystemExit(f"unknown tool {tool}")
+    return {"seconds": time.perf_counter() - t0, "files": len(files)}
+
+
+# -- the parent: run each tool in a child and watch its memory -----------------------------------------------------
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(tool: str, corpus: Path, scratch: Path) -> dict:
+    out = scratch / f"out-{tool}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, DEIDPIPE_KEY=KEY, PYTHONWARNINGS="ignore")
+    child = subprocess.Popen([sys.executable, __file__, "--tool", tool, str(corpus), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(child.pid))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    stop.set()
+    sampler.join()
+    shutil.rmtree(out, ignore_errors=True)
+    if child.returncode != 0:
+        return {"tool": tool, "error": (stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(tool=tool, peak_mb=peak / 2**20)
+    return result
+
+
+def table(results: list[dict], nbytes: int, nfiles: int) -> str:
+    floor = next((r for r in results if r["tool"] == "floor" and "error" not in r), None)
+    lines = [f"corpus: {nfiles} files, {nbytes / 1e6:.1f} MB, {len(os.sched_getaffinity(0))} cores", "",
+             f"{'tool':<26}{'files/s':>10}{'MB/s':>9}{'ms/file':>10}{'x floor':>9}{'peak MB':>10}",
+             "-" * 74]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['tool']:<26}  failed: {r['error']}")
+            continue
+        fps = r["files"] / r["seconds"]
+        mbs = nbytes / 1e6 / r["seconds"]
+        ms = 1e3 * r["seconds"] / max(r["files"], 1)
+        name = r["tool"] + (f" ({r['workers']} workers)" if "workers" in r else "")
+        rel = f"{ms / (1e3 * floor['seconds'] / floor['files']):.2f}" if floor else "-"
+        lines.append(f"{name:<26}{fps:>10.1f}{mbs:>9.1f}{ms:>10.2f}{rel:>9}{r['peak_mb']:>10.0f}")
+    by = {r["tool"]: r for r in results if "error" not in r}
+    if {"deidpipe-all", "dicognito"} <= by.keys():
+        speed = (by["deidpipe-all"]["files"] / by["deidpipe-all"]["seconds"]) / (
+            by["dicognito"]["files"] / by["dicognito"]["seconds"])
+        lines.append(f"\ndeidpipe (all cores) vs dicognito: {speed:.2f}x files/s (target >= 5x)")
+    if {"deidpipe-1", "floor"} <= by.keys():
+        ratio = (by["deidpipe-1"]["seconds"] / by["deidpipe-1"]["files"]) / (
+            by["floor"]["seconds"] / by["floor"]["files"])
+        lines.append(f"deidpipe (1 worker) time per file vs floor: {ratio:.2f}x (target <= 1.5x)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--keep", type=Path, help="build (or reuse) the corpus here instead of a temporary folder")
+    ap.add_argument("--memory-check", type=int, default=0, metavar="N",
+                    help="also compare deidpipe's peak memory on N and N/10 small files")
+    ap.add_argument("--tool", nargs=3, metavar=("TOOL", "CORPUS", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.tool:
+        print(json.dumps(run_tool(args.tool[0], Path(args.tool[1]), Path(args.tool[2]))))
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="deidpipe-bench-"))
+    try:
+        corpus = args.keep or scratch / "corpus"
+        if not (corpus.exists() and corpus_files(corpus)):
+            print(f"building {args.files} files ...", flush=True)
+            build_corpus(corpus, args.files)
+        files = corpus_files(corpus)
+        nbytes = sum(f.stat().st_size for f in files)
+        results = []
+        for tool in args.tools.split(","):
+            print(f"running {tool} ...", flush=True)
+            results.append(measure(tool, corpus, scratch))
+        print()
+        print(table(results, nbytes, len(files)))
+        if args.memory_check:
+            print("\nmemory flatness (deidpipe, all cores, small CT slices):")
+            peaks = {}
+            for n in (args.memory_check // 10, args.memory_check):
+                small = scratch / f"small-{n}"
+                build_corpus(small, n, big_share=0.0)
+                r = measure("deidpipe-all", small, scratch)
+                peaks[n] = r.get("peak_mb", float("nan"))
+                print(f"  {n:>7} files: peak {peaks[n]:.0f} MB, {r['files'] / r['seconds']:.1f} files/s", flush=True)
+                shutil.rmtree(small)
+            lo, hi = peaks[args.memory_check // 10], peaks[args.memory_check]
+            print(f"  ratio {hi / lo:.2f} (target <= 1.20)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
