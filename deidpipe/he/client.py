@@ -69,11 +69,16 @@ def encrypt(
     level = int(ctx.meta["encrypt_level"])
     pid = ctx.parms_id_at(level)
     encryptor = sealapi.Encryptor(ctx.seal, ctx.secret_key)
-    vectors = (
-        [row for chunk in batch_chunks(x, ctx.slots) for row in chunk]
-        if packing == "batch"
-        else [single_slots(v, ctx.slots) for v in x]
-    )
+    # A single-layer linear model needs only the real part of its score, so two features share a slot as
+    # x_2k + i x_2k+1 and the server multiplies by w_2k - i w_2k+1: half the ciphertexts, no conjugation key.
+    pairs = packing == "batch" and bool(summary) and len(summary["dims"]) == 2
+    if packing == "single":
+        vectors = [single_slots(v, ctx.slots) for v in x]
+    elif pairs:
+        vectors = [chunk[j] + 1j * (chunk[j + 1] if j + 1 < len(chunk) else 0.0)
+                   for chunk in batch_chunks(x, ctx.slots) for j in range(0, len(chunk), 2)]
+    else:
+        vectors = [row for chunk in batch_chunks(x, ctx.slots) for row in chunk]
     blobs = []
     for vec in vectors:
         pt = sealapi.Plaintext()
@@ -81,7 +86,7 @@ def encrypt(
         blobs.append(seal_to_bytes(encryptor.encrypt_symmetric(pt)))
     meta = {
         "context_id": ctx.context_id, "packing": packing, "n_samples": int(x.shape[0]),
-        "n_features": int(x.shape[1]), "level": level, "slots": ctx.slots,
+        "n_features": int(x.shape[1]), "level": level, "slots": ctx.slots, "complex_pairs": pairs,
     }
     bundle = CipherBundle(FEATURES_KIND, meta, blobs)
     if out is not None:

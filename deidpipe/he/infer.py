@@ -72,7 +72,15 @@ class Engine:
         if any(self.ctx.chain_index(c.parms_id()) != int(meta["level"]) for c in cts):
             raise ContextMismatchError("a ciphertext does not belong to this context's parameters")
         packing = meta["packing"]
-        if packing == "batch":
+        if packing == "batch" and meta.get("complex_pairs"):
+            if len(self.plan.layers) != 1:
+                raise ContextMismatchError("features packed in complex pairs serve single-layer linear plans only")
+            per = -(-self.plan.n_features // 2)
+            outs = []
+            for start in range(0, len(cts), per):
+                outs.extend(self._linear_batch_pairs(cts[start : start + per], self.plan.layers[0].weight,
+                                                     self.plan.layers[0].bias))
+        elif packing == "batch":
             nf = self.plan.n_features
             outs = []
             for start in range(0, len(cts), nf):
@@ -122,9 +130,20 @@ class Engine:
             self._qlast[key] = self.ctx.seal.get_context_data(pid).parms().coeff_modulus()[-1].value()
         return self._qlast[key]
 
-    def _encode(self, value: float | list[float], pid: Any, scale: float) -> Any:
+    def _encode(self, value: float | complex | list[float], pid: Any, scale: float) -> Any:
         pt = self.s.Plaintext()
         self.ctx.encoder.encode(value, pid, scale, pt)
+        return pt
+
+    def _complex_const(self, value: complex, pid: Any, scale: float) -> Any:
+        # A complex constant costs a full encode (FFT + NTT), unlike a real one: keep them for the next chunk
+        # and the next request, up to a bound on memory.
+        key = ("c", value, tuple(pid), scale)
+        pt = self._cache.get(key)
+        if pt is None:
+            pt = self._encode(value, pid, scale)
+            if len(self._cache) < 4096:
+                self._cache[key] = pt
         return pt
 
     def _mul_const(self, ct: Any, value: float, pt_scale: float) -> Any:
@@ -158,6 +177,29 @@ class Engine:
             for c in np.flatnonzero(w[r]):
                 tmp = self.s.Ciphertext()
                 self.ev.multiply_plain(cts[c], self._encode(float(w[r, c]), pid, pt_scale), tmp)
+                if acc is None:
+                    acc = tmp
+                else:
+                    self.ev.add_inplace(acc, tmp)
+            if acc is None:
+                acc = self._unit_fallback(cts[0], pt_scale)
+            outs.append(self._add_const(self._rescale(acc, self.delta), float(b[r])))
+        return outs
+
+    def _linear_batch_pairs(self, cts: list[Any], w: np.ndarray, b: np.ndarray) -> list[Any]:
+        """Linear layer on features packed two per slot (x_2k + i x_2k+1): the real part is the score."""
+        q, s_in = self._q(cts[0]), cts[0].scale
+        pt_scale = q * self.delta / s_in
+        pid = cts[0].parms_id()
+        wp = np.zeros((w.shape[0], 2 * len(cts)))
+        wp[:, : w.shape[1]] = w
+        cw = wp[:, 0::2] - 1j * wp[:, 1::2]
+        outs = []
+        for r in range(w.shape[0]):
+            acc = None
+            for k in np.flatnonzero(cw[r]):
+                tmp = self.s.Ciphertext()
+                self.ev.multiply_plain(cts[k], self._complex_const(complex(cw[r, k]), pid, pt_scale), tmp)
                 if acc is None:
                     acc = tmp
                 else:

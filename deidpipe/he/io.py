@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,29 +105,64 @@ def read_container(path: str | Path, *, expect: tuple[str, ...] | None = None) -
     return header, blobs
 
 
-# -- SEAL objects <-> bytes (TenSEAL's sealapi saves and loads through paths only) ------------------------------
+# -- SEAL objects <-> bytes ---------------------------------------------------------------------------------------
+# TenSEAL's sealapi saves and loads through file paths only. An anonymous in-memory file (memfd, one per thread)
+# stands in for a real one: nothing touches a disk, key material included, and no file is created per object.
+_scratch = threading.local()
+
+
+_HAVE_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
+def _scratch_path() -> tuple[int, str] | None:
+    if not _HAVE_MEMFD:
+        return None
+    if getattr(_scratch, "pid", None) != os.getpid():  # a fork gets its own scratch file
+        _scratch.fd = os.memfd_create("deidpipe-he", os.MFD_CLOEXEC)
+        _scratch.pid = os.getpid()
+    return _scratch.fd, f"/proc/self/fd/{_scratch.fd}"
+
+
 def seal_to_bytes(obj: Any) -> bytes:
-    """Serialise a SEAL object (key, ciphertext, parameters) to bytes, through a private temporary file."""
-    fd, tmp = tempfile.mkstemp(prefix="dphe-")
-    os.close(fd)
-    try:
-        obj.save(tmp)
-        return Path(tmp).read_bytes()
-    finally:
-        os.unlink(tmp)
+    """Serialise a SEAL object (key, ciphertext, parameters) to bytes."""
+    scratch = _scratch_path()
+    if scratch is None:
+        fd, tmp = tempfile.mkstemp(prefix="dphe-")
+        os.close(fd)
+        try:
+            obj.save(tmp)
+            return Path(tmp).read_bytes()
+        finally:
+            os.unlink(tmp)
+    fd, path = scratch
+    obj.save(path)
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    os.ftruncate(fd, 0)
+    return data
 
 
 def seal_from_bytes(obj: Any, data: bytes, *args: Any) -> Any:
     """Load ``data`` into the empty SEAL object ``obj`` (``args``: the SEAL context when it needs one)."""
-    fd, tmp = tempfile.mkstemp(prefix="dphe-")
+    scratch = _scratch_path()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        obj.load(*args, tmp)
+        if scratch is None:
+            fd, tmp = tempfile.mkstemp(prefix="dphe-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                obj.load(*args, tmp)
+            finally:
+                os.unlink(tmp)
+        else:
+            fd, path = scratch
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            try:
+                obj.load(*args, path)
+            finally:
+                os.ftruncate(fd, 0)
     except (ValueError, RuntimeError) as exc:
         raise FormatError(f"a SEAL object does not load under these parameters ({type(exc).__name__})") from None
-    finally:
-        os.unlink(tmp)
     return obj
 
 
