@@ -9,7 +9,7 @@ import stat
 import joblib
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
@@ -37,7 +37,7 @@ from deidpipe.he import (
     keygen,
     load_public_context,
 )
-from deidpipe.he.io import read_container, write_container
+from deidpipe.he.io import read_container, read_features, write_container
 from deidpipe.he.packing import choose_packing, simulate_single
 
 
@@ -102,6 +102,18 @@ def test_mlp_30_16_2_encrypted_matches_polynomial_model(data, mlp, packing, n, t
     print(f"MLP 30-16-2 {packing}: max |logit error| = {err:.3e} over {len(X)} samples")
     assert err < 1e-2
     assert out.labels == plan.predict(X)
+
+
+@pytest.mark.parametrize("packing", ["batch", "single"])
+def test_multiclass_logistic_regression_argmax(packing, tmp_path):
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=2000).fit(X, y)
+    plan = compile_model(model, X, y)
+    keys = keygen(tmp_path / "k", plan=plan)
+    X = X[::10]
+    out = _roundtrip(keys, plan, X, packing, tmp_path)
+    assert np.max(np.abs(out.scores - model.decision_function(X))) < 1e-3
+    assert out.labels == list(model.predict(X)) and out.columns == ["score_0", "score_1", "score_2"]
 
 
 def test_compile_report_puts_polynomial_accuracy_next_to_original(mlp):
@@ -210,6 +222,8 @@ def test_weak_parameters_are_refused_unless_forced():
     assert issubclass(InsecureParametersError, DeidError)
     forced = custom_preset(8192, [60, 40, 40, 40, 60], 40, force_insecure=True)
     assert forced.total_bits == 240
+    with pytest.raises(InsecureParametersError):
+        keygen("/nonexistent/never-written", preset=forced)
 
 
 # -- serialisation ---------------------------------------------------------------------------------------------------
@@ -242,6 +256,17 @@ def test_compile_matches_sklearn_decision_functions(data):
                                    atol=1e-8)
     weights = compile_model([(np.ones((3, 4)), np.zeros(3)), (np.ones((2, 3)), np.zeros(2))])
     assert weights.layers[0].activation["kind"] == "square" and weights.depth == 3
+
+
+def test_features_read_from_npy_parquet_and_csv(tmp_path):
+    import polars as pl
+
+    x = np.arange(12, dtype=float).reshape(4, 3) / 7
+    np.save(tmp_path / "x.npy", x)
+    pl.DataFrame(x, schema=["a", "b", "c"]).write_parquet(tmp_path / "x.parquet")
+    pl.DataFrame(x, schema=["a", "b", "c"]).write_csv(tmp_path / "x.csv")
+    for name in ("x.npy", "x.parquet", "x.csv"):
+        np.testing.assert_allclose(read_features(tmp_path / name), x)
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------------
