@@ -152,6 +152,8 @@ def test_secret_context_is_0600_and_public_context_holds_no_secret(lr):
     assert "secret_key" not in dict(blobs) and "galois_keys" in dict(blobs)
     ctx = load_public_context(keys.public)
     assert not hasattr(ctx, "secret_key")
+    with pytest.raises(DeidError, match="already exists"):  # a second keygen would orphan every ciphertext
+        keygen(keys.secret.parent, preset="n8192-d1")
 
 
 def test_decryption_with_the_public_context_fails(data, lr, tmp_path):

@@ -30,6 +30,7 @@ def keygen(
     coeff_mod_bits: str | None = typer.Option(None, help="Custom prime sizes, e.g. 60,40,40,60."),
     scale_bits: int = typer.Option(40, help="Custom scale, in bits."),
     insecure: bool = typer.Option(False, "--insecure", help="Accept parameters below 128-bit security."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing secret.context."),
 ) -> None:
     """Generate a key pair: secret.context stays with the client, public.context goes to the server."""
     from deidpipe.he.compile import load_plan
@@ -48,7 +49,7 @@ def keygen(
                 typer.echo(f"warning: INSECURE parameters forced: {problem}", err=True)
             chosen = custom_preset(poly_modulus_degree, bits, scale_bits, force_insecure=insecure)
         plan = load_plan(model) if model else None
-        keys = _keygen(out_dir, plan=plan, preset=chosen, force_insecure=insecure)
+        keys = _keygen(out_dir, plan=plan, preset=chosen, force_insecure=insecure, overwrite=overwrite)
     except HEError as exc:
         _fail(exc)
     typer.echo(f"preset {keys.preset}; Galois keys for steps {keys.galois_steps or 'none'}")

@@ -159,8 +159,14 @@ class Plan:
                 )
                 for ly in data["layers"]
             ]
-            plan = cls(layers, str(data["task"]), list(data["classes"]), str(data.get("source", "")),
-                       data.get("output_bound"), dict(data.get("report") or {}))
+            plan = cls(
+                layers,
+                str(data["task"]),
+                list(data["classes"]),
+                str(data.get("source", "")),
+                data.get("output_bound"),
+                dict(data.get("report") or {}),
+            )
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{source}: malformed plan") from None
         _check_chain(plan.layers, source)
@@ -247,7 +253,7 @@ def compile_model(
     _check_chain([Layer(w, b) for w, b in raw], source)
     if Xm is not None and Xm.shape[1] != raw[0][0].shape[1]:
         raise FeatureCountError(f"the model takes {raw[0][0].shape[1]} features, the data has {Xm.shape[1]}")
-    hidden = [a for a in acts[:-1]]
+    hidden = acts[:-1]
     mode = activation
     if mode == "auto":
         if Xm is not None:
@@ -330,8 +336,8 @@ def _check_chain(layers: list[Layer], source: str) -> None:
         if ly.weight.ndim != 2 or ly.bias.shape != (ly.weight.shape[0],):
             raise UnsupportedModelError(f"{source}: layer {i} has weight {ly.weight.shape}, bias {ly.bias.shape}")
         if i and ly.weight.shape[1] != layers[i - 1].weight.shape[0]:
-            hint = " (weights are expected shaped outputs x inputs)" if ly.weight.shape[0] == layers[
-                i - 1].weight.shape[0] else ""
+            transposed = ly.weight.shape[0] == layers[i - 1].weight.shape[0]
+            hint = " (weights are expected shaped outputs x inputs)" if transposed else ""
             raise UnsupportedModelError(f"{source}: layer {i} takes {ly.weight.shape[1]} inputs but layer "
                                         f"{i - 1} gives {layers[i - 1].weight.shape[0]}{hint}")
         if not (np.isfinite(ly.weight).all() and np.isfinite(ly.bias).all()):

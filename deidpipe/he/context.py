@@ -20,6 +20,7 @@ from typing import Any
 from deidpipe.he.errors import (
     DepthError,
     FormatError,
+    HEError,
     InsecureParametersError,
     MissingKeyError,
     SecretKeyInPublicContextError,
@@ -148,12 +149,14 @@ def keygen(
     plan: Any = None,
     preset: Preset | str | None = None,
     force_insecure: bool = False,
+    overwrite: bool = False,
 ) -> KeyFiles:
     """Generate keys; write ``secret.context`` (mode 0600) and ``public.context`` into ``out_dir``.
 
     With a ``plan`` (a :class:`~deidpipe.he.compile.Plan` or its :meth:`summary`), the preset is the smallest
     secure one deep enough for it and the public context gets exactly its rotation keys; without one, the
-    preset is ``n8192-d2`` (or the one given) and no Galois key is made (batch packing only).
+    preset is ``n8192-d2`` (or the one given) and no Galois key is made (batch packing only). An existing
+    ``secret.context`` is only replaced with ``overwrite``.
     """
     summary = plan.summary() if hasattr(plan, "summary") else plan
     if isinstance(preset, str):
@@ -201,13 +204,20 @@ def keygen(
         kg.create_galois_keys([galois_elt(st, preset.poly_modulus_degree) for st in steps], gk)
         pub_blobs.append(("galois_keys", seal_to_bytes(gk)))
     out = Path(out_dir)
+    if (out / "secret.context").exists() and not overwrite:
+        raise HEError(f"{out / 'secret.context'} already exists: replacing it would make every ciphertext made "
+                      "under it undecryptable; pass overwrite (--overwrite) to replace it")
     out.mkdir(parents=True, exist_ok=True)
     secret_path = write_container(
         out / "secret.context", SECRET_KIND, meta,
         [("params", params_blob), ("secret_key", seal_to_bytes(sk)), ("public_key", pub_blobs[1][1])],
         mode=0o600,
     )
-    public_path = write_container(out / "public.context", PUBLIC_KIND, meta, pub_blobs)
+    try:
+        public_path = write_container(out / "public.context", PUBLIC_KIND, meta, pub_blobs)
+    except BaseException:
+        secret_path.unlink(missing_ok=True)  # both halves or neither
+        raise
     return KeyFiles(secret_path, public_path, os.path.getsize(public_path), preset.name, steps)
 
 
