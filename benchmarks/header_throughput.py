@@ -205,17 +205,18 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="deidpipe-bench-"))
     try:
         corpus = args.keep or scratch / "corpus"
-        if not (corpus.exists() and corpus_files(corpus)):
+        if args.tools and not (corpus.exists() and corpus_files(corpus)):
             print(f"building {args.files} files ...", flush=True)
             build_corpus(corpus, args.files)
-        files = corpus_files(corpus)
+        files = corpus_files(corpus) if corpus.exists() else []
         nbytes = sum(f.stat().st_size for f in files)
         results = []
-        for tool in args.tools.split(","):
+        for tool in filter(None, args.tools.split(",")):
             print(f"running {tool} ...", flush=True)
             results.append(measure(tool, corpus, scratch))
-        print()
-        print(table(results, nbytes, len(files)))
+        if results:
+            print()
+            print(table(results, nbytes, len(files)))
         if args.memory_check:
             print("\nmemory flatness (deidpipe, all cores, small CT slices):")
             peaks = {}

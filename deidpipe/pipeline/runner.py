@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -117,8 +118,24 @@ class RunReport:
             self.actions[code] = self.actions.get(code, 0) + n
 
 
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, set | frozenset):
+        return sorted((_canonical(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True, default=str))
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return repr(obj)
+
+
 def _policy_digest(policy: Any) -> str:
-    text = policy.describe() if hasattr(policy, "describe") else repr(policy)
+    """A fingerprint of everything in the policy (a resume must use the very same one)."""
+    try:
+        text = json.dumps(_canonical(dataclasses.asdict(policy)), sort_keys=True, default=str)
+    except TypeError:  # not a dataclass
+        text = policy.describe() if hasattr(policy, "describe") else repr(policy)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -281,7 +298,7 @@ class Run:
                     "stage": r.stage,
                     "reason": r.reason,
                 })
-            else:
+            elif self.resume:  # a record from an earlier attempt is stale now
                 remove_quarantine(self.dst, r.object_id)
 
     # -- the run ----------------------------------------------------------------------------------------
