@@ -1,8 +1,9 @@
 """Reading and writing DICOM files with typed, value-free errors.
 
 pydicom parses lazily and warns (through ``warnings`` and its logger) with attribute values in the text. Here a
-read parses every element eagerly, so a bad value surfaces as an :class:`InputError` at read time rather than half
-way through de-identification, and pydicom's own messages are kept out of the logs.
+read checks the whole structure (lengths, VRs, every sequence) so that a truncated or malformed file fails at
+read time with an :class:`InputError`; values are decoded only where de-identification needs them. pydicom's
+own messages are kept out of the logs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 
@@ -60,28 +62,38 @@ def _describe(exc: BaseException) -> str:
     return f"cannot be parsed ({type(exc).__name__})"
 
 
-def _force_parse(ds: Dataset, path: str | Path | None) -> None:
-    """Convert every element now, so lazy conversion errors happen here, with the tag in the message.
+def _check_structure(ds: Dataset, path: str | Path | None) -> None:
+    """Check every element's length and VR, and parse every sequence, without decoding other values.
 
-    pydicom reads a value shorter than its announced length without complaint; that is a truncated file,
-    caught here by comparing each raw value with its length before conversion.
+    pydicom reads a value shorter than its announced length without complaint: that is a truncated file,
+    caught here. Values themselves are decoded later, only where de-identification changes them; elements
+    kept as they are go back to the output byte for byte.
     """
-    for tag in list(ds.keys()):
+    for tag in list(ds._dict):
         raw = ds._dict[tag]
-        length = getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
-        if (isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF
-                and len(value) < length):
-            raise TruncatedError(path, f"file is truncated (inside element {tag})")
-        try:
-            elem = ds[tag]
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is an input problem
-            raise InvalidValueError(path, f"element {tag} {_describe(exc)}") from None
-        if elem.VR not in _KNOWN_VRS:
-            raise InvalidValueError(path, f"element {tag} has an unknown VR")
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _force_parse(item, path)
+        if isinstance(raw, RawDataElement):
+            value, length = raw.value, raw.length
+            if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+                raise TruncatedError(path, f"file is truncated (inside element {tag})")
+            if raw.VR is not None and raw.VR not in _KNOWN_VRS:
+                raise InvalidValueError(path, f"element {tag} has an unknown VR")
+            vr = raw.VR or _dictionary_vr(tag)
+        else:
+            vr = raw.VR
+        if vr == "SQ":
+            try:
+                items = ds[tag].value
+            except Exception as exc:  # noqa: BLE001 - any parser failure is an input problem
+                raise InvalidValueError(path, f"sequence {tag} {_describe(exc)}") from None
+            for item in items:
+                _check_structure(item, path)
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def read_dataset(
@@ -111,9 +123,9 @@ def read_dataset(
                 ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
                 if not _looks_like_dicom(ds):
                     raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
-            _force_parse(ds, label)
+            _check_structure(ds, label)
             if getattr(ds, "file_meta", None) is not None:
-                _force_parse(ds.file_meta, label)
+                _check_structure(ds.file_meta, label)
         except InputError:
             raise
         except (EOFError, OSError) as exc:

@@ -12,8 +12,10 @@ output for the object's own identifying values (name, IDs, birth date) and refus
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
@@ -23,7 +25,7 @@ from deidpipe.errors import DeidError, InputError, PolicyError
 from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList
-from deidpipe.header.walk import never_screened_keywords, scrub_dataset
+from deidpipe.header.walk import decoded, head_of, never_screened_keywords, scrub_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy, is_known_tag
 
@@ -100,6 +102,17 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     return meta
 
 
+def _text_elements(ds: Dataset) -> Iterator[DataElement]:
+    """Every element of a text VR at every level, decoding only those (pixel data and numbers stay raw)."""
+    for tag in list(ds._dict):
+        head = head_of(ds._dict[tag])
+        if head.VR == "SQ":
+            for item in decoded(ds, tag).value:
+                yield from _text_elements(item)
+        elif head.VR in _RESIDUAL_VRS and not head.is_empty:
+            yield decoded(ds, tag)
+
+
 def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
     """Refuse the object if its Patient's Name, IDs or Accession Number still appear in any text element.
 
@@ -111,8 +124,8 @@ def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
     if deny.pattern is None:
         return
     coded = never_screened_keywords()
-    for elem in out.iterall():
-        if elem.VR in _RESIDUAL_VRS and elem.value not in (None, "") and elem.keyword not in coded:
+    for elem in _text_elements(out):
+        if elem.value not in (None, "") and elem.keyword not in coded:
             values = elem.value if elem.VM > 1 else [elem.value]
             if any(deny.spans(str(v)) for v in values):
                 raise ResidualIdentityError(
@@ -148,9 +161,14 @@ def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
         certs = [load_certificate(p) for p in policy.recipients]
         add_encrypted_attributes(out, originals_from_diff(ds, out), certs)
     result = FileDataset("", out, file_meta=_file_meta(ds, out, key), preamble=b"\x00" * 128)
+    # Kept elements are still raw. When the source was read in the encoding of the output's transfer syntax
+    # they go back byte for byte; otherwise (big endian, or data sets without File Meta) decode them all.
     ts = result.file_meta.TransferSyntaxUID
-    if ts.is_transfer_syntax:
-        result.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian)
+    target = (ts.is_implicit_VR, ts.is_little_endian) if ts.is_transfer_syntax else (False, True)
+    if tuple(ds.original_encoding) != target:
+        for _ in result.iterall():
+            pass
+    result.set_original_encoding(*target, ds.original_character_set)
     return HeaderResult(dataset=result, actions=ctx.counts)
 
 

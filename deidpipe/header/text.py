@@ -49,17 +49,21 @@ class DenyList:
 
     @classmethod
     def from_terms(cls, terms: Iterable[str]) -> DenyList:
-        cleaned = {t.strip() for t in terms if t and len(t.strip()) >= MIN_TERM_LENGTH}
-        if not cleaned:
-            return cls(None)
-        # Longest first, so "John Smith" is taken whole before "John".
-        alternatives = sorted((re.escape(t) for t in cleaned), key=len, reverse=True)
-        return cls(re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE))
+        cleaned = frozenset(t.strip() for t in terms if t and len(t.strip()) >= MIN_TERM_LENGTH)
+        return cls(_compile_terms(cleaned) if cleaned else None)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         if self.pattern is None:
             return []
         return [m.span() for m in self.pattern.finditer(text)]
+
+
+@lru_cache(maxsize=1024)
+def _compile_terms(terms: frozenset[str]) -> re.Pattern[str]:
+    """One pattern for a set of terms; cached, since every object of a patient has the same terms."""
+    # Longest first, so "John Smith" is taken whole before "John".
+    alternatives = sorted((re.escape(t) for t in terms), key=lambda a: (-len(a), a))
+    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
 
 
 @cache

@@ -18,19 +18,63 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from functools import cache
 
-from pydicom.datadict import dictionary_is_retired
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_is_retired, dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
+from deidpipe.errors import InvalidValueError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.rules import load_rule_file, resolve_compound
 from deidpipe.policy import is_known_tag
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
+_TEXTUAL_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                          "UI", "UR", "UT"})
+
+
+@dataclass(frozen=True)
+class Head:
+    """What an action is decided on: tag, VR, keyword, emptiness. Read without decoding the value, so that
+    elements kept as they are stay raw and are written back byte for byte (pydicom's fast path)."""
+
+    tag: BaseTag
+    VR: str
+    keyword: str
+    is_empty: bool
+
+
+@cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def head_of(stored: DataElement | RawDataElement) -> Head:
+    """The :class:`Head` of a stored element, raw (undecoded) or already a DataElement."""
+    tag = BaseTag(stored.tag)
+    vr = stored.VR or _dictionary_vr(int(tag))
+    if isinstance(stored, RawDataElement):
+        value = stored.value
+        empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))
+    else:
+        empty = stored.is_empty
+    return Head(tag, vr, keyword_for_tag(tag) or "", empty)
+
+
+def decoded(src: Dataset, tag: BaseTag) -> DataElement:
+    """The decoded element, or an InvalidValueError naming the tag (never the value)."""
+    try:
+        return src[tag]
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is an input problem
+        raise InvalidValueError(None, f"element {tag} cannot be decoded ({type(exc).__name__})") from None
 
 
 @cache
@@ -58,12 +102,12 @@ def never_screened_keywords() -> frozenset[str]:
     return _free_text_rules()[2]
 
 
-def _is_free_text(elem: DataElement) -> bool:
+def _is_free_text(elem: Head) -> bool:
     text_vrs, pattern, never = _free_text_rules()
     return elem.VR in text_vrs and elem.keyword not in never and bool(pattern.search(elem.keyword))
 
 
-def _unlisted_action(elem: DataElement, ctx: ScrubContext, mode: str) -> str:
+def _unlisted_action(elem: Head, ctx: ScrubContext, mode: str) -> str:
     """The action for a standard attribute that Table E.1-1 does not list."""
     tag = int(elem.tag)
     if not is_known_tag(tag):
@@ -86,7 +130,7 @@ def _unlisted_action(elem: DataElement, ctx: ScrubContext, mode: str) -> str:
     return "K"
 
 
-def decide(elem: DataElement, ctx: ScrubContext, mode: str) -> tuple[str, str | None]:
+def decide(elem: Head, ctx: ScrubContext, mode: str) -> tuple[str, str | None]:
     """The single action for a standard (even-group) element and, for ``set``, its value."""
     override = ctx.policy.override_map.get(int(elem.tag))
     if override is not None:
@@ -102,7 +146,7 @@ def _scrub_sequence(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElem
     return DataElement(elem.tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
 
 
-def _sequence_mode(elem: DataElement, action: str, mode: str) -> str:
+def _sequence_mode(elem: Head, action: str, mode: str) -> str:
     """The mode a sequence's items are walked in: a D code sequence takes dummies even for its codes."""
     if action == "D":
         return DUMMY_CODES if elem.keyword.endswith("CodeSequence") or mode == DUMMY_CODES else DUMMY
@@ -111,29 +155,42 @@ def _sequence_mode(elem: DataElement, action: str, mode: str) -> str:
     return mode
 
 
-def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement | None:
-    """The de-identified element, or None when it is removed. Counts each action in ``ctx.counts``."""
-    action, set_value = decide(elem, ctx, mode)
-    kind = _identifiers().get(elem.keyword)
-    if kind is not None and action in ("Z", "D") and not elem.is_empty:
+def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str) -> DataElement | RawDataElement | None:
+    """The de-identified element ``tag`` of ``src``, or None when it is removed; counts in ``ctx.counts``.
+
+    Only elements whose value changes are decoded; a kept element is returned as stored (raw if undecoded).
+    """
+    stored = src._dict[tag]
+    head = head_of(stored)
+    action, set_value = decide(head, ctx, mode)
+    kind = _identifiers().get(head.keyword)
+    if kind is not None and action in ("Z", "D") and not head.is_empty:
         action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
+    if action in ("X", "K") or (action == "Z" and head.VR != "SQ"):
+        ctx.counts[action] += 1
+        if action == "X":
+            return None
+        if action == "Z":
+            return DataElement(tag, head.VR, None if head.VR in ("SQ",) else _empty(head.VR))
+        if head.VR != "SQ":
+            # A raw element without a VR in data declared explicit was read by pydicom's implicit-VR
+            # fallback: decode it so it can be written with a VR; every other kept element stays raw.
+            if isinstance(stored, RawDataElement) and (stored.VR is not None or src.original_encoding[0]):
+                return stored
+            return copy.copy(decoded(src, tag))
+    elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         value = actions.clean_value(elem, ctx)
         if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
             action = "D"
-    ctx.counts[action] += 1
-    if action == "X":
-        return None
+    if action != "K":
+        ctx.counts[action] += 1
     if elem.VR == "SQ":
         if action == "Z":
             return DataElement(elem.tag, "SQ", Sequence())
         if action == "set":
             raise ValueError("set")  # turned into a PolicyError by the engine
-        return _scrub_sequence(elem, ctx, _sequence_mode(elem, action, mode))
-    if action == "K":
-        return copy.copy(elem)  # no re-validation: a value the input had, odd or not, is carried as it was
-    if action == "Z":
-        return DataElement(elem.tag, elem.VR, elem.empty_value)
+        return _scrub_sequence(elem, ctx, _sequence_mode(head, action, mode))
     if action == "D":
         return DataElement(elem.tag, elem.VR, actions.dummy_value(elem, ctx))
     if action == "U":
@@ -147,43 +204,50 @@ def scrub_element(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElemen
     raise ValueError(f"action {action}")
 
 
-def _scrub_private(ds: Dataset, elem: DataElement, ctx: ScrubContext, mode: str,
-                   kept_blocks: set[tuple[int, int]]) -> DataElement | None:
+def _empty(vr: str) -> str | None:
+    """pydicom's empty value for a VR: '' for text VRs, None for the rest."""
+    return "" if vr in _TEXTUAL_VRS or vr in ("LT", "ST", "UT", "UC", "UR") else None
+
+
+def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
+                   kept_blocks: set[tuple[int, int]]) -> DataElement | RawDataElement | None:
     """Keep a private element only under Retain Safe Private, when its creator-qualified tag is safe."""
-    group, el = elem.tag.group, elem.tag.element
+    group, el = tag.group, tag.element
     if el < 0x1000 or "RetainSafePrivate" not in ctx.policy.options:
         ctx.counts["X"] += 1 if el >= 0x0100 or el < 0x0010 else 0
         return None
     block = el >> 8
-    creator_elem = ds.get((group << 16) | block)
-    creator = str(creator_elem.value) if creator_elem is not None and creator_elem.value else ""
+    creator_tag = (group << 16) | block
+    creator = str(decoded(src, BaseTag(creator_tag)).value or "") if creator_tag in src._dict else ""
     if not creator or not ctx.safe_private.is_safe(group, creator, el & 0xFF):
         ctx.counts["X"] += 1
         return None
     kept_blocks.add((group, block))
     ctx.counts["K"] += 1
+    elem = decoded(src, tag)
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
     return copy.copy(elem)
 
 
 def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Dataset:
-    """A new Dataset holding the de-identified elements of ``src`` (which is left untouched)."""
+    """A new Dataset holding the de-identified elements of ``src`` (whose values are left untouched)."""
     out = Dataset()
+    # Same encoding as the source, so that raw (kept) elements are written back without re-encoding.
+    out.set_original_encoding(*src.original_encoding, src.original_character_set)
     kept_blocks: set[tuple[int, int]] = set()
     removed_overlays: set[int] = set()
-    for elem in src:
-        tag = elem.tag
+    for tag in sorted(src._dict):
         if tag.element == 0x0000:
             continue  # group lengths are retired and recomputed by nobody: drop them
         if tag.is_private:
-            new = _scrub_private(src, elem, ctx, mode, kept_blocks)
+            new = _scrub_private(src, tag, ctx, mode, kept_blocks)
         else:
-            new = scrub_element(elem, ctx, mode)
+            new = scrub_element(src, tag, ctx, mode)
             if new is None and 0x6000 <= tag.group <= 0x601E and tag.element == 0x3000:
                 removed_overlays.add(tag.group)
         if new is not None:
-            out.add(new)
+            out[tag] = new
     for group, block in kept_blocks:  # the Private Creator of every block something was kept from
         creator = src[(group << 16) | block]
         out.add(DataElement(creator.tag, creator.VR, creator.value))
