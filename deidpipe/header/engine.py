@@ -32,7 +32,8 @@ from deidpipe.policy import Policy, is_known_tag
 #: Implementation Class UID (0002,0012) of files written by deidpipe: 2.25 + a fixed 128-bit number.
 IMPLEMENTATION_CLASS_UID = "2.25.215806209617355374052498211498738711649"
 IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{deidpipe.__version__.replace('.', '_')}"[:16]
-_RESIDUAL_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "CS"})
+# CS is left out: 16 upper-case characters of a defined term cannot carry a name in practice.
+_RESIDUAL_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE"})
 
 
 class ResidualIdentityError(DeidError):
@@ -102,34 +103,34 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     return meta
 
 
-def _text_elements(ds: Dataset) -> Iterator[DataElement]:
-    """Every element of a text VR at every level, decoding only those (pixel data and numbers stay raw)."""
+def _text_elements(ds: Dataset, skip: frozenset[str]) -> Iterator[DataElement]:
+    """Every non-empty element of a text VR at every level, but coded ones; only those are decoded."""
     for tag in list(ds._dict):
         head = head_of(ds._dict[tag])
         if head.VR == "SQ":
             for item in decoded(ds, tag).value:
-                yield from _text_elements(item)
-        elif head.VR in _RESIDUAL_VRS and not head.is_empty:
+                yield from _text_elements(item, skip)
+        elif head.VR in _RESIDUAL_VRS and not head.is_empty and head.keyword not in skip:
             yield decoded(ds, tag)
 
 
-def check_residual_identity(src: Dataset, out: Dataset, policy: Policy) -> None:
-    """Refuse the object if its Patient's Name, IDs or Accession Number still appear in any text element.
-
-    Terms from attributes the policy explicitly keeps are left out of the check.
-    """
-    keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
-    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if kw in src and src[kw].tag not in keep)
-    deny = DenyList.from_terms(identity_terms(src, keywords, words=False))
+def check_residual_identity(out: Dataset, deny: DenyList) -> None:
+    """Refuse the object if its Patient's Name, IDs or Accession Number still appear in a text element."""
     if deny.pattern is None:
         return
-    coded = never_screened_keywords()
-    for elem in _text_elements(out):
-        if elem.value not in (None, "") and elem.keyword not in coded:
-            values = elem.value if elem.VM > 1 else [elem.value]
-            if any(deny.spans(str(v)) for v in values):
-                raise ResidualIdentityError(
-                    f"an identifying value of the object survived in {elem.tag} ({elem.keyword or 'private'})")
+    for elem in _text_elements(out, never_screened_keywords()):
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if any(deny.spans(str(v)) for v in values):
+            raise ResidualIdentityError(
+                f"an identifying value of the object survived in {elem.tag} ({elem.keyword or 'private'})")
+
+
+def residual_denylist(src: Dataset, policy: Policy) -> DenyList:
+    """The object's name, IDs and accession number (whole values and name components), minus what the
+    policy explicitly keeps."""
+    keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
+    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if kw in src and src[kw].tag not in keep)
+    return DenyList.from_terms(identity_terms(src, keywords, words=False))
 
 
 def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
@@ -154,7 +155,7 @@ def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
             out.add_new(add.tag, dictionary_VR(add.tag), add.value)
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)
-    check_residual_identity(ds, out, policy)
+    check_residual_identity(out, residual_denylist(ds, policy))
     if policy.recipients:
         from deidpipe.header.reversible import add_encrypted_attributes, load_certificate, originals_from_diff
 

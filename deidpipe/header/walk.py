@@ -50,6 +50,11 @@ class Head:
 
 
 @cache
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or ""
+
+
+@cache
 def _dictionary_vr(tag: int) -> str:
     try:
         return dictionary_VR(tag)
@@ -59,14 +64,14 @@ def _dictionary_vr(tag: int) -> str:
 
 def head_of(stored: DataElement | RawDataElement) -> Head:
     """The :class:`Head` of a stored element, raw (undecoded) or already a DataElement."""
-    tag = BaseTag(stored.tag)
-    vr = stored.VR or _dictionary_vr(int(tag))
+    tag = stored.tag
+    vr = stored.VR or _dictionary_vr(tag)
     if isinstance(stored, RawDataElement):
         value = stored.value
         empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))
     else:
         empty = stored.is_empty
-    return Head(tag, vr, keyword_for_tag(tag) or "", empty)
+    return Head(tag, vr, _keyword(tag), empty)
 
 
 def decoded(src: Dataset, tag: BaseTag) -> DataElement:
@@ -237,17 +242,27 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Datase
     out.set_original_encoding(*src.original_encoding, src.original_character_set)
     kept_blocks: set[tuple[int, int]] = set()
     removed_overlays: set[int] = set()
+    safe_private = "RetainSafePrivate" in ctx.policy.options
     for tag in sorted(src._dict):
-        if tag.element == 0x0000:
+        t = int(tag)
+        group, element = t >> 16, t & 0xFFFF
+        if element == 0x0000:
             continue  # group lengths are retired and recomputed by nobody: drop them
-        if tag.is_private:
+        if group & 1:
+            if not safe_private:  # the common case, decided without looking at the element
+                ctx.counts["X"] += 1 if element >= 0x0100 or element < 0x0010 else 0
+                continue
             new = _scrub_private(src, tag, ctx, mode, kept_blocks)
         else:
             new = scrub_element(src, tag, ctx, mode)
-            if new is None and 0x6000 <= tag.group <= 0x601E and tag.element == 0x3000:
-                removed_overlays.add(tag.group)
-        if new is not None:
-            out[tag] = new
+            if new is None and 0x6000 <= group <= 0x601E and element == 0x3000:
+                removed_overlays.add(group)
+        if new is None:
+            continue
+        if new.VR == "SQ":
+            out[tag] = new  # Dataset.__setitem__ links the sequence to its parent (charset inheritance)
+        else:
+            out._dict[tag] = new  # plain elements: skip __setitem__'s bookkeeping, it is the hot path
     for group, block in kept_blocks:  # the Private Creator of every block something was kept from
         creator = src[(group << 16) | block]
         out.add(DataElement(creator.tag, creator.VR, creator.value))
