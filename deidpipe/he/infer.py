@@ -167,16 +167,19 @@ class Engine:
         return self._mul_const(ct, 1.0 / pt_scale, pt_scale)
 
     # -- layers -------------------------------------------------------------------------------------------------
-    def _linear_batch(self, cts: list[Any], w: np.ndarray, b: np.ndarray) -> list[Any]:
+    def _weighted_rows(self, cts: list[Any], coeffs: np.ndarray, b: np.ndarray, encode: Any) -> list[Any]:
+        """For each row r of ``coeffs``: sum_k coeffs[r, k] * cts[k] + b[r], rescaled once.
+
+        ``encode(value, parms_id, scale)`` makes the plaintext for one coefficient (real or complex)."""
         q, s_in = self._q(cts[0]), cts[0].scale
         pt_scale = q * self.delta / s_in
         pid = cts[0].parms_id()
         outs = []
-        for r in range(w.shape[0]):
+        for r in range(coeffs.shape[0]):
             acc = None
-            for c in np.flatnonzero(w[r]):
+            for k in np.flatnonzero(coeffs[r]):
                 tmp = self.s.Ciphertext()
-                self.ev.multiply_plain(cts[c], self._encode(float(w[r, c]), pid, pt_scale), tmp)
+                self.ev.multiply_plain(cts[k], encode(coeffs[r, k], pid, pt_scale), tmp)
                 if acc is None:
                     acc = tmp
                 else:
@@ -186,28 +189,15 @@ class Engine:
             outs.append(self._add_const(self._rescale(acc, self.delta), float(b[r])))
         return outs
 
+    def _linear_batch(self, cts: list[Any], w: np.ndarray, b: np.ndarray) -> list[Any]:
+        return self._weighted_rows(cts, w, b, lambda v, pid, sc: self._encode(float(v), pid, sc))
+
     def _linear_batch_pairs(self, cts: list[Any], w: np.ndarray, b: np.ndarray) -> list[Any]:
         """Linear layer on features packed two per slot (x_2k + i x_2k+1): the real part is the score."""
-        q, s_in = self._q(cts[0]), cts[0].scale
-        pt_scale = q * self.delta / s_in
-        pid = cts[0].parms_id()
         wp = np.zeros((w.shape[0], 2 * len(cts)))
         wp[:, : w.shape[1]] = w
         cw = wp[:, 0::2] - 1j * wp[:, 1::2]
-        outs = []
-        for r in range(w.shape[0]):
-            acc = None
-            for k in np.flatnonzero(cw[r]):
-                tmp = self.s.Ciphertext()
-                self.ev.multiply_plain(cts[k], self._complex_const(complex(cw[r, k]), pid, pt_scale), tmp)
-                if acc is None:
-                    acc = tmp
-                else:
-                    self.ev.add_inplace(acc, tmp)
-            if acc is None:
-                acc = self._unit_fallback(cts[0], pt_scale)
-            outs.append(self._add_const(self._rescale(acc, self.delta), float(b[r])))
-        return outs
+        return self._weighted_rows(cts, cw, b, lambda v, pid, sc: self._complex_const(complex(v), pid, sc))
 
     def _single_plaintexts(self, i: int, ct: Any, w: np.ndarray, b: np.ndarray) -> tuple:
         key = (i, tuple(ct.parms_id()), ct.scale)
