@@ -15,13 +15,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 import deidpipe
 from deidpipe.dicomio import quiet_pydicom
-from deidpipe.errors import DeidError, InputError, PolicyError
+from deidpipe.errors import DeidError, InputError
 from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList
@@ -134,24 +135,25 @@ def residual_denylist(src: Dataset, policy: Policy) -> DenyList:
 
 
 def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
-    """De-identify the header of one object under ``policy``; ``ds`` itself is not modified."""
-    check_storable(ds)
-    ctx = ScrubContext.for_dataset(ds, policy, key)
+    """De-identify the header of one object under ``policy``; ``ds`` itself is not modified.
+
+    Fail closed: any failure raises a :class:`DeidError` that names a tag or a kind of failure, never a value.
+    """
     try:
-        with quiet_pydicom():  # pydicom's validation warnings quote values
-            out = scrub_dataset(ds, ctx)
+        with quiet_pydicom():  # pydicom's validation warnings quote values, anywhere a value is decoded
+            return _deidentify(ds, policy, key)
     except DeidError:
         raise
-    except ValueError as exc:
-        if str(exc) == "set":
-            raise PolicyError("action 'set' cannot be applied to a sequence") from None
-        raise DeidError(f"header de-identification failed ({type(exc).__name__})") from None
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unforeseen, without the message
         raise DeidError(f"header de-identification failed ({type(exc).__name__})") from None
+
+
+def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
+    check_storable(ds)
+    ctx = ScrubContext.for_dataset(ds, policy, key)
+    out = scrub_dataset(ds, ctx)
     for add in policy.additions:
         if add.tag not in out and is_known_tag(add.tag):
-            from pydicom.datadict import dictionary_VR
-
             out.add_new(add.tag, dictionary_VR(add.tag), add.value)
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)

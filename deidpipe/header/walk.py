@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deidpipe.errors import InvalidValueError
+from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.rules import load_rule_file, resolve_compound
@@ -194,7 +194,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str) -> D
         if action == "Z":
             return DataElement(elem.tag, "SQ", Sequence())
         if action == "set":
-            raise ValueError("set")  # turned into a PolicyError by the engine
+            raise PolicyError(f"override 'set' cannot be applied to the sequence {elem.tag}")
         return _scrub_sequence(elem, ctx, _sequence_mode(head, action, mode))
     if action == "D":
         return DataElement(elem.tag, elem.VR, actions.dummy_value(elem, ctx))
