@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: dicom3tools gives dciodvfy (validates output against the IODs), dcmtk gives a real peer.
-APT_PACKAGES := dicom3tools dcmtk
+APT_PACKAGES := dicom3tools dcmtk tesseract-ocr
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean apt
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 apt:
-	@missing=""; for t in dciodvfy dcmdump; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in dciodvfy dcmdump tesseract; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
+	$(BIN)/pip install -q --no-deps presidio-image-redactor==0.0.62
 	touch $(STAMP)
 
 demo: install

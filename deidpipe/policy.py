@@ -10,6 +10,8 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     options: [RetainLongModifiedDates, CleanDescriptors]
     strict: false                 # true: keep only the allow-list (see docs/header.md)
     text_screening: presidio      # presidio (default) or denylist (the object's own identifiers only)
+    pixels: auto                  # burned-in text: auto (default), all or off; see docs/pixels.md
+    pixel_redaction: all-text     # all-text (default) or phi
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -37,6 +39,8 @@ from deidpipe.header.rules import ACTION_CODES, load_rule_file
 
 OVERRIDE_ACTIONS = (*ACTION_CODES, "set")
 TextScreening = Literal["presidio", "denylist"]
+PixelSelection = Literal["auto", "all", "off"]
+PixelRedaction = Literal["all-text", "phi"]
 
 
 def option_catalogue() -> dict[str, dict[str, str]]:
@@ -86,6 +90,8 @@ class Policy:
         strict: keep only the allow-list of ``rules/strict_allow.yaml`` plus explicit keeps.
         text_screening: ``presidio`` (NER + patterns + the object's own identifiers) or ``denylist``.
         recipients: certificate paths; when set, original values go into the Encrypted Attributes Sequence.
+        pixels: burned-in text: ``auto`` (text-likely images and any where a cheap screen fires), ``all``, ``off``.
+        pixel_redaction: ``all-text`` (every detected text box) or ``phi`` (identifying words only).
     """
 
     options: frozenset[str] = frozenset()
@@ -94,6 +100,8 @@ class Policy:
     strict: bool = False
     text_screening: TextScreening = "presidio"
     recipients: tuple[str, ...] = ()
+    pixels: PixelSelection = "auto"
+    pixel_redaction: PixelRedaction = "all-text"
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -108,6 +116,10 @@ class Policy:
             raise PolicyError("choose one of RetainLongFullDates and RetainLongModifiedDates")
         if self.text_screening not in ("presidio", "denylist"):
             raise PolicyError("text_screening must be 'presidio' or 'denylist'")
+        if self.pixels not in ("auto", "all", "off"):
+            raise PolicyError("pixels must be 'auto', 'all' or 'off'")
+        if self.pixel_redaction not in ("all-text", "phi"):
+            raise PolicyError("pixel_redaction must be 'all-text' or 'phi'")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +143,7 @@ class Policy:
     def from_mapping(cls, data: dict[str, Any], base_dir: Path = Path("."), source: str = "mapping") -> Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
-                   "deid_recipes", "reversible"}
+                   "deid_recipes", "reversible", "pixels", "pixel_redaction"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -158,6 +170,8 @@ class Policy:
             overrides=tuple(overrides),
             additions=tuple(additions),
             recipients=recipients,
+            pixels=str(data.get("pixels", "auto")),  # type: ignore[arg-type]
+            pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
             source=source,
         )
 

@@ -64,8 +64,16 @@ def _header_stage(ds: Dataset, ctx: WorkContext) -> tuple[Dataset, dict[str, int
     return result.dataset, dict(result.actions)
 
 
+def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
+    from deidpipe.pixels.stage import pixel_text_stage
+
+    return pixel_text_stage(ds, ctx.policy, source)
+
+
 #: name -> fn(dataset, ctx) for object-scope stages; fn(list of datasets, ctx) for series-scope ones.
-STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage}
+STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage, "pixel_text": _pixel_text_stage}
+#: Object-scope stages that also get the dataset as read (before any stage changed it).
+NEEDS_SOURCE = frozenset({"pixel_text"})
 
 
 @dataclass
@@ -73,6 +81,7 @@ class _Work:
     item: ExecItem
     result: ObjectResult
     ds: Dataset | None = None
+    source: Dataset | None = None
 
 
 def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
@@ -80,6 +89,7 @@ def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
     w.result.stage = stage
     w.result.reason = reason_of(exc)
     w.ds = None
+    w.source = None
 
 
 def _read(w: _Work, ctx: WorkContext) -> None:
@@ -92,6 +102,7 @@ def _read(w: _Work, ctx: WorkContext) -> None:
             raise InputError(None, "input changed after it was indexed")
         w.result.content_hash = digest
         w.ds = read_dataset(io.BytesIO(data))
+        w.source = w.ds
     except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on
         _quarantine(w, "read", exc)
     w.result.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
@@ -100,7 +111,8 @@ def _read(w: _Work, ctx: WorkContext) -> None:
 def _apply_object_stage(w: _Work, name: str, ctx: WorkContext) -> None:
     t0 = time.perf_counter()
     try:
-        w.ds, actions = STAGE_FUNCS[name](w.ds, ctx)
+        fn = STAGE_FUNCS[name]
+        w.ds, actions = fn(w.ds, ctx, w.source) if name in NEEDS_SOURCE else fn(w.ds, ctx)
         for code, n in actions.items():
             w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
     except Exception as exc:  # noqa: BLE001
@@ -140,6 +152,7 @@ def _write(w: _Work, ctx: WorkContext) -> None:
     except Exception as exc:  # noqa: BLE001
         _quarantine(w, "write", exc)
     w.ds = None
+    w.source = None
     w.result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
 
 

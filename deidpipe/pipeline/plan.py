@@ -42,8 +42,14 @@ class Stage:
 
 
 #: In execution order. Later issues append ("pixel_text", SCOPE_OBJECT, ...), ("deface", SCOPE_SERIES, ...).
+def _has_pixels(rows: pl.DataFrame) -> bool:
+    """The pixel-text stage runs on objects with an image; it decides per object (policy, header, screen)."""
+    return bool(rows["rows"].is_not_null().any())
+
+
 STAGES: list[Stage] = [
     Stage("header", SCOPE_OBJECT, lambda rows: True),
+    Stage("pixel_text", SCOPE_OBJECT, _has_pixels),
 ]
 
 

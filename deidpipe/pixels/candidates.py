@@ -1,0 +1,179 @@
+"""Cheap, classical text screening: where in a frame could text be?
+
+Burned-in text is made of thin strokes of (nearly) uniform intensity that stand out from what is around them,
+light on dark or dark on light. A white and a black top-hat with a kernel a little wider than a stroke pick
+those strokes out; closing along rows (and, for rotated text, along columns) joins letters into words and
+lines; connected components of plausible size and fill become candidate boxes. This costs milliseconds and
+serves two purposes: the screen that decides whether an image needs OCR at all, and the list of regions the
+OCR engine looks at (instead of the whole frame, which costs seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Top-hat response (0-255 scale) above which a pixel may belong to a stroke.
+MIN_CONTRAST = 28
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixel coordinates, ``x1``/``y1`` exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        return max(self.width, 0) * max(self.height, 0)
+
+    def pad(self, margin: int, shape: tuple[int, int]) -> Box:
+        h, w = shape
+        return Box(max(self.x0 - margin, 0), max(self.y0 - margin, 0), min(self.x1 + margin, w),
+                   min(self.y1 + margin, h))
+
+    def intersect(self, other: Box) -> int:
+        w = min(self.x1, other.x1) - max(self.x0, other.x0)
+        h = min(self.y1, other.y1) - max(self.y0, other.y0)
+        return max(w, 0) * max(h, 0)
+
+    def union(self, other: Box) -> Box:
+        return Box(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1), max(self.y1, other.y1))
+
+
+def to_uint8(frame: np.ndarray) -> np.ndarray:
+    """A display-range 8-bit version of one frame (grey: min..max stretch; colour: kept as 8-bit RGB)."""
+    if frame.dtype == np.uint8:
+        return frame
+    f = frame.astype(np.float32)
+    lo, hi = float(f.min()), float(f.max())
+    if hi <= lo:
+        return np.zeros(frame.shape, np.uint8)
+    return ((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def stroke_maps(img8: np.ndarray) -> list[np.ndarray]:
+    """Grey images in which strokes are bright: luminance, and for colour images the chroma (colour text)."""
+    if img8.ndim == 3:
+        grey = cv2.cvtColor(img8, cv2.COLOR_RGB2GRAY)
+        chroma = (img8.max(axis=2).astype(np.int16) - img8.min(axis=2)).astype(np.uint8)
+        return [grey, chroma]
+    return [img8]
+
+
+def _strokes(grey: np.ndarray, kernel: int) -> np.ndarray:
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (kernel, kernel))
+    white = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, k)
+    black = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, k)
+    return np.maximum(white, black)
+
+
+def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
+    """Candidate text boxes in one 8-bit frame (grey or RGB), largest first."""
+    h, w = img8.shape[:2]
+    boxes: list[Box] = []
+    for grey in stroke_maps(img8):
+        for kernel in (7, 15):
+            if kernel * 2 > min(h, w):
+                continue
+            resp = _strokes(grey, kernel)
+            mask = (resp >= MIN_CONTRAST).astype(np.uint8)
+            if not mask.any():
+                continue
+            boxes += _group(mask, kernel, (h, w))
+    merged = merge_boxes(boxes)
+    merged.sort(key=lambda b: -b.area)
+    return merged[:max_boxes]
+
+
+def stroke_response(img8: np.ndarray) -> np.ndarray:
+    """Per pixel, how much it stands out as part of a thin stroke (max over polarities, scales, channels)."""
+    maps = [_strokes(g, k) for g in stroke_maps(img8) for k in (7, 15) if k * 2 <= min(img8.shape[:2])]
+    return np.maximum.reduce(maps) if maps else np.zeros(img8.shape[:2], np.uint8)
+
+
+def tighten(box: Box, response: np.ndarray) -> Box | None:
+    """Shrink ``box`` to the pixels inside it that respond at least half as strongly as its strongest stroke."""
+    sub = response[box.y0:box.y1, box.x0:box.x1]
+    if sub.size == 0:
+        return None
+    peak = int(sub.max())
+    if peak < MIN_CONTRAST:
+        return None
+    ys, xs = np.nonzero(sub >= max(MIN_CONTRAST, peak // 2))
+    return Box(box.x0 + int(xs.min()), box.y0 + int(ys.min()), box.x0 + int(xs.max()) + 1, box.y0 + int(ys.max()) + 1)
+
+
+def _group(mask: np.ndarray, kernel: int, shape: tuple[int, int]) -> list[Box]:
+    h, w = shape
+    out: list[Box] = []
+    for direction in ((kernel, 1), (1, kernel)):
+        closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, direction))
+        n, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+        for i in range(1, n):
+            x, y, bw, bh, area = (int(v) for v in stats[i])
+            short, long_ = min(bw, bh), max(bw, bh)
+            if short < 3 or long_ < 4 or short > max(0.25 * min(h, w), 48):
+                continue
+            fill = area / float(bw * bh)
+            if fill < 0.12 or (fill > 0.92 and short > 6):
+                continue  # specks, or solid blobs (anatomy, bars) rather than letters
+            out.append(Box(x, y, x + bw, y + bh))
+    return out
+
+
+def merge_boxes(boxes: list[Box], gap: int = 2) -> list[Box]:
+    """Merge boxes that overlap or touch (within ``gap`` pixels) until none do."""
+    items = list(boxes)
+    changed = True
+    while changed:
+        changed = False
+        out: list[Box] = []
+        for b in items:
+            grown = Box(b.x0 - gap, b.y0 - gap, b.x1 + gap, b.y1 + gap)
+            for i, o in enumerate(out):
+                if grown.intersect(o) > 0:
+                    out[i] = o.union(b)
+                    changed = True
+                    break
+            else:
+                out.append(b)
+        items = out
+    return items
+
+
+def text_screen(frame: np.ndarray) -> bool:
+    """The cheap screen for images not already likely to carry text: does anything look like lettering?
+
+    It looks for small clusters of pixels at the frame's extreme values (where devices burn text) that form
+    letter-sized blobs; it runs on raw pixels in a few milliseconds.
+    """
+    f = frame if frame.ndim == 2 else frame.max(axis=-1)
+    step = 2 if min(f.shape) >= 256 else 1
+    sub = f[::step, ::step]
+    lo, hi = sub.min(), sub.max()
+    if hi == lo:
+        return False
+    for mask in (sub == hi, sub == lo):
+        n = int(np.count_nonzero(mask))
+        if n < 6 or n > 0.03 * sub.size:
+            continue
+        m8 = mask.astype(np.uint8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(m8, connectivity=8)
+        small = [s for s in stats[1:] if 2 <= s[3] <= 40 and 1 <= s[2] <= 40 and s[4] >= 3]
+        if len(small) >= 3:
+            return True
+    return False

