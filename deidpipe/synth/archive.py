@@ -105,8 +105,8 @@ def _file_meta(ds: Dataset, fp: FilePlanter, person: Person) -> FileMetaDataset:
     return meta
 
 
-def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: int = 16, cols: int = 16
-                     ) -> AnswerKey:
+def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: int = 16, cols: int = 16,
+                     burned_text: bool = False) -> AnswerKey:
     """Write a synthetic DICOM archive under ``out_dir`` and its ``answer_key.json``; return the key.
 
     Every UID, date, name and pixel comes from ``seed``: the same arguments give byte-identical files.
@@ -153,6 +153,10 @@ def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: i
                     references=rec.references(targets), safe_private=rec.safe_private())
     _self_check(out_dir, key, rec)
     key.save(out_dir / KEY_FILE)
+    if burned_text:  # only when asked: the default archive stays byte-identical
+        from deidpipe.synth.burned import add_burned_images
+
+        add_burned_images(out_dir, key, seed)
     return key
 
 

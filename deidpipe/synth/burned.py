@@ -333,3 +333,22 @@ def generate_burned_set(out_dir: Path, *, count: int = 14, seed: int = 0,
         key = old
     key.save(key_path)
     return key
+
+
+def add_burned_images(out_dir: Path, answer: object, seed: int) -> BurnedKey:
+    """Images with burned-in text for every patient of a synth archive (``patientNNN/burned/``), using the
+    patient's own name, ID and birth date; the word boxes go to ``burned_key.json``."""
+    key = BurnedKey(seed)
+    for patient in answer.patients:  # type: ignore[attr-defined]
+        rng = random.Random(f"deidpipe.synth.burned-archive/{seed}/{patient.index}")
+        study = patient.studies[0].study_date if patient.studies else "20200101"
+        person = BurnedPerson(str(patient.name).split("=")[0], patient.patient_id, patient.birth_date, study,
+                              rng.choice(_SITES))
+        sub = generate_burned_set(Path(out_dir) / f"patient{patient.index:03d}" / "burned", count=len(VARIANTS),
+                                  seed=seed, people=[person])
+        for f in sub.files:
+            f.path = f"patient{patient.index:03d}/burned/{f.path}"
+        key.files += sub.files
+        (Path(out_dir) / f"patient{patient.index:03d}" / "burned" / BURNED_KEY_FILE).unlink()
+    key.save(Path(out_dir) / BURNED_KEY_FILE)
+    return key

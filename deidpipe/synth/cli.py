@@ -16,9 +16,11 @@ def synth(
     out: Path = typer.Argument(..., help="Folder to write the archive into (created if missing)."),
     patients: int = typer.Option(3, "--patients", "-n", min=1, help="Number of synthetic patients."),
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="Seed: the same seed gives byte-identical files."),
+    burned_text: bool = typer.Option(False, "--burned-text", help="Also write images with burned-in text "
+                                     "(and burned_key.json, the word boxes)."),
 ) -> None:
     """Write a synthetic DICOM archive full of planted PHI, with an answer key for testing de-identification."""
-    key = generate_archive(out, patients=patients, seed=seed)
+    key = generate_archive(out, patients=patients, seed=seed, burned_text=burned_text)
     kinds = Counter(p.kind for p in key.planted)
     table = Table(title=f"Synthetic archive in {out}", show_header=False)
     table.add_row("files", str(len(key.files())))
