@@ -155,3 +155,11 @@ def test_cli_deid_file_rules_show_keygen(tmp_path, ct):
     res = runner.invoke(app, ["deid-file", str(tmp_path / "missing.dcm"), str(tmp_path / "o.dcm"),
                               "--key-file", str(tmp_path / "project.key")])
     assert res.exit_code == 1 and "does not exist" in " ".join(res.output.split())
+
+
+def test_rules_show_resolves_for_a_sop_class():
+    res = runner.invoke(app, ["rules", "show", "--sop-class", "CT Image Storage"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "Type 2C in CT Image" in res.output and "Type 3 in CT Image" in res.output
+    res = runner.invoke(app, ["rules", "show", "--sop-class", "No Such Storage"])
+    assert res.exit_code == 1 and "unknown SOP class" in res.output

@@ -64,7 +64,8 @@ def deid_file(
 
 @rules_app.command("show")
 def rules_show(
-    sop_class: str = typer.Option("", "--sop-class", help="SOP Class UID or name, shown in the title."),
+    sop_class: str = typer.Option("", "--sop-class",
+                                  help="SOP Class UID or name: compound codes are resolved for its IOD."),
     policy_file: Path | None = PolicyOpt,
     option: list[str] = OptionOpt,
     strict: bool = StrictOpt,
@@ -73,8 +74,12 @@ def rules_show(
     """Print the effective action of every Table E.1-1 row (and override) under a policy."""
     from deidpipe.header.inspect import effective_rules
 
-    policy = policy_from_cli(policy_file, option, strict)
-    rows = effective_rules(policy)
+    try:
+        policy = policy_from_cli(policy_file, option, strict)
+        rows = effective_rules(policy, sop_class or None)
+    except DeidError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     title = f"Effective policy: {policy.describe()}" + (f" — SOP class {sop_class}" if sop_class else "")
     table = Table(title=title, show_lines=False)
     for col in ("tag", "attribute", "basic", "effective", "because"):
@@ -85,9 +90,9 @@ def rules_show(
         table.add_row(r.tag, r.name, r.basic, r.effective, r.source)
     Console().print(table)
     Console().print(
-        "Compound codes keep the attribute's presence and drop its content: a non-empty value gets a dummy (D) "
-        "where allowed, else is emptied (Z); sequences keep their items, each de-identified. Actions do not "
-        "depend on the SOP class beyond that. Options known: " + ", ".join(sorted(option_catalogue()))
+        "Compound codes follow the attribute's Type in the object's IOD (X for Type 3, Z for Type 2, D for "
+        "Type 1) at the top level of a known SOP class; elsewhere they keep the attribute's presence and drop "
+        "its content. Options known: " + ", ".join(sorted(option_catalogue()))
     )
 
 

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from deidpipe.header.rules import RuleTable, SafePrivate, load_safe_private, load_table
+from deidpipe.header.rules import (
+    IODAttributes,
+    RuleTable,
+    SafePrivate,
+    iod_for_sop_class,
+    load_safe_private,
+    load_table,
+)
 from deidpipe.header.text import DenyList, date_variants
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
@@ -52,6 +59,12 @@ def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS, *
     return terms
 
 
+def sop_class_of(ds: Dataset) -> str:
+    """SOP Class UID (0008,0016), else the File Meta's Media Storage SOP Class UID (0002,0002), else ''."""
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else "") or "")
+
+
 def patient_key(ds: Dataset) -> str:
     """What identifies the patient for pseudonyms and date shifts: Patient ID, else name, else the study."""
     for kw in ("PatientID", "PatientName", "StudyInstanceUID"):
@@ -73,6 +86,7 @@ class ScrubContext:
     shift_days: int
     denylist: DenyList
     use_model: bool
+    iod: IODAttributes | None = None  # the object's IOD, when the SOP class is known
     counts: Counter[str] = field(default_factory=Counter)
 
     @classmethod
@@ -87,4 +101,5 @@ class ScrubContext:
             shift_days=key.date_shift_days(pkey),
             denylist=DenyList.from_terms(identity_terms(ds)),
             use_model=policy.text_screening == "presidio",
+            iod=iod_for_sop_class(sop_class_of(ds)),
         )

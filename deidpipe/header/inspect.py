@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
+from pydicom.uid import UID_dictionary
 
-from deidpipe.header.rules import COMPOUND_CODES, load_table
+from deidpipe.errors import PolicyError
+from deidpipe.header.rules import COMPOUND_CODES, IODAttributes, iod_for_sop_class, load_table, resolve_compound
 from deidpipe.policy import Policy, option_catalogue
 
 
@@ -22,8 +24,31 @@ class EffectiveRule:
     source: str
 
 
-def effective_rules(policy: Policy) -> list[EffectiveRule]:
-    """Every row of the table with the action this policy takes, and why."""
+def sop_class_uid(spec: str) -> str:
+    """A SOP Class UID from a UID or its name ("CT Image Storage"), matched case-insensitively."""
+    spec = spec.strip()
+    if spec in UID_dictionary:
+        return spec
+    for uid, entry in UID_dictionary.items():
+        if entry[0].lower() == spec.lower():
+            return uid
+    raise PolicyError(f"unknown SOP class {spec!r}: give a UID or a name such as 'CT Image Storage'")
+
+
+def _compound(action: str, iod: IODAttributes | None, tag: int) -> str:
+    """How a compound code resolves for a top-level attribute of the IOD (or without one)."""
+    if iod is None:
+        return f"{action} (present: D or Z; absent: nothing)"
+    t = iod.top.get(tag) if tag >= 0 else None
+    resolved = resolve_compound(action, present_and_nonempty=True, is_sequence=False, iod_type=t,
+                                in_known_iod=True)
+    return f"{action} -> {resolved} ({'Type ' + t if t else 'not'} in {iod.name})"
+
+
+def effective_rules(policy: Policy, sop_class: str | None = None) -> list[EffectiveRule]:
+    """Every row of the table with the action this policy takes, and why; with a SOP class, compound
+    codes are resolved by the attribute's Type in that class's IOD."""
+    iod = iod_for_sop_class(sop_class_uid(sop_class)) if sop_class else None
     cat = option_catalogue()
     by_column = {v["column"]: name for name, v in cat.items()}
     table = load_table()
@@ -38,7 +63,7 @@ def effective_rules(policy: Policy) -> list[EffectiveRule]:
         if override is not None:
             action, source = override.action + (f" {override.value!r}" if override.value else ""), "override"
         if action in COMPOUND_CODES:
-            action = f"{action} (present: D or Z; absent: nothing)"
+            action = _compound(action, iod, tag)
         out.append(EffectiveRule(row.tag, row.name, row.basic, action, source))
     for o in policy.overrides:
         if table.lookup(o.tag) is None:

@@ -126,26 +126,37 @@ def load_table() -> RuleTable:
     return RuleTable(by_tag=by_tag, patterns=tuple(patterns), edition=data["edition"])
 
 
-def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool) -> str:
-    """Choose one action for a compound code, so that the output stays valid for any IOD.
+def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool,
+                     iod_type: str | None = None, in_known_iod: bool = False) -> str:
+    """Choose one action for a compound code so that the output stays valid for its IOD.
 
-    The standard picks X for a Type 3 attribute, Z for Type 2 and D for Type 1. Rather than carry the IOD
-    module tables, deidpipe keeps what the input had present and removes only the content:
+    The standard's rule: X where the attribute is Type 3 in the object's IOD, Z where Type 2, D where Type 1.
+    For a top-level attribute of a SOP class that ``rules/iod_attributes.json`` knows, that is what happens
+    (``iod_type`` is its Type; an attribute that is not part of the IOD at all is removed when X is allowed).
+
+    Elsewhere (inside sequences, or unknown SOP classes) deidpipe keeps the attribute's *presence* and drops
+    its *content*, which is valid whatever the Type:
 
     - ``X/Z/U*``: the sequence stays, its items are processed (every UID inside mapped) -> ``U``;
     - a sequence under ``X/D``, ``X/Z/D`` or ``Z/D`` keeps its items in dummy mode -> ``D``; under ``X/Z``
       it keeps its items -> ``K`` (an empty sequence would be invalid where the attribute is Type 3); either
       way the items' own attributes follow their own rows, so nothing identifying survives;
-    - an empty input value stays empty -> ``Z`` (valid wherever the input was valid);
+    - an empty input value stays empty -> ``Z``;
     - a non-empty value becomes a dummy when the code allows ``D`` (valid even for Type 1), else empty (``Z``).
-
-    The cost is a dummy value where removal would also have been valid; the benefit is that no object
-    becomes invalid because an attribute its IOD requires went missing.
     """
     if code not in COMPOUND_CODES:
         return code
     if code == "X/Z/U*":
         return "U"
+    if in_known_iod:
+        if iod_type is None or iod_type == "3":
+            if "X" in code:
+                return "X"
+        elif iod_type in ("2", "2C"):
+            if "Z" in code:
+                return "Z"
+        elif "D" in code:  # Type 1 or 1C
+            return "D"
     if is_sequence:
         return "D" if "D" in code else "K"
     if not present_and_nonempty:
@@ -171,3 +182,42 @@ def load_safe_private() -> SafePrivate:
         (int(e["group"], 16), e["creator"].strip().lower(), int(e["element"], 16)) for e in data["entries"]
     )
     return SafePrivate(keys)
+
+
+@dataclass(frozen=True)
+class IODAttributes:
+    """The attributes of one IOD (``rules/iod_attributes.json``): top-level Types and every nested tag."""
+
+    name: str
+    top: dict[int, str]  # tag -> Type (1, 1C, 2, 2C, 3) of the IOD's top-level attributes
+    nested: frozenset[int]  # tags that occur inside the IOD's sequences
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self.top or tag in self.nested
+
+
+_TYPE_RANK = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
+
+
+@cache
+def iod_for_sop_class(sop_class_uid: str) -> IODAttributes | None:
+    """The IOD of a SOP class, or None when the tables do not know it (private or newer SOP classes)."""
+    data = load_rule_file("iod_attributes.json")
+    iod_id = data["sop_classes"].get(str(sop_class_uid).strip())
+    if iod_id is None:
+        return None
+    iod = data["iods"][iod_id]
+    top: dict[int, str] = {}
+    nested: set[int] = set()
+    for module in iod["modules"]:
+        entry = data["modules"].get(module, {"top": {}, "nested": []})
+        for tag, t in entry["top"].items():
+            key = int(tag, 16)
+            if key not in top or _TYPE_RANK[t] < _TYPE_RANK[top[key]]:
+                top[key] = t
+        nested.update(int(tag, 16) for tag in entry["nested"])
+    for macro in iod["macros"]:  # functional groups live inside (5200,9229)/(5200,9230) items
+        entry = data["macros"].get(macro, {"top": {}, "nested": []})
+        nested.update(int(tag, 16) for tag in entry["top"])
+        nested.update(int(tag, 16) for tag in entry["nested"])
+    return IODAttributes(iod["name"], top, frozenset(nested))

@@ -112,15 +112,26 @@ def _is_free_text(elem: Head) -> bool:
     return elem.VR in text_vrs and elem.keyword not in never and bool(pattern.search(elem.keyword))
 
 
+def _strictly_allowed(elem: Head, ctx: ScrubContext) -> bool:
+    """Strict mode's allow-list for attributes Table E.1-1 does not list: attributes of the object's IOD
+    (any nesting level) whose VR cannot carry free-form identity, plus the keep list; for an unknown SOP
+    class, any non-retired attribute of such a VR."""
+    tag = int(elem.tag)
+    safe_vrs, keep = _strict_allow()
+    if elem.keyword in keep:
+        return True
+    if dictionary_is_retired(tag) or not (elem.VR in safe_vrs or elem.VR == "UI"):
+        return False
+    return ctx.iod is None or tag in ctx.iod
+
+
 def _unlisted_action(elem: Head, ctx: ScrubContext, mode: str) -> str:
     """The action for a standard attribute that Table E.1-1 does not list."""
     tag = int(elem.tag)
     if not is_known_tag(tag):
         return "X"  # cannot judge what an unknown attribute holds
-    if ctx.policy.strict:
-        safe_vrs, keep = _strict_allow()
-        if dictionary_is_retired(tag) or not (elem.VR in safe_vrs or elem.keyword in keep or elem.VR == "UI"):
-            return "X"
+    if ctx.policy.strict and not _strictly_allowed(elem, ctx):
+        return "X"
     vr = elem.VR
     if vr == "UI":
         return "U"
@@ -135,19 +146,22 @@ def _unlisted_action(elem: Head, ctx: ScrubContext, mode: str) -> str:
     return "K"
 
 
-def decide(elem: Head, ctx: ScrubContext, mode: str) -> tuple[str, str | None]:
+def decide(elem: Head, ctx: ScrubContext, mode: str, top_level: bool = True) -> tuple[str, str | None]:
     """The single action for a standard (even-group) element and, for ``set``, its value."""
-    override = ctx.policy.override_map.get(int(elem.tag))
+    tag = int(elem.tag)
+    override = ctx.policy.override_map.get(tag)
     if override is not None:
         return override.action, override.value
-    row = ctx.table.lookup(int(elem.tag))
+    row = ctx.table.lookup(tag)
     action = row.action(ctx.policy.option_columns) if row is not None else _unlisted_action(elem, ctx, mode)
-    action = resolve_compound(action, present_and_nonempty=not elem.is_empty, is_sequence=elem.VR == "SQ")
+    by_type = top_level and ctx.iod is not None
+    action = resolve_compound(action, present_and_nonempty=not elem.is_empty, is_sequence=elem.VR == "SQ",
+                              iod_type=ctx.iod.top.get(tag) if by_type else None, in_known_iod=by_type)
     return action, None
 
 
 def _scrub_sequence(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElement:
-    items = Sequence([scrub_dataset(item, ctx, mode) for item in elem.value])
+    items = Sequence([scrub_dataset(item, ctx, mode, top_level=False) for item in elem.value])
     return DataElement(elem.tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
 
 
@@ -160,14 +174,15 @@ def _sequence_mode(elem: Head, action: str, mode: str) -> str:
     return mode
 
 
-def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str) -> DataElement | RawDataElement | None:
+def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
+                  top_level: bool = True) -> DataElement | RawDataElement | None:
     """The de-identified element ``tag`` of ``src``, or None when it is removed; counts in ``ctx.counts``.
 
     Only elements whose value changes are decoded; a kept element is returned as stored (raw if undecoded).
     """
     stored = src._dict[tag]
     head = head_of(stored)
-    action, set_value = decide(head, ctx, mode)
+    action, set_value = decide(head, ctx, mode, top_level)
     kind = _identifiers().get(head.keyword)
     if kind is not None and action in ("Z", "D") and not head.is_empty:
         action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
@@ -235,7 +250,7 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     return copy.copy(elem)
 
 
-def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Dataset:
+def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level: bool = True) -> Dataset:
     """A new Dataset holding the de-identified elements of ``src`` (whose values are left untouched)."""
     out = Dataset()
     # Same encoding as the source, so that raw (kept) elements are written back without re-encoding.
@@ -254,7 +269,7 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL) -> Datase
                 continue
             new = _scrub_private(src, tag, ctx, mode, kept_blocks)
         else:
-            new = scrub_element(src, tag, ctx, mode)
+            new = scrub_element(src, tag, ctx, mode, top_level)
             if new is None and 0x6000 <= group <= 0x601E and element == 0x3000:
                 removed_overlays.add(group)
         if new is None:
