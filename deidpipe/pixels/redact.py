@@ -260,7 +260,7 @@ def mark_cleaned(ds: Dataset) -> None:
         ds.DeidentificationMethodCodeSequence = items
     methods = ds.get("DeidentificationMethod")
     if methods is not None:
-        values = list(methods) if isinstance(methods, list | tuple) or methods.VM > 1 else [str(methods)]
+        values = [str(methods)] if isinstance(methods, str) else [str(m) for m in methods]
         if meaning not in values:
             ds.DeidentificationMethod = [*values, meaning]
 
