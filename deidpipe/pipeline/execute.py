@@ -65,6 +65,8 @@ def _header_stage(ds: Dataset, ctx: WorkContext) -> tuple[Dataset, dict[str, int
 
 
 def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
+    if getattr(ctx.policy, "pixels", "auto") == "off":
+        return ds, {}  # header-only runs never load the OCR stack
     from deidpipe.pixels.stage import pixel_text_stage
 
     return pixel_text_stage(ds, ctx.policy, source)
