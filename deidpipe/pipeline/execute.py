@@ -104,7 +104,8 @@ def _read(w: _Work, ctx: WorkContext) -> None:
             raise InputError(None, "input changed after it was indexed")
         w.result.content_hash = digest
         w.ds = read_dataset(io.BytesIO(data))
-        w.source = w.ds
+        if getattr(ctx.policy, "pixels", "auto") != "off":
+            w.source = w.ds  # the pixel stage reads the original header values
     except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on
         _quarantine(w, "read", exc)
     w.result.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
