@@ -193,3 +193,16 @@ def test_unknown_sop_class_falls_back_to_presence(source, key):
     private_class.SOPClassUID = "1.2.3.4.5.6.7.8"  # not a standard SOP class: no IOD table
     out = run(private_class, key)
     assert out.SeriesDate == "19000101"  # X/D, present with a value: a dummy keeps it valid for any IOD
+
+
+def test_kept_elements_stay_raw_and_identical(key, tmp_path):
+    """Pixel data and other kept elements are not decoded and go back byte for byte."""
+    from pydicom.dataelem import RawDataElement
+
+    from deidpipe.dicomio import write_dataset
+
+    ds = read_dataset(get_testdata_file("CT_small.dcm"))
+    out = deidentify(ds, Policy.basic(), key).dataset
+    assert isinstance(out._dict[0x7FE00010], RawDataElement)
+    write_dataset(out, tmp_path / "o.dcm")
+    assert read_dataset(tmp_path / "o.dcm").PixelData == ds.PixelData
