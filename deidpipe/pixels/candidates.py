@@ -105,16 +105,66 @@ def stroke_response(img8: np.ndarray) -> np.ndarray:
     return np.maximum.reduce(maps) if maps else np.zeros(img8.shape[:2], np.uint8)
 
 
-def tighten(box: Box, response: np.ndarray) -> Box | None:
-    """Shrink ``box`` to the pixels inside it that respond at least half as strongly as its strongest stroke."""
-    sub = response[box.y0:box.y1, box.x0:box.x1]
-    if sub.size == 0:
+@dataclass(frozen=True)
+class StrokeMaps:
+    """Per pixel of one frame: how much it stands out as a light stroke (``light``: white top-hats of the
+    luminance and the chroma) and as a dark stroke (``dark``: black top-hat of the luminance), and the
+    luminance itself. Each polarity alone is clean: the gaps between light letters respond only as dark
+    strokes, so a box is fitted with the polarity of its text."""
+
+    light: np.ndarray
+    dark: np.ndarray
+    grey: np.ndarray
+
+    @classmethod
+    def of(cls, img8: np.ndarray) -> StrokeMaps:
+        maps = stroke_maps(img8)
+        kernels = [k for k in (7, 15) if k * 2 <= min(img8.shape[:2])] or [3]
+        light, dark = [], []
+        for k in kernels:
+            se = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+            light += [cv2.morphologyEx(g, cv2.MORPH_TOPHAT, se) for g in maps]
+            dark.append(cv2.morphologyEx(maps[0], cv2.MORPH_BLACKHAT, se))
+        return cls(np.maximum.reduce(light), np.maximum.reduce(dark), maps[0])
+
+
+def tighten(box: Box, maps: StrokeMaps) -> Box | None:
+    """Shrink ``box`` to the text strokes inside it (see :func:`fit_strokes`, with no reach)."""
+    return fit_strokes(box, maps, box)
+
+
+def fit_strokes(box: Box, maps: StrokeMaps, limit: Box, reach: int = 0) -> Box | None:
+    """The bounding box of the letters' pixels in ``box`` grown by ``reach`` pixels along the text (clipped
+    to ``limit``), or None when nothing there responds like a stroke.
+
+    The polarity comes from the box itself: text is the minority of its pixels, so light text sits in a box
+    whose median is below the middle of its range. Stroke pixels are found with hysteresis: pixels at least a
+    third as strong as the strongest stroke (and above :data:`MIN_CONTRAST`), plus weaker ones (half
+    :data:`MIN_CONTRAST`) touching them: the anti-aliased or compressed edges of the same letters. The box
+    is tight on every side the letters have; it grows (``reach``) only where a detector may have cut a word
+    short.
+    """
+    x0, x1 = max(box.x0 - reach, limit.x0), min(box.x1 + reach, limit.x1)
+    y0, y1 = max(box.y0, limit.y0), min(box.y1, limit.y1)
+    if box.height > 2 * box.width:  # vertical (rotated) text: the reach runs along the column
+        x0, x1 = max(box.x0, limit.x0), min(box.x1, limit.x1)
+        y0, y1 = max(box.y0 - reach, limit.y0), min(box.y1 + reach, limit.y1)
+    if x1 <= x0 or y1 <= y0:
         return None
+    grey = maps.grey[y0:y1, x0:x1]
+    lo, hi, med = int(grey.min()), int(grey.max()), float(np.median(grey))
+    light, dark = maps.light[y0:y1, x0:x1], maps.dark[y0:y1, x0:x1]
+    sub = light if med <= (lo + hi) / 2 or int(dark.max()) < MIN_CONTRAST else dark
+    if int(sub.max()) < MIN_CONTRAST:
+        sub = np.maximum(light, dark)  # colour text: its luminance may not stand out at all
     peak = int(sub.max())
     if peak < MIN_CONTRAST:
         return None
-    ys, xs = np.nonzero(sub >= max(MIN_CONTRAST, peak // 2))
-    return Box(box.x0 + int(xs.min()), box.y0 + int(ys.min()), box.x0 + int(xs.max()) + 1, box.y0 + int(ys.max()) + 1)
+    strong = (sub >= max(MIN_CONTRAST, peak // 3)).astype(np.uint8)
+    weak = sub >= MIN_CONTRAST // 2
+    near = cv2.dilate(strong, np.ones((3, 3), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(strong.astype(bool) | (weak & near))
+    return Box(x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
 
 
 def _group(mask: np.ndarray, kernel: int, shape: tuple[int, int]) -> list[Box]:

@@ -22,11 +22,11 @@ from pydicom.dataset import Dataset
 
 from deidpipe.pixels.candidates import (
     Box,
+    StrokeMaps,
+    fit_strokes,
     merge_boxes,
-    stroke_response,
     text_candidates,
     text_screen,
-    tighten,
     to_uint8,
 )
 from deidpipe.pixels.codecs import Decoded, decode, encode, fill_value, has_pixels
@@ -54,14 +54,15 @@ class PixelOptions:
         selection: ``auto`` (text-likely images plus any where the screen fires), ``all`` or ``off``.
         mode: ``all-text`` (every detected box) or ``phi`` (boxes that match the object's identifiers or
             presidio's findings; orientation markers, units and scale labels are kept).
-        margin: pixels added around every box (plus 15% of its height).
+        margin: added around every text box, as a fraction of the text's height (boxes are already fitted to
+            the letters' pixels, anti-aliased edges included).
         use_presidio: in ``phi`` mode, also ask presidio-analyzer about each recognised line.
         use_deid_regions: black the regions of deid's CTP-derived filter list.
     """
 
     selection: Selection = "auto"
     mode: Mode = "all-text"
-    margin: int = 2
+    margin: float = 0.06
     use_presidio: bool = True
     use_deid_regions: bool = True
 
@@ -184,7 +185,7 @@ class _Finder:
             key = _crop_key(self.options.mode, crop)
             if key in _CROP_CACHE:
                 self.result.cached_crops += 1
-                found += _place(_CROP_CACHE[key], pad, cand, shape)
+                found += _place(_CROP_CACHE[key], pad, cand)
                 continue
             crops.append(crop)
             todo.append((pad, key, cand))
@@ -193,10 +194,12 @@ class _Finder:
             per_crop = self._boxes(crops)
             for (pad, key, cand), boxes in zip(todo, per_crop, strict=True):
                 _cache_put(key, boxes)
-                found += _place(boxes, pad, cand, shape)
+                found += _place(boxes, pad, cand)
         if found:
-            response = stroke_response(img)
-            found = [t for t in (tighten(b, response) for b in found) if t is not None]
+            maps = StrokeMaps.of(img)
+            fitted = (fit_strokes(b, maps, c.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
+                      for b, c in found)
+            found = [t for t in fitted if t is not None]
         for b in found:
             self.known.append(_Known(b, k))
         return found
@@ -219,20 +222,14 @@ class _Finder:
         return out
 
 
-def _place(boxes: list[Box], pad: Box, cand: Box, shape: tuple[int, int]) -> list[Box]:
-    """Crop boxes to frame coordinates, tightened to the strokes the screen saw (CRAFT's boxes are loose)."""
-    tight = cand.pad(2, shape)
-    out = []
-    for b in boxes:
-        g = Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0)
-        t = Box(max(g.x0, tight.x0), max(g.y0, tight.y0), min(g.x1, tight.x1), min(g.y1, tight.y1))
-        if t.area > 0:
-            out.append(t)
-    return out
+def _place(boxes: list[Box], pad: Box, cand: Box) -> list[tuple[Box, Box]]:
+    """Crop boxes in frame coordinates, each with the candidate it was found in (the fit's limit)."""
+    return [(Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0), cand) for b in boxes]
 
 
-def _grow(b: Box, margin: int, shape: tuple[int, int]) -> Box:
-    return b.pad(margin + int(0.1 * min(b.height, b.width)), shape)
+def _grow(b: Box, margin: float, shape: tuple[int, int]) -> Box:
+    """``b`` with a margin proportional to its text height (the short side)."""
+    return b.pad(int(margin * min(b.height, b.width)), shape)
 
 
 def remove_overlays_and_icons(ds: Dataset, result: PixelResult) -> None:
