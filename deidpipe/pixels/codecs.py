@@ -100,6 +100,32 @@ def decode(ds: Dataset) -> Decoded:
     return Decoded(arr, photometric, ts, ts.is_compressed or ts not in _NATIVE)
 
 
+def native_view(ds: Dataset, max_frames: int = 4) -> np.ndarray | None:
+    """Up to ``max_frames`` evenly spaced frames of uncompressed little-endian grey pixel data as a zero-copy
+    view of the bytes (for the screen, which then costs no decoding), or None when the data needs a decoder
+    (compressed, big endian, colour, packed bits, signed values narrower than their container)."""
+    if transfer_syntax_of(ds) not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or allocated not in (8, 16) or (signed and stored != allocated):
+            return None
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+        data = ds.PixelData
+        if not isinstance(data, bytes | bytearray) or len(data) < n_frames * rows * cols * dtype.itemsize:
+            return None
+        arr = np.frombuffer(data, dtype, count=n_frames * rows * cols).reshape(n_frames, rows, cols)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    arr = arr[:: max(1, n_frames // max_frames)]
+    if not signed and stored < allocated:
+        arr = arr & np.array((1 << stored) - 1, dtype)
+    return arr
+
+
 def fill_value(dec: Decoded) -> int | float:
     """What boxes are filled with: the image minimum (black for RGB)."""
     if dec.is_colour:

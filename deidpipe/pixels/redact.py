@@ -29,7 +29,7 @@ from deidpipe.pixels.candidates import (
     text_screen,
     to_uint8,
 )
-from deidpipe.pixels.codecs import Decoded, decode, encode, fill_value, has_pixels
+from deidpipe.pixels.codecs import Decoded, decode, encode, fill_value, has_pixels, native_view
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
@@ -41,7 +41,7 @@ Mode = Literal["all-text", "phi"]
 TEXT_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC", "ECG", "OP"})
 ANNOTATED_MODALITIES = frozenset({"DX", "CR", "MG", "PX", "IO"})
 CLEAN_PIXEL_CODE = ("113101", "DCM", "Clean Pixel Data Option")
-MIN_SIDE = 24  # smaller images cannot hold legible text
+MIN_SIDE = 24  # smaller images are handed to OCR whole (unless uniform): too small for the screen
 CROP_PAD = 4
 _CACHE_SIZE = 2048
 
@@ -174,7 +174,7 @@ class _Finder:
         img = self.frames8[k]
         shape = img.shape[:2]
         crops, todo, found = [], [], []
-        for cand in text_candidates(img):
+        for cand in _candidates(img):
             if any(s.intersect(cand) >= 0.95 * cand.area for s in skip):
                 continue
             if k and self._verified(cand, k):
@@ -220,6 +220,19 @@ class _Finder:
                         boxes.append(Box(x0, w.box.y0, x1, w.box.y1))
             out.append(boxes)
         return out
+
+
+def _uniform(frame: np.ndarray) -> bool:
+    return bool(frame.size == 0 or (frame == frame.flat[0]).all())
+
+
+def _candidates(img: np.ndarray) -> list[Box]:
+    """Where to look for text: the screen's candidates, or a whole small image unless it is uniform (too
+    small for the screen's kernels, it is handed to the OCR engine, which upscales it)."""
+    h, w = img.shape[:2]
+    if min(h, w) >= MIN_SIDE:
+        return text_candidates(img)
+    return [] if _uniform(img) else [Box(0, 0, w, h)]
 
 
 def _place(boxes: list[Box], pad: Box, cand: Box) -> list[tuple[Box, Box]]:
@@ -282,15 +295,17 @@ def redact_dataset(ds: Dataset, options: PixelOptions | None = None, *, source: 
     why = "pixels: all" if options.selection == "all" else text_likely(source)
     dec: Decoded | None = None
     if why is None:
-        dec = decode(ds)
-        if not any(text_screen(f) for f in dec.frames[:: max(1, dec.n_frames // 4)]):
+        view = native_view(ds)
+        if view is None:
+            dec = decode(ds)
+            view = dec.frames[:: max(1, dec.n_frames // 4)]
+        if min(rows, cols) >= MIN_SIDE and not any(text_screen(f) for f in view):
             return PixelResult(False, "no text likely, screen negative")
+        if min(rows, cols) < MIN_SIDE and all(_uniform(f) for f in view):
+            return PixelResult(False, "no text likely, uniform")
         why = "screen"
     result = PixelResult(True, why)
     remove_overlays_and_icons(ds, result)
-    if min(rows, cols) < MIN_SIDE:
-        result.reason = "too small for legible text"
-        return result
     dec = dec or decode(ds)
     result.frames = dec.n_frames
     shape = (rows, cols)
