@@ -139,7 +139,7 @@ def fit_strokes(box: Box, maps: StrokeMaps, limit: Box, reach: int = 0) -> Box |
 
     The polarity comes from the box itself: text is the minority of its pixels, so light text sits in a box
     whose median is below the middle of its range. Stroke pixels are found with hysteresis: pixels at least a
-    third as strong as the strongest stroke (and above :data:`MIN_CONTRAST`), plus weaker ones (half
+    third as strong as the strongest stroke (and above :data:`MIN_CONTRAST`), plus weaker ones (two thirds of
     :data:`MIN_CONTRAST`) touching them: the anti-aliased or compressed edges of the same letters. The box
     is tight on every side the letters have; it grows (``reach``) only where a detector may have cut a word
     short.
@@ -153,18 +153,52 @@ def fit_strokes(box: Box, maps: StrokeMaps, limit: Box, reach: int = 0) -> Box |
         return None
     grey = maps.grey[y0:y1, x0:x1]
     lo, hi, med = int(grey.min()), int(grey.max()), float(np.median(grey))
-    light, dark = maps.light[y0:y1, x0:x1], maps.dark[y0:y1, x0:x1]
-    sub = light if med <= (lo + hi) / 2 or int(dark.max()) < MIN_CONTRAST else dark
-    if int(sub.max()) < MIN_CONTRAST:
-        sub = np.maximum(light, dark)  # colour text: its luminance may not stand out at all
-    peak = int(sub.max())
+    full = maps.light if med <= (lo + hi) / 2 or int(maps.dark[y0:y1, x0:x1].max()) < MIN_CONTRAST else maps.dark
+    if int(full[y0:y1, x0:x1].max()) < MIN_CONTRAST:
+        full = np.maximum(maps.light, maps.dark)  # colour text: its luminance may not stand out at all
+    peak = int(full[y0:y1, x0:x1].max())
     if peak < MIN_CONTRAST:
         return None
-    strong = (sub >= max(MIN_CONTRAST, peak // 3)).astype(np.uint8)
-    weak = sub >= MIN_CONTRAST // 2
+    fitted = _stroke_box(full, Box(x0, y0, x1, y1), max(MIN_CONTRAST, peak // 3))
+    return _extend(fitted, full, max(MIN_CONTRAST * 2 // 3, peak // 5), box.height > 2 * box.width) if reach else fitted
+
+
+def _stroke_box(full: np.ndarray, box: Box, threshold: int) -> Box:
+    sub = full[box.y0:box.y1, box.x0:box.x1]
+    strong = (sub >= threshold).astype(np.uint8)
+    weak = sub >= MIN_CONTRAST * 2 // 3
     near = cv2.dilate(strong, np.ones((3, 3), np.uint8)).astype(bool)
     ys, xs = np.nonzero(strong.astype(bool) | (weak & near))
-    return Box(x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
+    return Box(box.x0 + int(xs.min()), box.y0 + int(ys.min()), box.x0 + int(xs.max()) + 1, box.y0 + int(ys.max()) + 1)
+
+
+def _extend(box: Box, full: np.ndarray, threshold: int, vertical: bool) -> Box:
+    """Grow a fitted word along its line while more strokes follow within half a letter height (a detector
+    may have cut the word short: low-contrast ends of text over anatomy), at most three letter heights each
+    way; a column continues the word when at least three of its pixels respond; then fit again."""
+    arr = full.T if vertical else full
+    b = Box(box.y0, box.x0, box.y1, box.x1) if vertical else box
+    size = b.height
+    gap, limit = max(2, size // 2), 3 * size
+    cols = (arr[b.y0:b.y1, max(b.x0 - limit, 0):b.x1 + limit] >= threshold).sum(axis=0) >= 3
+    offset = max(b.x0 - limit, 0)
+    lo, hi = b.x0 - offset, b.x1 - 1 - offset
+    while True:
+        left = np.nonzero(cols[max(lo - gap - 1, 0):lo])[0]
+        if not left.size:
+            break
+        lo = max(lo - gap - 1, 0) + int(left[0])
+    while True:
+        right = np.nonzero(cols[hi + 1:hi + gap + 2])[0]
+        if not right.size:
+            break
+        hi = hi + 1 + int(right[-1])
+    grown = Box(lo + offset, b.y0, hi + offset + 1, b.y1)
+    if grown == b:
+        return box
+    fitted = _stroke_box(arr, grown, threshold)
+    fitted = Box(fitted.x0, min(fitted.y0, b.y0), fitted.x1, max(fitted.y1, b.y1))
+    return Box(fitted.y0, fitted.x0, fitted.y1, fitted.x1) if vertical else fitted
 
 
 def _group(mask: np.ndarray, kernel: int, shape: tuple[int, int]) -> list[Box]:

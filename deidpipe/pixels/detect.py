@@ -129,16 +129,31 @@ class _Placed:
     orig_w: int
 
 
+def letter_height(crop: np.ndarray) -> int:
+    """The typical height of the letters in a crop: the median height of its stroke blobs (a crop may hold
+    several lines, so its own height says little), or the crop's height when it has none."""
+    import cv2
+
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
+    if min(grey.shape) < 3:
+        return int(crop.shape[0])
+    se = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
+    resp = np.maximum(cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, se), cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, se))
+    n, _, stats, _ = cv2.connectedComponentsWithStats((resp >= 28).astype(np.uint8), connectivity=8)
+    heights = [int(st[3]) for st in stats[1:] if st[3] >= 3 and st[4] >= 3 and st[2] <= 3 * st[3]]
+    return int(np.median(heights)) if heights else int(crop.shape[0])
+
+
 def _prepare(crop: np.ndarray) -> tuple[np.ndarray, bool, float]:
     import cv2
 
     rotated = crop.shape[0] > 2 * crop.shape[1] and crop.shape[0] > 24
     if rotated:
         crop = np.ascontiguousarray(np.rot90(crop, -1))
-    h = crop.shape[0]
+    h = min(crop.shape[0], letter_height(crop))
     scale = 1.0
-    if h < MIN_TEXT_HEIGHT + 8:
-        scale = min(MAX_UPSCALE, (MIN_TEXT_HEIGHT + 8) / max(h, 1))
+    if h < MIN_TEXT_HEIGHT:
+        scale = min(MAX_UPSCALE, MIN_TEXT_HEIGHT / max(h, 1))
         crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
                           interpolation=cv2.INTER_CUBIC)
     if crop.ndim == 2:
