@@ -89,11 +89,13 @@ def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
         for kernel in (7, 15):
             if kernel * 2 > min(h, w):
                 continue
-            resp = _strokes(grey, kernel)
-            mask = (resp >= MIN_CONTRAST).astype(np.uint8)
-            if not mask.any():
-                continue
-            boxes += _group(mask, kernel, (h, w))
+            k = cv2.getStructuringElement(cv2.MORPH_RECT, (kernel, kernel))
+            light = (cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, k) >= MIN_CONTRAST).astype(np.uint8)
+            dark = (cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, k) >= MIN_CONTRAST).astype(np.uint8)
+            for mask in (light, dark):  # per polarity: the gaps between light letters are dark strokes
+                mask = _without_lines(mask)
+                if mask.any():
+                    boxes += _group(mask, kernel, (h, w))
     merged = merge_boxes(boxes)
     merged.sort(key=lambda b: -b.area)
     return merged[:max_boxes]
@@ -199,6 +201,17 @@ def _extend(box: Box, full: np.ndarray, threshold: int, vertical: bool) -> Box:
     fitted = _stroke_box(arr, grown, threshold)
     fitted = Box(fitted.x0, min(fitted.y0, b.y0), fitted.x1, max(fitted.y1, b.y1))
     return Box(fitted.y0, fitted.x0, fitted.y1, fitted.x1) if vertical else fitted
+
+
+def _without_lines(mask: np.ndarray) -> np.ndarray:
+    """The stroke mask less long straight lines (image frames, rulers, calipers): letters joined to them by
+    the closing would otherwise become part of one large component that is not text-shaped, and be lost."""
+    length = max(40, min(mask.shape) // 12)
+    lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+    lines |= cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
+    if not lines.any():
+        return mask
+    return mask & ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
 
 
 def _group(mask: np.ndarray, kernel: int, shape: tuple[int, int]) -> list[Box]:

@@ -30,6 +30,7 @@ log = logging.getLogger("deidpipe.pixels")
 #: Text in crops is upscaled to at least this many pixels high before detection (CRAFT misses smaller).
 MIN_TEXT_HEIGHT = 26
 MAX_UPSCALE = 4.0
+MAX_CROP_AREA = 160 * 128  # pixels of an upscaled crop (larger crops are upscaled less, or not at all)
 MOSAIC_GAP = 24
 
 
@@ -152,8 +153,9 @@ def _prepare(crop: np.ndarray) -> tuple[np.ndarray, bool, float]:
         crop = np.ascontiguousarray(np.rot90(crop, -1))
     h = min(crop.shape[0], letter_height(crop))
     scale = 1.0
-    if h < MIN_TEXT_HEIGHT:
-        scale = min(MAX_UPSCALE, MIN_TEXT_HEIGHT / max(h, 1))
+    if h < MIN_TEXT_HEIGHT:  # but a large crop (a region, not a line) is not blown up beyond MAX_CROP_AREA
+        limit = (MAX_CROP_AREA / max(crop.shape[0] * crop.shape[1], 1)) ** 0.5
+        scale = max(1.0, min(MAX_UPSCALE, MIN_TEXT_HEIGHT / max(h, 1), limit))
         crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
                           interpolation=cv2.INTER_CUBIC)
     if crop.ndim == 2:
