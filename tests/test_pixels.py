@@ -66,18 +66,45 @@ def test_every_planted_phi_word_is_blacked(redacted):
             if w.kind == "phi":
                 total += 1
                 if _blacked(after, w.box) < 0.95:
-                    missed.append((f.variant, w.text))
+                    missed.append((f.variant, len(w.text)))
     assert total >= 30
-    assert len(missed) <= max(1, total // 10), missed  # recall >= 90% on this small set (target 0.99: not met)
+    assert not missed, missed  # at least 95% of every planted PHI word box's pixels blacked
+
+
+def test_non_text_pixels_mostly_kept(redacted):
+    nontext = changed = 0
+    for before, _ds, after, _r, f in redacted.values():
+        diff = (after != before).any(axis=-1) if before.ndim == 4 else after != before
+        mask = np.ones(before.shape[1:3], bool)
+        for w in f.words:
+            x0, y0, x1, y1 = w.box
+            mask[y0:y1, x0:x1] = False
+        nontext += int(np.broadcast_to(mask, diff.shape).sum())
+        changed += int((diff & mask).sum())
+    assert changed / nontext <= 0.03  # the benchmark's target on its larger set is 2%
+
+
+def _norm(text: str) -> str:
+    return "".join(c for c in text.upper() if c.isalnum())
 
 
 def test_ocr_of_output_finds_no_planted_phi(redacted, ocr):
-    for _before, _ds, after, _r, f in list(redacted.values())[:2]:
-        img = after[0]
-        found = " ".join(t for _, t, _ in ocr.readtext(img if img.dtype == np.uint8 else (img >> 4).astype(np.uint8)))
+    for _before, _ds, after, _r, f in redacted.values():
+        found_words: set[str] = set()
+        found = ""
+        for k in range(after.shape[0]):
+            img = after[k]
+            if img.dtype != np.uint8:
+                img = ((img.astype(np.float32) - img.min()) * (255.0 / max(float(np.ptp(img)), 1.0))).astype(np.uint8)
+            for _, text, _ in ocr.readtext(img):
+                found += " " + _norm(text)
+                found_words.update(_norm(t) for t in text.split())
         for w in f.words:
-            if w.kind == "phi" and len(w.text) >= 5:
-                assert w.text.upper() not in found.upper(), (f.variant, "planted PHI readable after redaction")
+            if w.kind != "phi" or not _norm(w.text):
+                continue
+            word = _norm(w.text)
+            readable = word in found if len(word) >= 3 else word in found_words
+            assert not readable, (f.variant, "planted PHI readable after redaction")
 
 
 def test_no_text_image_is_pixel_identical(burned, redacted):
@@ -109,7 +136,7 @@ def test_multiframe_every_frame(redacted):
     for w in f.words:
         if w.kind == "phi":
             for k in range(4):
-                assert _blacked(after[k:k + 1], w.box) >= 0.9
+                assert _blacked(after[k:k + 1], w.box) >= 0.95
     assert result.verified_crops + result.cached_crops >= 0  # later frames reuse verified text
     codes = [i.CodeValue for i in ds.get("DeidentificationMethodCodeSequence", [])]
     assert "113101" in codes
@@ -125,6 +152,48 @@ def test_phi_mode_keeps_labels(burned, ocr):
     phi = [w for w in f.words if w.kind == "phi"]
     assert sum(_blacked(after, w.box) >= 0.95 for w in phi) >= len(phi) // 2  # phi-mode recall: see docs
     assert labels and all(_blacked(after, w.box) < 0.5 for w in labels)
+
+
+def _tiny(img: np.ndarray, modality: str = "US") -> pydicom.Dataset:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, ds.SOPClassUID, ds.SOPInstanceUID = modality, "1.2.840.10008.5.1.4.1.1.6.1", generate_uid()
+    ds.set_pixel_data(img, "MONOCHROME2", 8, generate_instance_uid=False)
+    return ds
+
+
+def test_small_images_are_read_unless_uniform(ocr):
+    import cv2
+
+    img = np.zeros((20, 60), np.uint8)
+    cv2.putText(img, "1234", (2, 15), cv2.FONT_HERSHEY_PLAIN, 0.9, 255, 1)
+    ds = _tiny(img)
+    result = redact_dataset(ds, PixelOptions(), source=copy.deepcopy(ds))
+    assert result.changed and not decode(ds).frames.any()  # every letter pixel blacked
+    flat = _tiny(np.full((20, 60), 7, np.uint8))
+    result = redact_dataset(flat, PixelOptions(), source=copy.deepcopy(flat))
+    assert not result.changed and result.text_boxes == 0
+
+
+def test_screen_catches_text_in_a_ct_slice(ocr):
+    import cv2
+
+    from deidpipe.synth.burned import anatomy
+
+    gen = np.random.default_rng(1)
+    img = (anatomy(gen, 256, 256, 1800) - 1024 + gen.normal(0, 8, (256, 256))).astype(np.int16)  # scanner noise
+    clean = img.copy()
+    cv2.putText(img, "12345678", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 3071, 1)
+    for arr, changed in ((clean, False), (img, True)):
+        ds = _tiny(np.zeros((2, 2), np.uint8), modality="CT")
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.set_pixel_data(arr, "MONOCHROME2", 16, generate_instance_uid=False)
+        result = redact_dataset(ds, PixelOptions(), source=copy.deepcopy(ds))
+        assert result.changed is changed and result.selected is changed
 
 
 def test_phi_words_rules():

@@ -182,7 +182,14 @@ def _burn(img: np.ndarray, person: BurnedPerson, rng: random.Random, *, colour: 
     canvas.line([(phi[3], "phi"), (phi[4], "phi")], 4, h - 14, **kw)
     canvas.line([(phi[5], "phi"), (phi[6], "phi")], max(4, w // 2), h - 18 - int(26 * scale / 0.5), **kw)
     dark = (20, 20, 20) if colour else value_lo + 0.1 * (value_hi - value_lo)
-    canvas.line([(phi[2], "phi")], w // 4, h // 2, font=rng.choice(FONTS), scale=scale, value=dark)  # over anatomy
+    # dark text over anatomy, on the row near the middle where the anatomy is brightest (legible: a real device
+    # draws its text where it can be read, and a word on a background as dark as itself tests nothing)
+    over_font = rng.choice(FONTS)
+    (tw, th), _ = cv2.getTextSize(phi[2], over_font, scale, 1)
+    grey = img if img.ndim == 2 else img.mean(axis=-1)
+    spots = [(x, h // 2 + d) for x in (w // 4, w // 3, w // 5) for d in (0, -12, 12, -24, 24)]
+    x_over, y_over = max(spots, key=lambda p: float(np.percentile(grey[max(p[1] - th, 0):p[1], p[0]:p[0] + tw], 10)))
+    canvas.line([(phi[2], "phi")], x_over, y_over, font=over_font, scale=scale, value=dark)
     canvas.word(rng.choice(["L", "R"]), "label", w - 16, top + 24, font=font, scale=scale, value=bright)
     canvas.line([(t, "label") for t in rng.choice(LABELS[2:]).split()], w // 2, h // 3, **kw)
     if rotate:
