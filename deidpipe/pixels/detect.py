@@ -28,10 +28,10 @@ from deidpipe.pixels.candidates import Box
 log = logging.getLogger("deidpipe.pixels")
 
 #: Text in crops is upscaled to at least this many pixels high before detection (CRAFT misses smaller).
-MIN_TEXT_HEIGHT = 26
+MIN_TEXT_HEIGHT = 16
 MAX_UPSCALE = 4.0
 MAX_CROP_AREA = 160 * 128  # pixels of an upscaled crop (larger crops are upscaled less, or not at all)
-MOSAIC_GAP = 24
+MOSAIC_GAP = 16
 
 
 class OcrError(DeidError):
@@ -121,6 +121,7 @@ def easyocr_reader(gpu: bool = False) -> Any:
 
 @dataclass
 class _Placed:
+    x: int
     y: int
     scale: float
     rotated: bool
@@ -164,17 +165,31 @@ def _prepare(crop: np.ndarray) -> tuple[np.ndarray, bool, float]:
 
 
 def _mosaic(crops: list[np.ndarray]) -> tuple[np.ndarray, list[_Placed]]:
+    """Pack the prepared crops on shelves (tallest first) into a roughly square black canvas: the network's
+    cost is proportional to the canvas area, so little of it is left empty."""
     prepared = [_prepare(c) for c in crops]
-    width = max(p[0].shape[1] for p in prepared) + 2 * MOSAIC_GAP
-    height = sum(p[0].shape[0] + MOSAIC_GAP for p in prepared) + MOSAIC_GAP
+    order = sorted(range(len(prepared)), key=lambda i: -prepared[i][0].shape[0])
+    total = sum((p[0].shape[0] + MOSAIC_GAP) * (p[0].shape[1] + MOSAIC_GAP) for p in prepared)
+    shelf_width = max(max(p[0].shape[1] for p in prepared) + MOSAIC_GAP, int(total ** 0.5))
+    spots: dict[int, tuple[int, int]] = {}
+    x = y = MOSAIC_GAP
+    shelf_h = 0
+    for i in order:
+        h, w = prepared[i][0].shape[:2]
+        if x > MOSAIC_GAP and x + w > shelf_width:
+            x, y, shelf_h = MOSAIC_GAP, y + shelf_h + MOSAIC_GAP, 0
+        spots[i] = (x, y)
+        x += w + MOSAIC_GAP
+        shelf_h = max(shelf_h, h)
+    width = max(spots[i][0] + prepared[i][0].shape[1] for i in spots) + MOSAIC_GAP
+    height = y + shelf_h + MOSAIC_GAP
     canvas = np.zeros((height, width, 3), np.uint8)
     placed = []
-    y = MOSAIC_GAP
-    for (img, rotated, scale), orig in zip(prepared, crops, strict=True):
+    for i, ((img, rotated, scale), orig) in enumerate(zip(prepared, crops, strict=True)):
         h, w = img.shape[:2]
-        canvas[y:y + h, MOSAIC_GAP:MOSAIC_GAP + w] = img
-        placed.append(_Placed(y, scale, rotated, h, w, orig.shape[0], orig.shape[1]))
-        y += h + MOSAIC_GAP
+        px, py = spots[i]
+        canvas[py:py + h, px:px + w] = img
+        placed.append(_Placed(px, py, scale, rotated, h, w, orig.shape[0], orig.shape[1]))
     return canvas, placed
 
 
@@ -183,10 +198,10 @@ def _back(placed: list[_Placed], x0: float, x1: float, y0: float, y1: float) -> 
     out = []
     for i, p in enumerate(placed):
         cy0, cy1 = max(y0, p.y), min(y1, p.y + p.h)
-        cx0, cx1 = max(x0, MOSAIC_GAP), min(x1, MOSAIC_GAP + p.w)
+        cx0, cx1 = max(x0, p.x), min(x1, p.x + p.w)
         if cy1 <= cy0 or cx1 <= cx0:
             continue
-        a0, a1 = (cx0 - MOSAIC_GAP) / p.scale, (cx1 - MOSAIC_GAP) / p.scale
+        a0, a1 = (cx0 - p.x) / p.scale, (cx1 - p.x) / p.scale
         b0, b1 = (cy0 - p.y) / p.scale, (cy1 - p.y) / p.scale
         if p.rotated:  # the crop was turned clockwise: (a, b) in the turned crop is (b, H - a) in the original
             a0, a1, b0, b1 = b0, b1, p.orig_h - a1, p.orig_h - a0
