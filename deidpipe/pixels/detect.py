@@ -28,7 +28,7 @@ from deidpipe.pixels.candidates import Box
 log = logging.getLogger("deidpipe.pixels")
 
 #: Text in crops is upscaled to at least this many pixels high before detection (CRAFT misses smaller).
-MIN_TEXT_HEIGHT = 16
+MIN_TEXT_HEIGHT = 26
 MAX_UPSCALE = 4.0
 MAX_CROP_AREA = 160 * 128  # pixels of an upscaled crop (larger crops are upscaled less, or not at all)
 MOSAIC_GAP = 16
