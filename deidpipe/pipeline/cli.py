@@ -14,6 +14,8 @@ def run_command(
     src: Path = typer.Argument(..., help="Folder tree, .zip or .tar(.gz) archive to de-identify (never modified)."),
     dst: Path = typer.Argument(..., help="Output folder (new or empty, or a run to --resume)."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy YAML file (default: the Basic profile)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Profile option to add, e.g. CleanDescriptors."),
+    strict: bool = typer.Option(False, "--strict", help="Keep only the allow-list (recommended for public release)."),
     key_file: Path | None = typer.Option(
         None, "--key-file", help="Project key file (default: $DEIDPIPE_KEY or $DEIDPIPE_KEY_FILE)."
     ),
@@ -32,17 +34,17 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """De-identify an archive into DST: pseudonymised tree, quarantine records, manifest and audit tables."""
+    from deidpipe.header.cli import policy_from_cli
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.progress import Reporter, print_summary
     from deidpipe.pipeline.runner import run
-    from deidpipe.policy import Policy
 
     if executor not in ("local", "dask"):
         typer.echo("deidpipe run: --executor must be local or dask", err=True)
         raise typer.Exit(2)
     try:
         key = ProjectKey.load(key_file)
-        pol = Policy.load(policy) if policy is not None else Policy.basic()
+        pol = policy_from_cli(policy, option, strict)
         report = run(
             src,
             dst,
