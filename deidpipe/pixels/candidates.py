@@ -141,8 +141,8 @@ def fit_strokes(box: Box, maps: StrokeMaps, limit: Box, reach: int = 0) -> Box |
 
     The polarity comes from the box itself: text is the minority of its pixels, so light text sits in a box
     whose median is below the middle of its range. Stroke pixels are found with hysteresis: pixels at least a
-    third as strong as the strongest stroke (and above :data:`MIN_CONTRAST`), plus weaker ones (two thirds of
-    :data:`MIN_CONTRAST`) touching them: the anti-aliased or compressed edges of the same letters. The box
+    third as strong as the strongest stroke (and above :data:`MIN_CONTRAST`), plus pixels touching them at two
+    thirds of that: the anti-aliased or compressed edges of the same letters (fainter halos are not text). The box
     is tight on every side the letters have; it grows (``reach``) only where a detector may have cut a word
     short.
     """
@@ -168,7 +168,7 @@ def fit_strokes(box: Box, maps: StrokeMaps, limit: Box, reach: int = 0) -> Box |
 def _stroke_box(full: np.ndarray, box: Box, threshold: int) -> Box:
     sub = full[box.y0:box.y1, box.x0:box.x1]
     strong = (sub >= threshold).astype(np.uint8)
-    weak = sub >= MIN_CONTRAST * 2 // 3
+    weak = sub >= max(MIN_CONTRAST * 2 // 3, (threshold * 2) // 3)
     near = cv2.dilate(strong, np.ones((3, 3), np.uint8)).astype(bool)
     ys, xs = np.nonzero(strong.astype(bool) | (weak & near))
     return Box(box.x0 + int(xs.min()), box.y0 + int(ys.min()), box.x0 + int(xs.max()) + 1, box.y0 + int(ys.max()) + 1)
