@@ -3,7 +3,8 @@
 Tools: deidpipe (pixels auto and all), Presidio's DicomImageRedactorEngine (Tesseract) and pydicom/deid's
 coordinate filters (``deid.dicom.pixels``: header-driven regions, no OCR). Same files, same run.
 
-    python benchmarks/pixel_redaction.py [--count 14] [--seed 0]
+    python benchmarks/pixel_redaction.py [--count 14] [--seed 0] [--ct-slices 300] [--only NAME] [--verbose]
+    python benchmarks/pixel_redaction.py --pydicom    # recall on pydicom's bundled images that carry text
 """
 
 from __future__ import annotations
@@ -188,6 +189,55 @@ def ct_overhead(n: int = 300, workers: int = 1, repeats: int = 3) -> tuple[float
     return best["off"], best["auto"]
 
 
+def _norm(text: str) -> str:
+    return "".join(c for c in text.upper() if c.isalnum())
+
+
+def pydicom_bundled() -> None:
+    """pydicom's bundled test images that carry text EasyOCR can read (first frame): how many of those words it
+    can still read after deidpipe (``pixels: all``). Prints one table row per file, never the words."""
+    import os
+
+    from pydicom.data import get_testdata_file
+
+    from deidpipe.pixels.candidates import to_uint8
+    from deidpipe.pixels.redact import _displayed
+
+    ocr = easyocr_reader()
+
+    def read(ds: pydicom.Dataset) -> list[str]:
+        frame = _displayed(ds, decode(ds))[0]  # palette images through their LUT, as a viewer shows them
+        img = frame if frame.dtype == np.uint8 else to_uint8(frame)
+        return [_norm(t) for _, t, c in ocr.readtext(img) if c >= 0.3 and len(_norm(t)) >= 2]
+
+    folder = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    print("| file | frames | words read in input | no longer readable | recall | time |")
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".dcm")):
+        path = os.path.join(folder, name)
+        if os.path.getsize(path) > 4_000_000:
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+            before = decode(ds).frames
+            words = read(ds) if min(before.shape[1:3]) >= 8 else []
+        except Exception:  # noqa: BLE001 - files pydicom ships to test its own error paths
+            continue
+        if not words:
+            continue
+        t0 = time.perf_counter()
+        try:
+            redact_dataset(ds, PixelOptions(selection="all"), source=copy.deepcopy(ds))
+            decode(ds)  # the output decodes
+        except Exception as exc:  # noqa: BLE001
+            print(f"| {name} | {'x'.join(map(str, before.shape))} | {len(words)} | refused ({type(exc).__name__}) |")
+            continue
+        elapsed = time.perf_counter() - t0
+        out = " ".join(read(ds))
+        gone = sum(1 for w in words if w not in out)
+        print(f"| {name} | {'x'.join(map(str, before.shape))} | {len(words)} | {gone} | {gone / len(words):.2f} "
+              f"| {elapsed:.1f} s |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=14)
@@ -195,7 +245,11 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--ct-slices", type=int, default=300, help="CT series for the no-text overhead (0: skip)")
+    ap.add_argument("--pydicom", action="store_true", help="only the table of pydicom's bundled images with text")
     args = ap.parse_args()
+    if args.pydicom:
+        pydicom_bundled()
+        return
     if args.ct_slices:
         off, auto = ct_overhead(args.ct_slices)
         print(f"{args.ct_slices}-slice CT series, no text, deidpipe.run (1 worker): header only {off:.2f} s "

@@ -196,6 +196,17 @@ def test_screen_catches_text_in_a_ct_slice(ocr):
         assert result.changed is changed and result.selected is changed
 
 
+def test_palette_text_is_found_through_the_lut(ocr):
+    """examples_palette.dcm: a label whose indices differ little but whose LUT colours contrast strongly."""
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    before = decode(ds).frames
+    result = redact_dataset(ds, PixelOptions(selection="all"), source=copy.deepcopy(ds))
+    after = decode(ds).frames
+    assert str(ds.PhotometricInterpretation) == "PALETTE COLOR" and result.changed
+    label = (after != before)[0, 85:100, 125:300]
+    assert label.mean() > 0.05  # the "+ Cist Mag 1.06 cm" label's strokes are blacked
+
+
 def test_phi_words_rules():
     terms = PhiTerms(frozenset({"DOE", "JOHN", "12345678"}))
     assert phi_words("DOE JOHN 1234S678", terms, use_model=False) == [True, True, True]

@@ -29,7 +29,15 @@ from deidpipe.pixels.candidates import (
     text_screen,
     to_uint8,
 )
-from deidpipe.pixels.codecs import Decoded, decode, encode, fill_value, has_pixels, native_view
+from deidpipe.pixels.codecs import (
+    Decoded,
+    PixelDecodeError,
+    decode,
+    encode,
+    fill_value,
+    has_pixels,
+    native_view,
+)
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
@@ -222,6 +230,31 @@ class _Finder:
         return out
 
 
+def _displayed(ds: Dataset, dec: Decoded) -> np.ndarray:
+    """The frames as 8-bit images the way a viewer shows them: palette indices through their colour LUT (an
+    index image can hide high-contrast text), grey stretched to its range, RGB as it is."""
+    if dec.photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        try:
+            rgb = np.asarray(apply_color_lut(dec.frames, ds))
+        except Exception as exc:  # noqa: BLE001
+            raise PixelDecodeError(f"palette colour lookup failed ({type(exc).__name__})") from None
+        return (rgb >> 8).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
+    if dec.frames.dtype != np.uint8:
+        return np.stack([to_uint8(f) for f in dec.frames])
+    return dec.frames
+
+
+def _palette_black(ds: Dataset, dec: Decoded) -> int:
+    """The palette index shown darkest (what boxes are filled with in a palette image)."""
+    from pydicom.pixels import apply_color_lut
+
+    top = int(dec.frames.max())
+    colours = np.asarray(apply_color_lut(np.arange(top + 1, dtype=dec.frames.dtype), ds), dtype=np.float64)
+    return int(np.argmin(colours @ np.array([0.299, 0.587, 0.114])))
+
+
 def _uniform(frame: np.ndarray) -> bool:
     return bool(frame.size == 0 or (frame == frame.flat[0]).all())
 
@@ -311,7 +344,7 @@ def redact_dataset(ds: Dataset, options: PixelOptions | None = None, *, source: 
     shape = (rows, cols)
     regions = known_regions(source, rows, cols, use_deid=options.use_deid_regions)
     result.region_boxes = len(regions)
-    frames8 = np.stack([to_uint8(f) for f in dec.frames]) if dec.frames.dtype != np.uint8 else dec.frames
+    frames8 = _displayed(ds, dec)
     terms = PhiTerms.from_dataset(source) if options.mode == "phi" else None
     finder = _Finder(frames8, options, engine or default_engine(), terms, result)
     text: list[Box] = []
@@ -323,7 +356,7 @@ def redact_dataset(ds: Dataset, options: PixelOptions | None = None, *, source: 
     result.boxes = boxes
     if boxes:
         frames = dec.frames.copy()
-        value = fill_value(dec)
+        value = _palette_black(ds, dec) if dec.photometric == "PALETTE COLOR" else fill_value(dec)
         for b in boxes:
             frames[:, b.y0:b.y1, b.x0:b.x1] = value
         if not np.array_equal(frames, dec.frames):
