@@ -81,7 +81,7 @@ def test_non_text_pixels_mostly_kept(redacted):
             mask[y0:y1, x0:x1] = False
         nontext += int(np.broadcast_to(mask, diff.shape).sum())
         changed += int((diff & mask).sum())
-    assert changed / nontext <= 0.03  # the benchmark's target on its larger set is 2%
+    assert changed / nontext <= 0.02  # the target (measured about 1% here)
 
 
 def _norm(text: str) -> str:
