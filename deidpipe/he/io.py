@@ -167,28 +167,25 @@ def seal_from_bytes(obj: Any, data: bytes, *args: Any) -> Any:
 
 
 # -- plaintext features and scores -----------------------------------------------------------------------------
-def read_features(path: str | Path) -> np.ndarray:
-    """Read a 2-D float matrix (samples x features) from .npy, .parquet or .csv (header row, numeric columns)."""
+def _read_array(path: str | Path, what: str) -> np.ndarray:
+    """A .npy (no pickle), .parquet or .csv (header row) file as a numpy array; typed errors name the file."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix not in (".npy", ".parquet", ".csv"):
+        raise FormatError(f"{p}: {what} must be .npy, .parquet or .csv")
     try:
         if suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif suffix == ".parquet":
-            import polars as pl
+            return np.load(p, allow_pickle=False)
+        import polars as pl
 
-            arr = pl.read_parquet(p).to_numpy()
-        elif suffix == ".csv":
-            import polars as pl
-
-            arr = pl.read_csv(p).to_numpy()
-        else:
-            raise FormatError(f"{p}: features must be .npy, .parquet or .csv")
-    except FormatError:
-        raise
+        return (pl.read_parquet(p) if suffix == ".parquet" else pl.read_csv(p)).to_numpy()
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes a typed error
-        raise FormatError(f"{p}: cannot read features ({type(exc).__name__})") from None
-    return as_feature_matrix(arr, source=str(p))
+        raise FormatError(f"{p}: cannot read {what} ({type(exc).__name__})") from None
+
+
+def read_features(path: str | Path) -> np.ndarray:
+    """Read a 2-D float matrix (samples x features) from .npy, .parquet or .csv (header row, numeric columns)."""
+    return as_feature_matrix(_read_array(path, "features"), source=str(Path(path)))
 
 
 def as_feature_matrix(arr: Any, *, source: str = "features") -> np.ndarray:
@@ -266,22 +263,7 @@ class CipherBundle:
 
 def read_labels(path: str | Path) -> np.ndarray:
     """Read labels (one column, or an indicator matrix) from .npy, .parquet or .csv."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif suffix in (".parquet", ".csv"):
-            import polars as pl
-
-            df = pl.read_parquet(p) if suffix == ".parquet" else pl.read_csv(p)
-            arr = df.to_numpy()
-            if arr.ndim == 2 and arr.shape[1] == 1:
-                arr = arr[:, 0]
-        else:
-            raise FormatError(f"{p}: labels must be .npy, .parquet or .csv")
-    except FormatError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a typed error
-        raise FormatError(f"{p}: cannot read labels ({type(exc).__name__})") from None
+    arr = _read_array(path, "labels")
+    if Path(path).suffix.lower() != ".npy" and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
     return np.asarray(arr)
