@@ -27,10 +27,9 @@ from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.runner import run
 from deidpipe.policy import Policy
 from deidpipe.synth import AnswerKey, generate_archive
+from deidpipe.synth.answer_key import REFERENCE_TARGET_ATTRIBUTE
 
 console = Console()
-UID_ATTRIBUTE = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID",
-                 "frame_of_reference": "FrameOfReferenceUID"}
 
 
 def leak_search(answer: AnswerKey, outputs: list[Path]) -> tuple[int, int]:
@@ -46,7 +45,7 @@ def reference_check(outputs: list[Path]) -> tuple[int, int]:
     SOP Instance, Series, Study or Frame of Reference UID of an object in the output."""
     datasets = [read_dataset(p) for p in outputs]
     # A study reference names the study in Referenced SOP Instance UID (PS3.3 10.6.1), so any kind counts.
-    known = {str(ds.get(attr)) for ds in datasets for attr in UID_ATTRIBUTE.values()}
+    known = {str(ds.get(attr)) for ds in datasets for attr in REFERENCE_TARGET_ATTRIBUTE.values()}
     wanted = {"ReferencedSOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
               "ReferencedFrameOfReferenceUID", "FrameOfReferenceUID"}
     kept = resolved = 0

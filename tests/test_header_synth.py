@@ -10,12 +10,9 @@ import pytest
 
 from deidpipe.dicomio import read_dataset
 from deidpipe.policy import Policy
-from deidpipe.synth.answer_key import lookup
+from deidpipe.synth.answer_key import REFERENCE_TARGET_ATTRIBUTE, lookup
 from tests.conftest import dciodvfy_available
 from tests.helpers import dciodvfy_errors, deidentify_tree
-
-UID_ATTRIBUTE = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID",
-                 "frame_of_reference": "FrameOfReferenceUID"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +63,7 @@ def test_references_resolve_in_output(synth_archive, basic_out):
         kept += 1
         assert elem.value != ref.uid, "UID not replaced"
         assert str(elem.value).startswith("2.25.")
-        targets = {str(load(t).get(UID_ATTRIBUTE[ref.kind])) for t in ref.target_files}
+        targets = {str(load(t).get(REFERENCE_TARGET_ATTRIBUTE[ref.kind])) for t in ref.target_files}
         assert str(elem.value) in targets, (ref.file, ref.path)
         if ref.kind == "sop":
             assert any(load(t).file_meta.MediaStorageSOPInstanceUID == elem.value for t in ref.target_files)

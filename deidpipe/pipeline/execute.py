@@ -65,8 +65,6 @@ def _header_stage(ds: Dataset, ctx: WorkContext) -> tuple[Dataset, dict[str, int
 
 
 def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
-    if getattr(ctx.policy, "pixels", "auto") == "off":
-        return ds, {}  # header-only runs never load the OCR stack
     from deidpipe.pixels.stage import pixel_text_stage
 
     return pixel_text_stage(ds, ctx.policy, source)
@@ -94,7 +92,7 @@ def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
     w.source = None
 
 
-def _read(w: _Work, ctx: WorkContext) -> None:
+def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
     t0 = time.perf_counter()
     try:
         data = read_member(ctx.source, w.item.item)
@@ -104,8 +102,8 @@ def _read(w: _Work, ctx: WorkContext) -> None:
             raise InputError(None, "input changed after it was indexed")
         w.result.content_hash = digest
         w.ds = read_dataset(io.BytesIO(data))
-        if getattr(ctx.policy, "pixels", "auto") != "off":
-            w.source = w.ds  # the pixel stage reads the original header values
+        if keep_source:  # a later stage reads the original header values; held only then (memory, GC)
+            w.source = w.ds
     except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on
         _quarantine(w, "read", exc)
     w.result.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
@@ -167,11 +165,12 @@ def _new_work(item: ExecItem) -> _Work:
 def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     """Run one series task; never raises for a bad object (it is quarantined)."""
     scope = {s.name: s.scope for s in STAGES}
+    keep_source = not NEEDS_SOURCE.isdisjoint(task.stages)
     if not any(scope[s] == SCOPE_SERIES for s in task.stages):
         out = []
         for item in task.items:  # one object in memory at a time
             w = _new_work(item)
-            _read(w, ctx)
+            _read(w, ctx, keep_source)
             for name in task.stages:
                 if w.ds is None:
                     break
@@ -182,7 +181,7 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
         return out
     works = [_new_work(item) for item in task.items]
     for w in works:
-        _read(w, ctx)
+        _read(w, ctx, keep_source)
     for name in task.stages:
         if scope[name] == SCOPE_SERIES:
             _apply_series_stage(works, name, ctx)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -38,18 +39,19 @@ SCOPE_SERIES = "series"
 class Stage:
     name: str
     scope: str
-    needed: Callable[[pl.DataFrame], bool]
+    needed: Callable[[pl.DataFrame, Any], bool]  # (manifest rows of one series, policy) -> run this stage?
 
 
 #: In execution order. Later issues append ("pixel_text", SCOPE_OBJECT, ...), ("deface", SCOPE_SERIES, ...).
-def _has_pixels(rows: pl.DataFrame) -> bool:
-    """The pixel-text stage runs on objects with an image; it decides per object (policy, header, screen)."""
-    return bool(rows["rows"].is_not_null().any())
+def _pixel_text_needed(rows: pl.DataFrame, policy: Any) -> bool:
+    """Series with an image, unless the policy turns pixels off; per object the stage decides the rest
+    (policy selection, header, cheap screen)."""
+    return getattr(policy, "pixels", "auto") != "off" and bool(rows["rows"].is_not_null().any())
 
 
 STAGES: list[Stage] = [
-    Stage("header", SCOPE_OBJECT, lambda rows: True),
-    Stage("pixel_text", SCOPE_OBJECT, _has_pixels),
+    Stage("header", SCOPE_OBJECT, lambda rows, policy: True),
+    Stage("pixel_text", SCOPE_OBJECT, _pixel_text_needed),
 ]
 
 
@@ -102,7 +104,9 @@ class Plan:
         *,
         dedupe_instances: bool = True,
         chunk: int = 32,
+        policy: Any = None,
     ) -> None:
+        self.policy = policy
         frame = pl.read_parquet(manifest, columns=_PLAN_COLUMNS)
         self.resumed_ids: list[str] = []
         if finished:
@@ -128,10 +132,10 @@ class Plan:
         )
         self.stages_by_series: dict[str | None, tuple[str, ...]] = {}
         for (series,), rows in self._todo.group_by(["series_uid"], maintain_order=True):
-            self.stages_by_series[series] = tuple(s.name for s in STAGES if s.needed(rows))
+            self.stages_by_series[series] = tuple(s.name for s in STAGES if s.needed(rows, self.policy))
         for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
             if group not in self.stages_by_series:
-                self.stages_by_series[group] = tuple(s.name for s in STAGES if s.needed(rows))
+                self.stages_by_series[group] = tuple(s.name for s in STAGES if s.needed(rows, self.policy))
 
     # -- outcomes decided without running anything ------------------------------------------------------
     def _decide_invalid(self, rows: pl.DataFrame) -> None:

@@ -318,7 +318,7 @@ class Run:
             t_indexed = time.monotonic()
             report.index_s = t_indexed - t_start
             plan = Plan(manifest, set(finished), dedupe_instances=self.layout == LAYOUT_PSEUDONYM,
-                        chunk=self.chunk)
+                        chunk=self.chunk, policy=self.policy)
             for oid in plan.resumed_ids:
                 r = finished[oid]
                 r.resumed = True

@@ -105,6 +105,11 @@ class SafePrivate:
     files: list[str]
 
 
+#: For each Reference.kind, the attribute of the target object that holds the referenced UID.
+REFERENCE_TARGET_ATTRIBUTE = {"sop": "SOPInstanceUID", "series": "SeriesInstanceUID", "study": "StudyInstanceUID",
+                              "frame_of_reference": "FrameOfReferenceUID"}
+
+
 @dataclass
 class Reference:
     """A cross-object reference; ``target_files`` are the archive files that hold the referenced UID."""

@@ -215,6 +215,8 @@ def _header(person: BurnedPerson, sop_class: str, modality: str, uid_seed: str, 
     ds.ManufacturerModelName = manufacturer_model
     ds.BurnedInAnnotation = "YES"
     ds.InstanceNumber = 1
+    ds.file_meta = FileMetaDataset()  # written uncompressed; a variant may compress it afterwards
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
 
 
@@ -252,16 +254,12 @@ def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed:
         ds = _header(person, US_IMAGE, "US", uid_seed, "Synth US 1")
         img = anatomy(gen, 240, 320, 180).astype(np.uint8)
         words = _burn(img, person, rng, colour=False, value_hi=rng.choice([255, 220]), value_lo=0)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "MONOCHROME2", 8, generate_instance_uid=False)
     elif variant == "sc_rgb_jpeg":
         ds = _header(person, SC_IMAGE, "OT", uid_seed, "Synth SC 2")
         grey = anatomy(gen, 240, 320, 200)
         img = np.stack([grey, grey * 0.8, grey * 0.6], axis=-1).astype(np.uint8)
         words = _burn(img, person, rng, colour=True, value_hi=255, value_lo=0)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "RGB", 8, generate_instance_uid=False)
         _jpeg_baseline(ds, img)
     elif variant == "xa_multiframe_rle":
@@ -273,40 +271,30 @@ def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed:
         words = _burn(mask_img, person, rng, colour=False, value_hi=255, value_lo=1)
         for k in range(n_frames):
             frames[k][mask_img > 0] = mask_img[mask_img > 0]
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
         ds.compress(RLELossless, generate_instance_uid=False)
     elif variant == "dx_16bit_j2k":
         ds = _header(person, DX_IMAGE, "DX", uid_seed, "Synth DX 1")
         img = (anatomy(gen, 320, 320, 3000) + 200).astype(np.uint16)
         words = _burn(img, person, rng, colour=False, value_hi=4095, value_lo=100)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "MONOCHROME2", 12, generate_instance_uid=False)
         ds.compress(JPEG2000Lossless, generate_instance_uid=False)
     elif variant == "us_small":
         ds = _header(person, US_IMAGE, "US", uid_seed, "Synth US 1")
         img = anatomy(gen, 64, 64, 150).astype(np.uint8)
         words = _burn(img, person, rng, colour=False, value_hi=255, value_lo=0, small=True)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "MONOCHROME2", 8, generate_instance_uid=False)
     elif variant == "es_rgb_rotated_deflate":
         ds = _header(person, ES_IMAGE, "ES", uid_seed, "Synth ES 1")
         grey = anatomy(gen, 256, 256, 220)
         img = np.stack([grey, grey * 0.5, grey * 0.4], axis=-1).astype(np.uint8)
         words = _burn(img, person, rng, colour=True, value_hi=255, value_lo=0, rotate=True)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "RGB", 8, generate_instance_uid=False)
         ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     elif variant == "ct_no_text":
         ds = _header(person, CT_IMAGE, "CT", uid_seed, "Synth CT 1")
         ds.BurnedInAnnotation = "NO"
         img = (anatomy(gen, 128, 128, 2000) - 1024).astype(np.int16)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(img, "MONOCHROME2", 16, generate_instance_uid=False)
     else:
         raise ValueError(f"unknown variant {variant}")
