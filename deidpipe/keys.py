@@ -98,6 +98,13 @@ class ProjectKey:
         o.update(h.digest())
         return o.digest()
 
+    def hasher(self, domain: str) -> KeyedHash:
+        """An incremental :meth:`digest`: feed the value in pieces (a large file without holding it whole)."""
+        inner, outer = _hmac_states(self.secret)
+        h = inner.copy()
+        h.update(domain.encode() + b"\x00")
+        return KeyedHash(h, outer)
+
     def token(self, domain: str, value: str | bytes, length: int = 16) -> str:
         """An upper-case alphanumeric pseudonym of ``length`` characters (about 5.2 bits each)."""
         n = int.from_bytes(self.digest(domain, value), "big")
@@ -121,3 +128,21 @@ class ProjectKey:
     def fingerprint(self) -> str:
         """A short, non-secret identifier of this key, for audit records (not the key, not reversible)."""
         return hashlib.sha256(b"deidpipe-key-fingerprint\x00" + self.secret).hexdigest()[:12]
+
+
+class KeyedHash:
+    """An HMAC-SHA256 in progress (from :meth:`ProjectKey.hasher`); ``digest()`` equals ``key.digest(...)``."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, inner: Any, outer: Any) -> None:
+        self._inner = inner
+        self._outer = outer
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._inner.update(data)
+
+    def digest(self) -> bytes:
+        o = self._outer.copy()
+        o.update(self._inner.digest())
+        return o.digest()

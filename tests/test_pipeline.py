@@ -242,3 +242,48 @@ def test_iter_run_streams_results_and_keep_paths(archive, key, tmp_path):
     assert it.report is not None and it.report.written == len(results) == len(answer.files())
     assert sorted(r.output for r in results) == sorted(answer.files())
     assert all(r.timings_ms.get("header", 0) > 0 and r.actions for r in results)
+
+
+# -- the index row and the execute pass's check that the input did not change ------------------------------------
+def test_index_row_matches_a_full_read_and_a_changed_input_is_caught(archive, key, tmp_path):
+    import pydicom
+
+    from deidpipe.pipeline.execute import WorkContext, exec_task
+    from deidpipe.pipeline.index import index_item
+    from deidpipe.pipeline.plan import ExecItem, ExecTask
+    from deidpipe.pipeline.source import detect, iter_items
+
+    src, answer = archive
+    work = tmp_path / "src"
+    shutil.copytree(src, work)
+    spec = detect(work)
+    items = {i.relpath: i for i in iter_items(spec)}
+    rels = answer.files()[:3]
+    rows = {}
+    for rel in rels:
+        row = rows[rel] = index_item(spec, key, items[rel])
+        data = (work / rel).read_bytes()
+        ds = pydicom.dcmread(work / rel)
+        assert row["kind"] == "dicom" and row["size"] == len(data)
+        assert row["content_hash"] == key.digest("input-content", data).hex()[:32]
+        assert row["mtime_ns"] == (work / rel).stat().st_mtime_ns
+        assert row["instance_uid"] == key.uid(ds.SOPInstanceUID)
+        assert row["series_uid"] == key.uid(ds.SeriesInstanceUID)
+        assert row["study_uid"] == key.uid(ds.StudyInstanceUID)
+        assert (row["modality"], row["rows"], row["columns"]) == (ds.Modality, ds.Rows, ds.Columns)
+
+    same, changed, touched = rels
+    data = bytearray((work / changed).read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes
+    (work / changed).write_bytes(bytes(data))
+    os.utime(work / touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # stat differs, bytes do not
+
+    ctx = WorkContext(spec, str(tmp_path / "out"), key, Policy.basic(pixels="off"), "pseudonym")
+    task = ExecTask(None, ("header",), [ExecItem(rows[r]["object_id"], items[r], rows[r]["content_hash"], None,
+                                                 rows[r]["mtime_ns"]) for r in rels])
+    results = {r.object_id: r for r in exec_task(ctx, task)}
+    by_rel = {rel: results[rows[rel]["object_id"]] for rel in rels}
+    assert by_rel[same].status == "written" and by_rel[same].content_hash == rows[same]["content_hash"]
+    assert by_rel[touched].status == "written" and by_rel[touched].content_hash == rows[touched]["content_hash"]
+    assert (by_rel[changed].status, by_rel[changed].stage) == ("quarantined", "read")
+    assert by_rel[changed].reason == "input changed after it was indexed"

@@ -33,7 +33,14 @@ from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectRe
 from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
 from deidpipe.pipeline.sink import output_digest, output_relpath, write_atomic
-from deidpipe.pipeline.source import SourceItem, SourceSpec, read_member
+from deidpipe.pipeline.source import (
+    MAX_MEMBER_BYTES,
+    SourceItem,
+    SourceSpec,
+    member_path,
+    prefetch,
+    read_member,
+)
 
 log = logging.getLogger("deidpipe.pipeline")
 
@@ -92,15 +99,57 @@ def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
     w.source = None
 
 
+def _read_file(path: str, size: int) -> tuple[bytes, int]:
+    """At most ``size + 1`` bytes of a file (one more than the index saw tells that it grew) and its mtime
+    after reading."""
+    with open(path, "rb", buffering=0) as fh:
+        parts = []
+        left = size + 1
+        while left > 0:
+            chunk = fh.read(left)
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+        mtime_ns = os.fstat(fh.fileno()).st_mtime_ns
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), mtime_ns
+
+
+def _read_input(w: _Work, ctx: WorkContext) -> bytes:
+    """The object's bytes, checked to be the ones the index hashed; the audit's content hash is set.
+
+    A folder member whose size and mtime are those the index recorded (before it hashed the file; here they are
+    taken after reading) has not been written to since: the manifest's hash stands and the bytes are not hashed
+    again. Anything else (archives, a file whose stat changed) is hashed and compared.
+    """
+    item = w.item
+    path = member_path(ctx.source, item.item)
+    if path is not None and item.mtime_ns is not None and item.content_hash is not None and item.item.size >= 0:
+        if item.item.size > MAX_MEMBER_BYTES:
+            raise InputError(None, "file is too large to be a DICOM object this pipeline handles")
+        try:
+            data, mtime_ns = _read_file(path, item.item.size)
+        except OSError as exc:
+            raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
+        w.result.bytes_in = len(data)
+        if (len(data) != item.item.size or mtime_ns != item.mtime_ns) and (
+                content_hash(ctx.key, data) != item.content_hash):
+            raise InputError(None, "input changed after it was indexed")
+        w.result.content_hash = item.content_hash
+        return data
+    data = read_member(ctx.source, item.item)
+    w.result.bytes_in = len(data)
+    digest = content_hash(ctx.key, data)
+    if item.content_hash is not None and digest != item.content_hash:
+        raise InputError(None, "input changed after it was indexed")
+    w.result.content_hash = digest
+    return data
+
+
 def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
     t0 = time.perf_counter()
     try:
-        data = read_member(ctx.source, w.item.item)
-        w.result.bytes_in = len(data)
-        digest = content_hash(ctx.key, data)
-        if w.item.content_hash is not None and digest != w.item.content_hash:
-            raise InputError(None, "input changed after it was indexed")
-        w.result.content_hash = digest
+        data = _read_input(w, ctx)
         w.ds = read_dataset(io.BytesIO(data))
         if keep_source:  # a later stage reads the original header values; held only then (memory, GC)
             w.source = w.ds
@@ -166,6 +215,7 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     """Run one series task; never raises for a bad object (it is quarantined)."""
     scope = {s.name: s.scope for s in STAGES}
     keep_source = not NEEDS_SOURCE.isdisjoint(task.stages)
+    prefetch(ctx.source, [i.item for i in task.items])
     if not any(scope[s] == SCOPE_SERIES for s in task.stages):
         out = []
         for item in task.items:  # one object in memory at a time

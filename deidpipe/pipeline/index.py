@@ -1,27 +1,34 @@
-"""The index pass: read headers only, one manifest row per input file, written to Parquet in chunks.
+"""The index pass: every file hashed, its header read, one manifest row per input file, written to Parquet in chunks.
 
 A row holds the input's relative path (the steward's own data: the manifest stays under ``DST/_deidpipe/`` and is
-not part of a release), the file's size, a keyed content hash, and the facts the plan needs: SOP class, modality,
-study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header engine uses), transfer syntax,
-rows / columns / frames and BurnedInAnnotation. A file that is not DICOM, or whose header cannot be read, is
-listed with a fixed reason and no other values.
+not part of a release), the file's size and modification time, a keyed content hash, and the facts the plan
+needs: SOP class, modality, study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header
+engine uses), transfer syntax, rows / columns / frames and BurnedInAnnotation. A file that is not DICOM, or whose
+header cannot be read, is listed with a fixed reason and no other values.
+
+A folder member is streamed through the content hash with a reused buffer (never held whole), and only its header
+is parsed, up to the last tag the manifest needs; the rest of the structure is checked when the object is read in
+full by the execute pass.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import Tag
 
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
 from deidpipe.keys import ProjectKey
-from deidpipe.pipeline.source import SourceItem, SourceSpec, read_member
+from deidpipe.pipeline.source import MAX_MEMBER_BYTES, SourceItem, SourceSpec, member_path, prefetch, read_member
 
 #: Media Storage Directory Storage: a DICOMDIR.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -34,6 +41,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "path": pl.String,
     "object_id": pl.String,
     "size": pl.Int64,
+    "mtime_ns": pl.Int64,
     "content_hash": pl.String,
     "kind": pl.String,
     "reason": pl.String,
@@ -60,6 +68,12 @@ _HEADER_TAGS = [
     "NumberOfFrames",
     "BurnedInAnnotation",
 ]
+_HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in _HEADER_TAGS]
+#: The header is parsed up to this tag (BurnedInAnnotation, the last one above) and no further.
+_LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
+#: Read size when streaming a file through the content hash (one buffer per process, reused).
+_HASH_CHUNK = 1 << 20
+_hash_buffer: bytearray | None = None
 
 
 def object_id(key: ProjectKey, relpath: str) -> str:
@@ -72,13 +86,18 @@ def content_hash(key: ProjectKey, data: bytes) -> str:
     return key.digest("input-content", data).hex()[:32]
 
 
-def _read_header(data: bytes) -> pydicom.Dataset:
-    """Header only. Part 10 files take the fast path (only the tags the manifest needs are kept); anything else
-    goes through :func:`read_dataset`, which accepts preamble-less data sets and rejects non-DICOM."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
+def _stop_after_header(tag: int, vr: str | None, length: int) -> bool:
+    return tag > _LAST_HEADER_TAG
+
+
+def _read_header(fp: BinaryIO, part10: bool) -> pydicom.Dataset:
+    """Header only, from ``fp`` at its start. Part 10 files (``part10``: DICM at offset 128) take the fast path:
+    elements up to :data:`_LAST_HEADER_TAG`, only the tags the manifest needs kept; anything else goes through
+    :func:`read_dataset`, which accepts preamble-less data sets and rejects non-DICOM."""
+    if part10:
         with quiet_pydicom():
             try:
-                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                ds = read_partial(fp, _stop_after_header, specific_tags=_HEADER_TAG_NUMBERS)
                 meta = getattr(ds, "file_meta", None)
                 if "SOPClassUID" in ds or (meta is not None and "MediaStorageSOPClassUID" in meta):
                     return ds
@@ -90,7 +109,55 @@ def _read_header(data: bytes) -> pydicom.Dataset:
                 if isinstance(exc, EOFError) or "end of file" in text or "truncat" in text:
                     raise InputError(None, "file is truncated") from None
                 raise InputError(None, f"header cannot be parsed ({type(exc).__name__})") from None
-    return read_dataset(io.BytesIO(data), stop_before_pixels=True)
+        fp.seek(0)
+    return read_dataset(fp, stop_before_pixels=True)
+
+
+def _is_part10(head: bytes | bytearray | memoryview) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: dict[str, Any]) -> pydicom.Dataset:
+    """Fill in size, mtime and content hash; return the header. A folder member is streamed."""
+    path = member_path(spec, item)
+    if path is None:
+        data = read_member(spec, item)
+        row["size"] = len(data)
+        row["content_hash"] = content_hash(key, data)
+        if not data:
+            raise InputError(None, "is empty")
+        return _read_header(io.BytesIO(data), _is_part10(data))
+    global _hash_buffer
+    if item.size > MAX_MEMBER_BYTES:
+        raise InputError(None, "file is too large to be a DICOM object this pipeline handles")
+    try:
+        fh = open(path, "rb", buffering=65536)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
+    with fh:
+        try:
+            row["mtime_ns"] = os.fstat(fh.fileno()).st_mtime_ns
+            if _hash_buffer is None:
+                _hash_buffer = bytearray(_HASH_CHUNK)
+            view = memoryview(_hash_buffer)
+            h = key.hasher("input-content")
+            size = 0
+            part10 = False
+            while n := fh.readinto(view):
+                if size == 0:
+                    part10 = _is_part10(view[:n])
+                h.update(view[:n])
+                size += n
+                if size > MAX_MEMBER_BYTES:
+                    raise InputError(None, "file is too large to be a DICOM object this pipeline handles")
+            row["size"] = size
+            row["content_hash"] = h.digest().hex()[:32]
+            if not size:
+                raise InputError(None, "is empty")
+            fh.seek(0)
+        except OSError as exc:
+            raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
+        return _read_header(fh, part10)
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
@@ -113,12 +180,7 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
     row.update(path=item.relpath, object_id=object_id(key, item.relpath), size=item.size)
     try:
-        data = read_member(spec, item)
-        row["size"] = len(data)
-        row["content_hash"] = content_hash(key, data)
-        if not data:
-            raise InputError(None, "is empty")
-        ds = _read_header(data)
+        ds = _hash_and_header(spec, key, item, row)
     except InputError as exc:
         row.update(kind=KIND_INVALID, reason=exc.reason)
         return row
@@ -153,7 +215,8 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     return row
 
 
-def index_batch(spec: SourceSpec, key: ProjectKey, items: Iterable[SourceItem]) -> list[dict[str, Any]]:
+def index_batch(spec: SourceSpec, key: ProjectKey, items: list[SourceItem]) -> list[dict[str, Any]]:
+    prefetch(spec, items)
     return [index_item(spec, key, item) for item in items]
 
 

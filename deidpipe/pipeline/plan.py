@@ -61,6 +61,9 @@ class ExecItem:
     item: SourceItem  # relative path, size, and the bytes for a streamed source
     content_hash: str | None
     series_uid: str | None
+    #: The file's modification time when it was indexed (folder sources): if it and the size still match when
+    #: the object is read again, the bytes are the ones the content hash was computed from.
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -80,6 +83,7 @@ _PLAN_COLUMNS = [
     "path",
     "object_id",
     "size",
+    "mtime_ns",
     "content_hash",
     "kind",
     "reason",
@@ -205,12 +209,12 @@ class Plan:
             whole = any(scope[s] == SCOPE_SERIES for s in stages)
             task = ExecTask(group, stages)
             last_instance = None
-            cols = ("object_id", "path", "size", "content_hash", "series_uid", "_instance")
-            for oid, path, size, chash, series, instance in rows.select(cols).iter_rows():
+            cols = ("object_id", "path", "size", "content_hash", "series_uid", "_instance", "mtime_ns")
+            for oid, path, size, chash, series, instance, mtime_ns in rows.select(cols).iter_rows():
                 if not whole and len(task.items) >= self.chunk and instance != last_instance:
                     yield task
                     task = ExecTask(group, stages)
-                task.items.append(ExecItem(oid, SourceItem(path, size), chash, series))
+                task.items.append(ExecItem(oid, SourceItem(path, size), chash, series, mtime_ns))
                 last_instance = instance
             if task.items:
                 yield task
