@@ -12,6 +12,7 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     text_screening: presidio      # presidio (default) or denylist (the object's own identifiers only)
     pixels: auto                  # burned-in text: auto (default), all or off; see docs/pixels.md
     pixel_redaction: all-text     # all-text (default) or phi
+    pixel_detector: lines         # lines (default: letters chained by their strokes) or ocr (CRAFT on every region)
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -92,6 +93,8 @@ class Policy:
         recipients: certificate paths; when set, original values go into the Encrypted Attributes Sequence.
         pixels: burned-in text: ``auto`` (text-likely images and any where a cheap screen fires), ``all``, ``off``.
         pixel_redaction: ``all-text`` (every detected text box) or ``phi`` (identifying words only).
+        pixel_detector: how ``all-text`` finds text: ``lines`` (classical line finder, OCR only for short
+            chains) or ``ocr`` (the CRAFT detector on every candidate region; slower).
     """
 
     options: frozenset[str] = frozenset()
@@ -102,6 +105,7 @@ class Policy:
     recipients: tuple[str, ...] = ()
     pixels: PixelSelection = "auto"
     pixel_redaction: PixelRedaction = "all-text"
+    pixel_detector: str = "lines"
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -120,6 +124,8 @@ class Policy:
             raise PolicyError("pixels must be 'auto', 'all' or 'off'")
         if self.pixel_redaction not in ("all-text", "phi"):
             raise PolicyError("pixel_redaction must be 'all-text' or 'phi'")
+        if self.pixel_detector not in ("lines", "ocr"):
+            raise PolicyError("pixel_detector must be 'lines' or 'ocr'")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -143,7 +149,7 @@ class Policy:
     def from_mapping(cls, data: dict[str, Any], base_dir: Path = Path("."), source: str = "mapping") -> Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
-                   "deid_recipes", "reversible", "pixels", "pixel_redaction"}
+                   "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -172,6 +178,7 @@ class Policy:
             recipients=recipients,
             pixels=str(data.get("pixels", "auto")),  # type: ignore[arg-type]
             pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
+            pixel_detector=str(data.get("pixel_detector", "lines")),
             source=source,
         )
 

@@ -253,6 +253,10 @@ def test_policy_keys():
     assert Policy.basic().pixels == "auto"
     with pytest.raises(PolicyError):
         Policy.from_mapping({"pixels": "sometimes"})
+    assert Policy.basic().pixel_detector == "lines"
+    assert Policy.from_mapping({"pixel_detector": "ocr"}).pixel_detector == "ocr"
+    with pytest.raises(PolicyError):
+        Policy.from_mapping({"pixel_detector": "magic"})
 
 
 def test_pipeline_runs_pixel_stage(burned, key, tmp_path, ocr):
@@ -274,3 +278,36 @@ def test_pipeline_runs_pixel_stage(burned, key, tmp_path, ocr):
         assert ds.BurnedInAnnotation == "NO"
         assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
     assert (root / BURNED_KEY_FILE).is_file()
+
+
+def test_lines_find_text_and_not_noise():
+    """The classical line finder: a line of light text and a line of dark text are found (with their colour),
+    a noisy anatomy-like frame with no text gives no line."""
+    import cv2
+
+    from deidpipe.pixels.candidates import StrokeMaps
+    from deidpipe.pixels.lines import text_lines
+    from deidpipe.synth.burned import anatomy
+
+    gen = np.random.default_rng(5)
+    img = anatomy(gen, 200, 300, 160).astype(np.uint8)
+    cv2.putText(img, "DOE JANE 1961", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 250, 1, cv2.LINE_8)
+    img[120:150, 40:260] = 200
+    cv2.putText(img, "ID 0042137", (50, 142), cv2.FONT_HERSHEY_PLAIN, 1.2, 20, 1, cv2.LINE_8)
+    found = text_lines(StrokeMaps.of(img))
+    horizontal = [ln for ln in found.lines if not ln.vertical]
+    assert any(ln.light and ln.box.y0 < 30 < ln.box.y1 and ln.colour >= 240 for ln in horizontal)
+    assert any(not ln.light and ln.box.y0 < 140 < ln.box.y1 and ln.colour <= 30 for ln in horizontal)
+    noise = (anatomy(gen, 256, 256, 3000) - 1024).astype(np.float32)
+    noise8 = ((noise - noise.min()) * 255 / (noise.max() - noise.min())).astype(np.uint8)
+    assert not text_lines(StrokeMaps.of(noise8)).lines
+
+
+def test_ocr_detector_still_finds_the_words(burned, ocr):
+    """``detector: ocr`` (every candidate to CRAFT) blacks the planted PHI of a grey ultrasound image too."""
+    root, key = burned
+    f = next(f for f in key.files if f.variant == "us_grey")
+    ds = pydicom.dcmread(root / f.path)
+    redact_dataset(ds, PixelOptions(detector="ocr"), source=copy.deepcopy(ds))
+    after = decode(ds).frames
+    assert all(_blacked(after, w.box) >= 0.95 for w in f.words if w.kind == "phi")

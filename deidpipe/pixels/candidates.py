@@ -93,7 +93,7 @@ def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
             light = (cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, k) >= MIN_CONTRAST).astype(np.uint8)
             dark = (cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, k) >= MIN_CONTRAST).astype(np.uint8)
             for mask in (light, dark):  # per polarity: the gaps between light letters are dark strokes
-                mask = _without_lines(mask)
+                mask = without_lines(mask)
                 if mask.any():
                     boxes += _group(mask, kernel, (h, w))
     merged = merge_boxes(boxes)
@@ -117,17 +117,27 @@ class StrokeMaps:
     light: np.ndarray
     dark: np.ndarray
     grey: np.ndarray
+    #: Each source apart, as (response, image, light polarity): luminance light and dark, and for colour images
+    #: the chroma's light strokes. Apart, because white text on a coloured ground is dark in the chroma: its
+    #: gaps respond there, and together with the letters in the luminance they fill the whole line.
+    sources: tuple[tuple[np.ndarray, np.ndarray, bool], ...] = ()
 
     @classmethod
     def of(cls, img8: np.ndarray) -> StrokeMaps:
         maps = stroke_maps(img8)
         kernels = [k for k in (7, 15) if k * 2 <= min(img8.shape[:2])] or [3]
-        light, dark = [], []
+        light: list[list[np.ndarray]] = [[] for _ in maps]
+        dark = []
         for k in kernels:
             se = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
-            light += [cv2.morphologyEx(g, cv2.MORPH_TOPHAT, se) for g in maps]
+            for i, g in enumerate(maps):
+                light[i].append(cv2.morphologyEx(g, cv2.MORPH_TOPHAT, se))
             dark.append(cv2.morphologyEx(maps[0], cv2.MORPH_BLACKHAT, se))
-        return cls(np.maximum.reduce(light), np.maximum.reduce(dark), maps[0])
+        per_map = [np.maximum.reduce(x) for x in light]
+        dark_map = np.maximum.reduce(dark)
+        sources = [(per_map[0], maps[0], True), (dark_map, maps[0], False)]
+        sources += [(per_map[1], maps[1], True)] if len(maps) > 1 else []
+        return cls(np.maximum.reduce(per_map), dark_map, maps[0], tuple(sources))
 
 
 def tighten(box: Box, maps: StrokeMaps) -> Box | None:
@@ -203,7 +213,7 @@ def _extend(box: Box, full: np.ndarray, threshold: int, vertical: bool) -> Box:
     return Box(fitted.y0, fitted.x0, fitted.y1, fitted.x1) if vertical else fitted
 
 
-def _without_lines(mask: np.ndarray) -> np.ndarray:
+def without_lines(mask: np.ndarray) -> np.ndarray:
     """The stroke mask less long straight lines (image frames, rulers, calipers): letters joined to them by
     the closing would otherwise become part of one large component that is not text-shaped, and be lost."""
     length = max(40, min(mask.shape) // 12)

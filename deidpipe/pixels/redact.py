@@ -39,11 +39,13 @@ from deidpipe.pixels.codecs import (
     native_view,
 )
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
+from deidpipe.pixels.lines import text_lines
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
 
 Selection = Literal["auto", "all", "off"]
 Mode = Literal["all-text", "phi"]
+Detector = Literal["lines", "ocr"]
 
 #: Modalities whose images often carry burned-in text.
 TEXT_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC", "ECG", "OP"})
@@ -66,10 +68,15 @@ class PixelOptions:
             the letters' pixels, anti-aliased edges included).
         use_presidio: in ``phi`` mode, also ask presidio-analyzer about each recognised line.
         use_deid_regions: black the regions of deid's CTP-derived filter list.
+        detector: in ``all-text`` mode, how text is found. ``lines`` (default): lines of letters found by their
+            strokes (:mod:`deidpipe.pixels.lines`) are taken as text without a network, and only short chains
+            (two letters) go to the OCR engine: an order of magnitude faster on a CPU. ``ocr``: every candidate
+            region of the cheap screen goes to the OCR engine (CRAFT). ``phi`` mode always reads with OCR.
     """
 
     selection: Selection = "auto"
     mode: Mode = "all-text"
+    detector: Detector = "lines"
     margin: float = 0.06
     use_presidio: bool = True
     use_deid_regions: bool = True
@@ -86,6 +93,7 @@ class PixelResult:
     cached_crops: int = 0
     verified_crops: int = 0
     region_boxes: int = 0
+    line_boxes: int = 0
     text_boxes: int = 0
     changed: bool = False
     overlays_removed: int = 0
@@ -181,8 +189,20 @@ class _Finder:
     def frame(self, k: int, skip: list[Box]) -> list[Box]:
         img = self.frames8[k]
         shape = img.shape[:2]
+        maps = StrokeMaps.of(img)
         crops, todo, found = [], [], []
-        for cand in _candidates(img):
+        detector = self.options.detector if self.options.mode == "all-text" else "ocr"
+        if detector == "ocr":
+            cands = _candidates(img)
+        else:  # lines of letters are text; OCR judges only the short chains
+            findings = text_lines(maps)
+            lines = findings.text_boxes()
+            found += [(b, _along(b, shape)) for b in lines]
+            self.result.line_boxes += len(lines)
+            padded = [b.pad(max(2, min(b.width, b.height) // 2), shape) for b in lines]
+            unsure = [b for b in findings.unsure if sum(p.intersect(b) for p in padded) < 0.8 * b.area]
+            cands = merge_boxes([b.pad(max(2, min(b.width, b.height) // 2), shape) for b in unsure])
+        for cand in cands:
             if any(s.intersect(cand) >= 0.95 * cand.area for s in skip):
                 continue
             if k and self._verified(cand, k):
@@ -204,7 +224,6 @@ class _Finder:
                 _cache_put(key, boxes)
                 found += _place(boxes, pad, cand)
         if found:
-            maps = StrokeMaps.of(img)
             fitted = (fit_strokes(b, maps, c.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
                       for b, c in found)
             found = [t for t in fitted if t is not None]
@@ -271,6 +290,17 @@ def _candidates(img: np.ndarray) -> list[Box]:
 def _place(boxes: list[Box], pad: Box, cand: Box) -> list[tuple[Box, Box]]:
     """Crop boxes in frame coordinates, each with the candidate it was found in (the fit's limit)."""
     return [(Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0), cand) for b in boxes]
+
+
+def _along(b: Box, shape: tuple[int, int]) -> Box:
+    """How far the fit may take a line found by its letters: half a letter across the line, three letters
+    along it (its ends may be fainter, on a brighter or darker ground, than the letters that made the chain)."""
+    h, w = shape
+    size = min(b.width, b.height)
+    across, along = max(2, size // 2), 3 * size
+    if b.height > b.width:  # a rotated line
+        return Box(max(b.x0 - across, 0), max(b.y0 - along, 0), min(b.x1 + across, w), min(b.y1 + along, h))
+    return Box(max(b.x0 - along, 0), max(b.y0 - across, 0), min(b.x1 + along, w), min(b.y1 + across, h))
 
 
 def _grow(b: Box, margin: float, shape: tuple[int, int]) -> Box:

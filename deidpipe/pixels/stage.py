@@ -12,7 +12,8 @@ from deidpipe.pixels.redact import PixelOptions, redact_dataset
 def options_from_policy(policy: Any) -> PixelOptions:
     """The pixel options a :class:`~deidpipe.policy.Policy` asks for (``auto`` / ``all-text`` by default)."""
     return PixelOptions(selection=getattr(policy, "pixels", "auto"),
-                        mode=getattr(policy, "pixel_redaction", "all-text"))
+                        mode=getattr(policy, "pixel_redaction", "all-text"),
+                        detector=getattr(policy, "pixel_detector", "lines"))
 
 
 def pixel_text_stage(ds: Dataset, policy: Any, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
