@@ -9,7 +9,9 @@ own messages are kept out of the logs.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
 
@@ -143,3 +147,50 @@ def write_dataset(ds: Dataset, target: str | Path | BinaryIO) -> None:
     """Write ``ds`` as a DICOM Part 10 file (preamble and File Meta Information always present)."""
     with quiet_pydicom():
         ds.save_as(target, enforce_file_format=True)
+
+
+_PIXEL_DATA = BaseTag(0x7FE00010)
+
+
+def _native_pixel_tail(ds: Dataset) -> tuple[bytes, bytes] | None:
+    """(encoded element header, value) of native Pixel Data that is the last element of ``ds``, when pydicom
+    would write it as exactly those bytes (little endian, uncompressed, defined even length); else None."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or not ds._dict:
+        return None
+    elem = ds._dict.get(_PIXEL_DATA)
+    if elem is None or max(ds._dict) != _PIXEL_DATA:
+        return None
+    value = elem.value
+    if not isinstance(value, bytes) or len(value) % 2 or len(value) >= 0xFFFFFFFF:
+        return None
+    if isinstance(elem, RawDataElement):
+        if elem.length != len(value) or not elem.is_little_endian:
+            return None
+    elif elem.is_undefined_length:
+        return None
+    if ts == ImplicitVRLittleEndian:
+        return struct.pack("<HHI", 0x7FE0, 0x0010, len(value)), value
+    if elem.VR not in ("OB", "OW"):
+        return None
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, elem.VR.encode(), 0, len(value)), value
+
+
+def encode_dataset(ds: Dataset) -> list[bytes]:
+    """The Part 10 file :func:`write_dataset` writes, as pieces to be written one after the other.
+
+    Native Pixel Data at the end goes out as its own piece, uncopied (pydicom would copy it through two
+    buffers); every other element, and any other Pixel Data, is encoded by pydicom. The bytes are the same.
+    """
+    tail = _native_pixel_tail(ds)
+    buf = io.BytesIO()
+    if tail is None:
+        write_dataset(ds, buf)
+        return [buf.getvalue()]
+    elem = ds._dict.pop(_PIXEL_DATA)
+    try:
+        write_dataset(ds, buf)
+    finally:
+        ds._dict[_PIXEL_DATA] = elem
+    return [buf.getvalue(), *tail]

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from deidpipe.dicomio import read_dataset, write_dataset
+from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import DeidError, InputError
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
@@ -191,14 +191,12 @@ def _write(w: _Work, ctx: WorkContext) -> None:
     t0 = time.perf_counter()
     try:
         rel = output_relpath(w.ds, ctx.layout, w.item.item.relpath)
-        buf = io.BytesIO()
-        write_dataset(w.ds, buf)
-        data = buf.getvalue()
-        write_atomic(Path(ctx.dst), rel, data, w.item.object_id)
+        parts = encode_dataset(w.ds)  # the file in pieces: native pixel data is never copied
+        write_atomic(Path(ctx.dst), rel, parts, w.item.object_id)
         w.result.status = STATUS_WRITTEN
         w.result.output = rel
-        w.result.bytes_out = len(data)
-        w.result.out_hash = output_digest(data)
+        w.result.bytes_out = sum(len(p) for p in parts)
+        w.result.out_hash = output_digest(parts)
     except Exception as exc:  # noqa: BLE001
         _quarantine(w, "write", exc)
     w.ds = None

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,33 +65,57 @@ def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
     )
 
 
-def _same_content(path: Path, data: bytes) -> bool:
+def _same_content(path: Path, data: Sequence[bytes]) -> bool:
     try:
-        if path.stat().st_size != len(data):
+        if path.stat().st_size != sum(len(d) for d in data):
             return False
-        return path.read_bytes() == data
+        return path.read_bytes() == b"".join(data)
     except OSError:
         return False
 
 
-def write_atomic(dst: Path, relpath: str, data: bytes, token: str) -> str:
-    """Write ``data`` to ``dst/relpath`` atomically and without replacing a different finished file.
+#: Directories this process has made or found (the output tree is only ever added to during a run).
+_made_dirs: set[str] = set()
+
+
+def _ensure_dir(path: Path) -> None:
+    key = str(path)
+    if key not in _made_dirs:
+        path.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(key)
+
+
+def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: str) -> str:
+    """Write ``data`` (bytes, or pieces written one after the other) to ``dst/relpath`` atomically and without
+    replacing a different finished file.
 
     Returns ``"written"`` or ``"present"`` (an identical file was already there); raises
     :class:`OutputConflictError` when a different file is there.
     """
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
     final = dst / relpath
     tmp = dst / TMP_DIR / f"{token}.{os.getpid()}.tmp"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(tmp, "wb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:  # the temporary folder is made once per process, or was removed since
+        _made_dirs.discard(str(tmp.parent))
+        _ensure_dir(tmp.parent)
+        fh = open(tmp, "wb")  # noqa: SIM115
+    with fh:
+        for part in parts:
+            fh.write(part)
+    try:
+        _ensure_dir(final.parent)
         try:
-            os.link(tmp, final)  # atomic and never replaces: fails when final exists
+            try:
+                os.link(tmp, final)  # atomic and never replaces: fails when final exists
+            except FileNotFoundError:  # the folder went away since this process made it
+                _made_dirs.discard(str(final.parent))
+                _ensure_dir(final.parent)
+                os.link(tmp, final)
             return "written"
         except FileExistsError:
-            if _same_content(final, data):
+            if _same_content(final, parts):
                 return "present"
             raise OutputConflictError("the output path already holds a different object") from None
         except OSError as exc:
@@ -98,7 +123,7 @@ def write_atomic(dst: Path, relpath: str, data: bytes, token: str) -> str:
                 raise
             # A file system without hard links: rename, after checking (not race free across hosts).
             if final.exists():
-                if _same_content(final, data):
+                if _same_content(final, parts):
                     return "present"
                 raise OutputConflictError("the output path already holds a different object") from None
             os.replace(tmp, final)
@@ -110,9 +135,14 @@ def write_atomic(dst: Path, relpath: str, data: bytes, token: str) -> str:
             pass
 
 
-def output_digest(data: bytes) -> str:
+def output_digest(data: bytes | Sequence[bytes]) -> str:
     """A plain hash of an output file (its content is already de-identified)."""
-    return hashlib.sha256(data).hexdigest()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    for part in data:
+        h.update(part)
+    return h.hexdigest()
 
 
 def write_quarantine(dst: Path, record: dict[str, Any]) -> Path:
