@@ -74,19 +74,29 @@ class Findings:
     unsure: list[Box]
 
     def text_boxes(self) -> list[Box]:
-        """The horizontal lines and matched letters, with pieces of one line joined: neighbours on one band
-        less than two letters apart (a line broken where letters ran into each other)."""
-        boxes = sorted([ln.box for ln in self.lines if not ln.vertical] + self.matched, key=lambda b: b.x0)
-        merged: list[Box] = []
-        for b in boxes:
-            for i, m in enumerate(merged):
-                overlap = min(m.y1, b.y1) - max(m.y0, b.y0)
-                if overlap >= 0.5 * min(m.height, b.height) and b.x0 - m.x1 <= 2 * max(m.height, b.height):
-                    merged[i] = m.union(b)
-                    break
-            else:
-                merged.append(b)
-        return merged + [ln.box for ln in self.lines if ln.vertical]
+        """The lines and matched letters, with pieces of one line joined: neighbours on one band less than two
+        letters apart (a line broken where letters ran into each other)."""
+        horizontal = [ln.box for ln in self.lines if not ln.vertical] + self.matched
+        vertical = [_turn(ln.box) for ln in self.lines if ln.vertical]
+        return _join(horizontal) + [_turn(b) for b in _join(vertical)]
+
+
+def _turn(b: Box) -> Box:
+    """The box with x and y swapped (rotated lines are joined as if they were horizontal)."""
+    return Box(b.y0, b.x0, b.y1, b.x1)
+
+
+def _join(boxes: list[Box]) -> list[Box]:
+    merged: list[Box] = []
+    for b in sorted(boxes, key=lambda b: b.x0):
+        for i, m in enumerate(merged):
+            overlap = min(m.y1, b.y1) - max(m.y0, b.y0)
+            if overlap >= 0.5 * min(m.height, b.height) and b.x0 - m.x1 <= 2 * max(m.height, b.height):
+                merged[i] = m.union(b)
+                break
+        else:
+            merged.append(b)
+    return merged
 
 
 def _components(mask: np.ndarray, grey: np.ndarray, response: np.ndarray,
@@ -192,8 +202,8 @@ def text_lines(maps: StrokeMaps) -> Findings:
                 g = boxes[group]
                 box = Box(int(g[:, 0].min()), int(g[:, 1].min()), int(g[:, 2].max()), int(g[:, 3].max()))
                 if vertical and (letters <= MIN_LETTERS or box.x0 == 0 or box.x1 == width
-                                 or any(ln.box.intersect(box) for ln in lines)):
-                    continue  # rotated text is rarer: more letters, off the frame's edge, not across a line
+                                 or sum(ln.box.intersect(box) for ln in lines) >= 0.5 * box.area):
+                    continue  # rotated text is rarer: more letters, off the frame's edge, not across lines
                 sizes = (g[:, 2] - g[:, 0]) if vertical else (g[:, 3] - g[:, 1])
                 lines.append(TextLine(box, letters, vertical, light, int(np.median(peaks[group])),
                                       int(np.median(sizes)), int(np.median(contrast[group]))))

@@ -191,6 +191,7 @@ class _Finder:
         shape = img.shape[:2]
         maps = StrokeMaps.of(img)
         crops, todo, found = [], [], []
+        lines: list[Box] = []
         detector = self.options.detector if self.options.mode == "all-text" else "ocr"
         if detector == "ocr":
             cands = _candidates(img)
@@ -224,8 +225,9 @@ class _Finder:
                 _cache_put(key, boxes)
                 found += _place(boxes, pad, cand)
         if found:
-            fitted = (fit_strokes(b, maps, c.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
-                      for b, c in found)
+            fitted = [fit_strokes(b, maps, c.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
+                      for b, c in found]
+            fitted[:len(lines)] = [_kept_letters(t, b) for t, b in zip(fitted, lines, strict=False)]
             found = [t for t in fitted if t is not None]
         for b in found:
             self.known.append(_Known(b, k))
@@ -290,6 +292,22 @@ def _candidates(img: np.ndarray) -> list[Box]:
 def _place(boxes: list[Box], pad: Box, cand: Box) -> list[tuple[Box, Box]]:
     """Crop boxes in frame coordinates, each with the candidate it was found in (the fit's limit)."""
     return [(Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0), cand) for b in boxes]
+
+
+def _kept_letters(fitted: Box | None, line: Box) -> Box:
+    """A line's fitted box never loses the letters the line was found by: compression can leave a row of a
+    letter, or the first letters of a word, fainter than the fit's threshold. Across the line the fit grows by
+    up to one row where the letters reach further (more would take the rows of a neighbouring line or of the
+    gaps' ghost line too); along it, where the fit lost more than 3% of the line, the line's extent returns."""
+    if fitted is None:
+        return line
+    turned = line.height > line.width
+    if turned:
+        line, fitted = Box(line.y0, line.x0, line.y1, line.x1), Box(fitted.y0, fitted.x0, fitted.y1, fitted.x1)
+    x0, x1 = (min(fitted.x0, line.x0), max(fitted.x1, line.x1)) if fitted.width < 0.97 * line.width else (
+        fitted.x0, fitted.x1)
+    out = Box(x0, max(min(fitted.y0, line.y0), fitted.y0 - 1), x1, min(max(fitted.y1, line.y1), fitted.y1 + 1))
+    return Box(out.y0, out.x0, out.y1, out.x1) if turned else out
 
 
 def _along(b: Box, shape: tuple[int, int]) -> Box:

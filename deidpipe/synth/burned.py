@@ -161,7 +161,10 @@ class _Canvas:
 
 
 def _burn(img: np.ndarray, person: BurnedPerson, rng: random.Random, *, colour: bool, value_hi: float,
-          value_lo: float, small: bool = False, rotate: bool = False) -> list[BurnedWord]:
+          value_lo: float, small: bool = False, rotate: bool = False,
+          ground: np.ndarray | None = None) -> list[BurnedWord]:
+    """Draw ``person``'s values and some labels into ``img``; ``ground`` is what the text will be shown over
+    when that is not ``img`` itself (a mask later copied onto moving frames)."""
     h, w = img.shape[:2]
     canvas = _Canvas(img, rng)
     phi = person.phi_strings(rng)
@@ -186,9 +189,16 @@ def _burn(img: np.ndarray, person: BurnedPerson, rng: random.Random, *, colour: 
     # draws its text where it can be read, and a word on a background as dark as itself tests nothing)
     over_font = rng.choice(FONTS)
     (tw, th), _ = cv2.getTextSize(phi[2], over_font, scale, 1)
-    grey = img if img.ndim == 2 else img.mean(axis=-1)
+    shown = img if ground is None else ground
+    grey = shown if shown.ndim == 2 else shown.mean(axis=-1)
     spots = [(x, h // 2 + d) for x in (w // 4, w // 3, w // 5) for d in (0, -12, 12, -24, 24)]
-    x_over, y_over = max(spots, key=lambda p: float(np.percentile(grey[max(p[1] - th, 0):p[1], p[0]:p[0] + tw], 10)))
+    def ground_at(p: tuple[int, int]) -> float:
+        return float(np.percentile(grey[max(p[1] - th, 0):p[1], p[0]:p[0] + tw], 10))
+
+    x_over, y_over = max(spots, key=ground_at)
+    dark_level = float(np.mean(dark)) if colour else float(dark)
+    if ground_at((x_over, y_over)) < dark_level + 0.25 * (value_hi - value_lo):
+        dark = bright  # no ground bright enough for dark text here: a device would draw it light
     canvas.line([(phi[2], "phi")], x_over, y_over, font=over_font, scale=scale, value=dark)
     canvas.word(rng.choice(["L", "R"]), "label", w - 16, top + 24, font=font, scale=scale, value=bright)
     canvas.line([(t, "label") for t in rng.choice(LABELS[2:]).split()], w // 2, h // 3, **kw)
@@ -268,7 +278,8 @@ def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed:
         base = anatomy(gen, 192, 256, 160)
         frames = np.stack([np.roll(base, 6 * k, axis=1) for k in range(n_frames)]).astype(np.uint8)
         mask_img = np.zeros((192, 256), np.uint8)
-        words = _burn(mask_img, person, rng, colour=False, value_hi=255, value_lo=1)
+        # the dark word goes where the anatomy is bright in every frame (it moves under the text)
+        words = _burn(mask_img, person, rng, colour=False, value_hi=255, value_lo=1, ground=frames.min(axis=0))
         for k in range(n_frames):
             frames[k][mask_img > 0] = mask_img[mask_img > 0]
         ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
