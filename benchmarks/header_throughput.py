@@ -13,6 +13,7 @@ MB/s and the peak resident memory of the tool's whole process tree (sampled ever
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -44,8 +45,7 @@ def build_corpus(root: Path, n: int, big_share: float = 0.5, per_series: int = 5
         if i % per_series == 0:
             study_uid = generate_uid(entropy_srcs=[f"study{patient_no}{series_no // 2}"])
             series_uid = generate_uid(entropy_srcs=[f"series{series_no}"])
-        ds = base.copy()
-        ds.file_meta = base.file_meta.copy()
+        ds = copy.deepcopy(base)  # not base.copy(): a shallow copy shares the elements, so Rows would stick
         ds.PatientName = f"Patient^{patient_no:04d}^Benchmark"
         ds.PatientID = f"PID{patient_no:06d}"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid

@@ -19,10 +19,13 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -177,6 +180,71 @@ def _native_pixel_tail(ds: Dataset) -> tuple[bytes, bytes] | None:
     return struct.pack("<HH2sHI", 0x7FE0, 0x0010, elem.VR.encode(), 0, len(value)), value
 
 
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+def _raw_header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes | None:
+    """The element header pydicom writes before a raw value (little endian), or None where pydicom does more
+    than write the raw bytes (undefined length, a long value in a short VR, no VR)."""
+    if length == 0xFFFFFFFF:
+        return None
+    if implicit:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length)
+    if vr is None or len(vr) != 2:
+        return None
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+    if length > 0xFFFF:
+        return None
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+
+def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:
+    """Write ``ds``'s elements as pydicom's ``write_dataset`` would, raw (unchanged) elements without its
+    per-element machinery: their header is packed here and their bytes copied. Returns False (and writes
+    nothing) where pydicom would re-encode anything: another encoding or character set than the one read."""
+    implicit, little = fp.is_implicit_VR, fp.is_little_endian
+    if not little or ds.original_encoding != (implicit, little):
+        return False
+    if ds.original_character_set != ds._character_set:
+        return False
+    encoding = ds.get("SpecificCharacterSet", default_encoding)
+    for tag in sorted(ds._dict):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths, as pydicom
+        elem = ds._dict[tag]
+        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR != "SQ":
+            header = _raw_header(tag, elem.VR, len(elem.value), implicit)
+            if header is not None and elem.length == len(elem.value):
+                fp.write(header)
+                fp.write(elem.value)
+                continue
+        write_data_element(fp, ds.get_item(tag), encoding)
+    return True
+
+
+def _encode(ds: Dataset) -> bytes:
+    """The Part 10 file of ``ds``: pydicom's preamble and File Meta Information, then the body (fast for raw
+    elements when the data set keeps the encoding it was read with; pydicom's writer otherwise)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        buf = io.BytesIO()
+        write_dataset(ds, buf)
+        return buf.getvalue()
+    with quiet_pydicom():
+        fp = DicomBytesIO()
+        fp.write(getattr(ds, "preamble", None) or b"\0" * 128)
+        fp.write(b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        fp.is_little_endian, fp.is_implicit_VR = True, ts == ImplicitVRLittleEndian
+        if not _write_body(fp, ds):
+            buf = io.BytesIO()
+            write_dataset(ds, buf)
+            return buf.getvalue()
+        return fp.getvalue()
+
+
 def encode_dataset(ds: Dataset) -> list[bytes]:
     """The Part 10 file :func:`write_dataset` writes, as pieces to be written one after the other.
 
@@ -184,13 +252,11 @@ def encode_dataset(ds: Dataset) -> list[bytes]:
     buffers); every other element, and any other Pixel Data, is encoded by pydicom. The bytes are the same.
     """
     tail = _native_pixel_tail(ds)
-    buf = io.BytesIO()
     if tail is None:
-        write_dataset(ds, buf)
-        return [buf.getvalue()]
+        return [_encode(ds)]
     elem = ds._dict.pop(_PIXEL_DATA)
     try:
-        write_dataset(ds, buf)
+        head = _encode(ds)
     finally:
         ds._dict[_PIXEL_DATA] = elem
-    return [buf.getvalue(), *tail]
+    return [head, *tail]
