@@ -11,10 +11,12 @@ object is quarantined instead of its neighbours.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -293,9 +295,17 @@ def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    # Not fork: the parent may hold threads (progress display, Dask); forkserver/spawn start clean workers.
+    """``fork`` when this process runs a single thread (workers start in milliseconds, with everything already
+    imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds other threads (a portal's
+    web server, a progress display, Dask) can deadlock the child on a lock one of them held."""
     methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _noop() -> None:
+    return None
 
 
 class _Bounded:
@@ -364,8 +374,14 @@ class PoolExecutor(_Bounded):
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=_mp_context(), initializer=_init_worker,
+        context = _mp_context()
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
                                    initargs=(self.ctx,))
+        if context.get_start_method() == "fork":
+            gc.freeze()  # what is inherited stays out of the children's collections (no copy-on-write for GC)
+            pool.submit(_noop).result()  # fork every worker now, before this process starts any thread
+            gc.unfreeze()
+        return pool
 
     def _submit(self, fn: Callable[..., Any], payload: Any) -> Future[Any]:
         try:
