@@ -5,7 +5,7 @@
 Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, half full 512x512), then runs, each
 in its own process on the same files: deidpipe with 1 worker and with all cores, pydicom/deid with its packaged
 recipe, dicognito, Kitware's dicom-anonymizer, and the floor (pydicom read + write, no changes). Prints files/s,
-MB/s and the peak resident memory of the tool's whole process tree (sampled every 50 ms).
+MB/s and the peak resident memory of the tool's whole process tree (RSS and PSS, sampled every 50 ms).
 
 ``--memory-check N`` also runs deidpipe (all cores) on N small files and on N/10, and compares peak memory.
 """
@@ -120,36 +120,45 @@ def run_tool(tool: str, corpus: Path, out: Path) -> dict:
 
 
 # -- the parent: run each tool in a child and watch its memory -----------------------------------------------------
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> tuple[int, int]:
+    """Resident memory of a process and its children: (RSS summed, PSS summed). Forked workers share their
+    parent's pages until they write to them; RSS counts a shared page once per process, PSS splits it among
+    them, so the PSS sum is what the tree really occupies."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return total
+    return rss, pss
 
 
 def measure(tool: str, corpus: Path, scratch: Path) -> dict:
     out = scratch / f"out-{tool}"
     shutil.rmtree(out, ignore_errors=True)
+    # Every tool starts with no write-back pending: the previous tool's output is flushed (and deleted) first,
+    # so no tool pays for the disk writes of the one before it.
+    os.sync()
     env = dict(os.environ, DEIDPIPE_KEY=KEY, PYTHONWARNINGS="ignore")
     child = subprocess.Popen([sys.executable, __file__, "--tool", tool, str(corpus), str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    peak = 0
+    peak = peak_pss = 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
         while not stop.is_set():
-            peak = max(peak, tree_rss(child.pid))
+            rss, pss = tree_memory(child.pid)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             stop.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -161,14 +170,15 @@ def measure(tool: str, corpus: Path, scratch: Path) -> dict:
     if child.returncode != 0:
         return {"tool": tool, "error": (stderr.strip().splitlines() or ["failed"])[-1][:120]}
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(tool=tool, peak_mb=peak / 2**20)
+    result.update(tool=tool, peak_mb=peak / 2**20, peak_pss_mb=peak_pss / 2**20)
     return result
 
 
 def table(results: list[dict], nbytes: int, nfiles: int) -> str:
     floor = next((r for r in results if r["tool"] == "floor" and "error" not in r), None)
     lines = [f"corpus: {nfiles} files, {nbytes / 1e6:.1f} MB, {len(os.sched_getaffinity(0))} cores", "",
-             f"{'tool':<26}{'files/s':>10}{'MB/s':>9}{'ms/file':>10}{'x floor':>9}{'peak MB':>10}",
+             f"{'tool':<26}{'files/s':>10}{'MB/s':>9}{'ms/file':>10}{'x floor':>9}{'peak RSS MB':>13}"
+             f"{'peak PSS MB':>13}",
              "-" * 74]
     for r in results:
         if "error" in r:
@@ -179,7 +189,8 @@ def table(results: list[dict], nbytes: int, nfiles: int) -> str:
         ms = 1e3 * r["seconds"] / max(r["files"], 1)
         name = r["tool"] + (f" ({r['workers']} workers)" if "workers" in r else "")
         rel = f"{ms / (1e3 * floor['seconds'] / floor['files']):.2f}" if floor else "-"
-        lines.append(f"{name:<26}{fps:>10.1f}{mbs:>9.1f}{ms:>10.2f}{rel:>9}{r['peak_mb']:>10.0f}")
+        lines.append(f"{name:<26}{fps:>10.1f}{mbs:>9.1f}{ms:>10.2f}{rel:>9}{r['peak_mb']:>13.0f}"
+                     f"{r['peak_pss_mb']:>13.0f}")
     by = {r["tool"]: r for r in results if "error" not in r}
     if {"deidpipe-all", "dicognito"} <= by.keys():
         speed = (by["deidpipe-all"]["files"] / by["deidpipe-all"]["seconds"]) / (
@@ -221,16 +232,18 @@ def main() -> None:
             print(table(results, nbytes, len(files)))
         if args.memory_check:
             print("\nmemory flatness (deidpipe, all cores, small CT slices):")
-            peaks = {}
+            peaks, psss = {}, {}
             for n in (args.memory_check // 10, args.memory_check):
                 small = scratch / f"small-{n}"
                 build_corpus(small, n, big_share=0.0)
                 r = measure("deidpipe-all", small, scratch)
-                peaks[n] = r.get("peak_mb", float("nan"))
-                print(f"  {n:>7} files: peak {peaks[n]:.0f} MB, {r['files'] / r['seconds']:.1f} files/s", flush=True)
+                peaks[n], psss[n] = r.get("peak_mb", float("nan")), r.get("peak_pss_mb", float("nan"))
+                print(f"  {n:>7} files: peak RSS {peaks[n]:.0f} MB, peak PSS {psss[n]:.0f} MB, "
+                      f"{r['files'] / r['seconds']:.1f} files/s", flush=True)
                 shutil.rmtree(small)
             lo, hi = peaks[args.memory_check // 10], peaks[args.memory_check]
-            print(f"  ratio {hi / lo:.2f} (target <= 1.20)")
+            plo, phi = psss[args.memory_check // 10], psss[args.memory_check]
+            print(f"  ratio RSS {hi / lo:.2f}, PSS {phi / plo:.2f} (target <= 1.20)")
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)

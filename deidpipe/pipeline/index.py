@@ -87,7 +87,7 @@ def content_hash(key: ProjectKey, data: bytes) -> str:
 
 
 def _stop_after_header(tag: int, vr: str | None, length: int) -> bool:
-    return tag > _LAST_HEADER_TAG
+    return int.__gt__(tag, _LAST_HEADER_TAG)  # int's comparison: pydicom's Tag compares in Python
 
 
 def _read_header(fp: BinaryIO, part10: bool) -> pydicom.Dataset:
@@ -143,9 +143,11 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             h = key.hasher("input-content")
             size = 0
             part10 = False
+            head = b""
             while n := fh.readinto(view):
                 if size == 0:
                     part10 = _is_part10(view[:n])
+                    head = bytes(view[:n])
                 h.update(view[:n])
                 size += n
                 if size > MAX_MEMBER_BYTES:
@@ -157,7 +159,9 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             fh.seek(0)
         except OSError as exc:
             raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
-        return _read_header(fh, part10)
+        # A file that fit in the first chunk is parsed from memory (on a file object pydicom's position checks
+        # cost a system call per element); a larger one from the file.
+        return _read_header(io.BytesIO(head) if len(head) == size else fh, part10)
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
