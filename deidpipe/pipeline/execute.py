@@ -16,6 +16,7 @@ import io
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -295,11 +296,12 @@ def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    """``fork`` when this process runs a single thread (workers start in milliseconds, with everything already
-    imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds other threads (a portal's
-    web server, a progress display, Dask) can deadlock the child on a lock one of them held."""
+    """``fork`` when this process runs a single thread and has not loaded torch (workers start in milliseconds,
+    with everything already imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds
+    other threads (a portal's web server, a progress display, Dask, torch's OpenMP pool) can deadlock the child
+    on a lock one of them held."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
