@@ -114,7 +114,9 @@ class ProjectKey:
             out.append(_ALNUM[r])
         return "".join(out)
 
-    @lru_cache(maxsize=65536)  # noqa: B019 - keys live for a whole run; a series repeats its UIDs
+    # Small: a series repeats its study, series and frame-of-reference UIDs file after file, while every SOP
+    # instance UID comes once; a large cache would grow with the archive (memory per worker).
+    @lru_cache(maxsize=4096)  # noqa: B019 - keys live for a whole run
     def uid(self, value: str) -> str:
         """A UID ``2.25.<128-bit integer>`` (PS3.5 B.2) for an original UID; one mapping for every UI value."""
         n = int.from_bytes(self.digest("uid", value.strip().rstrip("\x00"))[:16], "big")
