@@ -68,7 +68,6 @@ def corpus_files(root: Path) -> list[Path]:
 
 # -- one tool, inside its own process ---------------------------------------------------------------------------
 def run_tool(tool: str, corpus: Path, out: Path) -> dict:
-    files = corpus_files(corpus)
     out.mkdir(parents=True, exist_ok=True)
     if tool.startswith("deidpipe"):
         from deidpipe.keys import ProjectKey
@@ -83,6 +82,9 @@ def run_tool(tool: str, corpus: Path, out: Path) -> dict:
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "files": report.written, "quarantined": report.quarantined,
                 "index_s": report.index_s, "execute_s": report.execute_s, "workers": workers}
+    # The file list only for the tools that take one (deidpipe walks the tree itself; a list of every path held
+    # in its process would count against its memory, and against each forked worker's).
+    files = corpus_files(corpus)
     if tool == "floor":
         import pydicom
 
