@@ -228,21 +228,18 @@ def _encode(ds: Dataset) -> bytes:
     elements when the data set keeps the encoding it was read with; pydicom's writer otherwise)."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        buf = io.BytesIO()
-        write_dataset(ds, buf)
-        return buf.getvalue()
-    with quiet_pydicom():
-        fp = DicomBytesIO()
-        fp.write(getattr(ds, "preamble", None) or b"\0" * 128)
-        fp.write(b"DICM")
-        write_file_meta_info(fp, meta, enforce_standard=True)
-        fp.is_little_endian, fp.is_implicit_VR = True, ts == ImplicitVRLittleEndian
-        if not _write_body(fp, ds):
-            buf = io.BytesIO()
-            write_dataset(ds, buf)
-            return buf.getvalue()
-        return fp.getvalue()
+    if ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        with quiet_pydicom():
+            fp = DicomBytesIO()
+            fp.write(getattr(ds, "preamble", None) or b"\0" * 128)
+            fp.write(b"DICM")
+            write_file_meta_info(fp, meta, enforce_standard=True)
+            fp.is_little_endian, fp.is_implicit_VR = True, ts == ImplicitVRLittleEndian
+            if _write_body(fp, ds):
+                return fp.getvalue()
+    buf = io.BytesIO()
+    write_dataset(ds, buf)
+    return buf.getvalue()
 
 
 def encode_dataset(ds: Dataset) -> list[bytes]:

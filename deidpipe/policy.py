@@ -42,6 +42,7 @@ OVERRIDE_ACTIONS = (*ACTION_CODES, "set")
 TextScreening = Literal["presidio", "denylist"]
 PixelSelection = Literal["auto", "all", "off"]
 PixelRedaction = Literal["all-text", "phi"]
+PixelDetector = Literal["lines", "ocr"]
 
 
 def option_catalogue() -> dict[str, dict[str, str]]:
@@ -105,7 +106,7 @@ class Policy:
     recipients: tuple[str, ...] = ()
     pixels: PixelSelection = "auto"
     pixel_redaction: PixelRedaction = "all-text"
-    pixel_detector: str = "lines"
+    pixel_detector: PixelDetector = "lines"
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -178,7 +179,7 @@ class Policy:
             recipients=recipients,
             pixels=str(data.get("pixels", "auto")),  # type: ignore[arg-type]
             pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
-            pixel_detector=str(data.get("pixel_detector", "lines")),
+            pixel_detector=str(data.get("pixel_detector", "lines")),  # type: ignore[arg-type]
             source=source,
         )
 

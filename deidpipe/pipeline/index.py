@@ -147,7 +147,8 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             while n := fh.readinto(view):
                 if size == 0:
                     part10 = _is_part10(view[:n])
-                    head = bytes(view[:n])
+                    if item.size <= _HASH_CHUNK:  # the whole file: its header is parsed from these bytes
+                        head = bytes(view[:n])
                 h.update(view[:n])
                 size += n
                 if size > MAX_MEMBER_BYTES:

@@ -53,6 +53,10 @@ class Box:
     def union(self, other: Box) -> Box:
         return Box(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1), max(self.y1, other.y1))
 
+    def transposed(self) -> Box:
+        """The box with x and y swapped: a rotated (vertical) line handled as a horizontal one."""
+        return Box(self.y0, self.x0, self.y1, self.x1)
+
 
 def to_uint8(frame: np.ndarray) -> np.ndarray:
     """A display-range 8-bit version of one frame (grey: min..max stretch; colour: kept as 8-bit RGB)."""
@@ -74,13 +78,6 @@ def stroke_maps(img8: np.ndarray) -> list[np.ndarray]:
     return [img8]
 
 
-def _strokes(grey: np.ndarray, kernel: int) -> np.ndarray:
-    k = cv2.getStructuringElement(cv2.MORPH_RECT, (kernel, kernel))
-    white = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, k)
-    black = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, k)
-    return np.maximum(white, black)
-
-
 def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
     """Candidate text boxes in one 8-bit frame (grey or RGB), largest first."""
     h, w = img8.shape[:2]
@@ -99,12 +96,6 @@ def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
     merged = merge_boxes(boxes)
     merged.sort(key=lambda b: -b.area)
     return merged[:max_boxes]
-
-
-def stroke_response(img8: np.ndarray) -> np.ndarray:
-    """Per pixel, how much it stands out as part of a thin stroke (max over polarities, scales, channels)."""
-    maps = [_strokes(g, k) for g in stroke_maps(img8) for k in (7, 15) if k * 2 <= min(img8.shape[:2])]
-    return np.maximum.reduce(maps) if maps else np.zeros(img8.shape[:2], np.uint8)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class TextLine:
         letters: how many letters it holds (estimated where letters run together).
         vertical: rotated text (letters chained along a column).
         light: light text on a darker ground (else dark on light).
+        source: which of :attr:`StrokeMaps.sources` the line was found in (luminance light or dark, chroma):
+            its ``colour`` is on that source's scale.
         colour: the letters' drawn value (their median extreme grey value, 0-255 display scale).
         size: the letters' median height in pixels (across the column for rotated text).
         contrast: the letters' median stroke response.
@@ -53,6 +55,7 @@ class TextLine:
     letters: int
     vertical: bool
     light: bool = True
+    source: int = 0
     colour: int = 0
     size: int = 0
     contrast: int = 0
@@ -77,13 +80,8 @@ class Findings:
         """The lines and matched letters, with pieces of one line joined: neighbours on one band less than two
         letters apart (a line broken where letters ran into each other)."""
         horizontal = [ln.box for ln in self.lines if not ln.vertical] + self.matched
-        vertical = [_turn(ln.box) for ln in self.lines if ln.vertical]
-        return _join(horizontal) + [_turn(b) for b in _join(vertical)]
-
-
-def _turn(b: Box) -> Box:
-    """The box with x and y swapped (rotated lines are joined as if they were horizontal)."""
-    return Box(b.y0, b.x0, b.y1, b.x1)
+        vertical = [ln.box.transposed() for ln in self.lines if ln.vertical]  # joined as if horizontal
+        return _join(horizontal) + [b.transposed() for b in _join(vertical)]
 
 
 def _join(boxes: list[Box]) -> list[Box]:
@@ -187,8 +185,8 @@ def text_lines(maps: StrokeMaps) -> Findings:
     height, width = maps.grey.shape
     max_height = int(max(12, min(64, 0.2 * min(height, width))))
     lines: list[TextLine] = []
-    rest: list[tuple[bool, np.ndarray, np.ndarray, np.ndarray]] = []
-    for response, grey, light in maps.sources:
+    rest: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    for source, (response, grey, light) in enumerate(maps.sources):
         mask = without_lines((response >= MIN_CONTRAST).astype(np.uint8))
         if not mask.any():
             continue
@@ -200,25 +198,24 @@ def text_lines(maps: StrokeMaps) -> Findings:
             b = boxes[:, [1, 0, 3, 2, 4]] if vertical else boxes
             for group, letters in _chains(b, peaks, contrast, max_height):
                 g = boxes[group]
-                box = Box(int(g[:, 0].min()), int(g[:, 1].min()), int(g[:, 2].max()), int(g[:, 3].max()))
+                box = _extent(g)
                 if vertical and (letters <= MIN_LETTERS or box.x0 == 0 or box.x1 == width
                                  or sum(ln.box.intersect(box) for ln in lines) >= 0.5 * box.area):
                     continue  # rotated text is rarer: more letters, off the frame's edge, not across lines
                 sizes = (g[:, 2] - g[:, 0]) if vertical else (g[:, 3] - g[:, 1])
-                lines.append(TextLine(box, letters, vertical, light, int(np.median(peaks[group])),
+                lines.append(TextLine(box, letters, vertical, light, source, int(np.median(peaks[group])),
                                       int(np.median(sizes)), int(np.median(contrast[group]))))
                 used[group] = True
-        rest.append((light, boxes[~used], peaks[~used], contrast[~used]))
+        rest.append((source, boxes[~used], peaks[~used], contrast[~used]))
     matched: list[Box] = []
     unsure: list[Box] = []
-    for light, boxes, peaks, contrast in rest:
+    for source, boxes, peaks, contrast in rest:
         keep = np.array([not any(ln.box.intersect(_box(b)) for ln in lines) for b in boxes], bool)
         boxes, peaks, contrast = boxes[keep], peaks[keep], contrast[keep]  # not pieces of a line's letters
-        matched += _matching_letters(boxes, peaks, contrast, [ln for ln in lines if ln.light == light],
-                                     max_height)
+        matched += _matching_letters(boxes, peaks, contrast,
+                                     [ln for ln in lines if ln.source == source and not ln.vertical], max_height)
         for group, _ in _chains(boxes, peaks, contrast, max_height, min_letters=2):
-            g = boxes[group]
-            box = Box(int(g[:, 0].min()), int(g[:, 1].min()), int(g[:, 2].max()), int(g[:, 3].max()))
+            box = _extent(boxes[group])
             if not any(m.intersect(box) == box.area for m in matched):
                 unsure.append(box)
     return Findings(lines, matched, unsure)
@@ -228,9 +225,15 @@ def _box(row: np.ndarray) -> Box:
     return Box(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+def _extent(rows: np.ndarray) -> Box:
+    """The box around blobs given as rows of (x0, y0, x1, y1, ...)."""
+    return Box(int(rows[:, 0].min()), int(rows[:, 1].min()), int(rows[:, 2].max()), int(rows[:, 3].max()))
+
+
 def _matching_letters(boxes: np.ndarray, peaks: np.ndarray, contrast: np.ndarray, lines: list[TextLine],
                       max_height: int) -> list[Box]:
-    """Letter-shaped blobs drawn in the colour and size of one of the (horizontal) ``lines``' letters."""
+    """Letter-shaped blobs drawn in the colour and size of one of the ``lines``' letters (horizontal lines of the
+    blobs' own source)."""
     out: list[Box] = []
     h = boxes[:, 3] - boxes[:, 1]
     w = boxes[:, 2] - boxes[:, 0]
@@ -238,6 +241,6 @@ def _matching_letters(boxes: np.ndarray, peaks: np.ndarray, contrast: np.ndarray
     for row, peak, c, size in zip(boxes[keep], peaks[keep], contrast[keep], h[keep], strict=True):
         if any(ln.size * 0.6 <= size <= ln.size * 1.6
                and abs(ln.colour - int(peak)) <= max(PEAK_TOLERANCE, PEAK_SHARE * min(ln.contrast, int(c)))
-               for ln in lines if not ln.vertical):
+               for ln in lines):
             out.append(_box(row))
     return out

@@ -198,11 +198,10 @@ class _Finder:
         else:  # lines of letters are text; OCR judges only the short chains
             findings = text_lines(maps)
             lines = findings.text_boxes()
-            found += [(b, _along(b, shape)) for b in lines]
             self.result.line_boxes += len(lines)
-            padded = [b.pad(max(2, min(b.width, b.height) // 2), shape) for b in lines]
+            padded = [_half_letter(b, shape) for b in lines]
             unsure = [b for b in findings.unsure if sum(p.intersect(b) for p in padded) < 0.8 * b.area]
-            cands = merge_boxes([b.pad(max(2, min(b.width, b.height) // 2), shape) for b in unsure])
+            cands = merge_boxes([_half_letter(b, shape) for b in unsure])
         for cand in cands:
             if any(s.intersect(cand) >= 0.95 * cand.area for s in skip):
                 continue
@@ -224,14 +223,11 @@ class _Finder:
             for (pad, key, cand), boxes in zip(todo, per_crop, strict=True):
                 _cache_put(key, boxes)
                 found += _place(boxes, pad, cand)
-        if found:
-            fitted = [fit_strokes(b, maps, c.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
-                      for b, c in found]
-            fitted[:len(lines)] = [_kept_letters(t, b) for t, b in zip(fitted, lines, strict=False)]
-            found = [t for t in fitted if t is not None]
-        for b in found:
+        fitted = [_kept_letters(_fit(b, _along(b, shape), maps, shape), b) for b in lines]
+        fitted += [t for t in (_fit(b, c, maps, shape) for b, c in found) if t is not None]
+        for b in fitted:
             self.known.append(_Known(b, k))
-        return found
+        return fitted
 
     def _boxes(self, crops: list[np.ndarray]) -> list[list[Box]]:
         if self.options.mode == "all-text":
@@ -294,6 +290,16 @@ def _place(boxes: list[Box], pad: Box, cand: Box) -> list[tuple[Box, Box]]:
     return [(Box(b.x0 + pad.x0, b.y0 + pad.y0, b.x1 + pad.x0, b.y1 + pad.y0), cand) for b in boxes]
 
 
+def _fit(b: Box, limit: Box, maps: StrokeMaps, shape: tuple[int, int]) -> Box | None:
+    """A detected box fitted to its letters' pixels, within ``limit`` (plus two pixels)."""
+    return fit_strokes(b, maps, limit.pad(2, shape), reach=max(2, min(b.height, b.width) // 3))
+
+
+def _half_letter(b: Box, shape: tuple[int, int]) -> Box:
+    """``b`` with half its letter height around it (at least two pixels)."""
+    return b.pad(max(2, min(b.width, b.height) // 2), shape)
+
+
 def _kept_letters(fitted: Box | None, line: Box) -> Box:
     """A line's fitted box never loses the letters the line was found by: compression can leave a row of a
     letter, or the first letters of a word, fainter than the fit's threshold. Across the line the fit grows by
@@ -303,11 +309,11 @@ def _kept_letters(fitted: Box | None, line: Box) -> Box:
         return line
     turned = line.height > line.width
     if turned:
-        line, fitted = Box(line.y0, line.x0, line.y1, line.x1), Box(fitted.y0, fitted.x0, fitted.y1, fitted.x1)
+        line, fitted = line.transposed(), fitted.transposed()
     x0, x1 = (min(fitted.x0, line.x0), max(fitted.x1, line.x1)) if fitted.width < 0.97 * line.width else (
         fitted.x0, fitted.x1)
     out = Box(x0, max(min(fitted.y0, line.y0), fitted.y0 - 1), x1, min(max(fitted.y1, line.y1), fitted.y1 + 1))
-    return Box(out.y0, out.x0, out.y1, out.x1) if turned else out
+    return out.transposed() if turned else out
 
 
 def _along(b: Box, shape: tuple[int, int]) -> Box:
