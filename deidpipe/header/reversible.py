@@ -418,7 +418,9 @@ def load_private_key(path: str | Path, password: bytes | None = None) -> Private
         except UnsupportedAlgorithm:
             raise ReversibleError(f"{p}: private key uses an unsupported algorithm") from None
     if key is None:
-        if password_problem:
+        # A wrong password sometimes decrypts to bytes with valid padding (about 1 in 256 tries for CBC), and
+        # the loader then reports a parse error, not a password error: so ask whether the key is encrypted.
+        if password_problem or (password is not None and _is_encrypted(data)):
             raise ReversibleError(
                 f"{p}: private key cannot be opened: wrong or missing password "
                 "(give it in a file or DEIDPIPE_KEY_PASSWORD)"
@@ -427,6 +429,19 @@ def load_private_key(path: str | Path, password: bytes | None = None) -> Private
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ReversibleError(f"{p}: private key is not RSA; CMS key transport needs RSA")
     return key
+
+
+def _is_encrypted(data: bytes) -> bool:
+    """Whether ``data`` is a private key that needs a password (the loaders refuse it without one)."""
+    for loader in (serialization.load_pem_private_key, serialization.load_der_private_key):
+        try:
+            loader(data, password=None)
+        except TypeError:
+            return True
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        return False
+    return False
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
