@@ -9,6 +9,7 @@ own messages are kept out of the logs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import struct
@@ -22,10 +23,11 @@ from pydicom import config as pydicom_config
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -199,28 +201,97 @@ def _raw_header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes 
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
+#: VRs pydicom writes as the string in the default encoding whatever the character set (``write_string``).
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+#: VRs pydicom writes in the data set's character set (``write_text``; PN has a writer of its own).
+_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+#: Character sets in which ASCII text is encoded as ASCII (none of them switches code sets with escapes).
+_ASCII_CHARSETS = frozenset({default_encoding, "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+
+
+def _string_value(value: object, vr: str, ascii_text: bool) -> bytes | None:
+    """The bytes pydicom writes for a string element whose value is ASCII ``str`` (one value or several), or
+    None where its writer would do more (another type, other characters, a character set with escapes)."""
+    if vr not in _STRING_VRS and not (ascii_text and vr in _TEXT_VRS):
+        return None
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple | MultiValue) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        return None
+    if not text.isascii():
+        return None
+    if len(text) % 2:
+        text += "\0" if vr == "UI" else " "
+    return text.encode("ascii")
+
+
+def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: bool, ascii_text: bool) -> None:
+    """Write ``ds``'s elements ``tags`` as pydicom's ``write_data_element`` would. Raw elements (when ``raw``:
+    the data set keeps the encoding it was read with) and plain ASCII strings skip its per-element machinery:
+    their header is packed here and their bytes written; everything else goes through pydicom."""
+    implicit = fp.is_implicit_VR
+    encoding = ds.get("SpecificCharacterSet", default_encoding)
+    for tag in tags:
+        elem = ds._dict[tag]
+        value = None
+        if isinstance(elem, RawDataElement):
+            if raw and isinstance(elem.value, bytes) and elem.VR != "SQ" and elem.length == len(elem.value):
+                value = elem.value
+        elif elem.VR != "SQ" and not elem.is_undefined_length:
+            value = _string_value(elem.value, elem.VR, ascii_text)
+        if value is not None:
+            header = _raw_header(tag, elem.VR, len(value), implicit)
+            if header is not None:
+                fp.write(header)
+                fp.write(value)
+                continue
+        write_data_element(fp, ds.get_item(tag), encoding)
+
+
 def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:
-    """Write ``ds``'s elements as pydicom's ``write_dataset`` would, raw (unchanged) elements without its
-    per-element machinery: their header is packed here and their bytes copied. Returns False (and writes
-    nothing) where pydicom would re-encode anything: another encoding or character set than the one read."""
+    """Write ``ds``'s elements as pydicom's ``write_dataset`` would (see :func:`_write_elements`). Returns False
+    (and writes nothing) where pydicom would re-encode the kept elements: another encoding than the one read,
+    or another character set."""
     implicit, little = fp.is_implicit_VR, fp.is_little_endian
     if not little or ds.original_encoding != (implicit, little):
         return False
     if ds.original_character_set != ds._character_set:
         return False
-    encoding = ds.get("SpecificCharacterSet", default_encoding)
-    for tag in sorted(ds._dict):
-        if tag.element == 0 and tag.group > 6:
-            continue  # retired group lengths, as pydicom
-        elem = ds._dict[tag]
-        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR != "SQ":
-            header = _raw_header(tag, elem.VR, len(elem.value), implicit)
-            if header is not None and elem.length == len(elem.value):
-                fp.write(header)
-                fp.write(elem.value)
-                continue
-        write_data_element(fp, ds.get_item(tag), encoding)
+    charset = ds.get("SpecificCharacterSet")
+    ascii_text = charset is None or (isinstance(charset, str) and charset in _ASCII_CHARSETS)
+    # Retired group lengths (but the File Meta's) are dropped, as pydicom does.
+    tags = [tag for tag in sorted(ds._dict) if tag.element != 0 or tag.group <= 6]
+    _write_elements(fp, ds, tags, raw=True, ascii_text=ascii_text)
     return True
+
+
+def _write_file_meta(fp: DicomBytesIO, ds: Dataset) -> None:
+    """``ds``'s File Meta Information as ``save_as(enforce_file_format=True)`` writes it, ``ds`` unchanged: on a
+    copy, the SOP Class and Instance UIDs taken from the data set where they differ, pydicom's checks and
+    additions, then the group length and the elements."""
+    meta = FileMetaDataset()
+    for tag, elem in ds.file_meta._dict.items():
+        meta._dict[tag] = copy.copy(elem)
+    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        in_meta, in_ds = meta.get(meta_keyword), ds.get(keyword)
+        if in_meta is None or (in_ds and in_ds != in_meta):
+            setattr(meta, meta_keyword, in_ds)
+    validate_file_meta(meta, enforce_standard=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    _write_elements(body, meta, [t for t in sorted(meta._dict) if t != _GROUP_LENGTH], raw=False, ascii_text=True)
+    data = body.getvalue()
+    meta.FileMetaInformationGroupLength = len(data)
+    fp.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(data)))
+    fp.write(data)
+
+
+_GROUP_LENGTH = BaseTag(0x00020000)
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -233,7 +304,7 @@ def _encode(ds: Dataset) -> bytes:
             fp = DicomBytesIO()
             fp.write(getattr(ds, "preamble", None) or b"\0" * 128)
             fp.write(b"DICM")
-            write_file_meta_info(fp, meta, enforce_standard=True)
+            _write_file_meta(fp, ds)
             fp.is_little_endian, fp.is_implicit_VR = True, ts == ImplicitVRLittleEndian
             if _write_body(fp, ds):
                 return fp.getvalue()

@@ -81,4 +81,16 @@ def test_fast_encoder_writes_pydicoms_bytes(key):
             continue
         assert b"".join(encode_dataset(out)) == buf.getvalue(), Path(path).name
         compared += 1
+        # The file as read, with strings of several VRs set: same bytes, and its File Meta left as it was.
+        src = read_dataset(path)
+        src.StudyDescription, src.SeriesDate = "Study 1", "20200101"
+        src.ImageType, src.FrameOfReferenceUID = ["ORIGINAL", "PRIMARY", "AXIAL"], "1.2.3.45"
+        meta_before = copy.deepcopy(src.file_meta)
+        buf = io.BytesIO()
+        try:
+            write_dataset(copy.deepcopy(src), buf)
+        except Exception:  # noqa: BLE001 - pydicom cannot write some malformed files as read (no VR)
+            continue
+        assert b"".join(encode_dataset(src)) == buf.getvalue(), Path(path).name
+        assert src.file_meta == meta_before, Path(path).name
     assert compared >= 140

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from deidpipe.header.rules import (
@@ -31,7 +34,9 @@ RESIDUAL_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNu
 
 
 def _strings(ds: Dataset, keyword: str) -> list[str]:
-    elem = ds.data_element(keyword) if keyword in ds else None
+    tag = tag_for_keyword(keyword)
+    # Membership by the tag number in the element dict: ``keyword in ds`` converts the keyword on every call.
+    elem = ds[tag] if tag is not None and tag in ds._dict else None
     if elem is None or elem.value in (None, "", b""):
         return []
     values = elem.value if isinstance(elem.value, list | tuple) or elem.VM > 1 else [elem.value]
@@ -88,10 +93,14 @@ class ScrubContext:
     use_model: bool
     iod: IODAttributes | None = None  # the object's IOD, when the SOP class is known
     counts: Counter[str] = field(default_factory=Counter)
+    #: (element head, walk mode, top level) -> (action, set value, identifier kind). The decision is a pure
+    #: function of those, the policy and the IOD, so objects of one SOP class under one policy share it.
+    decisions: dict[tuple[Any, ...], tuple[str, Any, str | None]] = field(default_factory=dict)
 
     @classmethod
     def for_dataset(cls, ds: Dataset, policy: Policy, key: ProjectKey) -> ScrubContext:
         pkey = patient_key(ds)
+        sop_class = sop_class_of(ds)
         return cls(
             key=key,
             policy=policy,
@@ -101,5 +110,12 @@ class ScrubContext:
             shift_days=key.date_shift_days(pkey),
             denylist=DenyList.from_terms(identity_terms(ds)),
             use_model=policy.text_screening == "presidio",
-            iod=iod_for_sop_class(sop_class_of(ds)),
+            iod=iod_for_sop_class(sop_class),
+            decisions=_shared_decisions(policy, sop_class),
         )
+
+
+@lru_cache(maxsize=64)
+def _shared_decisions(policy: Policy, sop_class: str) -> dict[tuple[Any, ...], tuple[str, Any, str | None]]:
+    """One decision cache per (policy, SOP class): the rule table is fixed, the IOD follows the SOP class."""
+    return {}

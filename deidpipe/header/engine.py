@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
@@ -130,7 +130,7 @@ def residual_denylist(src: Dataset, policy: Policy) -> DenyList:
     """The object's name, IDs and accession number (whole values and name components), minus what the
     policy explicitly keeps."""
     keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
-    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if kw in src and src[kw].tag not in keep)
+    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if tag_for_keyword(kw) not in keep)
     return DenyList.from_terms(identity_terms(src, keywords, words=False))
 
 

@@ -30,15 +30,21 @@ MIN_TERM_LENGTH = 3  # shorter name parts ("Li", "Wu") would blank out ordinary 
 
 def date_variants(da: str) -> list[str]:
     """The ways people write a DICOM date ``YYYYMMDD`` in free text."""
+    return list(_date_variants(da))
+
+
+@lru_cache(maxsize=1024)
+def _date_variants(da: str) -> tuple[str, ...]:
+    # Cached: every object of a patient carries the same birth date, and twelve strftime calls add up.
     try:
         d = date(int(da[:4]), int(da[4:6]), int(da[6:8]))
     except (ValueError, IndexError):
-        return [da] if len(da) >= 6 else []
-    return [
+        return (da,) if len(da) >= 6 else ()
+    return (
         da, d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d/%m/%Y"), d.strftime("%d.%m.%Y"),
         d.strftime("%Y/%m/%d"), d.strftime("%d %b %Y"), d.strftime("%d %B %Y"), d.strftime("%B %d, %Y"),
         d.strftime("%b %d, %Y"), d.strftime("%m/%d/%y"), d.strftime("%d-%b-%Y"),
-    ]
+    )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import copy
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_is_retired, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -38,10 +39,10 @@ _TEXTUAL_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", 
                           "UI", "UR", "UT"})
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     """What an action is decided on: tag, VR, keyword, emptiness. Read without decoding the value, so that
-    elements kept as they are stay raw and are written back byte for byte (pydicom's fast path)."""
+    elements kept as they are stay raw and are written back byte for byte (pydicom's fast path).
+    A named tuple: one is made per element, and it keys the context's decision cache."""
 
     tag: BaseTag
     VR: str
@@ -182,10 +183,14 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     """
     stored = src._dict[tag]
     head = head_of(stored)
-    action, set_value = decide(head, ctx, mode, top_level)
-    kind = _identifiers().get(head.keyword)
-    if kind is not None and action in ("Z", "D") and not head.is_empty:
-        action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
+    decision = ctx.decisions.get((head, mode, top_level))
+    if decision is None:
+        action, set_value = decide(head, ctx, mode, top_level)
+        kind = _identifiers().get(head.keyword)
+        if kind is not None and action in ("Z", "D") and not head.is_empty:
+            action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
+        decision = ctx.decisions[(head, mode, top_level)] = (action, set_value, kind)
+    action, set_value, kind = decision
     if action in ("X", "K") or (action == "Z" and head.VR != "SQ"):
         ctx.counts[action] += 1
         if action == "X":
