@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
