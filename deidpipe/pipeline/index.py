@@ -28,10 +28,13 @@ from pydicom.tag import Tag
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
 from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.headscan import GiveUp, scan_header, text_value
 from deidpipe.pipeline.source import MAX_MEMBER_BYTES, SourceItem, SourceSpec, member_path, prefetch, read_member
 
 #: Media Storage Directory Storage: a DICOMDIR.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: Directory Record Sequence (0004,1220): only a DICOMDIR has one.
+DIRECTORY_RECORD_SEQUENCE = 0x00041220
 
 KIND_DICOM = "dicom"
 KIND_DICOMDIR = "dicomdir"
@@ -67,6 +70,7 @@ _HEADER_TAGS = [
     "Columns",
     "NumberOfFrames",
     "BurnedInAnnotation",
+    "DirectoryRecordSequence",
 ]
 _HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in _HEADER_TAGS]
 #: The header is parsed up to this tag (BurnedInAnnotation, the last one above) and no further.
@@ -117,8 +121,24 @@ def _is_part10(head: bytes | bytearray | memoryview) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: dict[str, Any]) -> pydicom.Dataset:
-    """Fill in size, mtime and content hash; return the header. A folder member is streamed."""
+_SCAN_TAGS = frozenset(int(t) for t in _HEADER_TAG_NUMBERS)
+
+
+def _header_facts(data: bytes | memoryview, complete: bool) -> dict[str, Any] | None:
+    """The facts from a byte scan of the header (:mod:`deidpipe.pipeline.headscan`); None where pydicom must
+    parse it."""
+    scan = scan_header(data, _SCAN_TAGS, int(_LAST_HEADER_TAG), complete=complete)
+    if scan is None:
+        return None
+    meta, found = scan
+    try:
+        return _facts_from_scan(meta, found)
+    except GiveUp:
+        return None
+
+
+def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: dict[str, Any]) -> dict[str, Any]:
+    """Fill in size, mtime and content hash; return the header facts. A folder member is streamed."""
     path = member_path(spec, item)
     if path is None:
         data = read_member(spec, item)
@@ -126,7 +146,8 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
         row["content_hash"] = content_hash(key, data)
         if not data:
             raise InputError(None, "is empty")
-        return _read_header(io.BytesIO(data), _is_part10(data))
+        return _header_facts(data, complete=True) or _facts_from_dataset(_read_header(io.BytesIO(data),
+                                                                                      _is_part10(data)))
     global _hash_buffer
     if item.size > MAX_MEMBER_BYTES:
         raise InputError(None, "file is too large to be a DICOM object this pipeline handles")
@@ -144,10 +165,13 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             size = 0
             part10 = False
             head = b""
+            facts = None
             while n := fh.readinto(view):
                 if size == 0:
                     part10 = _is_part10(view[:n])
-                    if item.size <= _HASH_CHUNK:  # the whole file: its header is parsed from these bytes
+                    # The header is read from the first chunk while it is in the buffer.
+                    facts = _header_facts(view[:n], complete=False) if part10 else None
+                    if item.size <= _HASH_CHUNK:  # the whole file: kept for pydicom, if it must parse
                         head = bytes(view[:n])
                 h.update(view[:n])
                 size += n
@@ -157,12 +181,16 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             row["content_hash"] = h.digest().hex()[:32]
             if not size:
                 raise InputError(None, "is empty")
+            if facts is None and part10 and len(head) == size:  # the header may end where the file ends
+                facts = _header_facts(head, complete=True)
+            if facts is not None:
+                return facts
             fh.seek(0)
         except OSError as exc:
             raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
         # A file that fit in the first chunk is parsed from memory (on a file object pydicom's position checks
         # cost a system call per element); a larger one from the file.
-        return _read_header(io.BytesIO(head) if len(head) == size else fh, part10)
+        return _facts_from_dataset(_read_header(io.BytesIO(head) if len(head) == size else fh, part10))
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
@@ -180,42 +208,99 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
+def _facts_from_dataset(ds: pydicom.Dataset) -> dict[str, Any]:
+    """The manifest's facts from a header pydicom parsed (original UIDs: the row gets their pseudonyms)."""
+    meta = getattr(ds, "file_meta", None)
+    return {
+        "sop_class_uid": _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else None),
+        "transfer_syntax": _text(meta, "TransferSyntaxUID") if meta else None,
+        "directory": "DirectoryRecordSequence" in ds,
+        "study_uid": _text(ds, "StudyInstanceUID"),
+        "series_uid": _text(ds, "SeriesInstanceUID"),
+        "instance_uid": _text(ds, "SOPInstanceUID"),
+        "modality": _text(ds, "Modality"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "frames": _int(ds, "NumberOfFrames"),
+        "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
+    }
+
+
+def _facts_from_scan(meta: dict[int, str], found: dict[int, tuple[bytes | None, bytes]]) -> dict[str, Any]:
+    """The same facts from a byte scan; raises :class:`GiveUp` where a value is not the plain kind (another VR
+    than the dictionary's, several values, a number pydicom would have to interpret)."""
+
+    def raw(keyword: str, vr: bytes) -> bytes | None:
+        entry = found.get(int(Tag(keyword)))
+        if entry is None:
+            return None
+        if entry[0] is not None and entry[0] != vr:
+            raise GiveUp
+        return entry[1]
+
+    def text(keyword: str, vr: bytes) -> str | None:
+        value = raw(keyword, vr)
+        return (text_value(value) or None) if value is not None else None
+
+    def us(keyword: str) -> int | None:
+        value = raw(keyword, b"US")
+        if not value:
+            return None
+        if len(value) != 2:
+            raise GiveUp
+        return int.from_bytes(value, "little")
+
+    frames_text = text("NumberOfFrames", b"IS")
+    if frames_text is not None and not frames_text.isdigit():
+        raise GiveUp
+    sop_class = text("SOPClassUID", b"UI") or meta.get(0x00020002) or None
+    if sop_class is None:
+        raise GiveUp  # nothing names a storable object: the full reader judges
+    return {
+        "sop_class_uid": sop_class,
+        "transfer_syntax": meta.get(0x00020010) or None,
+        "directory": DIRECTORY_RECORD_SEQUENCE in found,
+        "study_uid": text("StudyInstanceUID", b"UI"),
+        "series_uid": text("SeriesInstanceUID", b"UI"),
+        "instance_uid": text("SOPInstanceUID", b"UI"),
+        "modality": text("Modality", b"CS"),
+        "rows": us("Rows"),
+        "columns": us("Columns"),
+        "frames": int(frames_text) if frames_text is not None else None,
+        "burned_in_annotation": text("BurnedInAnnotation", b"CS"),
+    }
+
+
 def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str, Any]:
     """One manifest row for one source member (never raises for a bad input: the row says why)."""
     row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
     row.update(path=item.relpath, object_id=object_id(key, item.relpath), size=item.size)
     try:
-        ds = _hash_and_header(spec, key, item, row)
+        facts = _hash_and_header(spec, key, item, row)
     except InputError as exc:
         row.update(kind=KIND_INVALID, reason=exc.reason)
         return row
     except Exception as exc:  # noqa: BLE001 - fail closed: any surprise is a reason, never a crash
         row.update(kind=KIND_INVALID, reason=f"header cannot be read ({type(exc).__name__})")
         return row
-    meta = getattr(ds, "file_meta", None)
-    sop_class = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else None)
+    sop_class = facts["sop_class_uid"]
     row["sop_class_uid"] = sop_class
-    row["transfer_syntax"] = _text(meta, "TransferSyntaxUID") if meta else None
-    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+    row["transfer_syntax"] = facts["transfer_syntax"]
+    if sop_class == DICOMDIR_SOP_CLASS or facts["directory"]:
         row.update(kind=KIND_DICOMDIR, reason="DICOMDIR: not carried over (its file references and "
                    "patient records do not apply to the pseudonymised tree)")
         return row
-    for keyword, column in (
-        ("StudyInstanceUID", "study_uid"),
-        ("SeriesInstanceUID", "series_uid"),
-        ("SOPInstanceUID", "instance_uid"),
-    ):
-        value = _text(ds, keyword)
+    for column in ("study_uid", "series_uid", "instance_uid"):
+        value = facts[column]
         row[column] = key.uid(value) if value else None
-    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
-    frames = _int(ds, "NumberOfFrames")
+    rows, frames = facts["rows"], facts["frames"]
     row.update(
         kind=KIND_DICOM,
-        modality=_text(ds, "Modality"),
+        modality=facts["modality"],
         rows=rows,
-        columns=columns,
+        columns=facts["columns"],
         frames=frames if frames is not None else (1 if rows else None),
-        burned_in_annotation=_text(ds, "BurnedInAnnotation"),
+        burned_in_annotation=facts["burned_in_annotation"],
     )
     return row
 
