@@ -15,6 +15,7 @@ import logging
 import struct
 import warnings
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +33,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
+from deidpipe.plainread import parse_plain
 
 # pydicom's log lines quote values; nothing below WARNING of ours goes through, and pydicom's are silenced.
 logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
@@ -71,22 +73,25 @@ def _describe(exc: BaseException) -> str:
     return f"cannot be parsed ({type(exc).__name__})"
 
 
-def _check_structure(ds: Dataset, path: str | Path | None) -> None:
+def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False) -> None:
     """Check every element's length and VR, and parse every sequence, without decoding other values.
 
     pydicom reads a value shorter than its announced length without complaint: that is a truncated file,
     caught here. Values themselves are decoded later, only where de-identification changes them; elements
-    kept as they are go back to the output byte for byte.
+    kept as they are go back to the output byte for byte. ``checked``: the top level's lengths and VRs are
+    known to be sound (read by :mod:`deidpipe.plainread`), only its sequences are left to parse.
     """
     for tag in list(ds._dict):
         raw = ds._dict[tag]
-        if isinstance(raw, RawDataElement):
+        if checked and isinstance(raw, RawDataElement):
+            vr = raw.VR or dictionary_vr(tag)
+        elif isinstance(raw, RawDataElement):
             value, length = raw.value, raw.length
             if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
                 raise TruncatedError(path, f"file is truncated (inside element {tag})")
             if raw.VR is not None and raw.VR not in _KNOWN_VRS:
                 raise InvalidValueError(path, f"element {tag} has an unknown VR")
-            vr = raw.VR or _dictionary_vr(tag)
+            vr = raw.VR or dictionary_vr(tag)
         else:
             vr = raw.VR
         if vr == "SQ":
@@ -98,7 +103,9 @@ def _check_structure(ds: Dataset, path: str | Path | None) -> None:
                 _check_structure(item, path)
 
 
-def _dictionary_vr(tag: int) -> str:
+@cache
+def dictionary_vr(tag: int) -> str:
+    """The dictionary VR of a tag, "UN" for one the dictionary does not know (cached: asked per element)."""
     try:
         return dictionary_VR(tag)
     except KeyError:
@@ -106,14 +113,27 @@ def _dictionary_vr(tag: int) -> str:
 
 
 def read_dataset(
-    source: str | Path | BinaryIO, *, stop_before_pixels: bool = False, name: str | None = None
+    source: str | Path | BinaryIO | bytes, *, stop_before_pixels: bool = False, name: str | None = None
 ) -> FileDataset:
     """Read a DICOM file completely or raise a typed :class:`InputError` that names the file and the reason.
 
     Files without the 128-byte preamble and File Meta Information are accepted when what follows parses as a
-    plausible data set.
+    plausible data set. ``source`` may be the file's bytes: a plain file (see :mod:`deidpipe.plainread`) is
+    then read without pydicom's per-element reader, to the same data set.
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
+    if isinstance(source, bytes):
+        ds = None if stop_before_pixels else parse_plain(source)
+        if ds is None:
+            return read_dataset(io.BytesIO(source), stop_before_pixels=stop_before_pixels, name=name)
+        with quiet_pydicom():
+            try:
+                _check_structure(ds, label, checked=True)  # its sequences: parse_plain checked the rest
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as below
+                raise InputError(label, _describe(exc)) from None
+        return ds
     if isinstance(source, str | Path):
         p = Path(source)
         if p.is_dir():

@@ -21,12 +21,13 @@ import re
 from functools import cache
 from typing import NamedTuple
 
-from pydicom.datadict import dictionary_is_retired, dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_is_retired, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from deidpipe.dicomio import dictionary_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
@@ -54,18 +55,10 @@ def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or ""
 
 
-@cache
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-
-
 def head_of(stored: DataElement | RawDataElement) -> Head:
     """The :class:`Head` of a stored element, raw (undecoded) or already a DataElement."""
     tag = stored.tag
-    vr = stored.VR or _dictionary_vr(tag)
+    vr = stored.VR or dictionary_vr(tag)
     if isinstance(stored, RawDataElement):
         value = stored.value
         empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))

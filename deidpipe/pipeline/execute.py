@@ -12,7 +12,6 @@ object is quarantined instead of its neighbours.
 from __future__ import annotations
 
 import gc
-import io
 import logging
 import multiprocessing
 import os
@@ -153,7 +152,7 @@ def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
     t0 = time.perf_counter()
     try:
         data = _read_input(w, ctx)
-        w.ds = read_dataset(io.BytesIO(data))
+        w.ds = read_dataset(data)
         if keep_source:  # a later stage reads the original header values; held only then (memory, GC)
             w.source = w.ds
     except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on

@@ -28,8 +28,8 @@ from pydicom.tag import Tag
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
 from deidpipe.keys import ProjectKey
-from deidpipe.pipeline.headscan import GiveUp, scan_header, text_value
 from deidpipe.pipeline.source import MAX_MEMBER_BYTES, SourceItem, SourceSpec, member_path, prefetch, read_member
+from deidpipe.plainread import GiveUp, scan_elements
 
 #: Media Storage Directory Storage: a DICOMDIR.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -124,10 +124,20 @@ def _is_part10(head: bytes | bytearray | memoryview) -> bool:
 _SCAN_TAGS = frozenset(int(t) for t in _HEADER_TAG_NUMBERS)
 
 
+def text_value(raw: bytes) -> str:
+    """A single-valued string as pydicom gives it after ``str(value).strip()`` (trailing NUL and space padding
+    removed, then spaces); GiveUp where pydicom's decoding could differ (control characters, several values,
+    anything but printable ASCII)."""
+    text = raw.rstrip(b"\0 ").strip()
+    if not text.isascii() or b"\\" in text or any(c < 0x20 or c == 0x7F for c in text):
+        raise GiveUp
+    return text.decode("ascii")
+
+
 def _header_facts(data: bytes | memoryview, complete: bool) -> dict[str, Any] | None:
-    """The facts from a byte scan of the header (:mod:`deidpipe.pipeline.headscan`); None where pydicom must
-    parse it."""
-    scan = scan_header(data, _SCAN_TAGS, int(_LAST_HEADER_TAG), complete=complete)
+    """The facts from a byte scan of the header (:func:`deidpipe.plainread.scan_elements`); None where pydicom
+    must parse it."""
+    scan = scan_elements(data, _SCAN_TAGS, int(_LAST_HEADER_TAG), complete=complete)
     if scan is None:
         return None
     meta, found = scan
@@ -226,7 +236,7 @@ def _facts_from_dataset(ds: pydicom.Dataset) -> dict[str, Any]:
     }
 
 
-def _facts_from_scan(meta: dict[int, str], found: dict[int, tuple[bytes | None, bytes]]) -> dict[str, Any]:
+def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None, bytes]]) -> dict[str, Any]:
     """The same facts from a byte scan; raises :class:`GiveUp` where a value is not the plain kind (another VR
     than the dictionary's, several values, a number pydicom would have to interpret)."""
 
@@ -253,12 +263,12 @@ def _facts_from_scan(meta: dict[int, str], found: dict[int, tuple[bytes | None, 
     frames_text = text("NumberOfFrames", b"IS")
     if frames_text is not None and not frames_text.isdigit():
         raise GiveUp
-    sop_class = text("SOPClassUID", b"UI") or meta.get(0x00020002) or None
+    sop_class = text("SOPClassUID", b"UI") or text_value(meta.get(0x00020002, b"")) or None
     if sop_class is None:
         raise GiveUp  # nothing names a storable object: the full reader judges
     return {
         "sop_class_uid": sop_class,
-        "transfer_syntax": meta.get(0x00020010) or None,
+        "transfer_syntax": text_value(meta.get(0x00020010, b"")) or None,
         "directory": DIRECTORY_RECORD_SEQUENCE in found,
         "study_uid": text("StudyInstanceUID", b"UI"),
         "series_uid": text("SeriesInstanceUID", b"UI"),
