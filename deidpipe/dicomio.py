@@ -185,7 +185,7 @@ def _native_pixel_tail(ds: Dataset) -> tuple[bytes, bytes] | None:
     if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or not ds._dict:
         return None
     elem = ds._dict.get(_PIXEL_DATA)
-    if elem is None or max(ds._dict) != _PIXEL_DATA:
+    if elem is None or max(ds._dict, key=int) != _PIXEL_DATA:
         return None
     value = elem.value
     if not isinstance(value, bytes) or len(value) % 2 or len(value) >= 0xFFFFFFFF:
@@ -284,7 +284,7 @@ def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:
     charset = ds.get("SpecificCharacterSet")
     ascii_text = charset is None or (isinstance(charset, str) and charset in _ASCII_CHARSETS)
     # Retired group lengths (but the File Meta's) are dropped, as pydicom does.
-    tags = [tag for tag in sorted(ds._dict) if tag.element != 0 or tag.group <= 6]
+    tags = [tag for tag in sorted(ds._dict, key=int) if tag.element != 0 or tag.group <= 6]
     _write_elements(fp, ds, tags, raw=True, ascii_text=ascii_text)
     return True
 

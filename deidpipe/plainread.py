@@ -199,13 +199,13 @@ def parse_plain(data: bytes) -> FileDataset | None:
         implicit = _is_implicit(data[syntax[3]:syntax[3] + syntax[2]])
         elements = {raw.tag: raw for raw in (
             _raw(data, e, implicit) for e in _elements(data, pos, implicit, UNDEFINED, True, skip_sequences=False))}
-    except (GiveUp, struct.error, KeyError):
+        # As pydicom's read_dataset and read_partial finish.
+        dataset = Dataset(elements, parent_encoding=default_encoding)
+        encoding: str | list[str] = default_encoding
+        if 0x00080005 in elements:
+            encoding = convert_encodings(convert_raw_data_element(elements[BaseTag(0x00080005)]).value)
+    except Exception:  # noqa: BLE001 - GiveUp, or a value pydicom cannot decode: pydicom's to judge and report
         return None
-    # As pydicom's read_dataset and read_partial finish.
-    dataset = Dataset(elements, parent_encoding=default_encoding)
-    encoding: str | list[str] = default_encoding
-    if 0x00080005 in elements:
-        encoding = convert_encodings(convert_raw_data_element(elements[BaseTag(0x00080005)]).value)
     dataset.set_original_encoding(implicit, True, encoding)
     fp = io.BytesIO(data)
     fp.seek(len(data))

@@ -44,7 +44,7 @@ class Head(NamedTuple):
     elements kept as they are stay raw and are written back byte for byte (pydicom's fast path).
     A named tuple: one is made per element, and it keys the context's decision cache."""
 
-    tag: BaseTag
+    tag: int
     VR: str
     keyword: str
     is_empty: bool
@@ -57,7 +57,9 @@ def _keyword(tag: int) -> str:
 
 def head_of(stored: DataElement | RawDataElement) -> Head:
     """The :class:`Head` of a stored element, raw (undecoded) or already a DataElement."""
-    tag = stored.tag
+    # A plain int: the caches below (and the decision cache the Head keys) compare keys, and pydicom's BaseTag
+    # compares in Python.
+    tag = int(stored.tag)
     vr = stored.VR or dictionary_vr(tag)
     if isinstance(stored, RawDataElement):
         value = stored.value
@@ -255,7 +257,7 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level
     kept_blocks: set[tuple[int, int]] = set()
     removed_overlays: set[int] = set()
     safe_private = "RetainSafePrivate" in ctx.policy.options
-    for tag in sorted(src._dict):
+    for tag in sorted(src._dict, key=int):  # key=int: BaseTag's own comparison is Python code
         t = int(tag)
         group, element = t >> 16, t & 0xFFFF
         if element == 0x0000:
