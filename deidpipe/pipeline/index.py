@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,6 +74,7 @@ _HEADER_TAGS = [
     "DirectoryRecordSequence",
 ]
 _HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in _HEADER_TAGS]
+_TAG_OF = {keyword: int(Tag(keyword)) for keyword in _HEADER_TAGS}
 #: The header is parsed up to this tag (BurnedInAnnotation, the last one above) and no further.
 _LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
 #: Read size when streaming a file through the content hash (one buffer per process, reused).
@@ -124,12 +126,16 @@ def _is_part10(head: bytes | bytearray | memoryview) -> bool:
 _SCAN_TAGS = frozenset(int(t) for t in _HEADER_TAG_NUMBERS)
 
 
+#: Printable ASCII but the backslash (the value delimiter).
+_PRINTABLE_SINGLE = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+
+
 def text_value(raw: bytes) -> str:
     """A single-valued string as pydicom gives it after ``str(value).strip()`` (trailing NUL and space padding
     removed, then spaces); GiveUp where pydicom's decoding could differ (control characters, several values,
     anything but printable ASCII)."""
     text = raw.rstrip(b"\0 ").strip()
-    if not text.isascii() or b"\\" in text or any(c < 0x20 or c == 0x7F for c in text):
+    if not _PRINTABLE_SINGLE.fullmatch(text):
         raise GiveUp
     return text.decode("ascii")
 
@@ -241,7 +247,7 @@ def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None
     than the dictionary's, several values, a number pydicom would have to interpret)."""
 
     def raw(keyword: str, vr: bytes) -> bytes | None:
-        entry = found.get(int(Tag(keyword)))
+        entry = found.get(_TAG_OF[keyword])
         if entry is None:
             return None
         if entry[0] is not None and entry[0] != vr:
