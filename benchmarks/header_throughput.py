@@ -1,6 +1,6 @@
 """Header de-identification throughput: deidpipe beside the tools a user would otherwise pick.
 
-    python benchmarks/header_throughput.py [--files 2000] [--keep DIR] [--memory-check 20000]
+    python benchmarks/header_throughput.py [--files 2000] [--keep DIR] [--repeat 3] [--memory-check 20000]
 
 Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, half full 512x512), then runs, each
 in its own process on the same files: deidpipe with 1 worker and with all cores, pydicom/deid with its packaged
@@ -202,9 +202,23 @@ def measure(tool: str, corpus: Path, scratch: Path) -> dict:
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median time (the first error, if any run failed); peak memory is the highest seen."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    median = dict(ordered[len(ordered) // 2])
+    median.update(peak_mb=max(r["peak_mb"] for r in runs), peak_pss_mb=max(r["peak_pss_mb"] for r in runs),
+                  runs=len(runs))
+    return median
+
+
 def table(results: list[dict], nbytes: int, nfiles: int) -> str:
     floor = next((r for r in results if r["tool"] == "floor" and "error" not in r), None)
-    lines = [f"corpus: {nfiles} files, {nbytes / 1e6:.1f} MB, {len(os.sched_getaffinity(0))} cores", "",
+    repeat = max((r.get("runs", 1) for r in results), default=1)
+    each = f"; each tool's median of {repeat} runs" if repeat > 1 else ""
+    lines = [f"corpus: {nfiles} files, {nbytes / 1e6:.1f} MB, {len(os.sched_getaffinity(0))} cores{each}", "",
              f"{'tool':<26}{'files/s':>10}{'MB/s':>9}{'ms/file':>10}{'x floor':>9}{'peak RSS MB':>13}"
              f"{'peak PSS MB':>13}",
              "-" * 74]
@@ -236,6 +250,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep", type=Path, help="build (or reuse) the corpus here instead of a temporary folder")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="run every tool N times, round by round, and report each tool's median run")
     ap.add_argument("--memory-check", type=int, default=0, metavar="N",
                     help="also compare deidpipe's peak memory on N and N/10 small files")
     ap.add_argument("--tool", nargs=3, metavar=("TOOL", "CORPUS", "OUT"), help=argparse.SUPPRESS)
@@ -251,10 +267,18 @@ def main() -> None:
             build_corpus(corpus, args.files)
         files = corpus_files(corpus) if corpus.exists() else []
         nbytes = sum(f.stat().st_size for f in files)
-        results = []
-        for tool in filter(None, args.tools.split(",")):
-            print(f"running {tool} ...", flush=True)
-            results.append(measure(tool, corpus, scratch))
+        tools = [t for t in args.tools.split(",") if t]
+        runs: dict[str, list[dict]] = {t: [] for t in tools}
+        # Round by round, every tool once per round: drift in the machine's speed (it is shared) falls on all
+        # tools alike; each tool's median run is reported.
+        for round_no in range(args.repeat):
+            for tool in tools:
+                print(f"round {round_no + 1}/{args.repeat}: running {tool} ...", flush=True)
+                runs[tool].append(measure(tool, corpus, scratch))
+        results = [_median_run(runs[t]) for t in tools]
+        if args.repeat > 1:
+            print("\nseconds per run: " + "; ".join(
+                f"{t} " + ", ".join(f"{r['seconds']:.2f}" for r in runs[t] if "error" not in r) for t in tools))
         if results:
             print()
             print(table(results, nbytes, len(files)))
