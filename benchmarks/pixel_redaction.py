@@ -169,7 +169,7 @@ def ct_series(out: Path, n: int = 300, size: int = 512) -> None:
         ds.save_as(out / f"ct{i:04d}.dcm", enforce_file_format=True)
 
 
-def ct_overhead(n: int = 300, workers: int = 1, repeats: int = 3) -> tuple[float, float]:
+def ct_overhead(n: int = 300, workers: int = 1, repeats: int = 5) -> tuple[float, float]:
     """Seconds for ``deidpipe.run`` on an ``n``-slice CT series with no text: pixels off, pixels auto (best of
     ``repeats``, alternating)."""
     import deidpipe

@@ -229,6 +229,23 @@ _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _ASCII_CHARSETS = frozenset({default_encoding, "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
 
 
+#: Struct formats of the integer VRs pydicom's ``write_numbers`` packs.
+_INT_FORMATS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i"}
+
+
+def _plain_value(value: object, vr: str, ascii_text: bool) -> bytes | None:
+    """The bytes pydicom writes for a plain value: one ``int`` of an integer VR, or see :func:`_string_value`."""
+    fmt = _INT_FORMATS.get(vr)
+    if fmt is None:
+        return _string_value(value, vr, ascii_text)
+    if type(value) is not int:
+        return None  # several values, another type, or empty: pydicom's writer
+    try:
+        return struct.pack(fmt, value)
+    except struct.error:
+        return None  # out of range: pydicom's writer reports it
+
+
 def _string_value(value: object, vr: str, ascii_text: bool) -> bytes | None:
     """The bytes pydicom writes for a string element whose value is ASCII ``str`` (one value or several), or
     None where its writer would do more (another type, other characters, a character set with escapes)."""
@@ -250,9 +267,11 @@ def _string_value(value: object, vr: str, ascii_text: bool) -> bytes | None:
 
 
 def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: bool, ascii_text: bool) -> None:
-    """Write ``ds``'s elements ``tags`` as pydicom's ``write_data_element`` would. Raw elements (when ``raw``:
-    the data set keeps the encoding it was read with) and plain ASCII strings skip its per-element machinery:
-    their header is packed here and their bytes written; everything else goes through pydicom."""
+    """Write ``ds``'s elements ``tags`` as pydicom's ``write_data_element`` would.
+
+    Raw elements (when ``raw``: the data set keeps the encoding it was read with), plain ASCII strings and single
+    integers skip its per-element machinery: their header is packed here and their bytes written. Everything
+    else goes through pydicom."""
     implicit = fp.is_implicit_VR
     encoding = ds.get("SpecificCharacterSet", default_encoding)
     for tag in tags:
@@ -262,7 +281,7 @@ def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: boo
             if raw and isinstance(elem.value, bytes) and elem.VR != "SQ" and elem.length == len(elem.value):
                 value = elem.value
         elif elem.VR != "SQ" and not elem.is_undefined_length:
-            value = _string_value(elem.value, elem.VR, ascii_text)
+            value = _plain_value(elem.value, elem.VR, ascii_text)
         if value is not None:
             header = _raw_header(tag, elem.VR, len(value), implicit)
             if header is not None:

@@ -85,6 +85,9 @@ def test_fast_encoder_writes_pydicoms_bytes(key):
         src = read_dataset(path)
         src.StudyDescription, src.SeriesDate = "Study 1", "20200101"
         src.ImageType, src.FrameOfReferenceUID = ["ORIGINAL", "PRIMARY", "AXIAL"], "1.2.3.45"
+        for keyword in ("Rows", "Columns", "BitsAllocated"):  # decoded: integers, not raw bytes
+            if keyword in src:
+                src[keyword].value  # noqa: B018 - the access decodes the element in place
         meta_before = copy.deepcopy(src.file_meta)
         buf = io.BytesIO()
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -115,18 +116,23 @@ def _str_values(ds: Dataset, keyword: str) -> list[str]:
     return [str(x).upper() for x in (v if isinstance(v, list | tuple) or getattr(v, "VM", 1) > 1 else [v])]
 
 
-def text_likely(ds: Dataset) -> str | None:
-    """Why ``ds``'s header makes burned-in text likely, or None."""
+@lru_cache(maxsize=256)
+def _sop_class_name(uid: str) -> str:
     from pydicom.uid import UID
 
+    return UID(uid).name.lower()
+
+
+def text_likely(ds: Dataset) -> str | None:
+    """Why ``ds``'s header makes burned-in text likely, or None."""
     modality = str(ds.get("Modality", "") or "").upper()
-    sop_name = UID(str(ds.get("SOPClassUID", "") or "")).name.lower()
-    image_type = _str_values(ds, "ImageType")
     burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
     if burned == "YES":
         return "BurnedInAnnotation YES"
     if modality in TEXT_MODALITIES:
         return "modality"
+    sop_name = _sop_class_name(str(ds.get("SOPClassUID", "") or ""))
+    image_type = _str_values(ds, "ImageType")
     if "secondary capture" in sop_name or any(t in ("SECONDARY", "SCREEN SAVE", "SCREENSHOT") for t in image_type):
         return "secondary capture"
     if "multi-frame" in sop_name or int(ds.get("NumberOfFrames", 1) or 1) > 1 and modality not in ("CT", "MR", "PT"):
