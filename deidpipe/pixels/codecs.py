@@ -71,8 +71,13 @@ def transfer_syntax_of(ds: Dataset) -> UID:
     return UID(ts)
 
 
+#: Pixel Data (7FE0,0010), Rows (0028,0010), Columns (0028,0011).
+_IMAGE_TAGS = (0x7FE00010, 0x00280010, 0x00280011)
+
+
 def has_pixels(ds: Dataset) -> bool:
-    return "PixelData" in ds and "Rows" in ds and "Columns" in ds
+    """Whether ``ds`` has Pixel Data, Rows and Columns (looked up by tag number: asked for every object)."""
+    return all(tag in ds._dict for tag in _IMAGE_TAGS)
 
 
 def decode(ds: Dataset) -> Decoded:
