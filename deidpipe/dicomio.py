@@ -123,7 +123,8 @@ def read_dataset(
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
     if isinstance(source, bytes):
-        ds = None if stop_before_pixels else parse_plain(source)
+        with quiet_pydicom():  # it decodes the File Meta and the character set
+            ds = None if stop_before_pixels else parse_plain(source)
         if ds is None:
             return read_dataset(io.BytesIO(source), stop_before_pixels=stop_before_pixels, name=name)
         with quiet_pydicom():
@@ -278,7 +279,9 @@ def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: boo
         elem = ds._dict[tag]
         value = None
         if isinstance(elem, RawDataElement):
-            if raw and isinstance(elem.value, bytes) and elem.VR != "SQ" and elem.length == len(elem.value):
+            # Odd-length Pixel Data is not copied: pydicom decodes it before writing, and pads it.
+            if (raw and isinstance(elem.value, bytes) and elem.VR != "SQ" and elem.length == len(elem.value)
+                    and not (tag == _PIXEL_DATA and len(elem.value) % 2)):
                 value = elem.value
         elif elem.VR != "SQ" and not elem.is_undefined_length:
             value = _plain_value(elem.value, elem.VR, ascii_text)
@@ -288,7 +291,8 @@ def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: boo
                 fp.write(header)
                 fp.write(value)
                 continue
-        write_data_element(fp, ds.get_item(tag), encoding)
+        # Pixel Data decoded, as pydicom's dcmwrite has it (it pads an odd length); the rest as stored.
+        write_data_element(fp, ds[tag] if tag == _PIXEL_DATA else ds.get_item(tag), encoding)
 
 
 def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:

@@ -26,6 +26,7 @@ import struct
 from collections.abc import Iterator
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
@@ -98,6 +99,17 @@ def _meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
     return found, pos
 
 
+def _is_sequence(tag: int, vr: bytes | None) -> bool:
+    """Whether an element of undefined length is a sequence: by its VR, or in Implicit VR by the dictionary
+    (pydicom reads any other such element up to a delimiter, which this module does not)."""
+    if vr is not None:
+        return vr == b"SQ"
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
 def _is_implicit(syntax: bytes) -> bool:
     """Whether a plain transfer syntax is implicit VR; GiveUp for any other."""
     uid = syntax.rstrip(b"\0 ").decode("ascii", "replace")
@@ -138,9 +150,11 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
             raise GiveUp
         first = False
         if length == UNDEFINED:
-            if not skip_sequences or (vr is not None and vr != b"SQ"):
+            if not skip_sequences or not _is_sequence(tag, vr):
                 raise GiveUp
-            pos = _skip_undefined(data, value_pos, implicit)
+            after = _skip_undefined(data, value_pos, implicit)
+            yield tag, vr, UNDEFINED, value_pos  # present, its value not read
+            pos = after
             continue
         if value_pos + length > size:
             raise GiveUp
@@ -149,17 +163,18 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
 
 
 def scan_elements(data: bytes | memoryview, wanted: frozenset[int], last: int, *, complete: bool,
-                  ) -> tuple[dict[int, bytes], dict[int, tuple[bytes | None, bytes]]] | None:
+                  ) -> tuple[dict[int, bytes], dict[int, tuple[bytes | None, bytes | None]]] | None:
     """The File Meta's raw values, and the (VR as read, raw value) of the ``wanted`` top-level tags, reading no
-    further than ``last``. ``complete`` says whether ``data`` is the whole file (else its first bytes:
-    running out of them is not the end of the header). None where pydicom has to judge."""
+    further than ``last``; a sequence of undefined length is there with the value None. ``complete`` says
+    whether ``data`` is the whole file (else its first bytes: running out of them is not the end of the
+    header). None where pydicom has to judge."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         return None
     try:
         meta_elements, pos = _meta_elements(data)
         meta = {tag: bytes(data[p:p + n]) for tag, (_, _, n, p) in meta_elements.items()}
         implicit = _is_implicit(meta.get(0x00020010, b""))
-        found = {tag: (vr, bytes(data[p:p + n]))
+        found = {tag: (vr, None if n == UNDEFINED else bytes(data[p:p + n]))
                  for tag, vr, n, p in _elements(data, pos, implicit, last, complete, skip_sequences=True)
                  if tag in wanted}
         return meta, found

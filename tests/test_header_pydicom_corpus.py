@@ -97,3 +97,30 @@ def test_fast_encoder_writes_pydicoms_bytes(key):
         assert b"".join(encode_dataset(src)) == buf.getvalue(), Path(path).name
         assert src.file_meta == meta_before, Path(path).name
     assert compared >= 140
+
+
+def test_fast_encoder_pads_odd_pixel_data_as_pydicom_does():
+    """Odd-length native Pixel Data (invalid, but readable): pydicom pads it when writing; so does
+    encode_dataset, rather than copying the raw bytes."""
+    import copy
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    from deidpipe.dicomio import encode_dataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, "1.2.3.4"
+    ds.Modality, ds.Rows, ds.Columns = "OT", 1, 3
+    ds.add_new(0x7FE00010, "OB", b"\x01\x02\x03")
+    buf = io.BytesIO()
+    write_dataset(ds, buf)
+    data = buf.getvalue()
+    assert data.endswith(b"\x04\0\0\0\x01\x02\x03\0")  # Pixel Data, the last element, padded by pydicom
+    odd = read_dataset(data[:-8] + b"\x03\0\0\0\x01\x02\x03")  # as a careless writer leaves it
+    expected = io.BytesIO()
+    write_dataset(copy.deepcopy(odd), expected)
+    assert b"".join(encode_dataset(odd)) == expected.getvalue()

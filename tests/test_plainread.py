@@ -74,9 +74,21 @@ def test_scan_agrees_with_pydicom_on_bundled_files() -> None:
     assert scanned >= 140 and left_to_pydicom >= 10
 
 
-def _part10(body: bytes, syntax: bytes = b"1.2.840.10008.1.2.1\0") -> bytes:
-    meta = b"\x02\x00\x10\x00UI" + len(syntax).to_bytes(2, "little") + syntax
+def _part10(body: bytes, syntax: bytes = b"1.2.840.10008.1.2.1\0", sop_class: bytes = b"") -> bytes:
+    meta = b""
+    if sop_class:
+        meta += b"\x02\x00\x02\x00UI" + len(sop_class).to_bytes(2, "little") + sop_class
+    meta += b"\x02\x00\x10\x00UI" + len(syntax).to_bytes(2, "little") + syntax
     return b"\0" * 128 + b"DICM" + meta + body
+
+
+def test_a_directory_record_sequence_of_undefined_length_is_seen() -> None:
+    """A DICOMDIR whose File Meta names another SOP class is still told by its Directory Record Sequence."""
+    records = b"\x04\x00\x20\x12SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    data = _part10(records + b"\x08\x00\x60\x00CS\x02\x00CT", sop_class=b"1.2.840.10008.5.1.4.1.1.2\0")
+    facts = _header_facts(data, complete=True)
+    assert facts is not None and facts["directory"]
+    assert facts == _facts_from_dataset(_read_header(io.BytesIO(data), True))
 
 
 def test_scan_skips_undefined_length_sequences_and_gives_up_on_odd_bytes() -> None:

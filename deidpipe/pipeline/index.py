@@ -242,7 +242,7 @@ def _facts_from_dataset(ds: pydicom.Dataset) -> dict[str, Any]:
     }
 
 
-def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None, bytes]]) -> dict[str, Any]:
+def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None, bytes | None]]) -> dict[str, Any]:
     """The same facts from a byte scan; raises :class:`GiveUp` where a value is not the plain kind (another VR
     than the dictionary's, several values, a number pydicom would have to interpret)."""
 
@@ -250,8 +250,8 @@ def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None
         entry = found.get(_TAG_OF[keyword])
         if entry is None:
             return None
-        if entry[0] is not None and entry[0] != vr:
-            raise GiveUp
+        if (entry[0] is not None and entry[0] != vr) or entry[1] is None:
+            raise GiveUp  # another VR than the dictionary's, or a sequence where a value belongs
         return entry[1]
 
     def text(keyword: str, vr: bytes) -> str | None:
