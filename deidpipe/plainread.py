@@ -172,6 +172,8 @@ def scan_elements(data: bytes | memoryview, wanted: frozenset[int], last: int, *
         return None
     try:
         meta_elements, pos = _meta_elements(data)
+        if any(vr != b"UI" for tag, vr, _, _ in meta_elements.values() if tag in (0x00020002, 0x00020010)):
+            return None  # a UID in another VR: pydicom decodes it its own way
         meta = {tag: bytes(data[p:p + n]) for tag, (_, _, n, p) in meta_elements.items()}
         implicit = _is_implicit(meta.get(0x00020010, b""))
         found = {tag: (vr, None if n == UNDEFINED else bytes(data[p:p + n]))
