@@ -3,7 +3,8 @@
 pydicom's reader spends a few microseconds of Python per element, which at a couple of hundred elements per
 header is most of the cost of reading a CT slice. Most files are plain: a preamble, File Meta Information, and a
 data set in Explicit or Implicit VR Little Endian (the encapsulated transfer syntaxes included, whose data sets
-are Explicit VR Little Endian) whose top-level elements all have a defined length and a VR pydicom knows. For
+are Explicit VR Little Endian) whose top-level elements all have a defined length and a VR pydicom knows, but
+for encapsulated Pixel Data, whose items are walked by their lengths as pydicom does. For
 those this module walks the elements with one ``struct`` call each.
 
 Two uses:
@@ -41,6 +42,8 @@ _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", 
 _VR_TEXT = {vr: vr.decode() for vr in _LONG_VRS | _SHORT_VRS}
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_ITEM_BYTES, _SEQUENCE_END_BYTES = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+_PIXEL_DATA = 0x7FE00010
 _HEADER = struct.Struct("<HH2sH")
 _UINT32 = struct.Struct("<I")
 
@@ -83,6 +86,21 @@ def _skip_undefined(data: bytes | memoryview, pos: int, implicit: bool) -> int:
             if tag == _ITEM_END:
                 break
             pos = _skip_undefined(data, pos, implicit) if length == UNDEFINED else pos + length
+
+
+def _encapsulated_end(data: bytes | memoryview, pos: int) -> int:
+    """Where the Sequence Delimitation Item of encapsulated Pixel Data whose first item starts at ``pos`` is.
+    Items are walked by their lengths, as pydicom first does; where it would fall back to searching the bytes
+    for the delimiter (a tag that is not an item, a length past the end), GiveUp."""
+    size = len(data)
+    while pos + 8 <= size:
+        tag_bytes = bytes(data[pos:pos + 4])
+        if tag_bytes == _SEQUENCE_END_BYTES:
+            return pos
+        if tag_bytes != _ITEM_BYTES:
+            break
+        pos += 8 + _UINT32.unpack_from(data, pos + 4)[0]
+    raise GiveUp
 
 
 def _meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
@@ -150,6 +168,11 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
             raise GiveUp
         first = False
         if length == UNDEFINED:
+            if tag == _PIXEL_DATA and vr in (b"OB", b"OW"):  # encapsulated (compressed) frames
+                after = _encapsulated_end(data, value_pos) + 8
+                yield tag, vr, UNDEFINED, value_pos
+                pos = after
+                continue
             if not skip_sequences or not _is_sequence(tag, vr):
                 raise GiveUp
             after = _skip_undefined(data, value_pos, implicit)
@@ -185,10 +208,14 @@ def scan_elements(data: bytes | memoryview, wanted: frozenset[int], last: int, *
 
 
 def _raw(data: bytes, element: Element, implicit: bool) -> RawDataElement:
-    """The RawDataElement pydicom's generator yields for an element of defined length."""
+    """The RawDataElement pydicom's generator yields for an element of defined length, or for encapsulated
+    Pixel Data (its items, up to the Sequence Delimitation Item)."""
     tag, vr_bytes, length, value_pos = element
     vr = None if vr_bytes is None else _VR_TEXT[vr_bytes]
-    value = data[value_pos:value_pos + length] if length else empty_value_for_VR(vr, raw=True)
+    if length == UNDEFINED:
+        value = data[value_pos:_encapsulated_end(data, value_pos)]
+    else:
+        value = data[value_pos:value_pos + length] if length else empty_value_for_VR(vr, raw=True)
     # tuple.__new__: the named tuple's own constructor is a Python function, a measurable cost per element.
     return _new_tuple(RawDataElement, (BaseTag(tag), vr, length, value, value_pos, implicit, True, True, False))
 
