@@ -142,12 +142,17 @@ def test_multiframe_every_frame(redacted):
     assert "113101" in codes
 
 
-def test_phi_mode_keeps_labels(burned, ocr):
+def _redacted_us_grey(burned, options: PixelOptions):
+    """The grey ultrasound image of the burned set, redacted with ``options``: its key entry and its frames."""
     root, key = burned
     f = next(f for f in key.files if f.variant == "us_grey")
     ds = pydicom.dcmread(root / f.path)
-    redact_dataset(ds, PixelOptions(mode="phi"), source=copy.deepcopy(ds))
-    after = decode(ds).frames
+    redact_dataset(ds, options, source=copy.deepcopy(ds))
+    return f, decode(ds).frames
+
+
+def test_phi_mode_keeps_labels(burned, ocr):
+    f, after = _redacted_us_grey(burned, PixelOptions(mode="phi"))
     labels = [w for w in f.words if w.kind == "label" and len(w.text) > 1]
     phi = [w for w in f.words if w.kind == "phi"]
     assert sum(_blacked(after, w.box) >= 0.95 for w in phi) >= len(phi) // 2  # phi-mode recall: see docs
@@ -305,9 +310,5 @@ def test_lines_find_text_and_not_noise():
 
 def test_ocr_detector_still_finds_the_words(burned, ocr):
     """``detector: ocr`` (every candidate to CRAFT) blacks the planted PHI of a grey ultrasound image too."""
-    root, key = burned
-    f = next(f for f in key.files if f.variant == "us_grey")
-    ds = pydicom.dcmread(root / f.path)
-    redact_dataset(ds, PixelOptions(detector="ocr"), source=copy.deepcopy(ds))
-    after = decode(ds).frames
+    f, after = _redacted_us_grey(burned, PixelOptions(detector="ocr"))
     assert all(_blacked(after, w.box) >= 0.95 for w in f.words if w.kind == "phi")
