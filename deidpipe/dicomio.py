@@ -123,18 +123,17 @@ def read_dataset(
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
     if isinstance(source, bytes):
-        with quiet_pydicom():  # it decodes the File Meta and the character set
+        with quiet_pydicom():  # parse_plain decodes the File Meta and the character set
             ds = None if stop_before_pixels else parse_plain(source)
-        if ds is None:
-            return read_dataset(io.BytesIO(source), stop_before_pixels=stop_before_pixels, name=name)
-        with quiet_pydicom():
-            try:
-                _check_structure(ds, label, checked=True)  # its sequences: parse_plain checked the rest
-            except InputError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - as below
-                raise InputError(label, _describe(exc)) from None
-        return ds
+            if ds is not None:
+                try:
+                    _check_structure(ds, label, checked=True)  # its sequences: parse_plain checked the rest
+                except InputError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - as below
+                    raise InputError(label, _describe(exc)) from None
+                return ds
+        return read_dataset(io.BytesIO(source), stop_before_pixels=stop_before_pixels, name=name)
     if isinstance(source, str | Path):
         p = Path(source)
         if p.is_dir():
