@@ -11,6 +11,7 @@ Nothing here writes to the source.
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -83,22 +84,34 @@ def iter_items(spec: SourceSpec, *, with_data: bool | None = None) -> Iterator[S
 
 
 def _iter_folder(root: Path) -> Iterator[SourceItem]:
-    # os.walk in sorted order, not following directory links (no loops, no escaping the tree).
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.stat(full)
-            except OSError:
-                size = -1  # a dangling link or a file that vanished: listed, then quarantined as unreadable
-            else:
-                size = st.st_size
-                if not os.path.isfile(full):
-                    continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            yield SourceItem(rel, size)
+    """Every regular file below ``root``, by sorted relative path within each folder, a folder's files before
+    its subfolders. Links to files are followed; links to folders are not (no loops, no escaping the tree)."""
+    yield from _walk(str(root), "")
+
+
+def _walk(folder: str, rel_dir: str) -> Iterator[SourceItem]:
+    # os.scandir rather than os.walk: its entries know whether they are folders without a stat of their own.
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return  # an unreadable folder is passed over, as os.walk does
+    subfolders = []
+    for entry in entries:
+        if entry.is_dir():  # follows links, like os.walk: a linked folder is neither walked nor listed
+            if not entry.is_symlink():
+                subfolders.append(entry)
+            continue
+        rel = entry.name if not rel_dir else f"{rel_dir}/{entry.name}"
+        try:
+            st = entry.stat()
+        except OSError:
+            yield SourceItem(rel, -1)  # a dangling link or a file that vanished: listed, then quarantined
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield SourceItem(rel, st.st_size)
+    for entry in subfolders:
+        yield from _walk(entry.path, entry.name if not rel_dir else f"{rel_dir}/{entry.name}")
 
 
 def _iter_zip(path: str) -> Iterator[SourceItem]:
