@@ -307,3 +307,24 @@ def test_encode_dataset_pieces_equal_pydicom_bytes(archive, key):
             assert b"".join(parts) == ref.getvalue()
             split += len(parts) > 1
     assert split > 0
+
+
+def test_folder_listing_order_and_links(tmp_path: Path) -> None:
+    """Files by sorted name, a folder's files before its subfolders; a linked file is listed, a linked folder
+    is not walked (no loops, nothing outside the tree), a dangling link is listed with size -1."""
+    from deidpipe.pipeline.source import _iter_folder
+
+    root = tmp_path / "src"
+    (root / "b").mkdir(parents=True)
+    (root / "a").mkdir()
+    (root / "z.dcm").write_bytes(b"12")
+    (root / "a" / "y.dcm").write_bytes(b"123")
+    (root / "b" / "x.dcm").write_bytes(b"1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dcm").write_bytes(b"1234")
+    (root / "linked_folder").symlink_to(outside)
+    (root / "linked_file.dcm").symlink_to(root / "z.dcm")
+    (root / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    listed = [(i.relpath, i.size) for i in _iter_folder(root)]
+    assert listed == [("dangling.dcm", -1), ("linked_file.dcm", 2), ("z.dcm", 2), ("a/y.dcm", 3), ("b/x.dcm", 1)]
