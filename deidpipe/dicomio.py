@@ -15,14 +15,13 @@ import logging
 import struct
 import warnings
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
 from pydicom import config as pydicom_config
 from pydicom.charset import default_encoding
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import InvalidDicomError
@@ -33,7 +32,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
-from deidpipe.plainread import parse_plain
+from deidpipe.plainread import dictionary_vr, parse_plain
 
 # pydicom's log lines quote values; nothing below WARNING of ours goes through, and pydicom's are silenced.
 logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
@@ -101,15 +100,6 @@ def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = Fa
                 raise InvalidValueError(path, f"sequence {tag} {_describe(exc)}") from None
             for item in items:
                 _check_structure(item, path)
-
-
-@cache
-def dictionary_vr(tag: int) -> str:
-    """The dictionary VR of a tag, "UN" for one the dictionary does not know (cached: asked per element)."""
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
 
 
 def read_dataset(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
+from functools import cache
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
@@ -117,15 +118,19 @@ def _meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
     return found, pos
 
 
+@cache
+def dictionary_vr(tag: int) -> str:
+    """The dictionary VR of a tag, "UN" for one the dictionary does not know (cached: asked per element)."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
 def _is_sequence(tag: int, vr: bytes | None) -> bool:
     """Whether an element of undefined length is a sequence: by its VR, or in Implicit VR by the dictionary
     (pydicom reads any other such element up to a delimiter, which this module does not)."""
-    if vr is not None:
-        return vr == b"SQ"
-    try:
-        return dictionary_VR(tag) == "SQ"
-    except KeyError:
-        return False
+    return vr == b"SQ" if vr is not None else dictionary_vr(tag) == "SQ"
 
 
 def _is_implicit(syntax: bytes) -> bool:

@@ -27,11 +27,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deidpipe.dicomio import dictionary_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.rules import load_rule_file, resolve_compound
+from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import is_known_tag
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
