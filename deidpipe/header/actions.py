@@ -6,10 +6,13 @@ new value; none of them logs or raises with a value in the message.
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from typing import Any
 
+from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 
@@ -40,10 +43,24 @@ def _fit(vr: str, text: str) -> str:
 
 
 # -- UIDs ---------------------------------------------------------------------------------------------------
+#: PS3.5 9.1: components of digits separated by periods, at most 64 characters (leading zeros tolerated: some
+#: exporters write them, and digits cannot carry a name).
+_UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid_text(value: str) -> bool:
+    """Whether ``value`` has the form of a UID. Anything else in a UI element (a name, an ID with letters) is
+    data a hostile or broken file put there, and is never kept as it is."""
+    return len(value) <= 64 and _UID_TEXT.fullmatch(value) is not None
+
+
 def is_mappable_uid(keyword: str, value: str) -> bool:
-    """True for a UID that identifies an instance; False for class, syntax and other well-known UIDs."""
+    """True for a UID that identifies an instance; False for class, syntax and other well-known UIDs. A value
+    that is not a UID at all is mapped whatever the attribute: its text must not survive."""
     if not value:
         return False
+    if not is_uid_text(value):
+        return True
     if keyword.endswith(("ClassUID", "SyntaxUID")) or keyword in ("CodingSchemeUID",):
         return False
     return value not in UID_dictionary
@@ -56,6 +73,26 @@ def map_uids(elem: DataElement, ctx: ScrubContext) -> Any:
         s = str(v).strip().rstrip("\x00") if v is not None else ""
         out.append(ctx.key.uid(s) if is_mappable_uid(elem.keyword, s) else v)
     return _pack(elem, out)
+
+
+# -- character sets ---------------------------------------------------------------------------------------
+def clean_character_set(ds: Dataset) -> int:
+    """Drop the terms of Specific Character Set (0008,0005) that are not defined terms (PS3.3 C.12.1.1.2); the
+    element goes when none is left. The value is kept by the profile, so a name put there would go out as it is;
+    pydicom decodes the text with its default for an unknown term anyway, so dropping it changes no value.
+    Returns the number of terms dropped."""
+    elem = ds.get("SpecificCharacterSet")
+    if elem is None:
+        return 0
+    terms = [str(t).strip() for t in (elem if isinstance(elem, MultiValue | list | tuple) else [elem])]
+    valid = [t for t in terms if t in python_encoding or t == ""]
+    dropped = len(terms) - len(valid)
+    if dropped:
+        if any(valid):
+            ds.SpecificCharacterSet = valid if len(valid) > 1 else valid[0]
+        else:
+            del ds.SpecificCharacterSet
+    return dropped
 
 
 # -- dates --------------------------------------------------------------------------------------------------

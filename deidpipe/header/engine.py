@@ -23,11 +23,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaSto
 import deidpipe
 from deidpipe.dicomio import quiet_pydicom
 from deidpipe.errors import DeidError, InputError
+from deidpipe.header.actions import clean_character_set, is_uid_text
 from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList
 from deidpipe.header.walk import decoded, head_of, never_screened_keywords, scrub_dataset
 from deidpipe.keys import ProjectKey
+from deidpipe.pixelcheck import INCOMPLETE_ACTION, pixel_data_problem
 from deidpipe.policy import Policy, is_known_tag
 
 #: Implementation Class UID (0002,0012) of files written by deidpipe: 2.25 + a fixed 128-bit number.
@@ -35,6 +37,9 @@ IMPLEMENTATION_CLASS_UID = "2.25.215806209617355374052498211498738711649"
 IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{deidpipe.__version__.replace('.', '_')}"[:16]
 # CS is left out: 16 upper-case characters of a defined term cannot carry a name in practice.
 _RESIDUAL_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE"})
+NO_SOP_INSTANCE_UID = "object has no SOP Instance UID"
+NO_SOP_CLASS_UID = "object has no SOP Class UID"
+BAD_SOP_CLASS_UID = "SOP Class UID is not a UID"
 
 
 class ResidualIdentityError(DeidError):
@@ -78,15 +83,32 @@ def set_method_attributes(ds: Dataset, policy: Policy) -> None:
 
 
 def check_storable(ds: Dataset) -> None:
-    """Refuse what is not a composite object: a DICOMDIR, or a data set without SOP Class/Instance UIDs."""
+    """Refuse what is not a composite object: a DICOMDIR, or a data set without SOP Class/Instance UIDs.
+
+    Both UIDs are Type 1 in the SOP Common module: the File Meta's copies do not stand in for them (an output
+    without SOP Instance UID could not even be named), so an object missing either is refused here, at the
+    header stage, rather than at write time."""
     meta = getattr(ds, "file_meta", None) or Dataset()
     if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise InputError(getattr(ds, "filename", None),
                          "is a DICOMDIR (Media Storage Directory): rebuild it from the de-identified files")
-    if not (ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")) or not (
-            ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")):
-        raise InputError(getattr(ds, "filename", None),
-                         "has no SOP Class UID or SOP Instance UID: not a storable DICOM object")
+    if not ds.get("SOPInstanceUID"):
+        raise InputError(getattr(ds, "filename", None), NO_SOP_INSTANCE_UID)
+    if not ds.get("SOPClassUID"):
+        raise InputError(getattr(ds, "filename", None), NO_SOP_CLASS_UID)
+    if not is_uid_text(str(ds.SOPClassUID).strip().rstrip("\0")):
+        raise InputError(getattr(ds, "filename", None), BAD_SOP_CLASS_UID)
+
+
+def check_pixels(ds: Dataset, policy: Policy, counts: Counter[str]) -> None:
+    """Refuse an object whose pixel data is missing or cut short (see :mod:`deidpipe.pixelcheck`), or, where the
+    policy allows incomplete pixel data, count it under ``incomplete_pixels`` so that the audit says so."""
+    problem = pixel_data_problem(ds)
+    if problem is None:
+        return
+    if not policy.allow_incomplete_pixels:
+        raise InputError(getattr(ds, "filename", None), problem)
+    counts[INCOMPLETE_ACTION] += 1
 
 
 def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
@@ -151,7 +173,10 @@ def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
 def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     check_storable(ds)
     ctx = ScrubContext.for_dataset(ds, policy, key)
+    check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
+    if dropped := clean_character_set(out):
+        ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:
         if add.tag not in out and is_known_tag(add.tag):
             out.add_new(add.tag, dictionary_VR(add.tag), add.value)
