@@ -1,18 +1,32 @@
-"""Commands of the header stage: ``deid-file``, ``rules show`` and ``keygen``. Thin over the library."""
+"""Commands of the header stage: ``deid-file``, ``rules show`` and ``keygen``. Thin over the library.
+
+Only typer and the light ``deidpipe.errors``/``deidpipe.keys`` are imported here: the policy (pydicom, YAML, the
+rule tables), the engine and rich are imported inside the commands, so ``deidpipe --help`` does not pay for them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from deidpipe.errors import DeidError
 from deidpipe.keys import KEY_ENV, KEY_FILE_ENV, ProjectKey
-from deidpipe.policy import Policy, option_catalogue
 
-console = Console(stderr=True)
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from deidpipe.policy import Policy
+
+
+def _console() -> Console:
+    """The console for messages (stderr), made when a command first prints: importing rich costs ~50 ms."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 rules_app = typer.Typer(help="Inspect the de-identification rules.", no_args_is_help=True)
 
 PolicyOpt = typer.Option(None, "--policy", help="YAML policy file (see docs/header.md).")
@@ -23,6 +37,8 @@ KeyFileOpt = typer.Option(None, "--key-file", help=f"Project key file; else ${KE
 
 def policy_from_cli(policy_file: Path | None, options: list[str], strict: bool) -> Policy:
     """The policy a command runs with: the file's, plus any options and strictness given on the line."""
+    from deidpipe.policy import Policy
+
     policy = Policy.load(policy_file) if policy_file else Policy.basic()
     if options:
         policy = policy.with_options(*options)
@@ -56,10 +72,10 @@ def deid_file(
         write_dataset(result.dataset, tmp)
         tmp.replace(dst)
     except DeidError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
-    console.print(f"de-identified -> {dst} ({counts})")
+    _console().print(f"de-identified -> {dst} ({counts})")
 
 
 @rules_app.command("show")
@@ -72,13 +88,17 @@ def rules_show(
     changed_only: bool = typer.Option(False, "--changed-only", help="Only rows an option or override changes."),
 ) -> None:
     """Print the effective action of every Table E.1-1 row (and override) under a policy."""
+    from rich.console import Console
+    from rich.table import Table
+
     from deidpipe.header.inspect import effective_rules
+    from deidpipe.policy import option_catalogue
 
     try:
         policy = policy_from_cli(policy_file, option, strict)
         rows = effective_rules(policy, sop_class or None)
     except DeidError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     title = f"Effective policy: {policy.describe()}" + (f" — SOP class {sop_class}" if sop_class else "")
     table = Table(title=title, show_lines=False)
@@ -101,6 +121,6 @@ def keygen(out: Path = typer.Argument(..., help="File to create (mode 0600); nev
     try:
         ProjectKey.generate(out)
     except FileExistsError:
-        console.print(f"[red]error:[/red] {out} exists; a key is never overwritten")
+        _console().print(f"[red]error:[/red] {out} exists; a key is never overwritten")
         raise typer.Exit(1) from None
-    console.print(f"wrote {out} (mode 0600). Keep it secret and back it up: re-runs need the same key.")
+    _console().print(f"wrote {out} (mode 0600). Keep it secret and back it up: re-runs need the same key.")

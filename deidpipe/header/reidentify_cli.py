@@ -4,6 +4,9 @@
 recipient's private key and writes copies with the original attributes back. It prints counts and fixed
 reasons only, never an attribute value. The private key's password is read from ``--password-file`` or the
 environment variable ``DEIDPIPE_KEY_PASSWORD``, never from the command line.
+
+``cryptography``, pydicom and :mod:`deidpipe.header.reversible` are imported inside the functions that use them,
+so that registering these commands costs ``deidpipe --help`` nothing.
 """
 
 from __future__ import annotations
@@ -12,20 +15,17 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from cryptography import x509
-from pydicom.dataset import Dataset
 
-from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.errors import DeidError, InputError, ReversibleError
-from deidpipe.header.reversible import (
-    PrivateKey,
-    load_certificate,
-    load_private_key,
-    make_recipient,
-    restore_with_report,
-)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cryptography import x509
+    from pydicom.dataset import Dataset
+
+    from deidpipe.header.reversible import PrivateKey
 
 PASSWORD_ENV = "DEIDPIPE_KEY_PASSWORD"
 
@@ -65,6 +65,8 @@ def _sources(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 def _write_atomic(ds: Dataset, target: Path) -> None:
     """Write to a temporary file beside ``target`` and rename, so a failure never leaves half a file."""
+    from deidpipe.dicomio import write_dataset
+
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".reid-", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -87,6 +89,9 @@ def reidentify_files(
     src: Path, dst: Path, private_key: PrivateKey, certificate: x509.Certificate
 ) -> tuple[int, int, Counter[str]]:
     """Restore every DICOM file under ``src`` into ``dst``; return (files, attributes, failure reasons)."""
+    from deidpipe.dicomio import read_dataset
+    from deidpipe.header.reversible import restore_with_report
+
     done = attrs = 0
     failures: Counter[str] = Counter()
     for source, target in _sources(src, dst):
@@ -117,6 +122,8 @@ def reidentify(
     ),
 ) -> None:
     """Restore original attributes from the Encrypted Attributes Sequence (0400,0500) with a recipient key."""
+    from deidpipe.header.reversible import load_certificate, load_private_key
+
     try:
         private_key = load_private_key(key, read_password(password_file))
         certificate = load_certificate(cert)
@@ -143,6 +150,8 @@ def make_recipient_command(
     ),
 ) -> None:
     """Make an RSA-3072 key and self-signed certificate for the Encrypted Attributes Sequence (0400,0500)."""
+    from deidpipe.header.reversible import make_recipient
+
     try:
         cert_path, key_path = make_recipient(out_dir, common_name, read_password(password_file))
     except DeidError as exc:

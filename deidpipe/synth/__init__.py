@@ -4,20 +4,31 @@
 Set) full of planted identifying values in four character sets, private blocks, nested sequences and file meta,
 plus ``answer_key.json``: every planted value with its path and the bytes a leak search must look for, and every
 cross-object reference.  Users test their own pipelines with it; deidpipe's tests are built on it.
+
+Names are loaded on first use (PEP 562), so that importing ``deidpipe.synth.cli`` to build the command line does
+not import pydicom.
 """
 
-from deidpipe.synth.answer_key import (
-    AnswerKey,
-    FileEntry,
-    PatientEntry,
-    Planted,
-    Reference,
-    SafePrivate,
-    SeriesEntry,
-    StudyEntry,
-    lookup,
-)
-from deidpipe.synth.archive import KEY_FILE, generate_archive
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.synth.answer_key import (
+        AnswerKey,
+        FileEntry,
+        PatientEntry,
+        Planted,
+        Reference,
+        SafePrivate,
+        SeriesEntry,
+        StudyEntry,
+        lookup,
+    )
+    from deidpipe.synth.archive import KEY_FILE, generate_archive
+
+_ARCHIVE = ("KEY_FILE", "generate_archive")
 
 __all__ = [
     "KEY_FILE",
@@ -32,3 +43,13 @@ __all__ = [
     "generate_archive",
     "lookup",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and cache the name here."""
+    if name not in __all__:
+        raise AttributeError(f"module 'deidpipe.synth' has no attribute {name!r}")
+    module = "archive" if name in _ARCHIVE else "answer_key"
+    value = getattr(importlib.import_module(f"deidpipe.synth.{module}"), name)
+    globals()[name] = value
+    return value

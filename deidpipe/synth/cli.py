@@ -1,4 +1,7 @@
-"""``deidpipe synth OUT``: write a synthetic archive and its answer key."""
+"""``deidpipe synth OUT``: write a synthetic archive and its answer key.
+
+The generator (pydicom) and rich are imported inside the command, so ``deidpipe --help`` does not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from deidpipe.synth.archive import KEY_FILE, generate_archive
 
 
 def synth(
@@ -20,6 +19,11 @@ def synth(
                                      "(and burned_key.json, the word boxes)."),
 ) -> None:
     """Write a synthetic DICOM archive full of planted PHI, with an answer key for testing de-identification."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deidpipe.synth.archive import KEY_FILE, generate_archive
+
     key = generate_archive(out, patients=patients, seed=seed, burned_text=burned_text)
     kinds = Counter(p.kind for p in key.planted)
     table = Table(title=f"Synthetic archive in {out}", show_header=False)
