@@ -8,18 +8,13 @@ own messages are kept out of the logs.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import logging
 import struct
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom import config as pydicom_config
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import RawDataElement
@@ -33,24 +28,14 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
 from deidpipe.plainread import dictionary_vr, parse_plain
+from deidpipe.quiet import install as install_quiet
+from deidpipe.quiet import quiet
 
-# pydicom's log lines quote values; nothing below WARNING of ours goes through, and pydicom's are silenced.
-logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+# pydicom's warnings and log lines quote values: silenced in any process that reads or writes through here.
+install_quiet()
 
-
-@contextlib.contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom's value-quoting warnings and validation while inside the block."""
-    settings = pydicom_config.settings
-    saved = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = pydicom_config.IGNORE
-    settings.writing_validation_mode = pydicom_config.IGNORE
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        settings.reading_validation_mode, settings.writing_validation_mode = saved
+#: Silence pydicom's value-quoting warnings and validation while inside the block (see :mod:`deidpipe.quiet`).
+quiet_pydicom = quiet
 
 
 _KNOWN_VRS = frozenset(v.value for v in pydicom.valuerep.VR)

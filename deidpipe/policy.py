@@ -13,6 +13,7 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     pixels: auto                  # burned-in text: auto (default), all or off; see docs/pixels.md
     pixel_redaction: all-text     # all-text (default) or phi
     pixel_detector: lines         # lines (default: letters chained by their strokes) or ocr (CRAFT on every region)
+    allow_incomplete_pixels: false  # true: write objects whose pixel data is cut short, the reason in the audit
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -43,6 +44,14 @@ TextScreening = Literal["presidio", "denylist"]
 PixelSelection = Literal["auto", "all", "off"]
 PixelRedaction = Literal["all-text", "phi"]
 PixelDetector = Literal["lines", "ocr"]
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    """A yes/no policy key: YAML's true/false only (a quoted "false" would be truthy; refuse it)."""
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{key} must be true or false")
+    return value
 
 
 def option_catalogue() -> dict[str, dict[str, str]]:
@@ -96,6 +105,9 @@ class Policy:
         pixel_redaction: ``all-text`` (every detected text box) or ``phi`` (identifying words only).
         pixel_detector: how ``all-text`` finds text: ``lines`` (classical line finder, OCR only for short
             chains) or ``ocr`` (the CRAFT detector on every candidate region; slower).
+        allow_incomplete_pixels: write an object whose pixel data is missing or shorter than its header declares
+            (see :mod:`deidpipe.pixelcheck`) instead of quarantining it; the audit counts it under the action
+            ``incomplete_pixels``. Off by default: a steward should not receive an image without its image.
     """
 
     options: frozenset[str] = frozenset()
@@ -107,6 +119,7 @@ class Policy:
     pixels: PixelSelection = "auto"
     pixel_redaction: PixelRedaction = "all-text"
     pixel_detector: PixelDetector = "lines"
+    allow_incomplete_pixels: bool = False
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -150,7 +163,8 @@ class Policy:
     def from_mapping(cls, data: dict[str, Any], base_dir: Path = Path("."), source: str = "mapping") -> Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
-                   "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector"}
+                   "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector",
+                   "allow_incomplete_pixels"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -177,9 +191,11 @@ class Policy:
             overrides=tuple(overrides),
             additions=tuple(additions),
             recipients=recipients,
-            pixels=str(data.get("pixels", "auto")),  # type: ignore[arg-type]
+            # YAML 1.1 reads a bare ``off`` as false: that is what the user wrote.
+            pixels="off" if data.get("pixels") is False else str(data.get("pixels", "auto")),  # type: ignore[arg-type]
             pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
             pixel_detector=str(data.get("pixel_detector", "lines")),  # type: ignore[arg-type]
+            allow_incomplete_pixels=_flag(data, "allow_incomplete_pixels"),
             source=source,
         )
 
@@ -212,7 +228,8 @@ class Policy:
         """One line for logs and reports (no secrets, no values)."""
         opts = ", ".join(sorted(self.options)) or "none"
         return (f"PS3.15 Basic Profile; options: {opts}; strict: {self.strict}; "
-                f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}")
+                f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}"
+                + ("; incomplete pixel data written" if self.allow_incomplete_pixels else ""))
 
 
 # -- pydicom/deid recipes ---------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ from deidpipe.pipeline.source import (
     prefetch,
     read_member,
 )
+from deidpipe.quiet import install as install_quiet
+from deidpipe.quiet import quiet
 
 log = logging.getLogger("deidpipe.pipeline")
 
@@ -256,6 +258,14 @@ def split_task(payload: Any) -> list[Any] | None:
     return None
 
 
+def quiet_call(fn: Callable[[WorkContext, Any], Any], ctx: WorkContext, payload: Any) -> Any:
+    """``fn(ctx, payload)`` inside :func:`deidpipe.quiet.quiet`: how every executor runs every task (index or
+    execute, in this process, a pool worker or a Dask worker), so that no pydicom or decoder message quoting a
+    value reaches a terminal, whatever the process's warning filters."""
+    with quiet():
+        return fn(ctx, payload)
+
+
 # -- executors ----------------------------------------------------------------------------------------------
 Outcome = tuple[Any, Any, BaseException | None]  # (payload, result, error)
 
@@ -272,7 +282,7 @@ class SerialExecutor:
     def imap(self, fn: Callable[[WorkContext, Any], Any], payloads: Iterable[Any]) -> Iterator[Outcome]:
         for p in payloads:
             try:
-                yield p, fn(self.ctx, p), None
+                yield p, quiet_call(fn, self.ctx, p), None
             except Exception as exc:  # noqa: BLE001
                 yield p, None, exc
 
@@ -286,12 +296,12 @@ _WORKER_CTX: WorkContext | None = None
 def _init_worker(ctx: WorkContext) -> None:
     global _WORKER_CTX
     _WORKER_CTX = ctx
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    install_quiet()  # a spawned worker has imported deidpipe.dicomio already; a forked one inherits: once more
 
 
 def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
     assert _WORKER_CTX is not None
-    return fn(_WORKER_CTX, payload)
+    return quiet_call(fn, _WORKER_CTX, payload)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -433,7 +443,7 @@ class DaskExecutor(_Bounded):
         self._ctx = self._client.scatter(ctx, broadcast=True, hash=False)
 
     def _submit(self, fn: Callable[..., Any], payload: Any) -> Any:
-        return self._client.submit(fn, self._ctx, payload, pure=False)
+        return self._client.submit(quiet_call, fn, self._ctx, payload, pure=False)
 
     def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
         from distributed import wait as dwait

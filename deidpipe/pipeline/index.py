@@ -3,8 +3,10 @@
 A row holds the input's relative path (the steward's own data: the manifest stays under ``DST/_deidpipe/`` and is
 not part of a release), the file's size and modification time, a keyed content hash, and the facts the plan
 needs: SOP class, modality, study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header
-engine uses), transfer syntax, rows / columns / frames and BurnedInAnnotation. A file that is not DICOM, or whose
-header cannot be read, is listed with a fixed reason and no other values.
+engine uses), transfer syntax, rows / columns / frames and BurnedInAnnotation. No text of the file goes in as it
+is: SOP class and transfer syntax only when they are UIDs of the standard (else their pseudonyms), Modality and
+BurnedInAnnotation only as defined terms (else ``invalid``). A file that is not DICOM, or whose header cannot be
+read, is listed with a fixed reason and no other values.
 
 A folder member is streamed through the content hash with a reused buffer (never held whole), and only its header
 is parsed, up to the last tag the manifest needs; the rest of the structure is checked when the object is read in
@@ -25,6 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
+from pydicom.uid import UID_dictionary
 
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
@@ -287,6 +290,41 @@ def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None
     }
 
 
+#: pydicom's UID dictionary types (PS3.6 Table A-1) that the manifest's two UID columns may hold as they are.
+SOP_CLASS_TYPES = frozenset({"SOP Class", "Meta SOP Class"})
+TRANSFER_SYNTAX_TYPES = frozenset({"Transfer Syntax"})
+#: Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1, current and retired; and "SC", widely written for
+#: Secondary Capture though not defined.
+MODALITY_TERMS = frozenset(
+    "ANN AR ASMT AU BDUS BI BMD CFM CT CTPROTOCOL DMS DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT "
+    "IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF "
+    "RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG "
+    "US VA XA XAPROTOCOL XC "
+    "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF "
+    "SC".split()
+)
+YES_NO = frozenset({"YES", "NO"})
+#: What the manifest holds for a Modality or Burned In Annotation outside its defined terms.
+INVALID_TERM = "invalid"
+
+
+def public_uid(key: ProjectKey, value: str | None, types: frozenset[str]) -> str | None:
+    """A SOP class or transfer syntax as the manifest may hold it: a UID of the standard (pydicom's dictionary,
+    of one of ``types``) as it is, anything else as its pseudonym (``key.uid``). A file can put any text in a UI
+    element, a name or an ID included; only the standard's own UIDs are known to carry nothing of the patient."""
+    if value is None:
+        return None
+    entry = UID_dictionary.get(value)
+    return value if entry is not None and entry[1] in types else key.uid(value)
+
+
+def defined_term(value: str | None, terms: frozenset[str]) -> str | None:
+    """A coded string as the manifest may hold it: one of ``terms``, or :data:`INVALID_TERM` (never the text)."""
+    if value is None:
+        return None
+    return value if value in terms else INVALID_TERM
+
+
 def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str, Any]:
     """One manifest row for one source member (never raises for a bad input: the row says why)."""
     row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
@@ -300,8 +338,8 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
         row.update(kind=KIND_INVALID, reason=f"header cannot be read ({type(exc).__name__})")
         return row
     sop_class = facts["sop_class_uid"]
-    row["sop_class_uid"] = sop_class
-    row["transfer_syntax"] = facts["transfer_syntax"]
+    row["sop_class_uid"] = public_uid(key, sop_class, SOP_CLASS_TYPES)
+    row["transfer_syntax"] = public_uid(key, facts["transfer_syntax"], TRANSFER_SYNTAX_TYPES)
     if sop_class == DICOMDIR_SOP_CLASS or facts["directory"]:
         row.update(kind=KIND_DICOMDIR, reason="DICOMDIR: not carried over (its file references and "
                    "patient records do not apply to the pseudonymised tree)")
@@ -312,11 +350,11 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     rows, frames = facts["rows"], facts["frames"]
     row.update(
         kind=KIND_DICOM,
-        modality=facts["modality"],
+        modality=defined_term(facts["modality"], MODALITY_TERMS),
         rows=rows,
         columns=facts["columns"],
         frames=frames if frames is not None else (1 if rows else None),
-        burned_in_annotation=facts["burned_in_annotation"],
+        burned_in_annotation=defined_term(facts["burned_in_annotation"], YES_NO),
     )
     return row
 

@@ -26,8 +26,12 @@ from pydicom.uid import (
 )
 
 from deidpipe.errors import DeidError
+from deidpipe.pixelcheck import declared_native_size, pixel_data_problem
 
 _NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
+#: The most bytes a decoded image may take (all frames): a large tomosynthesis or cine is well below; a header
+#: that declares more is refused before decoding (whole-slide images are out of this stage's scope anyway).
+MAX_DECODED_BYTES = 4 << 30
 
 
 class PixelDecodeError(DeidError):
@@ -80,10 +84,24 @@ def has_pixels(ds: Dataset) -> bool:
     return all(tag in ds._dict for tag in _IMAGE_TAGS)
 
 
+def check_decodable(ds: Dataset) -> None:
+    """Refuse, before any decoder allocates its output, pixel data whose header declares more than the bytes
+    hold (native data shorter than declared, fragments cut or fewer than the frames; see
+    :mod:`deidpipe.pixelcheck`) or a decoded size over :data:`MAX_DECODED_BYTES`. A header declaring gigabytes
+    over a few bytes of data then fails at once instead of after allocating them."""
+    problem = pixel_data_problem(ds)
+    if problem is not None:
+        raise PixelDecodeError(problem)
+    declared = declared_native_size(ds)
+    if declared is not None and declared > MAX_DECODED_BYTES:
+        raise PixelDecodeError("declared image size is beyond the size limit")
+
+
 def decode(ds: Dataset) -> Decoded:
     """Decode every frame of ``ds``; raise :class:`PixelDecodeError` (no value in the message) if impossible."""
     from pydicom.pixels import pixel_array
 
+    check_decodable(ds)
     ts = transfer_syntax_of(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
@@ -144,8 +162,13 @@ def encode(ds: Dataset, dec: Decoded, frames: np.ndarray) -> None:
     bits_stored = int(ds.get("BitsStored", frames.dtype.itemsize * 8))
     ts = dec.transfer_syntax
     try:
+        if ts == ExplicitVRBigEndian:  # pydicom sets pixel data in little endian only: the whole object goes over
+            to_little_endian(ds)
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         n_frames = "NumberOfFrames" in ds
-        ds.set_pixel_data(np.ascontiguousarray(out), dec.photometric, bits_stored, generate_instance_uid=False)
+        # Frames decoded from big-endian data are big-endian arrays: pydicom writes an array's bytes as they are.
+        out = np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("="))
+        ds.set_pixel_data(out, dec.photometric, bits_stored, generate_instance_uid=False)
         if not n_frames and frames.shape[0] == 1 and "NumberOfFrames" in ds:
             del ds.NumberOfFrames
         if dec.photometric == "PALETTE COLOR":
@@ -163,6 +186,32 @@ def encode(ds: Dataset, dec: Decoded, frames: np.ndarray) -> None:
         raise PixelEncodeError(f"redacted pixel data cannot be written ({type(exc).__name__})") from None
     if dec.compressed and ds.file_meta.TransferSyntaxUID != RLELossless:
         raise PixelEncodeError("redacted pixel data was not re-encoded losslessly")
+
+
+#: Byte-swap unit of the VRs whose values pydicom keeps as bytes whatever the byte order.
+_SWAP_UNITS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+#: Pixel Data, Float and Double Float Pixel Data: replaced by the encoder, not worth swapping.
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def to_little_endian(ds: Dataset) -> None:
+    """Make every element of a big-endian data set (read as Explicit VR Big Endian) hold little-endian values,
+    at every level, so that pydicom writes it as Explicit VR Little Endian.
+
+    pydicom decodes numbers (US, SS, UL, FL, AT, ...) by the byte order they were read in and writes them in the
+    file's; but it keeps OW, OF, OL, OD and OV values as the bytes read, which would go out unswapped: those are
+    byte-swapped here (their words, by their VR's size). Pixel data is left for the encoder to replace. Each
+    data set is then marked as read in little endian: it holds no raw big-endian element any more."""
+    for elem in ds:  # decodes raw elements in the byte order they were read in
+        value = elem.value
+        if elem.VR == "SQ":
+            for item in value:
+                to_little_endian(item)
+            continue
+        unit = _SWAP_UNITS.get(str(elem.VR))
+        if unit and int(elem.tag) not in _PIXEL_TAGS and isinstance(value, bytes) and len(value) % unit == 0:
+            elem.value = np.frombuffer(value, f">u{unit}").astype(f"<u{unit}").tobytes()
+    ds.set_original_encoding(False, True, ds.original_character_set)
 
 
 def _rle_plugin() -> str:
