@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    UID_dictionary,
+)
 
 import deidpipe
 from deidpipe.dicomio import quiet_pydicom
@@ -111,13 +118,32 @@ def check_pixels(ds: Dataset, policy: Policy, counts: Counter[str]) -> None:
     counts[INCOMPLETE_ACTION] += 1
 
 
+def _output_syntax(src: Dataset, ts: str | None) -> str:
+    """The output's Transfer Syntax UID: the input's when it is one the standard defines; else (none, a private
+    or unknown one, or text that is not a UID at all, which must not be copied) the little endian encoding the
+    data set was read in (big endian stays big endian: its pixel bytes are in that order), when its pixel data is
+    native. Compressed pixel data under an unknown syntax cannot be decoded by anyone: refused."""
+    if ts is not None and UID_dictionary.get(str(ts), ("", ""))[1] == "Transfer Syntax":
+        return ts
+    implicit, little = getattr(src, "original_encoding", (False, True))
+    pixels = src._dict.get(_PIXEL_DATA)
+    encapsulated = pixels is not None and (getattr(pixels, "length", 0) == 0xFFFFFFFF
+                                           or getattr(pixels, "is_undefined_length", False))
+    if encapsulated:
+        raise InputError(getattr(src, "filename", None), "transfer syntax is not one the standard defines")
+    if not little:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
+_PIXEL_DATA = BaseTag(0x7FE00010)
+
+
 def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     """Fresh File Meta Information: only the transfer syntax survives; AE titles and private info do not."""
     meta = FileMetaDataset()
     old = getattr(src, "file_meta", None) or Dataset()
-    ts = old.get("TransferSyntaxUID")
-    if ts is None:
-        ts = ImplicitVRLittleEndian if getattr(src, "is_implicit_VR", False) else ExplicitVRLittleEndian
+    ts = _output_syntax(src, old.get("TransferSyntaxUID"))
     meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or old.MediaStorageSOPClassUID
     meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or key.uid(old.MediaStorageSOPInstanceUID)
     meta.TransferSyntaxUID = ts
