@@ -25,12 +25,12 @@ from typing import Any, BinaryIO
 import polars as pl
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
+from deidpipe.inflate import read_partial_bounded
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.source import MAX_MEMBER_BYTES, SourceItem, SourceSpec, member_path, prefetch, read_member
 from deidpipe.plainread import GiveUp, scan_elements
@@ -106,13 +106,16 @@ def _read_header(fp: BinaryIO, part10: bool) -> pydicom.Dataset:
     if part10:
         with quiet_pydicom():
             try:
-                ds = read_partial(fp, _stop_after_header, specific_tags=_HEADER_TAG_NUMBERS)
+                # pydicom's read_partial, but a deflated data set is inflated within bounds (deflate bombs)
+                ds = read_partial_bounded(fp, _stop_after_header, specific_tags=_HEADER_TAG_NUMBERS)
                 meta = getattr(ds, "file_meta", None)
                 if "SOPClassUID" in ds or (meta is not None and "MediaStorageSOPClassUID" in meta):
                     return ds
                 # Nothing that identifies a storable object: let the full reader judge it.
             except InvalidDicomError:
                 pass
+            except InputError:
+                raise  # a fixed reason already (a deflated data set over its bound)
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
                 text = str(exc).lower()
                 if isinstance(exc, EOFError) or "end of file" in text or "truncat" in text:
