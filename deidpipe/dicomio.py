@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
+from deidpipe.inflate import check_read_to_end, read_deflated
 from deidpipe.plainread import dictionary_vr, parse_plain
 from deidpipe.quiet import install as install_quiet
 from deidpipe.quiet import quiet
@@ -39,6 +40,8 @@ quiet_pydicom = quiet
 
 
 _KNOWN_VRS = frozenset(v.value for v in pydicom.valuerep.VR)
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data.
+_PIXEL_VALUE_TAGS = frozenset({BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009)})
 
 
 def _looks_like_dicom(ds: Dataset) -> bool:
@@ -57,13 +60,16 @@ def _describe(exc: BaseException) -> str:
     return f"cannot be parsed ({type(exc).__name__})"
 
 
-def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False) -> None:
+def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False, top: bool = False) -> None:
     """Check every element's length and VR, and parse every sequence, without decoding other values.
 
     pydicom reads a value shorter than its announced length without complaint: that is a truncated file,
     caught here. Values themselves are decoded later, only where de-identification changes them; elements
     kept as they are go back to the output byte for byte. ``checked``: the top level's lengths and VRs are
-    known to be sound (read by :mod:`deidpipe.plainread`), only its sequences are left to parse.
+    known to be sound (read by :mod:`deidpipe.plainread`), only its sequences are left to parse. ``top``: ``ds``
+    is the object's top level, whose (Float, Double Float) Pixel Data cut short is no structural error but
+    incomplete pixel data, judged with the header by :mod:`deidpipe.pixelcheck` (quarantined, unless the
+    policy allows incomplete pixel data).
     """
     for tag in list(ds._dict):
         raw = ds._dict[tag]
@@ -71,7 +77,8 @@ def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = Fa
             vr = raw.VR or dictionary_vr(tag)
         elif isinstance(raw, RawDataElement):
             value, length = raw.value, raw.length
-            if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+            if (isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length
+                    and not (top and tag in _PIXEL_VALUE_TAGS)):
                 raise TruncatedError(path, f"file is truncated (inside element {tag})")
             if raw.VR is not None and raw.VR not in _KNOWN_VRS:
                 raise InvalidValueError(path, f"element {tag} has an unknown VR")
@@ -85,6 +92,18 @@ def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = Fa
                 raise InvalidValueError(path, f"sequence {tag} {_describe(exc)}") from None
             for item in items:
                 _check_structure(item, path)
+
+
+_SEQUENCE_DELIMITER = BaseTag(0xFFFEE0DD)
+def _drop_stray_delimiter(ds: Dataset) -> None:
+    """Drop an empty Sequence Delimitation Item found among the top-level elements.
+
+    Some writers put one after native Pixel Data (fo-dicom's GH364 and DIRW0007 samples): pydicom reads it as an
+    element (FFFE,E0DD) without a VR, which nothing can decode or write. It delimits nothing and carries no
+    value, so the object is read, and written, without it."""
+    raw = ds._dict.get(_SEQUENCE_DELIMITER)
+    if raw is not None and isinstance(raw, RawDataElement) and not raw.length:
+        del ds._dict[_SEQUENCE_DELIMITER]
 
 
 def read_dataset(
@@ -117,17 +136,28 @@ def read_dataset(
             raise InputError(label, "does not exist")
         if p.stat().st_size == 0:
             raise NotDicomError(label, "is empty")
+        try:
+            fh = open(p, "rb")  # noqa: SIM115 - read below as a file object: where pydicom stopped is asked
+        except OSError as exc:
+            raise InputError(label, f"cannot be read ({type(exc).__name__})") from None
+        with fh:
+            return read_dataset(fh, stop_before_pixels=stop_before_pixels, name=label)
     with quiet_pydicom():
         try:
-            try:
-                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
-            except InvalidDicomError:
-                if not isinstance(source, str | Path):
-                    source.seek(0)
-                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
-                if not _looks_like_dicom(ds):
-                    raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
-            _check_structure(ds, label)
+            ds = read_deflated(source, label, stop_before_pixels=stop_before_pixels)  # bounded; None if not deflated
+            if ds is None:
+                try:
+                    ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+                except InvalidDicomError:
+                    if not isinstance(source, str | Path):
+                        source.seek(0)
+                    ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
+                    if not _looks_like_dicom(ds):
+                        raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
+                if not stop_before_pixels:
+                    check_read_to_end(source, label, ds)
+            _drop_stray_delimiter(ds)
+            _check_structure(ds, label, top=True)
             if getattr(ds, "file_meta", None) is not None:
                 _check_structure(ds.file_meta, label)
         except InputError:
@@ -137,7 +167,7 @@ def read_dataset(
                 raise TruncatedError(label, "file is truncated") from None
             raise InputError(label, f"cannot be read ({type(exc).__name__})") from None
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for malformed input
-            if "end of file" in str(exc).lower() or "truncat" in str(exc).lower():
+            if isinstance(exc, struct.error) or "end of file" in str(exc).lower() or "truncat" in str(exc).lower():
                 raise TruncatedError(label, "file is truncated") from None
             raise InputError(label, _describe(exc)) from None
     return ds

@@ -112,6 +112,7 @@ def _truncated_cases() -> dict[str, tuple[bytes, str]]:
     by the header stage, or written under ``allow_incomplete_pixels``."""
     ct = _bytes("CT_small.dcm")
     ct_at = _pixel_offset(ct)
+    mr = _bytes("MR_small.dcm")
     dose = _bytes("rtdose.dcm")  # 15 frames, 32-bit native
     dose_at = _pixel_offset(dose)
     rle = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
@@ -119,7 +120,7 @@ def _truncated_cases() -> dict[str, tuple[bytes, str]]:
     rle.PixelData = encapsulate([first])  # two frames declared, one fragment: as if cut at a fragment's end
     return {
         "native_cut_in_value": (ct[: ct_at + 1000], PIXELS_SHORT),
-        "native_cut_after_the_tag": (ct[: ct_at - 8], PIXELS_MISSING),
+        "native_cut_after_the_tag": (mr[: _pixel_offset(mr) - 8], PIXELS_MISSING),
         "multiframe_cut_in_value": (dose[: dose_at + (len(dose) - dose_at) // 2], PIXELS_SHORT),
         "encapsulated_frames_missing": (_encode(rle), FRAMES_MISSING),
     }

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import DeidError, InputError
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
+from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
 from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
 from deidpipe.pipeline.sink import output_digest, output_relpath, write_atomic
@@ -56,12 +57,16 @@ class WorkContext:
     key: ProjectKey
     policy: Any
     layout: str
+    #: Seconds each object may take to read and de-identify (see :mod:`deidpipe.pipeline.budget`).
+    object_budget_s: float = field(default_factory=default_object_budget)
 
 
 def reason_of(exc: BaseException) -> str:
     """A reason that is safe to log: typed errors say why in fixed words; anything else only by its type."""
     if isinstance(exc, InputError):
         return exc.reason
+    if isinstance(exc, ObjectTimeout):
+        return BUDGET_REASON
     if isinstance(exc, DeidError):
         return str(exc) or type(exc).__name__
     return f"unexpected error ({type(exc).__name__})"
@@ -93,6 +98,28 @@ class _Work:
     result: ObjectResult
     ds: Dataset | None = None
     source: Dataset | None = None
+    budget: Budget = field(default_factory=lambda: Budget(0.0))
+
+
+def _within_budget(w: _Work, stage: str, step: Callable[..., None], *args: Any) -> None:
+    """Run ``step(*args)``, one step (read or stage) of ``w``, within what is left of its time budget; an object
+    over its budget is quarantined with that reason at the step that ran over."""
+    try:
+        with w.budget.running():
+            step(*args)
+    except ObjectTimeout as exc:
+        _quarantine(w, stage, exc)
+
+
+def _series_within_budget(works: list[_Work], name: str, ctx: WorkContext) -> None:
+    """A series stage within the budgets of the objects it takes, together; over them, all are quarantined."""
+    live = [w for w in works if w.ds is not None]
+    try:
+        with Budget(ctx.object_budget_s * len(live)).running():
+            _apply_series_stage(works, name, ctx)
+    except ObjectTimeout as exc:
+        for w in live:
+            _quarantine(w, name, exc)
 
 
 def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
@@ -208,9 +235,10 @@ def _write(w: _Work, ctx: WorkContext) -> None:
     w.result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
 
 
-def _new_work(item: ExecItem) -> _Work:
+def _new_work(item: ExecItem, ctx: WorkContext) -> _Work:
     return _Work(item, ObjectResult(item.object_id, STATUS_QUARANTINED, item.content_hash,
-                                    series_uid=item.series_uid, bytes_in=max(item.item.size, 0)))
+                                    series_uid=item.series_uid, bytes_in=max(item.item.size, 0)),
+                 budget=Budget(ctx.object_budget_s))
 
 
 def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
@@ -221,26 +249,26 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     if not any(scope[s] == SCOPE_SERIES for s in task.stages):
         out = []
         for item in task.items:  # one object in memory at a time
-            w = _new_work(item)
-            _read(w, ctx, keep_source)
+            w = _new_work(item, ctx)
+            _within_budget(w, "read", _read, w, ctx, keep_source)
             for name in task.stages:
                 if w.ds is None:
                     break
-                _apply_object_stage(w, name, ctx)
+                _within_budget(w, name, _apply_object_stage, w, name, ctx)
             if w.ds is not None:
                 _write(w, ctx)
             out.append(w.result)
         return out
-    works = [_new_work(item) for item in task.items]
+    works = [_new_work(item, ctx) for item in task.items]
     for w in works:
-        _read(w, ctx, keep_source)
+        _within_budget(w, "read", _read, w, ctx, keep_source)
     for name in task.stages:
         if scope[name] == SCOPE_SERIES:
-            _apply_series_stage(works, name, ctx)
+            _series_within_budget(works, name, ctx)
         else:
             for w in works:
                 if w.ds is not None:
-                    _apply_object_stage(w, name, ctx)
+                    _within_budget(w, name, _apply_object_stage, w, name, ctx)
     for w in works:
         if w.ds is not None:
             _write(w, ctx)
