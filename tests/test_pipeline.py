@@ -310,9 +310,10 @@ def test_encode_dataset_pieces_equal_pydicom_bytes(archive, key):
 
 
 def test_folder_listing_order_and_links(tmp_path: Path) -> None:
-    """Files by sorted name, a folder's files before its subfolders; a linked file is listed, a linked folder
-    is not walked (no loops, nothing outside the tree), a dangling link is listed with size -1."""
-    from deidpipe.pipeline.source import _iter_folder
+    """Files by sorted name, a folder's files before its subfolders; a linked file inside the tree is listed, a
+    linked folder is listed as skipped and not walked (no loops, nothing outside the tree), a dangling link is
+    listed to be quarantined (tests/test_hostile_sources.py has the hostile cases)."""
+    from deidpipe.pipeline.source import REASON_LINK_DANGLING, REASON_LINK_OUTSIDE, _iter_folder
 
     root = tmp_path / "src"
     (root / "b").mkdir(parents=True)
@@ -326,5 +327,7 @@ def test_folder_listing_order_and_links(tmp_path: Path) -> None:
     (root / "linked_folder").symlink_to(outside)
     (root / "linked_file.dcm").symlink_to(root / "z.dcm")
     (root / "dangling.dcm").symlink_to(tmp_path / "nowhere")
-    listed = [(i.relpath, i.size) for i in _iter_folder(root)]
-    assert listed == [("dangling.dcm", -1), ("linked_file.dcm", 2), ("z.dcm", 2), ("a/y.dcm", 3), ("b/x.dcm", 1)]
+    listed = [(i.relpath, i.size, i.skip) for i in _iter_folder(root)]
+    assert listed == [("dangling.dcm", 0, REASON_LINK_DANGLING), ("linked_file.dcm", 2, None),
+                      ("linked_folder", 0, REASON_LINK_OUTSIDE), ("z.dcm", 2, None), ("a/y.dcm", 3, None),
+                      ("b/x.dcm", 1, None)]

@@ -30,9 +30,18 @@ from pydicom.uid import UID_dictionary
 
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
+from deidpipe.header.values import MODALITY_TERMS, YES_NO
 from deidpipe.inflate import read_partial_bounded
 from deidpipe.keys import ProjectKey
-from deidpipe.pipeline.source import MAX_MEMBER_BYTES, SourceItem, SourceSpec, member_path, prefetch, read_member
+from deidpipe.pipeline.source import (
+    MAX_MEMBER_BYTES,
+    SourceItem,
+    SourceSpec,
+    member_path,
+    open_regular,
+    prefetch,
+    read_member,
+)
 from deidpipe.plainread import GiveUp, scan_elements
 
 #: Media Storage Directory Storage: a DICOMDIR.
@@ -43,6 +52,10 @@ DIRECTORY_RECORD_SEQUENCE = 0x00041220
 KIND_DICOM = "dicom"
 KIND_DICOMDIR = "dicomdir"
 KIND_INVALID = "invalid"
+#: Listed by the source but not read (``SourceItem.skip``): not an object at all (a link, a special file)...
+KIND_SKIPPED = "skipped"
+#: ... or an input refused as it stands (a hostile or broken archive member, an unreadable folder).
+KIND_REJECTED = "rejected"
 
 MANIFEST_SCHEMA: dict[str, Any] = {
     "path": pl.String,
@@ -174,7 +187,7 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
     if item.size > MAX_MEMBER_BYTES:
         raise InputError(None, "file is too large to be a DICOM object this pipeline handles")
     try:
-        fh = open(path, "rb", buffering=65536)  # noqa: SIM115 - closed below
+        fh = open_regular(path, buffering=65536)  # never blocks on a FIFO; closed below
     except OSError as exc:
         raise InputError(None, f"cannot be read ({type(exc).__name__})") from None
     with fh:
@@ -296,17 +309,6 @@ def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None
 #: pydicom's UID dictionary types (PS3.6 Table A-1) that the manifest's two UID columns may hold as they are.
 SOP_CLASS_TYPES = frozenset({"SOP Class", "Meta SOP Class"})
 TRANSFER_SYNTAX_TYPES = frozenset({"Transfer Syntax"})
-#: Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1, current and retired; and "SC", widely written for
-#: Secondary Capture though not defined.
-MODALITY_TERMS = frozenset(
-    "ANN AR ASMT AU BDUS BI BMD CFM CT CTPROTOCOL DMS DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT "
-    "IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF "
-    "RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG "
-    "US VA XA XAPROTOCOL XC "
-    "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF "
-    "SC".split()
-)
-YES_NO = frozenset({"YES", "NO"})
 #: What the manifest holds for a Modality or Burned In Annotation outside its defined terms.
 INVALID_TERM = "invalid"
 
@@ -332,6 +334,9 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     """One manifest row for one source member (never raises for a bad input: the row says why)."""
     row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
     row.update(path=item.relpath, object_id=object_id(key, item.relpath), size=item.size)
+    if item.skip is not None:
+        row.update(kind=KIND_REJECTED if item.quarantine else KIND_SKIPPED, reason=item.skip)
+        return row
     try:
         facts = _hash_and_header(spec, key, item, row)
     except InputError as exc:

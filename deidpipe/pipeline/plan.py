@@ -8,6 +8,8 @@ the pipeline changes.
 
 The plan also settles, before anything runs and so identically for any number of workers:
   * files the index could not read: quarantined at stage ``index``;
+  * entries the source listed but refused (hostile or broken archive members, unreadable folders): quarantined
+    at stage ``source``; entries that are no object (links not followed, special files): skipped there;
   * DICOMDIR files: skipped (the output tree is rebuilt, their references would be wrong);
   * two inputs with the same SOP Instance UID (they would share an output path): the first by path is done, an
     identical copy is a ``duplicate``, a different one is quarantined.
@@ -28,7 +30,7 @@ from deidpipe.pipeline.audit import (
     STATUS_SKIPPED,
     ObjectResult,
 )
-from deidpipe.pipeline.index import KIND_DICOM, KIND_DICOMDIR, KIND_INVALID
+from deidpipe.pipeline.index import KIND_DICOM, KIND_DICOMDIR, KIND_INVALID, KIND_REJECTED, KIND_SKIPPED
 from deidpipe.pipeline.source import SourceItem
 
 SCOPE_OBJECT = "object"
@@ -120,7 +122,9 @@ class Plan:
         self.chunk = chunk
         self._decided: list[ObjectResult] = []
         self._decide_invalid(frame.filter(pl.col("kind") == KIND_INVALID))
-        self._decide_dicomdir(frame.filter(pl.col("kind") == KIND_DICOMDIR))
+        self._decide_invalid(frame.filter(pl.col("kind") == KIND_REJECTED), stage="source")
+        self._decide_skipped(frame.filter(pl.col("kind") == KIND_SKIPPED), stage="source")
+        self._decide_skipped(frame.filter(pl.col("kind") == KIND_DICOMDIR))
         todo = frame.filter(pl.col("kind") == KIND_DICOM).sort("path")
         if dedupe_instances:
             todo = self._decide_duplicates(todo)
@@ -142,19 +146,19 @@ class Plan:
                 self.stages_by_series[group] = tuple(s.name for s in STAGES if s.needed(rows, self.policy))
 
     # -- outcomes decided without running anything ------------------------------------------------------
-    def _decide_invalid(self, rows: pl.DataFrame) -> None:
+    def _decide_invalid(self, rows: pl.DataFrame, stage: str = "index") -> None:
         for r in rows.select("object_id", "content_hash", "size", "reason").iter_rows(named=True):
             self._decided.append(
                 ObjectResult(
-                    r["object_id"], STATUS_QUARANTINED, r["content_hash"], stage="index",
+                    r["object_id"], STATUS_QUARANTINED, r["content_hash"], stage=stage,
                     reason=r["reason"] or "unreadable", bytes_in=max(r["size"] or 0, 0),
                 )
             )
 
-    def _decide_dicomdir(self, rows: pl.DataFrame) -> None:
+    def _decide_skipped(self, rows: pl.DataFrame, stage: str = "plan") -> None:
         for r in rows.select("object_id", "content_hash", "size", "reason").iter_rows(named=True):
             self._decided.append(
-                ObjectResult(r["object_id"], STATUS_SKIPPED, r["content_hash"], stage="plan",
+                ObjectResult(r["object_id"], STATUS_SKIPPED, r["content_hash"], stage=stage,
                              reason=r["reason"], bytes_in=r["size"] or 0)
             )
 
