@@ -49,6 +49,9 @@ def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
     """The output path (relative to DST) for a de-identified data set."""
     if layout == LAYOUT_KEEP:
         rel = input_relpath
+        # The source never lists such a name to be read; checked again here because this path is joined to DST.
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
+            raise DeidError("the input path cannot be mirrored inside the destination")
         if rel.split("/", 1)[0] in (CONTROL_DIR, QUARANTINE_DIR):
             rel = "_" + rel
         return rel
