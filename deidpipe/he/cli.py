@@ -11,6 +11,7 @@ import typer
 
 he_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as deidpipe.cli explains
     help="Encrypted inference (CKKS): keys and encryption on the client, scoring on the server with a public "
     "context only.",
 )

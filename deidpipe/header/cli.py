@@ -27,7 +27,8 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-rules_app = typer.Typer(help="Inspect the de-identification rules.", no_args_is_help=True)
+rules_app = typer.Typer(help="Inspect the de-identification rules.", no_args_is_help=True,
+                        rich_markup_mode=None)  # plain help, as deidpipe.cli explains
 
 PolicyOpt = typer.Option(None, "--policy", help="YAML policy file (see docs/header.md).")
 OptionOpt = typer.Option([], "--option", "-o", help="Profile option to enable, e.g. RetainLongModifiedDates.")
