@@ -31,6 +31,7 @@ from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.rules import load_rule_file, resolve_compound
+from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
 from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import is_known_tag
 
@@ -195,8 +196,13 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             # A raw element without a VR in data declared explicit was read by pydicom's implicit-VR
             # fallback: decode it so it can be written with a VR; every other kept element stays raw.
             if isinstance(stored, RawDataElement) and (stored.VR is not None or src.original_encoding[0]):
+                if head.VR in CHECKED_VRS and not raw_value_is_valid(tag, head.VR, stored.value):
+                    return _invalid_kept(tag, head.VR, ctx)
                 return stored
-            return copy.copy(decoded(src, tag))
+            elem = copy.copy(decoded(src, tag))
+            if head.VR in CHECKED_VRS and not value_is_valid(tag, head.VR, elem.value):
+                return _invalid_kept(tag, head.VR, ctx)
+            return elem
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         value = actions.clean_value(elem, ctx)
@@ -221,6 +227,13 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     if action == "set":
         return DataElement(elem.tag, elem.VR, set_value)
     raise ValueError(f"action {action}")
+
+
+def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:
+    """A kept element whose value is not of its VR's form (see :mod:`deidpipe.header.values`): a dummy instead,
+    counted as ``invalid_value`` (the K counted for it stands: the element is kept, its value is not)."""
+    ctx.counts["invalid_value"] += 1
+    return DataElement(tag, vr, dummy_for(vr))
 
 
 def _empty(vr: str) -> str | None:
