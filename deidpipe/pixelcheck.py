@@ -47,13 +47,16 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
 
 def declared_native_size(ds: Dataset) -> int | None:
     """The bytes native pixel data must hold by the header (Rows x Columns x frames x samples x bits, packed
-    bits for Bits Allocated 1), or None when an attribute needed is missing or not a number."""
+    bits for Bits Allocated 1, two samples a pixel for YBR_FULL_422), or None when an attribute needed is missing
+    or not a number."""
     rows, columns, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
     frames, samples = _int(ds, "NumberOfFrames", 1), _int(ds, "SamplesPerPixel", 1)
     if None in (rows, columns, bits, frames, samples):
         return None
     assert rows is not None and columns is not None and bits is not None and frames is not None
     assert samples is not None
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # native 4:2:2: two luminance and one pair of chrominance values per two pixels
     total_bits = rows * columns * max(frames, 1) * samples * bits
     return (total_bits + 7) // 8
 
