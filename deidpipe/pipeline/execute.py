@@ -41,6 +41,7 @@ from deidpipe.pipeline.source import (
     SourceItem,
     SourceSpec,
     member_path,
+    open_regular,
     prefetch,
     read_member,
 )
@@ -132,8 +133,8 @@ def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
 
 def _read_file(path: str, size: int) -> tuple[bytes, int]:
     """At most ``size + 1`` bytes of a file (one more than the index saw tells that it grew) and its mtime
-    after reading."""
-    with open(path, "rb", buffering=0) as fh:
+    after reading. Opened as a regular file only (a FIFO swapped in since the index would block a read)."""
+    with open_regular(path, buffering=0) as fh:
         parts = []
         left = size + 1
         while left > 0:
