@@ -1,8 +1,10 @@
 """The audit: a crash-safe journal while running, one Parquet row per object at the end.
 
-The journal (``DST/_deidpipe/journal.jsonl``) gets one JSON line per finished object, flushed as results arrive,
-so a ``kill -9`` loses at most the lines not yet handed to the OS, and a torn last line is ignored. ``--resume``
-reads it to skip finished objects. At the end of a run the journal becomes ``DST/_deidpipe/audit.parquet``: the
+The journal (``DST/_deidpipe/journal.jsonl``) gets one JSON line per finished object, flushed and fsynced per batch
+of results, and written only once the files the line speaks of are durable (the runner's order: output or
+quarantine record synced, then the line). A crash loses at most the lines of the batch in hand, whose objects are
+simply done again; a torn last line is ignored. ``--resume`` reads it to skip finished objects (the runner checks
+their files first). At the end of a run the journal becomes ``DST/_deidpipe/audit.parquet``: the
 latest record of each object, sorted by object id.
 
 A record holds hashes, pseudonymised output paths, timings, action counts and fixed reasons: no input path and no
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from deidpipe.pipeline.sink import fsync_dir
 
 STATUS_WRITTEN = "written"  # de-identified and written (or an identical file was already there)
 STATUS_QUARANTINED = "quarantined"  # a stage failed: a record in DST/quarantine, nothing written
@@ -83,14 +87,17 @@ AUDIT_SCHEMA: dict[str, Any] = {
 
 
 class Journal:
-    """Append-only JSON lines, flushed to the OS after every batch."""
+    """Append-only JSON lines, flushed and fsynced after every batch."""
 
     def __init__(self, path: Path, run_number: int) -> None:
         self.path = path
         self.run_number = run_number
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
+        created = not path.exists()
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if created:  # the journal's own name must survive a power cut, or every line in it is lost
+            fsync_dir(path.parent)
 
     def _repair_tail(self) -> None:
         """A kill can leave a torn last line; cut it so the next append starts on a fresh line."""
@@ -119,6 +126,7 @@ class Journal:
             rec["run"] = self.run_number
             self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
         self._fh.flush()
+        os.fsync(self._fh.fileno())  # one sync per batch: what the journal says is done stays said
 
     def close(self) -> None:
         self._fh.close()
@@ -138,25 +146,14 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def finished_objects(path: Path, dst: Path) -> dict[str, ObjectResult]:
-    """Objects a previous run finished, keyed by object id. A written object counts only when its output file is
-    still there with the recorded size; otherwise it is done again."""
+def finished_objects(path: Path) -> dict[str, ObjectResult]:
+    """The latest record of each object a previous run finished, keyed by object id. Not checked against the
+    output tree: the runner verifies (and repairs) before it trusts one."""
     latest: dict[str, dict[str, Any]] = {}
     for rec in read_journal(path):
         latest[rec["object_id"]] = rec
-    done: dict[str, ObjectResult] = {}
-    for oid, rec in latest.items():
-        if rec.get("status") not in FINAL_STATUSES:
-            continue
-        if rec["status"] == STATUS_WRITTEN:
-            out = rec.get("output")
-            try:
-                if not out or (dst / out).stat().st_size != rec.get("bytes_out"):
-                    continue
-            except OSError:
-                continue
-        done[oid] = ObjectResult.from_record(rec)
-    return done
+    return {oid: ObjectResult.from_record(rec) for oid, rec in latest.items()
+            if rec.get("status") in FINAL_STATUSES}
 
 
 def write_audit(journal: Path, out: Path) -> Path:

@@ -4,6 +4,12 @@
 :func:`run` drains it and returns the :class:`RunReport`. Everything under ``DST/_deidpipe/`` is bookkeeping:
 ``run.json`` (parameters, the key's fingerprint), ``manifest.parquet`` (input paths: keep it, do not release it),
 ``journal.jsonl`` (crash-safe progress) and ``audit.parquet`` (one row per object, hashes only).
+
+Crash consistency: a journal line is written only after the files it speaks of are durable (:meth:`Run._record`),
+and ``--resume`` trusts a finished line only after checking its files (:meth:`Run._trusted_finished`): an output
+must have the recorded size and SHA-256, else it is removed and made again; a missing or damaged quarantine record
+is written again from the line. Whatever a crash can leave (a partial temporary, an output or record whose line was
+lost, a torn last line) is cleaned up, done again with identical bytes, or ignored.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +46,14 @@ from deidpipe.pipeline.sink import (
     CONTROL_DIR,
     LAYOUT_KEEP,
     LAYOUT_PSEUDONYM,
+    QUARANTINE_DIR,
     clean_temporaries,
+    output_matches,
+    quarantine_bytes,
+    quarantine_path,
+    remove_output,
     remove_quarantine,
+    sync_dirs,
     write_quarantine,
 )
 from deidpipe.pipeline.source import SourceItem, SourceSpec, detect, iter_items
@@ -49,6 +63,10 @@ log = logging.getLogger("deidpipe.pipeline")
 RUN_FORMAT = 1
 INDEX_CHUNK = 64
 STREAM_TASK_BYTES = 64 * 1024**2
+#: Resume hashes every finished output; hashlib releases the GIL, so a few threads keep a disk busy. In slices,
+#: so that a million finished objects do not mean a million futures at once.
+VERIFY_THREADS = min(8, os.cpu_count() or 1)
+VERIFY_SLICE = 4096
 
 
 @dataclass
@@ -143,6 +161,21 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def _quarantine_record(r: ObjectResult) -> dict[str, Any]:
+    """A quarantined object's record: every field comes from its journal line, so resume can rebuild it."""
+    return {
+        "object_id": r.object_id,
+        "input_path_hash": r.object_id,
+        "content_hash": r.content_hash,
+        "stage": r.stage,
+        "reason": r.reason,
+    }
+
+
+def _quarantine_relpath(object_id: str) -> str:
+    return f"{QUARANTINE_DIR}/{object_id}.json"
+
+
 class Run:
     """One run of the pipeline; iterate it to drive it. ``report`` is set once iteration ends."""
 
@@ -180,6 +213,7 @@ class Run:
             self.reporter = Reporter.auto() if progress else Reporter("off")
         self.chunk = chunk
         self.report: RunReport | None = None
+        self._named: set[Path] = set()  # folders under DST whose names this run has made durable
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _prepare(self, spec: SourceSpec) -> int:
@@ -288,18 +322,59 @@ class Run:
             yield ExecTask(group, plan.stages_by_series[group], [ExecItem(oid, SourceItem("", -1), chash, series)])
 
     def _record(self, journal: Journal, results: list[ObjectResult]) -> None:
-        journal.write(results)
+        """Make a batch's files durable, then journal it. Outputs were fsynced by the worker before they were
+        linked; here their folders are synced, quarantine records written and synced, stale records removed,
+        and only then the lines go in. A crash in between leaves files without lines (done again on resume,
+        with identical bytes), never a line without its file."""
+        touched: list[str] = []
         for r in results:
             if r.status == STATUS_QUARANTINED:
-                write_quarantine(self.dst, {
-                    "object_id": r.object_id,
-                    "input_path_hash": r.object_id,
-                    "content_hash": r.content_hash,
-                    "stage": r.stage,
-                    "reason": r.reason,
-                })
-            elif self.resume:  # a record from an earlier attempt is stale now
-                remove_quarantine(self.dst, r.object_id)
+                write_quarantine(self.dst, _quarantine_record(r))
+                touched.append(_quarantine_relpath(r.object_id))
+            elif self.resume and remove_quarantine(self.dst, r.object_id):  # from an earlier attempt: stale
+                touched.append(_quarantine_relpath(r.object_id))
+            if r.status == STATUS_WRITTEN and r.output:
+                touched.append(r.output)
+        sync_dirs(self.dst, touched, self._named)
+        journal.write(results)
+
+    def _trusted_finished(self, journal_path: Path) -> dict[str, ObjectResult]:
+        """The objects an earlier run finished whose files are as its journal says.
+
+        A written output must be a regular file inside DST with the recorded size and SHA-256; one that is not
+        (deleted, truncated, changed) is removed (that path only) and the object is done again, so the damaged
+        file never stands in the way of the new one. A quarantine record that is missing or differs is written
+        again from the line.
+        """
+        done = finished_objects(journal_path)
+        written = [r for r in done.values() if r.status == STATUS_WRITTEN]
+        repaired = 0
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            for start in range(0, len(written), VERIFY_SLICE):
+                part = written[start:start + VERIFY_SLICE]
+                checks = pool.map(lambda r: output_matches(self.dst, r.output, r.bytes_out, r.out_hash), part)
+                for r, ok in zip(part, list(checks), strict=True):
+                    if not ok:
+                        remove_output(self.dst, r.output)
+                        del done[r.object_id]
+                        repaired += 1
+        rewritten: list[str] = []
+        for r in done.values():
+            if r.status != STATUS_QUARANTINED:
+                continue
+            record = _quarantine_record(r)
+            try:
+                intact = quarantine_path(self.dst, r.object_id).read_bytes() == quarantine_bytes(record)
+            except OSError:
+                intact = False
+            if not intact:
+                write_quarantine(self.dst, record)
+                rewritten.append(_quarantine_relpath(r.object_id))
+        sync_dirs(self.dst, rewritten, self._named)
+        if repaired or rewritten:
+            log.warning("resume: %d finished outputs did not match the journal and are made again; "
+                        "%d quarantine records were rewritten", repaired, len(rewritten))
+        return done
 
     # -- the run ----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[ObjectResult]:
@@ -308,7 +383,7 @@ class Run:
         run_number = self._prepare(spec)
         control = self.dst / CONTROL_DIR
         journal_path = control / "journal.jsonl"
-        finished = finished_objects(journal_path, self.dst) if self.resume else {}
+        finished = self._trusted_finished(journal_path) if self.resume else {}
         ctx = WorkContext(spec, str(self.dst), self.key, self.policy, self.layout)
         executor = make_executor(ctx, self.executor_name, self.workers, self.scheduler)
         report = RunReport(self.dst, spec.kind, executor.name, executor.workers)

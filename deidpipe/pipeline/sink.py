@@ -7,6 +7,11 @@
   never sees half a file. A finished file is never replaced: when the target exists, identical bytes count as
   done and different bytes are a conflict that quarantines the newcomer.
 * The quarantine holds a JSON record per failed object (stage, reason, hashes), never a copy of the object.
+* Durability: a file is fsynced before it is linked into place (a name in the tree never points at a partial file,
+  even after a power cut), and the runner fsyncs the folders of a batch's outputs and records
+  (:func:`sync_dirs`) before the journal says they exist. On resume a finished output is trusted only when its
+  size and hash match the journal (:func:`output_matches`); one that does not is removed (:func:`remove_output`)
+  and made again.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
-from pathlib import Path
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -107,6 +113,8 @@ def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: 
     with fh:
         for part in parts:
             fh.write(part)
+        fh.flush()
+        os.fsync(fh.fileno())  # durable before it has a name in the tree: a crash never leaves a short output
     try:
         _ensure_dir(final.parent)
         try:
@@ -148,22 +156,122 @@ def output_digest(data: bytes | Sequence[bytes]) -> str:
     return h.hexdigest()
 
 
+def quarantine_bytes(record: dict[str, Any]) -> bytes:
+    """The exact bytes of a quarantine record (resume compares them to tell a damaged record from a good one)."""
+    return (json.dumps(record, sort_keys=True, indent=1) + "\n").encode()
+
+
+def quarantine_path(dst: Path, object_id: str) -> Path:
+    return dst / QUARANTINE_DIR / f"{object_id}.json"
+
+
 def write_quarantine(dst: Path, record: dict[str, Any]) -> Path:
-    """One JSON record per quarantined object, named by the keyed hash of its input path."""
+    """One JSON record per quarantined object, named by the keyed hash of its input path; the file is durable
+    when this returns, its name once the caller has :func:`sync_dirs` the quarantine folder."""
     qdir = dst / QUARANTINE_DIR
     qdir.mkdir(parents=True, exist_ok=True)
-    path = qdir / f"{record['object_id']}.json"
+    path = quarantine_path(dst, record["object_id"])
     tmp = qdir / f".{record['object_id']}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
+    with open(tmp, "wb") as fh:
+        fh.write(quarantine_bytes(record))
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
     return path
 
 
-def remove_quarantine(dst: Path, object_id: str) -> None:
+def remove_quarantine(dst: Path, object_id: str) -> bool:
+    """Remove a stale record; True when there was one."""
     try:
-        (dst / QUARANTINE_DIR / f"{object_id}.json").unlink()
+        quarantine_path(dst, object_id).unlink()
     except FileNotFoundError:
-        pass
+        return False
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (files linked, renamed or removed in it) durable. A file system that cannot sync
+    a folder (EINVAL: some network and FUSE ones) is passed over; any other error is raised, so that the
+    journal never records what may not be on disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_dirs(dst: Path, relpaths: Iterable[str], named: set[Path]) -> None:
+    """fsync the folder of each path (relative to ``dst``: the files added to it), and the parent of each
+    folder on the way up to ``dst`` whose own name is not yet durable. ``named`` holds the folders whose names
+    this run has already made durable (one sync each), so a batch of one series usually costs one sync."""
+    todo: set[Path] = set()
+    new: list[Path] = []
+    for rel in relpaths:
+        folder = (dst / rel).parent
+        todo.add(folder)
+        while folder != dst and folder not in named and dst in folder.parents:
+            todo.add(folder.parent)
+            new.append(folder)
+            folder = folder.parent
+    for folder in sorted(todo, key=lambda f: len(f.parts), reverse=True):
+        fsync_dir(folder)
+    named.update(new)
+
+
+def _inside_output(dst: Path, relpath: str | None) -> Path | None:
+    """``dst/relpath`` when it names an output file inside DST (not the bookkeeping or the quarantine, no
+    ``..``, no folder link leading out), else None: a journal is data, never trusted to name what to touch."""
+    if not relpath:
+        return None
+    rel = PurePosixPath(relpath)
+    if rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts) or rel.parts[0] in (
+            CONTROL_DIR, QUARANTINE_DIR):
+        return None
+    path = dst / relpath
+    root = Path(os.path.realpath(dst))
+    parent = Path(os.path.realpath(path.parent))
+    if parent != root and root not in parent.parents:
+        return None
+    return path
+
+
+def output_matches(dst: Path, relpath: str | None, size: int | None, digest: str | None) -> bool:
+    """True when the output a journal line names is a regular file inside DST with that size and SHA-256."""
+    path = _inside_output(dst, relpath)
+    if path is None or size is None or not digest:
+        return False
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return False
+    return h.hexdigest() == digest
+
+
+def remove_output(dst: Path, relpath: str | None) -> bool:
+    """Remove a damaged output (only the path a journal line names, only inside DST) so it can be made again;
+    True when something was removed."""
+    path = _inside_output(dst, relpath)
+    if path is None:
+        return False
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def clean_temporaries(dst: Path) -> int:
