@@ -6,8 +6,9 @@ hostile or broken archive members): they carry a fixed ``skip`` reason, so the m
 each, and a listing never raises for what a source holds.
 
 Folders and zip files are *random access*: a worker process reads a member itself from a picklable
-:class:`SourceSpec`, so only paths travel between processes. A tar archive is read front to back once per pass and the members' bytes travel
-with the tasks; nothing is extracted to disk and only a bounded number of members is held in memory at a time.
+:class:`SourceSpec`, so only paths travel between processes. A tar archive is read front to back once per pass
+and the members' bytes travel with the tasks; nothing is extracted to disk and only a bounded number of members
+is held in memory at a time.
 
 Nothing here writes to the source.
 """
