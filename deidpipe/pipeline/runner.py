@@ -38,7 +38,8 @@ from deidpipe.pipeline.audit import (
     finished_objects,
     write_audit,
 )
-from deidpipe.pipeline.execute import WorkContext, exec_task, index_task, make_executor, reason_of
+from deidpipe.pipeline.execute import WorkContext, exec_task, index_task, reason_of
+from deidpipe.pipeline.executors import make_executor
 from deidpipe.pipeline.index import KIND_INVALID, MANIFEST_SCHEMA, ManifestWriter, object_id
 from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
 from deidpipe.pipeline.progress import Reporter

@@ -1,0 +1,258 @@
+"""Executors: how tasks run (in this process, a local process pool, or a Dask cluster).
+
+Every executor keeps a bounded number of tasks in flight, so memory does not grow with the archive. A task that
+fails as a whole (a worker killed, a crash in native code) is retried one object at a time, so one poisonous
+object is quarantined instead of its neighbours. Every task runs inside :func:`deidpipe.quiet.quiet`, in every
+process, so that no library message quoting a value reaches a terminal.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from typing import Any
+
+from deidpipe.pipeline.execute import WorkContext
+from deidpipe.pipeline.plan import ExecTask
+from deidpipe.quiet import install as install_quiet
+from deidpipe.quiet import quiet
+
+log = logging.getLogger("deidpipe.pipeline")
+
+
+def split_task(payload: Any) -> list[Any] | None:
+    """How a failed task is retried: an exec task one object at a time; anything else is not retried."""
+    if isinstance(payload, ExecTask) and len(payload.items) > 1:
+        return [replace(payload, items=[i]) for i in payload.items]
+    return None
+
+
+def quiet_call(fn: Callable[[WorkContext, Any], Any], ctx: WorkContext, payload: Any) -> Any:
+    """``fn(ctx, payload)`` inside :func:`deidpipe.quiet.quiet`: how every executor runs every task (index or
+    execute, in this process, a pool worker or a Dask worker), so that no pydicom or decoder message quoting a
+    value reaches a terminal, whatever the process's warning filters."""
+    with quiet():
+        return fn(ctx, payload)
+
+
+# -- executors ----------------------------------------------------------------------------------------------
+Outcome = tuple[Any, Any, BaseException | None]  # (payload, result, error)
+
+
+class SerialExecutor:
+    """In this process: no start-up cost, the fastest choice for one worker."""
+
+    name = "serial"
+
+    def __init__(self, ctx: WorkContext) -> None:
+        self.ctx = ctx
+        self.workers = 1
+
+    def imap(self, fn: Callable[[WorkContext, Any], Any], payloads: Iterable[Any]) -> Iterator[Outcome]:
+        for p in payloads:
+            try:
+                yield p, quiet_call(fn, self.ctx, p), None
+            except Exception as exc:  # noqa: BLE001
+                yield p, None, exc
+
+    def close(self) -> None:
+        pass
+
+
+_WORKER_CTX: WorkContext | None = None
+
+
+def _init_worker(ctx: WorkContext) -> None:
+    global _WORKER_CTX
+    _WORKER_CTX = ctx
+    install_quiet()  # a spawned worker has imported deidpipe.dicomio already; a forked one inherits: once more
+
+
+def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
+    assert _WORKER_CTX is not None
+    return quiet_call(fn, _WORKER_CTX, payload)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``fork`` when this process runs a single thread and has not loaded torch (workers start in milliseconds,
+    with everything already imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds
+    other threads (a portal's web server, a progress display, Dask, torch's OpenMP pool) can deadlock the child
+    on a lock one of them held."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _noop() -> None:
+    return None
+
+
+class _Bounded:
+    """Shared bookkeeping: submit up to ``inflight`` tasks, retry failed ones split, yield as they finish."""
+
+    inflight: int
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Any:
+        raise NotImplementedError
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _result(self, fut: Any) -> Any:
+        raise NotImplementedError
+
+    def _on_failure(self, exc: BaseException) -> None:
+        pass
+
+    def imap(self, fn: Callable[[WorkContext, Any], Any], payloads: Iterable[Any]) -> Iterator[Outcome]:
+        source = iter(payloads)
+        retry: deque[tuple[Any, int]] = deque()
+        pending: dict[Any, tuple[Any, int]] = {}
+        exhausted = False
+        while True:
+            while len(pending) < self.inflight and (retry or not exhausted):
+                if retry:
+                    p, attempt = retry.popleft()
+                else:
+                    try:
+                        p, attempt = next(source), 0
+                    except StopIteration:
+                        exhausted = True
+                        continue
+                pending[self._submit(fn, p)] = (p, attempt)
+            if not pending:
+                return
+            for fut in self._wait_any(pending):
+                p, attempt = pending.pop(fut)
+                try:
+                    result = self._result(fut)
+                except Exception as exc:  # noqa: BLE001 - a whole task failed: retry its objects alone
+                    self._on_failure(exc)
+                    parts = split_task(p) if attempt == 0 else None
+                    if parts:
+                        log.warning("a task failed (%s); retrying its %d objects one by one",
+                                    type(exc).__name__, len(parts))
+                        retry.extend((part, 1) for part in parts)
+                    elif attempt == 0 and isinstance(exc, BrokenProcessPool):
+                        retry.append((p, 1))  # perhaps only a neighbour of the crash: once more
+                    else:
+                        yield p, None, exc
+                    continue
+                yield p, result, None
+
+
+class PoolExecutor(_Bounded):
+    """A local process pool."""
+
+    name = "local"
+
+    def __init__(self, ctx: WorkContext, workers: int, inflight: int | None = None) -> None:
+        self.ctx = ctx
+        self.workers = workers
+        self.inflight = inflight or workers * 3
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        context = _mp_context()
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(self.ctx,))
+        if context.get_start_method() == "fork":
+            gc.freeze()  # what is inherited stays out of the children's collections (no copy-on-write for GC)
+            pool.submit(_noop).result()  # fork every worker now, before this process starts any thread
+            gc.unfreeze()
+        return pool
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Future[Any]:
+        try:
+            return self._pool.submit(_pool_call, fn, payload)
+        except BrokenProcessPool:
+            self._restart()
+            return self._pool.submit(_pool_call, fn, payload)
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def _result(self, fut: Future[Any]) -> Any:
+        return fut.result()
+
+    def _on_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, BrokenProcessPool):
+            self._restart()
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._start()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor(_Bounded):
+    """A Dask cluster: a new LocalCluster, or an existing scheduler at ``address``."""
+
+    name = "dask"
+
+    def __init__(self, ctx: WorkContext, workers: int, address: str | None = None,
+                 inflight: int | None = None) -> None:
+        from distributed import Client, LocalCluster
+
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self._cluster = None
+        if address:
+            self._client = Client(address)
+        else:
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)
+        self.workers = max(len(self._client.scheduler_info().get("workers", {})), 1)
+        self.inflight = inflight or self.workers * 3
+        self._ctx = self._client.scatter(ctx, broadcast=True, hash=False)
+
+    def _submit(self, fn: Callable[..., Any], payload: Any) -> Any:
+        return self._client.submit(quiet_call, fn, self._ctx, payload, pure=False)
+
+    def _wait_any(self, pending: dict[Any, Any]) -> list[Any]:
+        from distributed import wait as dwait
+
+        done, _ = dwait(list(pending), return_when="FIRST_COMPLETED")
+        return list(done)
+
+    def _result(self, fut: Any) -> Any:
+        try:
+            return fut.result()
+        finally:
+            fut.release()
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def make_executor(ctx: WorkContext, executor: str = "local", workers: int | None = None,
+                  scheduler: str | None = None) -> SerialExecutor | PoolExecutor | DaskExecutor:
+    n = workers or default_workers()
+    if executor == "dask" or scheduler:
+        return DaskExecutor(ctx, n, scheduler)
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r} (local or dask)")
+    return SerialExecutor(ctx) if n == 1 else PoolExecutor(ctx, n)
