@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,51 @@ def test_resume_removes_only_the_recorded_output_inside_dst(source, key, clean, 
     assert json.loads((dst / "_deidpipe" / "run.json").read_text())["complete"] is True
     assert tree(dst) == ref_tree
     assert audit_rows(dst) == ref_audit
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.update(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_run(source, tmp_path):
+    """Only the run's own process is killed (an OOM kill, a CI timeout): its pool workers, which wait on their
+    task queue forever, must not live on holding what they loaded."""
+    dst = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from deidpipe.cli import app; app()", "run", str(source), str(dst),
+         "--workers", "2", "-q"],
+        cwd=REPO, env=dict(os.environ, DEIDPIPE_KEY=SECRET), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+            workers = {c for c in _children(proc.pid) if _alive(c)}
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the run did not start its workers"
+        proc.kill()  # the run only, not its process group
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "pool workers outlived their run"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

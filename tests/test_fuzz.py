@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import zlib
@@ -90,12 +91,18 @@ def test_hostile_batch_leaks_nothing_and_accounts_for_everything(tmp_path, synth
     before = _tree_digest(src)
     rss_file = tmp_path / "rss"
     env = dict(os.environ, DEIDPIPE_KEY=SECRET, PYTHONWARNINGS="always")
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", WRAPPER, str(rss_file), sys.executable, "-c", "from deidpipe.cli import app; app()",
          "run", str(src), str(dst), "--workers", "2"],
-        cwd=REPO, env=env, capture_output=True, timeout=360,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
-    terminal = proc.stdout + proc.stderr
+    try:
+        stdout, stderr = proc.communicate(timeout=360)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the wrapper, the run and its workers
+        proc.communicate()
+        pytest.fail("the run did not finish within 360 s")
+    terminal = stdout + stderr
     assert proc.returncode in (0, 1), terminal.decode(errors="replace")[-3000:]
     assert b"Traceback" not in terminal, terminal.decode(errors="replace")[-3000:]
 

@@ -12,6 +12,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections import deque
@@ -71,8 +72,28 @@ class SerialExecutor:
 _WORKER_CTX: WorkContext | None = None
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this worker when the process that started it dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A pool worker waits on its task queue forever: when the run is killed (``kill -9``, an OOM kill, a CI
+    timeout) its workers would live on, each holding the models it loaded, until someone finds them. (Under
+    ``forkserver`` the parent is the fork server, which exits with the run.) Elsewhere (no prctl) nothing is
+    done."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _init_worker(ctx: WorkContext) -> None:
     global _WORKER_CTX
+    _die_with_parent()
     _WORKER_CTX = ctx
     install_quiet()  # a spawned worker has imported deidpipe.dicomio already; a forked one inherits: once more
 
