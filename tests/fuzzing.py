@@ -180,7 +180,7 @@ def _huge_declared(ds: Dataset) -> None:
     ds.NumberOfFrames = 99999
 
 
-def deflate_bomb(i: int, inflated_gib: float = 2.0) -> FuzzInput:
+def deflate_bomb(i: int, inflated_gib: float = 3.5) -> FuzzInput:
     """A Deflated Explicit VR Little Endian file whose data set inflates to ``inflated_gib`` GiB of zeros (an OB
     private element), from about a megabyte. Full-flush blocks are position-independent, so one compressed MiB is
     repeated instead of compressing gigabytes."""
