@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
 	$(BIN)/pip install -q --no-deps presidio-image-redactor==0.0.62
+	# pydeface: only its MIT template and face mask are used (checked by SHA-256 in deidpipe/deface/template.py);
+	# --no-deps because it requires nipype (and nipype's tree) for an FSL wrapper deidpipe never calls.
+	$(BIN)/pip install -q --no-deps pydeface==2.1.0
 	touch $(STAMP)
 
 demo: install

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from deidpipe.deface.cli import deface_command
 from deidpipe.he.cli import he_app
 from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
@@ -34,6 +35,7 @@ app.command("reidentify")(reidentify)
 app.command("make-recipient")(make_recipient_command)
 app.command("synth")(synth)
 app.command("run")(run_command)
+app.command("deface")(deface_command)
 app.add_typer(he_app, name="he")
 
 if __name__ == "__main__":

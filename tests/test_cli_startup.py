@@ -16,11 +16,13 @@ import pytest
 # Libraries that cost tens to hundreds of milliseconds each to import, and that no --help needs. pydicom (with
 # numpy, which it imports) and polars are here too: one of them alone takes longer than the whole --help.
 HEAVY = ("torch", "presidio_analyzer", "spacy", "easyocr", "tenseal", "polars", "dask", "distributed", "cv2",
-         "scipy", "sklearn", "pydicom", "numpy", "cryptography", "yaml", "joblib", "pyarrow")
+         "scipy", "sklearn", "pydicom", "numpy", "cryptography", "yaml", "joblib", "pyarrow", "SimpleITK",
+         "nibabel")
 
 COMMANDS = [
     [],
     ["run"],
+    ["deface"],
     ["deid-file"],
     ["keygen"],
     ["rules"],

@@ -5,6 +5,8 @@ Set) full of planted identifying values in four character sets, private blocks, 
 plus ``answer_key.json``: every planted value with its path and the bytes a leak search must look for, and every
 cross-object reference.  Users test their own pipelines with it; deidpipe's tests are built on it.
 
+``deidpipe.synth.heads`` makes head volumes (NIfTI) with known face and brain masks for testing defacing.
+
 Names are loaded on first use (PEP 562), so that importing ``deidpipe.synth.cli`` to build the command line does
 not import pydicom.
 """

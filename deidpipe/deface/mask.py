@@ -1,0 +1,42 @@
+"""Masks on the subject's grid: template masks pulled back, the subject's own head outline, the brain margin."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from deidpipe.deface.volume import from_sitk
+
+
+def pull_back(mask: sitk.Image, subject: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """A template mask on the subject's grid (bool, indexed i, j, k): nearest neighbour, so a mask stays a mask
+    and no voxel is half in; outside the template's grid counts as not in the mask."""
+    out = sitk.Resample(mask, subject, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return from_sitk(out)[0] > 0
+
+
+def head_outline(data: np.ndarray) -> np.ndarray:
+    """The subject's tissue (bool): above 15% of the way from the 1st to the 99th intensity percentile, closed,
+    holes filled. Works for MR (air ~0) and CT (air ~-1000 HU) alike because it is relative; noise is smoothed
+    first by a 3-voxel median so that speckle in the air does not count as tissue."""
+    from scipy import ndimage
+
+    lo, hi = np.percentile(data, [1, 99])
+    if hi <= lo:
+        return np.zeros(data.shape, dtype=bool)
+    smooth = ndimage.median_filter(data, size=3)
+    tissue = smooth > lo + 0.15 * (hi - lo)
+    tissue = ndimage.binary_closing(tissue, iterations=2)
+    filled: np.ndarray = ndimage.binary_fill_holes(tissue)
+    return filled
+
+
+def dilate_mm(mask: np.ndarray, margin_mm: float, spacing_mm: np.ndarray) -> np.ndarray:
+    """``mask`` grown by ``margin_mm`` millimetres (Euclidean, with the true voxel spacing of each axis)."""
+    from scipy import ndimage
+
+    if margin_mm <= 0 or not mask.any():
+        return mask.copy()
+    distance = ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
+    grown: np.ndarray = distance <= margin_mm
+    return grown

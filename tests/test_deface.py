@@ -1,0 +1,141 @@
+"""Defacing (deidpipe.deface) on synthetic heads with known face and brain (deidpipe.synth.heads).
+
+Real SimpleITK, nibabel and pydeface template data throughout. Each registration takes a few seconds at 3 mm,
+so the heads are 2 mm volumes; ``DEIDPIPE_DEFACE_HEADS`` (default 8: every storage orientation once, half of
+them oblique) sets how many random heads the main test defaces (the issue's full check is 20:
+``DEIDPIPE_DEFACE_HEADS=20``; its figures are in docs/deface.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("SimpleITK")
+
+from deidpipe.deface import DefaceError, RegistrationError, TemplateError, deface_file, deface_volume  # noqa: E402
+from deidpipe.deface.volume import canonical  # noqa: E402
+from deidpipe.synth.heads import ORIENTATIONS, make_head  # noqa: E402
+
+HEADS = int(os.environ.get("DEIDPIPE_DEFACE_HEADS", "8"))
+# Every storage orientation in turn, alternately straight and oblique; seeds fixed so a failure reproduces.
+CASES = [(100 + n, ORIENTATIONS[n % len(ORIENTATIONS)], n % 2 == 1) for n in range(HEADS)]
+
+
+def _data(img) -> np.ndarray:
+    return np.asarray(img.dataobj)
+
+
+def test_template_is_checked_by_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deidpipe.deface import template
+
+    t = template.load_template()
+    assert t.face_core.any() and t.brain.any() and t.head.any()
+    assert not (t.face_core & t.brain).any()
+    # about 1.1-1.5 litres: a brain, not a head or a ventricle
+    assert 1.0e6 < t.brain.sum() * t.voxel_mm3 < 1.6e6
+    monkeypatch.setitem(template.SHA256, template.FACEMASK_FILE, "0" * 64)
+    with pytest.raises(TemplateError, match="differs from the recorded SHA-256"):
+        template._read(template.FACEMASK_FILE)
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_synth_storage_orientation_and_ras_round_trip(orientation: str) -> None:
+    head = make_head(1, orientation=orientation, oblique=False, noise=False)
+    assert "".join(nib.aff2axcodes(head.image.affine)) == orientation
+    can = canonical(head.image)
+    assert "".join(nib.aff2axcodes(can.affine)) == "RAS"
+    assert np.array_equal(can.to_original(can.data), _data(head.image).astype(np.float32))
+    assert head.face.sum() > 10_000 and head.brain.sum() > 100_000 and not (head.face & head.brain).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "orientation", "oblique"), CASES,
+                         ids=[f"{s}-{o}{'-oblique' if b else ''}" for s, o, b in CASES])
+def test_defaces_synth_head(seed: int, orientation: str, oblique: bool) -> None:
+    head = make_head(seed, orientation=orientation, oblique=oblique)
+    before = _data(head.image)
+    result = deface_volume(head.image)
+    after = _data(result.image)
+    assert after.shape == before.shape and after.dtype == before.dtype
+    assert np.allclose(result.image.affine, head.image.affine)
+    removed = float(((after == 0) & head.face).sum() / head.face.sum())
+    changed = after != before
+    assert removed >= 0.98, removed
+    assert int((changed & head.brain).sum()) == 0
+    assert result.brain_voxels_changed == 0
+    assert not (changed & result.protected).any()
+    assert not (changed & ~result.face_mask).any()  # only the face region is ever touched
+    assert result.face_in_view and result.changed and result.reason == "defaced"
+    assert result.face_voxels_removed == int(changed.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "seed", "orientation"), [("face_out", 201, "LPS"), ("brain_only", 202, "ASR")])
+def test_volume_without_face_passes_unchanged(kind: str, seed: int, orientation: str) -> None:
+    head = make_head(seed, kind=kind, orientation=orientation)
+    result = deface_volume(head.image)
+    assert not result.face_in_view and not result.changed
+    assert "no face in the field of view" in result.reason
+    assert np.array_equal(_data(result.image), _data(head.image))
+    assert result.face_voxels_removed == 0 and result.brain_voxels_changed == 0
+
+
+@pytest.mark.slow
+def test_noise_volume_is_refused_not_cut(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    noise = nib.Nifti1Image(rng.integers(0, 1000, (96, 112, 104)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    src, dst = tmp_path / "noise.nii.gz", tmp_path / "out.nii.gz"
+    nib.save(noise, str(src))
+    with pytest.raises(RegistrationError) as info:
+        deface_file(src, dst)
+    assert info.value.reason.startswith("registration failed") and info.value.path == str(src)
+    assert not dst.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_face_mask_over_the_brain_is_refused() -> None:
+    """A brain mask (from the caller, e.g. a brain-extraction model) that the face region overlaps means the fit
+    cannot be trusted: refused with a fixed reason, nothing cut."""
+    head = make_head(301, orientation="RAS", oblique=False)
+    with pytest.raises(RegistrationError, match="overlaps the brain"):
+        deface_volume(head.image, brain_mask=head.face | head.brain)
+
+
+@pytest.mark.slow
+def test_files_and_cli(tmp_path: Path) -> None:
+    head = make_head(401, orientation="LIP", oblique=True)
+    src = tmp_path / "head.nii.gz"
+    nib.save(head.image, str(src))
+    out = tmp_path / "out" / "head.mgz"
+    proc = subprocess.run([sys.executable, "-m", "deidpipe.cli", "deface", str(src), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "defaced" in proc.stdout and "brain voxels changed 0" in proc.stdout
+    mgz = nib.load(str(out))
+    assert isinstance(mgz, nib.MGHImage) and np.allclose(mgz.affine, head.image.affine, atol=1e-4)
+    data = np.asarray(mgz.dataobj)
+    assert ((data == 0) & head.face).sum() >= 0.98 * head.face.sum()
+    assert np.array_equal(data[head.brain], _data(head.image)[head.brain])
+
+    # a volume without the face: the same bytes out
+    faceless = make_head(402, kind="face_out", orientation="RAS")
+    src2, out2 = tmp_path / "faceless.nii", tmp_path / "faceless_out.nii"
+    nib.save(faceless.image, str(src2))
+    result = deface_file(src2, out2)
+    assert not result.changed and out2.read_bytes() == src2.read_bytes()
+
+    # refused: exit 2, nothing written; an unsupported suffix is refused before any work
+    bad = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.int16), np.eye(4)), str(bad))
+    proc = subprocess.run([sys.executable, "-m", "deidpipe.cli", "deface", str(bad), str(tmp_path / "x.nii")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "refused" in proc.stderr and not (tmp_path / "x.nii").exists()
+    with pytest.raises(DefaceError, match="unsupported file type"):
+        deface_file(src, tmp_path / "out.png")
