@@ -27,7 +27,7 @@ from deidpipe.pipeline.sink import fsync_dir
 STATUS_WRITTEN = "written"  # de-identified and written (or an identical file was already there)
 STATUS_QUARANTINED = "quarantined"  # a stage failed: a record in DST/quarantine, nothing written
 STATUS_DUPLICATE = "duplicate"  # same SOP instance and same bytes as another input: written once
-STATUS_SKIPPED = "skipped"  # deliberately not carried over (a DICOMDIR)
+STATUS_SKIPPED = "skipped"  # deliberately not carried over (a DICOMDIR, a link, a FIFO, socket or device)
 FINAL_STATUSES = (STATUS_WRITTEN, STATUS_QUARANTINED, STATUS_DUPLICATE, STATUS_SKIPPED)
 
 

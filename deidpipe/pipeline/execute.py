@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
 
@@ -27,7 +27,7 @@ from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectRe
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
 from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
-from deidpipe.pipeline.sink import output_digest, output_relpath, write_atomic
+from deidpipe.pipeline.sink import discard_staged, flush_staged, output_digest, output_relpath, publish, stage_output
 from deidpipe.pipeline.source import (
     MAX_MEMBER_BYTES,
     SourceItem,
@@ -209,21 +209,58 @@ def _apply_series_stage(works: list[_Work], name: str, ctx: WorkContext) -> None
         w.result.timings_ms[name] = per
 
 
-def _write(w: _Work, ctx: WorkContext) -> None:
+class _Staged(NamedTuple):
+    """An object's output, written to a temporary file and waiting for the task's flush (see :func:`_publish`)."""
+
+    work: _Work
+    relpath: str
+    tmp: Path
+    size: int
+    digest: str
+
+
+def _stage(w: _Work, ctx: WorkContext) -> _Staged | None:
+    """Encode the object and write it to a temporary file; the data set is let go either way."""
     t0 = time.perf_counter()
+    staged = None
     try:
         rel = output_relpath(w.ds, ctx.layout, w.item.item.relpath)
         parts = encode_dataset(w.ds)  # the file in pieces: native pixel data is never copied
-        write_atomic(Path(ctx.dst), rel, parts, w.item.object_id)
-        w.result.status = STATUS_WRITTEN
-        w.result.output = rel
-        w.result.bytes_out = sum(len(p) for p in parts)
-        w.result.out_hash = output_digest(parts)
+        tmp = stage_output(Path(ctx.dst), parts, w.item.object_id)
+        staged = _Staged(w, rel, tmp, sum(len(p) for p in parts), output_digest(parts))
     except Exception as exc:  # noqa: BLE001
         _quarantine(w, "write", exc)
     w.ds = None
     w.source = None
     w.result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
+    return staged
+
+
+def _publish(staged: list[_Staged], ctx: WorkContext) -> None:
+    """Make a task's staged outputs durable in one flush, then link each into place (see
+    :func:`deidpipe.pipeline.sink.flush_staged`). An object counts as written only once its file has its name."""
+    if not staged:
+        return
+    t0 = time.perf_counter()
+    dst = Path(ctx.dst)
+    try:
+        flush_staged(dst, [s.tmp for s in staged])
+    except Exception as exc:  # noqa: BLE001 - nothing is linked: every object of the flush is quarantined
+        for s in staged:
+            discard_staged(s.tmp)
+            _quarantine(s.work, "write", exc)
+        return
+    for s in staged:
+        try:
+            publish(dst, s.relpath, s.tmp)
+        except Exception as exc:  # noqa: BLE001
+            _quarantine(s.work, "write", exc)
+            continue
+        result = s.work.result
+        result.status, result.output, result.bytes_out, result.out_hash = STATUS_WRITTEN, s.relpath, s.size, s.digest
+    share = (time.perf_counter() - t0) * 1e3 / len(staged)
+    for s in staged:
+        s.work.result.timings_ms["write"] = s.work.result.timings_ms.get("write", 0.0) + share
 
 
 def _new_work(item: ExecItem, ctx: WorkContext) -> _Work:
@@ -238,7 +275,7 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     keep_source = not NEEDS_SOURCE.isdisjoint(task.stages)
     prefetch(ctx.source, [i.item for i in task.items])
     if not any(scope[s] == SCOPE_SERIES for s in task.stages):
-        out = []
+        out, pending = [], []
         for item in task.items:  # one object in memory at a time
             w = _new_work(item, ctx)
             _within_budget(w, "read", _read, w, ctx, keep_source)
@@ -246,9 +283,10 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
                 if w.ds is None:
                     break
                 _within_budget(w, name, _apply_object_stage, w, name, ctx)
-            if w.ds is not None:
-                _write(w, ctx)
+            if w.ds is not None and (staged := _stage(w, ctx)) is not None:
+                pending.append(staged)
             out.append(w.result)
+        _publish(pending, ctx)
         return out
     works = [_new_work(item, ctx) for item in task.items]
     for w in works:
@@ -260,9 +298,7 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
             for w in works:
                 if w.ds is not None:
                     _within_budget(w, name, _apply_object_stage, w, name, ctx)
-    for w in works:
-        if w.ds is not None:
-            _write(w, ctx)
+    _publish([staged for w in works if w.ds is not None and (staged := _stage(w, ctx)) is not None], ctx)
     return [w.result for w in works]
 
 

@@ -40,7 +40,7 @@ from deidpipe.pipeline.audit import (
 )
 from deidpipe.pipeline.execute import WorkContext, exec_task, index_task, reason_of
 from deidpipe.pipeline.executors import make_executor
-from deidpipe.pipeline.index import KIND_INVALID, MANIFEST_SCHEMA, ManifestWriter, object_id
+from deidpipe.pipeline.index import KIND_INVALID, KIND_REJECTED, MANIFEST_SCHEMA, ManifestWriter, object_id
 from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
 from deidpipe.pipeline.progress import Reporter
 from deidpipe.pipeline.sink import (
@@ -285,7 +285,7 @@ class Run:
                                kind=KIND_INVALID, reason=f"index failed ({reason_of(exc)})")
                     rows.append(row)
             writer.add(rows)
-            self.reporter.advance(len(rows), sum(1 for r in rows if r["kind"] == KIND_INVALID))
+            self.reporter.advance(len(rows), sum(1 for r in rows if r["kind"] in (KIND_INVALID, KIND_REJECTED)))
         self.reporter.finish()
         return writer.close()
 

@@ -7,11 +7,12 @@
   never sees half a file. A finished file is never replaced: when the target exists, identical bytes count as
   done and different bytes are a conflict that quarantines the newcomer.
 * The quarantine holds a JSON record per failed object (stage, reason, hashes), never a copy of the object.
-* Durability: a file is fsynced before it is linked into place (a name in the tree never points at a partial file,
-  even after a power cut), and the runner fsyncs the folders of a batch's outputs and records
-  (:func:`sync_dirs`) before the journal says they exist. On resume a finished output is trusted only when its
-  size and hash match the journal (:func:`output_matches`); one that does not is removed (:func:`remove_output`)
-  and made again.
+* Durability: a file is made durable before it is linked into place (a name in the tree never points at a partial
+  file, even after a power cut): a worker stages a task's files, flushes them with one ``syncfs`` (or an fsync
+  each), then links them (:func:`stage_output`, :func:`flush_staged`, :func:`publish`); and the runner fsyncs
+  the folders of a batch's outputs and records (:func:`sync_dirs`) before the journal says they exist. On resume
+  a finished output is trusted only when its size and hash match the journal (:func:`output_matches`); one that
+  does not is removed (:func:`remove_output`) and made again.
 """
 
 from __future__ import annotations
@@ -74,11 +75,18 @@ def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
     )
 
 
-def _same_content(path: Path, data: Sequence[bytes]) -> bool:
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (read in chunks: an output can be large)."""
     try:
-        if path.stat().st_size != sum(len(d) for d in data):
+        if a.stat().st_size != b.stat().st_size:
             return False
-        return path.read_bytes() == b"".join(data)
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+                if ca != cb:
+                    return False
+                if not ca:
+                    return True
     except OSError:
         return False
 
@@ -94,15 +102,10 @@ def _ensure_dir(path: Path) -> None:
         _made_dirs.add(key)
 
 
-def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: str) -> str:
-    """Write ``data`` (bytes, or pieces written one after the other) to ``dst/relpath`` atomically and without
-    replacing a different finished file.
-
-    Returns ``"written"`` or ``"present"`` (an identical file was already there); raises
-    :class:`OutputConflictError` when a different file is there.
-    """
-    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
-    final = dst / relpath
+def stage_output(dst: Path, data: bytes | Sequence[bytes], token: str) -> Path:
+    """Write ``data`` (bytes, or pieces written one after the other) to a temporary file under ``DST/_deidpipe/tmp``
+    and return its path. Not yet durable (see :func:`flush_staged`) and not yet in the tree (:func:`publish`)."""
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
     tmp = dst / TMP_DIR / f"{token}.{os.getpid()}.tmp"
     try:
         fh = open(tmp, "wb")  # noqa: SIM115 - closed below
@@ -113,8 +116,51 @@ def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: 
     with fh:
         for part in parts:
             fh.write(part)
-        fh.flush()
-        os.fsync(fh.fileno())  # durable before it has a name in the tree: a crash never leaves a short output
+    return tmp
+
+
+def _syncfs(path: Path) -> bool:
+    """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
+    False where it is not available (not Linux, no libc), or failed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return False
+    try:
+        return libc.syncfs(fd) == 0
+    except AttributeError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def flush_staged(dst: Path, staged: Sequence[Path]) -> None:
+    """Make staged files durable before they get a name in the tree, so that a crash or a power cut never leaves
+    a short output. One ``syncfs`` for a whole task's files: an fsync per file cost about 5 ms per object on this
+    machine's disk (a journal commit each), a third of the object's whole cost; elsewhere an fsync per file."""
+    if not staged:
+        return
+    if len(staged) > 1 and _syncfs(dst / TMP_DIR):
+        return
+    for tmp in staged:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish(dst: Path, relpath: str, tmp: Path) -> str:
+    """Give the staged file ``tmp`` its name ``dst/relpath``, atomically and without replacing a different
+    finished file; the temporary name goes in any case.
+
+    Returns ``"written"`` or ``"present"`` (an identical file was already there); raises
+    :class:`OutputConflictError` when a different file is there.
+    """
+    final = dst / relpath
     try:
         _ensure_dir(final.parent)
         try:
@@ -126,7 +172,7 @@ def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: 
                 os.link(tmp, final)
             return "written"
         except FileExistsError:
-            if _same_content(final, parts):
+            if _same_file(final, tmp):
                 return "present"
             raise OutputConflictError("the output path already holds a different object") from None
         except OSError as exc:
@@ -134,16 +180,20 @@ def write_atomic(dst: Path, relpath: str, data: bytes | Sequence[bytes], token: 
                 raise
             # A file system without hard links: rename, after checking (not race free across hosts).
             if final.exists():
-                if _same_content(final, parts):
+                if _same_file(final, tmp):
                     return "present"
                 raise OutputConflictError("the output path already holds a different object") from None
             os.replace(tmp, final)
             return "written"
     finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        discard_staged(tmp)
+
+
+def discard_staged(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def output_digest(data: bytes | Sequence[bytes]) -> str:
