@@ -82,6 +82,8 @@ def _check_pixels(path: Path) -> str | None:
         except Exception as exc:  # noqa: BLE001 - any parser failure means the fragments are not whole
             return f"fragments cannot be read ({type(exc).__name__})"
         return None if got == frames else f"{got} of {frames} frames"
+    if "SamplesPerPixel" not in ds:  # a flipped tag can take it away: one sample, as a reader would assume
+        ds.SamplesPerPixel = 1
     try:
         expected = get_expected_length(ds, "bytes")
     except Exception as exc:  # noqa: BLE001
