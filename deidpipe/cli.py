@@ -38,5 +38,22 @@ app.command("run")(run_command)
 app.command("deface")(deface_command)
 app.add_typer(he_app, name="he")
 
+
+
+def main() -> None:
+    """The ``deidpipe`` command: :data:`app`, with any unexpected exception reported by where it happened and its
+    type only (:func:`deidpipe.quiet.crash_report`): its message may quote a DICOM value, and Python's own report
+    would print it. Exit code 3."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - a bug somewhere below: never its message
+        import sys
+
+        from deidpipe.quiet import crash_report
+
+        print(f"deidpipe: internal error\n{crash_report(exc)}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -82,3 +82,22 @@ def test_every_command_has_help(command: list[str]) -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Usage" in proc.stdout
+
+
+def test_an_unexpected_error_is_reported_without_its_message(monkeypatch, capsys):
+    """A bug deep below a command: the message may quote a value, so ``deidpipe`` reports where and what type."""
+    import pytest
+
+    import deidpipe.cli
+
+    secret = "QX" + "SECRET"  # built at run time: the report shows source lines, and a value is not in them
+
+    def broken() -> None:
+        raise ValueError(f"Invalid value for VR PN: '{secret}^Jane'")
+
+    monkeypatch.setattr(deidpipe.cli, "app", broken)
+    with pytest.raises(SystemExit) as info:
+        deidpipe.cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "ValueError" in err and "internal error" in err
+    assert "QXSECRET" not in err
