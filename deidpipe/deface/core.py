@@ -37,7 +37,8 @@ class DefaceResult:
 
     ``face_mask``: the template face region pulled back (what would be removed); ``brain_mask``: the brain that
     was protected (given by the caller or pulled back from the template), before the margin; ``protected``: the
-    brain grown by the margin, never changed. ``face_voxels_removed`` counts voxels whose value changed to 0;
+    brain grown by the margin (computed near the face region, where anything is cut), never changed.
+    ``face_voxels_removed`` counts voxels whose value changed to 0;
     ``brain_voxels_changed`` counts brain-mask voxels whose value changed (always 0, or an error is raised).
     """
 
@@ -101,10 +102,7 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
         brain = pull_back(template.sitk("brain"), subject, fit.transform)
         brain_source = 0.0
     else:
-        from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-        given = np.asarray(brain_mask, dtype=bool).reshape(can.data.shape if brain_mask.ndim == 3 else -1)
-        brain = apply_orientation(given, ornt_transform(io_orientation(image.affine), axcodes2ornt("RAS"))) > 0
+        brain = can.to_ras(np.asarray(brain_mask) > 0)
         brain_source = 1.0
     scales = np.linalg.svd(fit.linear(), compute_uv=False)
     figures = _checks(tissue, head_t, face_core, brain, scales, max_overlap)
@@ -118,11 +116,10 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     figures["face_tissue_in_view"] = present / max(expected, 1e-9)
     face_in_view = figures["face_tissue_in_view"] >= FACE_IN_VIEW_MIN
 
-    protected = dilate_mm(brain, margin_mm, spacing)
+    protected = dilate_mm(brain, margin_mm, spacing, near=face)
     cut = face & ~protected & (can.data != 0) if face_in_view else np.zeros_like(face)
     cut_original = can.to_original(cut)
     out = zeroed(image, cut_original) if cut.any() else image
-    before = can.data
     after = np.asarray(out.dataobj, dtype=np.float32).reshape(image.shape[:3]) if cut.any() else None
     brain_original = can.to_original(brain)
     if after is not None:
@@ -133,7 +130,6 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
         brain_changed = removed = 0
     if brain_changed:  # cannot happen by construction; checked on the written values all the same
         raise DefaceError("a brain voxel would change: refused")
-    del before
     if not face_in_view:
         reason = "no face in the field of view (face region outside the volume or empty): unchanged"
     elif removed == 0:

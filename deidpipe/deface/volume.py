@@ -36,11 +36,24 @@ class Canonical:
     data: np.ndarray
     affine: np.ndarray
     _back: np.ndarray
+    _forth: np.ndarray
 
     def to_original(self, array: np.ndarray) -> np.ndarray:
+        """An RAS-ordered array in the input's storage order."""
         from nibabel.orientations import apply_orientation
 
         return np.ascontiguousarray(apply_orientation(array, self._back))
+
+    def to_ras(self, array: np.ndarray) -> np.ndarray:
+        """An array in the input's storage order (same shape as the input) in RAS order."""
+        from nibabel.orientations import apply_orientation
+
+        if tuple(array.shape) != tuple(self._back_shape()):
+            raise VolumeError(f"mask shape {tuple(array.shape)} is not the volume's {self._back_shape()}")
+        return np.ascontiguousarray(apply_orientation(array, self._forth))
+
+    def _back_shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.to_original(np.empty(self.data.shape, dtype=bool)).shape)
 
 
 def suffix_of(path: Path) -> str:
@@ -89,7 +102,7 @@ def canonical(img: Any) -> Canonical:
     to_ras = ornt_transform(ornt, ras)
     out = np.ascontiguousarray(apply_orientation(data, to_ras), dtype=np.float32)
     affine = img.affine @ inv_ornt_aff(to_ras, data.shape)
-    return Canonical(out, affine, ornt_transform(ras, ornt))
+    return Canonical(out, affine, ornt_transform(ras, ornt), to_ras)
 
 
 def to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
