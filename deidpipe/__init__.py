@@ -13,8 +13,7 @@ works as before; type checkers see the names through the ``TYPE_CHECKING`` impor
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deidpipe.errors import (
     DeidError,
@@ -26,6 +25,7 @@ from deidpipe.errors import (
     TruncatedError,
 )
 from deidpipe.keys import ProjectKey
+from deidpipe.lazy import lazy_names
 
 # Set before any stage module can be imported: the header engine stamps it into DeidentificationMethod.
 __version__ = "0.1.0"
@@ -71,15 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a stage's public name on first access and cache it in the package namespace."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deidpipe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -7,8 +7,9 @@ See docs/deface.md for the method and why each choice was made.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from deidpipe.lazy import lazy_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.deface.core import DefaceResult, deface_file, deface_volume
@@ -35,10 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access and cache the name here."""
-    if name not in _WHERE:
-        raise AttributeError(f"module 'deidpipe.deface' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"deidpipe.deface.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, {name: f".{module}" for name, module in _WHERE.items()})

@@ -13,8 +13,9 @@ not import pydicom.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from deidpipe.lazy import lazy_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.synth.answer_key import (
@@ -47,11 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access and cache the name here."""
-    if name not in __all__:
-        raise AttributeError(f"module 'deidpipe.synth' has no attribute {name!r}")
-    module = "archive" if name in _ARCHIVE else "answer_key"
-    value = getattr(importlib.import_module(f"deidpipe.synth.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, {name: ".archive" if name in _ARCHIVE else ".answer_key" for name in __all__})
