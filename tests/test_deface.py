@@ -88,6 +88,20 @@ def test_volume_without_face_passes_unchanged(kind: str, seed: int, orientation:
 
 
 @pytest.mark.slow
+def test_head_cut_at_the_top_is_still_defaced() -> None:
+    """A field of view that misses the top 40% of the head (face and lower brain in view) is defaced all the same,
+    without touching the brain that is there."""
+    head = make_head(801, orientation="RAS", oblique=False)
+    keep = int(head.image.shape[2] * 0.6)
+    image = nib.Nifti1Image(_data(head.image)[:, :, :keep], head.image.affine)
+    face, brain = head.face[:, :, :keep], head.brain[:, :, :keep]
+    result = deface_volume(image)
+    after = _data(result.image)
+    assert result.face_in_view and ((after == 0) & face).sum() >= 0.98 * face.sum()
+    assert not ((after != _data(image)) & brain).any()
+
+
+@pytest.mark.slow
 def test_noise_volume_is_refused_not_cut(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     noise = nib.Nifti1Image(rng.integers(0, 1000, (96, 112, 104)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
