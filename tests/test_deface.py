@@ -102,6 +102,23 @@ def test_head_cut_at_the_top_is_still_defaced() -> None:
 
 
 @pytest.mark.slow
+def test_scaled_nifti_keeps_every_other_value(tmp_path: Path) -> None:
+    """A file stored with scl_slope / scl_inter: the face reads as 0 afterwards and every other voxel reads exactly
+    as before."""
+    head = make_head(501, orientation="LAS", oblique=False)
+    src, dst = tmp_path / "scaled.nii.gz", tmp_path / "out.nii.gz"
+    img = nib.Nifti1Image(_data(head.image), head.image.affine)
+    img.header.set_slope_inter(0.5, 10.0)
+    nib.save(img, str(src))
+    result = deface_file(src, dst)
+    before = np.asarray(nib.load(str(src)).get_fdata())
+    after = np.asarray(nib.load(str(dst)).get_fdata())
+    changed = after != before
+    assert result.changed and np.all(after[changed] == 0)
+    assert ((after == 0) & head.face).sum() >= 0.98 * head.face.sum() and not (changed & head.brain).any()
+
+
+@pytest.mark.slow
 def test_noise_volume_is_refused_not_cut(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     noise = nib.Nifti1Image(rng.integers(0, 1000, (96, 112, 104)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
