@@ -13,15 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-nib = pytest.importorskip("nibabel")
-pytest.importorskip("SimpleITK")
-
-from deidpipe.deface import DefaceError, RegistrationError, TemplateError, deface_file, deface_volume  # noqa: E402
-from deidpipe.deface.volume import canonical  # noqa: E402
-from deidpipe.synth.heads import ORIENTATIONS, make_head  # noqa: E402
+from deidpipe.deface import DefaceError, RegistrationError, TemplateError, deface_file, deface_volume
+from deidpipe.deface.volume import canonical
+from deidpipe.synth.heads import ORIENTATIONS, make_head
 
 HEADS = int(os.environ.get("DEIDPIPE_DEFACE_HEADS", "8"))
 # Every storage orientation in turn, alternately straight and oblique; seeds fixed so a failure reproduces.
