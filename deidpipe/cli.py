@@ -55,5 +55,33 @@ def main() -> None:
         raise SystemExit(3) from None
 
 
+def console() -> None:
+    """The installed ``deidpipe`` command: :func:`main`, then leave without tearing the interpreter down.
+
+    Everything a command writes is closed by then (outputs, journal, audit, the pool and any Dask cluster shut
+    down); what is left is Python freeing every module and object one by one, which after a run (pydicom,
+    polars, numpy) took 0.4 s: 7% of a whole 1,000-file run. Streams and log handlers are flushed first."""
+    import logging
+    import os
+    import sys
+
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # a message instead of a code, as sys.exit("...") gives
+            print(exc.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -12,7 +12,7 @@ import copy
 import io
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.charset import default_encoding
@@ -271,14 +271,17 @@ def _string_value(value: object, vr: str, ascii_text: bool) -> bytes | None:
     return text.encode("ascii")
 
 
-def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: bool, ascii_text: bool) -> None:
+def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: bool, ascii_text: bool,
+                    encoding: Any = None) -> None:
     """Write ``ds``'s elements ``tags`` as pydicom's ``write_data_element`` would.
 
-    Raw elements (when ``raw``: the data set keeps the encoding it was read with), plain ASCII strings and single
-    integers skip its per-element machinery: their header is packed here and their bytes written. Everything
-    else goes through pydicom."""
+    Raw elements (when ``raw``: the data set keeps the encoding it was read with), plain ASCII strings, single
+    integers and sequences of such items skip its per-element machinery: their header is packed here and their
+    bytes written. Everything else goes through pydicom. ``encoding``: the character set in force (a sequence
+    item inherits its parent's); by default the data set's own."""
     implicit = fp.is_implicit_VR
-    encoding = ds.get("SpecificCharacterSet", default_encoding)
+    if encoding is None:
+        encoding = ds.get("SpecificCharacterSet", default_encoding)
     for tag in tags:
         elem = ds._dict[tag]
         value = None
@@ -287,7 +290,10 @@ def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: boo
             if (raw and isinstance(elem.value, bytes) and elem.VR != "SQ" and elem.length == len(elem.value)
                     and not (tag == _PIXEL_DATA and len(elem.value) % 2)):
                 value = elem.value
-        elif elem.VR != "SQ" and not elem.is_undefined_length:
+        elif elem.VR == "SQ":
+            if _write_sequence(fp, elem, encoding):
+                continue
+        elif not elem.is_undefined_length:
             value = _plain_value(elem.value, elem.VR, ascii_text)
         if value is not None:
             header = _raw_header(tag, elem.VR, len(value), implicit)
@@ -297,6 +303,60 @@ def _write_elements(fp: DicomBytesIO, ds: Dataset, tags: list[BaseTag], raw: boo
                 continue
         # Pixel Data decoded, as pydicom's dcmwrite has it (it pads an odd length); the rest as stored.
         write_data_element(fp, ds[tag] if tag == _PIXEL_DATA else ds.get_item(tag), encoding)
+
+
+_ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def _item_is_plain(item: Dataset, implicit: bool) -> bool | None:
+    """How a sequence item can be written by :func:`_write_elements`: True (its raw elements as they are: it keeps
+    the encoding it was read with), False (made here: no raw element), None (pydicom must write it: it would
+    re-encode the item, or correct an ambiguous VR)."""
+    if item.original_encoding == (implicit, True) and item.original_character_set == item._character_set:
+        return True
+    if any(isinstance(e, RawDataElement) or " or " in (e.VR or "") for e in item._dict.values()):
+        return None
+    return False
+
+
+def _write_sequence(fp: DicomBytesIO, elem: Any, encoding: Any) -> bool:
+    """Write a sequence (a DataElement of VR SQ) as pydicom's ``write_data_element`` / ``write_sequence_item``
+    would: items of defined length (unless read with undefined length), the sequence's own length as it was.
+    Returns False, having written nothing, where an item needs pydicom (see :func:`_item_is_plain`).
+
+    Every object gets at least the De-identification Method Code Sequence: pydicom's writer spends about half a
+    millisecond an object on sequences of a few elements."""
+    implicit = fp.is_implicit_VR
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, implicit
+    for item in elem.value:
+        raw = _item_is_plain(item, implicit)
+        if raw is None:
+            return False
+        item_encoding = item.get("SpecificCharacterSet", encoding)
+        ascii_text = item_encoding is None or (isinstance(item_encoding, str) and item_encoding in _ASCII_CHARSETS)
+        item_fp = DicomBytesIO()
+        item_fp.is_little_endian, item_fp.is_implicit_VR = True, implicit
+        tags = [tag for tag in sorted(item._dict, key=int) if tag.element != 0 or tag.group <= 6]
+        _write_elements(item_fp, item, tags, raw=raw, ascii_text=ascii_text, encoding=item_encoding)
+        data = item_fp.getvalue()
+        if getattr(item, "is_undefined_length_sequence_item", False):
+            body.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + data + _ITEM_END)
+        else:
+            body.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
+    value = body.getvalue()
+    undefined = elem.is_undefined_length
+    length = 0xFFFFFFFF if undefined else len(value)
+    tag = int(elem.tag)
+    if implicit:
+        fp.write(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length))
+    else:
+        fp.write(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, length))
+    fp.write(value)
+    if undefined:
+        fp.write(_SEQUENCE_END)
+    return True
 
 
 def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:

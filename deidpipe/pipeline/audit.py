@@ -20,9 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from deidpipe.pipeline.sink import fsync_dir
+from deidpipe.pipeline.tables import polars_schema
 
 STATUS_WRITTEN = "written"  # de-identified and written (or an identical file was already there)
 STATUS_QUARANTINED = "quarantined"  # a stage failed: a record in DST/quarantine, nothing written
@@ -69,20 +68,21 @@ class ObjectResult:
 #: The fields of a journal record: every field of :class:`ObjectResult` but ``resumed``.
 _RECORD_FIELDS = tuple(f.name for f in fields(ObjectResult) if f.name != "resumed")
 
-AUDIT_SCHEMA: dict[str, Any] = {
-    "object_id": pl.String,
-    "status": pl.String,
-    "content_hash": pl.String,
-    "stage": pl.String,
-    "reason": pl.String,
-    "output": pl.String,
-    "bytes_in": pl.Int64,
-    "bytes_out": pl.Int64,
-    "out_hash": pl.String,
-    "series_uid": pl.String,
-    "timings_ms": pl.String,
-    "actions": pl.String,
-    "run": pl.Int64,
+#: Column -> polars type name (see :mod:`deidpipe.pipeline.tables`).
+AUDIT_SCHEMA: dict[str, str] = {
+    "object_id": "String",
+    "status": "String",
+    "content_hash": "String",
+    "stage": "String",
+    "reason": "String",
+    "output": "String",
+    "bytes_in": "Int64",
+    "bytes_out": "Int64",
+    "out_hash": "String",
+    "series_uid": "String",
+    "timings_ms": "String",
+    "actions": "String",
+    "run": "Int64",
 }
 
 
@@ -158,9 +158,11 @@ def finished_objects(path: Path) -> dict[str, ObjectResult]:
 
 def write_audit(journal: Path, out: Path) -> Path:
     """The latest record of each object, as Parquet, sorted by object id."""
+    import polars as pl
+
     tmp = out.with_suffix(".parquet.tmp")
     if journal.exists() and journal.stat().st_size:
-        frame = pl.scan_ndjson(journal, schema=AUDIT_SCHEMA)
+        frame = pl.scan_ndjson(journal, schema=polars_schema(AUDIT_SCHEMA))
         (
             frame.with_row_index("_line")
             .filter(pl.col("_line") == pl.col("_line").max().over("object_id"))
@@ -169,6 +171,6 @@ def write_audit(journal: Path, out: Path) -> Path:
             .sink_parquet(tmp)
         )
     else:
-        pl.DataFrame(schema=AUDIT_SCHEMA).write_parquet(tmp)
+        pl.DataFrame(schema=polars_schema(AUDIT_SCHEMA)).write_parquet(tmp)
     tmp.replace(out)
     return out

@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import polars as pl
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
@@ -42,6 +41,7 @@ from deidpipe.pipeline.source import (
     prefetch,
     read_member,
 )
+from deidpipe.pipeline.tables import polars_schema
 from deidpipe.plainread import GiveUp, scan_elements
 
 #: Media Storage Directory Storage: a DICOMDIR.
@@ -57,24 +57,25 @@ KIND_SKIPPED = "skipped"
 #: ... or an input refused as it stands (a hostile or broken archive member, an unreadable folder).
 KIND_REJECTED = "rejected"
 
-MANIFEST_SCHEMA: dict[str, Any] = {
-    "path": pl.String,
-    "object_id": pl.String,
-    "size": pl.Int64,
-    "mtime_ns": pl.Int64,
-    "content_hash": pl.String,
-    "kind": pl.String,
-    "reason": pl.String,
-    "sop_class_uid": pl.String,
-    "modality": pl.String,
-    "study_uid": pl.String,
-    "series_uid": pl.String,
-    "instance_uid": pl.String,
-    "transfer_syntax": pl.String,
-    "rows": pl.Int32,
-    "columns": pl.Int32,
-    "frames": pl.Int32,
-    "burned_in_annotation": pl.String,
+#: Column -> polars type name (see :mod:`deidpipe.pipeline.tables`).
+MANIFEST_SCHEMA: dict[str, str] = {
+    "path": "String",
+    "object_id": "String",
+    "size": "Int64",
+    "mtime_ns": "Int64",
+    "content_hash": "String",
+    "kind": "String",
+    "reason": "String",
+    "sop_class_uid": "String",
+    "modality": "String",
+    "study_uid": "String",
+    "series_uid": "String",
+    "instance_uid": "String",
+    "transfer_syntax": "String",
+    "rows": "Int32",
+    "columns": "Int32",
+    "frames": "Int32",
+    "burned_in_annotation": "String",
 }
 
 _HEADER_TAGS = [
@@ -398,17 +399,21 @@ class ManifestWriter:
         if not self._rows:
             return
         part = self.parts_dir / f"part-{len(self._parts):06d}.parquet"
-        pl.DataFrame(self._rows, schema=MANIFEST_SCHEMA, orient="row").write_parquet(part)
+        import polars as pl
+
+        pl.DataFrame(self._rows, schema=polars_schema(MANIFEST_SCHEMA), orient="row").write_parquet(part)
         self._parts.append(part)
         self._rows = []
 
     def close(self) -> Path:
         self._flush()
+        import polars as pl
+
         tmp = self.path.with_suffix(".parquet.tmp")
         if self._parts:
             pl.scan_parquet(self._parts).sort("path").sink_parquet(tmp)
         else:
-            pl.DataFrame(schema=MANIFEST_SCHEMA).write_parquet(tmp)
+            pl.DataFrame(schema=polars_schema(MANIFEST_SCHEMA)).write_parquet(tmp)
         tmp.replace(self.path)
         for part in self._parts:
             part.unlink()

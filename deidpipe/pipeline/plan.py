@@ -20,9 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from deidpipe.pipeline.audit import (
     STATUS_DUPLICATE,
@@ -32,6 +30,9 @@ from deidpipe.pipeline.audit import (
 )
 from deidpipe.pipeline.index import KIND_DICOM, KIND_DICOMDIR, KIND_INVALID, KIND_REJECTED, KIND_SKIPPED
 from deidpipe.pipeline.source import SourceItem
+
+if TYPE_CHECKING:  # pragma: no cover - polars is imported where a table is read (see pipeline/tables.py)
+    import polars as pl
 
 SCOPE_OBJECT = "object"
 SCOPE_SERIES = "series"
@@ -113,6 +114,8 @@ class Plan:
         policy: Any = None,
     ) -> None:
         self.policy = policy
+        import polars as pl
+
         frame = pl.read_parquet(manifest, columns=_PLAN_COLUMNS)
         self.resumed_ids: list[str] = []
         if finished:
@@ -165,6 +168,8 @@ class Plan:
     def _decide_duplicates(self, todo: pl.DataFrame) -> pl.DataFrame:
         """Byte-identical copies of one SOP instance are ``duplicate`` (the first by path is done). Copies that
         differ are all kept, grouped with the series of the first so that they run in one task."""
+        import polars as pl
+
         ranked = todo.with_columns(
             _instance=pl.coalesce(pl.col("instance_uid"), pl.col("object_id")),
             _copy=pl.int_range(pl.len()).over(pl.coalesce("instance_uid", "object_id"), "content_hash"),
@@ -200,6 +205,8 @@ class Plan:
 
     def instance_of(self) -> dict[str, str]:
         """object id -> SOP instance group, for the objects in :attr:`conflict_ids`."""
+        import polars as pl
+
         ids = pl.DataFrame({"object_id": sorted(self.conflict_ids)}, schema={"object_id": pl.String})
         t = self._todo.join(ids, on="object_id", how="semi")
         return dict(zip(t["object_id"], t["_instance"], strict=True))
