@@ -23,6 +23,10 @@ _WHERE = {
     "RegistrationError": "errors",
     "TemplateError": "errors",
     "VolumeError": "errors",
+    "SeriesError": "series",
+    "SeriesVolume": "series",
+    "series_to_volume": "series",
+    "volume_to_series": "series",
 }
 
 __all__ = [
