@@ -218,3 +218,56 @@ def test_compressed_input_is_written_as_explicit_little_endian(template: Dataset
         back = read_dataset(tmp_path / f"{k}.dcm")
         assert np.array_equal(back.pixel_array.T, zeroed[:, :, k])
         assert back.ImagePositionPatient == series.datasets[k].ImagePositionPatient
+
+
+def _enhanced(template: Dataset) -> tuple[Dataset, list[Dataset]]:
+    """An Enhanced MR Image object holding the small series, its frames in shuffled order; and the slices."""
+    slices = _small(template)
+    ds = copy.deepcopy(slices[0])
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                    "SliceLocation", "InstanceNumber", "ReferencedImageSequence", "SourceImageSequence"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    shared, measures, plane = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = slices[0].PixelSpacing, slices[0].SliceThickness
+    plane.ImageOrientationPatient = slices[0].ImageOrientationPatient
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([measures]), Sequence([plane])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = random.Random(9).sample(range(len(slices)), len(slices))
+    per_frame = []
+    for n in frames:
+        item, position = Dataset(), Dataset()
+        position.ImagePositionPatient = slices[n].ImagePositionPatient
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = b"".join(slices[n].PixelData for n in frames)
+    return ds, slices
+
+
+def test_enhanced_multiframe(template: Dataset, tmp_path: Path) -> None:
+    ds, slices = _enhanced(template)
+    write_dataset(ds, tmp_path / "in.dcm")
+    series = sv.series_to_volume([read_dataset(tmp_path / "in.dcm")])
+    plain = sv.series_to_volume(slices)
+    assert series.multiframe and np.array_equal(series.array, plain.array)
+    assert np.allclose(series.affine, plain.affine, atol=1e-9)
+    zeroed = series.array.copy()
+    zeroed[:3, :4] = 0
+    (out,) = sv.volume_to_series(zeroed, series)
+    write_dataset(out, tmp_path / "out.dcm")
+    back = read_dataset(tmp_path / "out.dcm")
+    assert back.PerFrameFunctionalGroupsSequence == ds.PerFrameFunctionalGroupsSequence
+    assert back.SharedFunctionalGroupsSequence == ds.SharedFunctionalGroupsSequence
+    assert np.array_equal(sv.series_to_volume([back]).array, zeroed)
+    assert back.RecognizableVisualFeatures == "NO"
+    assert dciodvfy_errors(tmp_path / "out.dcm") - dciodvfy_errors(tmp_path / "in.dcm") == set()
+
+    duplicate = copy.deepcopy(ds)
+    duplicate.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient = \
+        ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
+    assert _refused([duplicate]) == sv.DUPLICATE_POSITION
+    del duplicate.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    assert _refused([duplicate]) == sv.MISSING_GEOMETRY

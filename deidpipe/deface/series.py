@@ -43,7 +43,7 @@ _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MISSING_GEOMETRY = ("a slice lacks its geometry (ImageOrientationPatient, ImagePositionPatient, PixelSpacing, Rows,"
                     " Columns or PixelData)")
 TOO_FEW = f"fewer than {MIN_SLICES} slices: not a volume"
-MULTI_FRAME = "multi-frame (enhanced) objects are not supported yet"
+MULTI_FRAME = "a multi-frame object without per-frame functional groups, or not alone in its series"
 PIXEL_FORMAT = "unsupported pixel format (only one grey-scale MONOCHROME2 sample of 8, 16 or 32 bits)"
 BAD_ORIENTATION = "invalid ImageOrientationPatient (not two orthogonal unit vectors)"
 MIXED_ORIENTATION = "mixed orientations in one series"
@@ -68,12 +68,15 @@ class SeriesError(VolumeError):
 @dataclass
 class SeriesVolume:
     """A series as a volume. ``array`` holds stored values indexed (column, row, slice); ``affine`` maps those
-    indices to RAS+ mm; ``datasets[k]`` is the slice at index k; ``order[k]`` is its index in the input list."""
+    indices to RAS+ mm. Single-frame slices: ``datasets[k]`` is the slice at index k and ``order[k]`` its index
+    in the input list. An enhanced multi-frame object (``multiframe``): ``datasets`` holds it alone and
+    ``order[k]`` is the (0-based) frame at slice index k."""
 
     array: np.ndarray
     affine: np.ndarray
     datasets: list[Dataset]
     order: list[int]
+    multiframe: bool = False
 
     def image(self) -> Any:
         """A nibabel Nifti1Image of the stored values (no scaling), qform and sform set to the affine."""
@@ -115,39 +118,16 @@ def _dtype(bits: int, rep: int) -> np.dtype:
     return np.dtype(f"<{'i' if rep else 'u'}{bits // 8}")
 
 
-def series_to_volume(datasets: list[Dataset]) -> SeriesVolume:
-    """Assemble single-frame slices into a volume sorted along the slice normal, or raise :class:`SeriesError`.
-
-    Refused (with the fixed reasons above): fewer than 3 slices; multi-frame objects (NumberOfFrames > 1 or a
-    PerFrameFunctionalGroupsSequence: not supported yet); missing geometry; a pixel format other than one
-    MONOCHROME2 sample; orientations differing by more than 1e-4 in any direction cosine; Rows, Columns,
-    PixelSpacing, pixel format, rescale or FrameOfReferenceUID differing between slices; two slices at the same
-    position; positions off the line along the normal (several stacks side by side, or a tilted gantry: the
-    volume would be sheared); a step between neighbours differing from the median by more than 1% of it or
-    0.01 mm, whichever is larger (a gap or uneven spacing: the voxel grid would be wrong)."""
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in datasets):
-        raise SeriesError(MULTI_FRAME)
-    if len(datasets) < MIN_SLICES:
-        raise SeriesError(TOO_FEW)
-    for ds in datasets:
-        if any(k not in ds for k in ("Rows", "Columns", "PixelData")):
-            raise SeriesError(MISSING_GEOMETRY)
-    iops = np.array([_floats(ds, "ImageOrientationPatient", 6) for ds in datasets])
-    ipps = np.array([_floats(ds, "ImagePositionPatient", 3) for ds in datasets])
-    spacings = np.array([_floats(ds, "PixelSpacing", 2) for ds in datasets])
+def _geometry(iops: np.ndarray, ipps: np.ndarray, spacings: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """(slice order, RAS+ affine) from per-slice orientation (n x 6), position (n x 3) and spacing (n x 2), or
+    refuse: see ``series_to_volume``."""
     row, col = iops[0, :3], iops[0, 3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise SeriesError(BAD_ORIENTATION)
     if np.abs(iops - iops[0]).max() > ORIENTATION_TOLERANCE:
         raise SeriesError(MIXED_ORIENTATION)
-    formats = {(int(ds.Rows), int(ds.Columns), _pixel_format(ds)) for ds in datasets}
-    if len(formats) != 1 or np.abs(spacings - spacings[0]).max() > 1e-6 or spacings[0].min() <= 0:
+    if np.abs(spacings - spacings[0]).max() > 1e-6 or spacings[0].min() <= 0:
         raise SeriesError(DIFFERING_FORMAT)
-    if len({(str(ds.get("RescaleSlope", "")), str(ds.get("RescaleIntercept", ""))) for ds in datasets}) != 1:
-        raise SeriesError(DIFFERING_RESCALE)
-    if len({str(ds.get("FrameOfReferenceUID", "")) for ds in datasets}) != 1:
-        raise SeriesError(DIFFERING_FRAME)
-
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
     normal = np.cross(row, col)
     order = [int(n) for n in np.argsort(ipps @ normal, kind="stable")]
@@ -163,22 +143,95 @@ def series_to_volume(datasets: list[Dataset]) -> SeriesVolume:
     step = float(np.median(steps))
     if np.abs(steps - step).max() > tolerance:
         raise SeriesError(UNEVEN_SPACING)
-
-    slices = []
-    for n in order:
-        try:
-            pixels = np.asarray(datasets[n].pixel_array)
-        except Exception:  # noqa: BLE001 - a missing or failing decoder; its message may quote file content
-            raise SeriesError(UNDECODABLE) from None
-        if pixels.shape != (int(datasets[n].Rows), int(datasets[n].Columns)):
-            raise SeriesError(UNDECODABLE)
-        slices.append(pixels.T)
     lps = np.eye(4)
     lps[:3, 0] = row * spacings[0][1]  # along a row: column spacing
     lps[:3, 1] = col * spacings[0][0]  # along a column: row spacing
     lps[:3, 2] = normal * step
     lps[:3, 3] = pos[0]
-    return SeriesVolume(np.stack(slices, axis=2), _LPS_RAS @ lps, [datasets[n] for n in order], order)
+    return order, _LPS_RAS @ lps
+
+
+def _pixels(ds: Dataset) -> np.ndarray:
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception:  # noqa: BLE001 - a missing or failing decoder; its message may quote file content
+        raise SeriesError(UNDECODABLE) from None
+
+
+def _group(ds: Dataset, frame: int, group: str, keyword: str, count: int) -> np.ndarray:
+    """``keyword`` of functional group ``group`` for ``frame``: the per-frame item first, then the shared one."""
+    for groups in (ds.PerFrameFunctionalGroupsSequence[frame], (ds.get("SharedFunctionalGroupsSequence") or [None])[0]):
+        if groups is not None and len(groups.get(group) or []):
+            return _floats(groups.get(group)[0], keyword, count)
+    raise SeriesError(MISSING_GEOMETRY)
+
+
+def _enhanced_to_volume(ds: Dataset) -> SeriesVolume:
+    """An enhanced MR/CT object (one file, NumberOfFrames frames): geometry from the functional groups
+    PlanePositionSequence (ImagePositionPatient), PlaneOrientationSequence (ImageOrientationPatient) and
+    PixelMeasuresSequence (PixelSpacing), per frame or shared; PixelValueTransformationSequence must be the same
+    for every frame. The same checks as for single-frame slices."""
+    frames = len(ds.PerFrameFunctionalGroupsSequence)
+    if frames != int(ds.get("NumberOfFrames", 0) or 0) or "Rows" not in ds or "Columns" not in ds:
+        raise SeriesError(MISSING_GEOMETRY)
+    if frames < MIN_SLICES:
+        raise SeriesError(TOO_FEW)
+    _pixel_format(ds)
+    iops = np.array([_group(ds, n, "PlaneOrientationSequence", "ImageOrientationPatient", 6) for n in range(frames)])
+    ipps = np.array([_group(ds, n, "PlanePositionSequence", "ImagePositionPatient", 3) for n in range(frames)])
+    spacings = np.array([_group(ds, n, "PixelMeasuresSequence", "PixelSpacing", 2) for n in range(frames)])
+    rescale = set()
+    for n in range(frames):
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+        items = ds.PerFrameFunctionalGroupsSequence[n].get("PixelValueTransformationSequence") or \
+            shared.get("PixelValueTransformationSequence") or [Dataset()]
+        rescale.add((str(items[0].get("RescaleSlope", "")), str(items[0].get("RescaleIntercept", ""))))
+    if len(rescale) != 1:
+        raise SeriesError(DIFFERING_RESCALE)
+    order, affine = _geometry(iops, ipps, spacings)
+    pixels = _pixels(ds)
+    if pixels.shape != (frames, int(ds.Rows), int(ds.Columns)):
+        raise SeriesError(UNDECODABLE)
+    return SeriesVolume(np.stack([pixels[n].T for n in order], axis=2), affine, [ds], order, multiframe=True)
+
+
+def series_to_volume(datasets: list[Dataset]) -> SeriesVolume:
+    """Assemble single-frame slices, or one enhanced multi-frame MR/CT object, into a volume sorted along the
+    slice normal, or raise :class:`SeriesError`.
+
+    Refused (with the fixed reasons above): fewer than 3 slices; a multi-frame object without
+    PerFrameFunctionalGroupsSequence or not alone; missing geometry; a pixel format other than one
+    MONOCHROME2 sample; orientations differing by more than 1e-4 in any direction cosine; Rows, Columns,
+    PixelSpacing, pixel format, rescale or FrameOfReferenceUID differing between slices; two slices at the same
+    position; positions off the line along the normal (several stacks side by side, or a tilted gantry: the
+    volume would be sheared); a step between neighbours differing from the median by more than 1% of it or
+    0.01 mm, whichever is larger (a gap or uneven spacing: the voxel grid would be wrong)."""
+    if len(datasets) == 1 and "PerFrameFunctionalGroupsSequence" in datasets[0]:
+        return _enhanced_to_volume(datasets[0])
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in datasets):
+        raise SeriesError(MULTI_FRAME)
+    if len(datasets) < MIN_SLICES:
+        raise SeriesError(TOO_FEW)
+    for ds in datasets:
+        if any(k not in ds for k in ("Rows", "Columns", "PixelData")):
+            raise SeriesError(MISSING_GEOMETRY)
+    iops = np.array([_floats(ds, "ImageOrientationPatient", 6) for ds in datasets])
+    ipps = np.array([_floats(ds, "ImagePositionPatient", 3) for ds in datasets])
+    spacings = np.array([_floats(ds, "PixelSpacing", 2) for ds in datasets])
+    if len({(int(ds.Rows), int(ds.Columns), _pixel_format(ds)) for ds in datasets}) != 1:
+        raise SeriesError(DIFFERING_FORMAT)
+    if len({(str(ds.get("RescaleSlope", "")), str(ds.get("RescaleIntercept", ""))) for ds in datasets}) != 1:
+        raise SeriesError(DIFFERING_RESCALE)
+    if len({str(ds.get("FrameOfReferenceUID", "")) for ds in datasets}) != 1:
+        raise SeriesError(DIFFERING_FRAME)
+    order, affine = _geometry(iops, ipps, spacings)
+    slices = []
+    for n in order:
+        pixels = _pixels(datasets[n])
+        if pixels.shape != (int(datasets[n].Rows), int(datasets[n].Columns)):
+            raise SeriesError(UNDECODABLE)
+        slices.append(pixels.T)
+    return SeriesVolume(np.stack(slices, axis=2), affine, [datasets[n] for n in order], order)
 
 
 def _mark_clean(ds: Dataset) -> None:
@@ -197,45 +250,49 @@ def _mark_clean(ds: Dataset) -> None:
     seq.append(item)
 
 
+def _write_pixels(source: Dataset, planes: np.ndarray) -> Dataset:
+    """A copy of ``source`` whose PixelData holds ``planes`` (rows x columns, or frames x rows x columns)."""
+    bits, stored, rep = _pixel_format(source)
+    low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if rep else (0, 2**stored - 1)
+    if planes.size and (planes.min() < low or planes.max() > high):
+        raise SeriesError(OUT_OF_RANGE)
+    ds = copy.deepcopy(source)
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and (syntax.is_compressed or not syntax.is_little_endian):
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    data = np.ascontiguousarray(planes.astype(_dtype(bits, rep))).tobytes()
+    ds.PixelData = data + b"\0" if len(data) % 2 else data
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    for keyword, value in (("SmallestImagePixelValue", planes.min()), ("LargestImagePixelValue", planes.max())):
+        if keyword in ds:
+            ds[keyword].value = int(value)
+    _mark_clean(ds)
+    return ds
+
+
 def volume_to_series(volume_array: np.ndarray, series: SeriesVolume) -> list[Dataset]:
-    """Copies of ``series.datasets`` (slice order) with PixelData replaced by ``volume_array[:, :, k]``.
+    """Copies of ``series.datasets`` (slice order) with PixelData replaced by ``volume_array[:, :, k]`` (for an
+    enhanced object: one copy, each slice back in its own frame).
 
     Geometry and every other attribute stay as they were. Values are written as stored values in the slices'
     own format (BitsAllocated, PixelRepresentation; native little endian) and must be whole numbers within the
     BitsStored range, or :class:`SeriesError` is raised. A compressed (or big endian) input is written as
     Explicit VR Little Endian with file_meta.TransferSyntaxUID updated (pydicom decoded it on reading;
     LossyImageCompression, if any, keeps its history). SmallestImagePixelValue / LargestImagePixelValue
-    (0028,0106/0107), when present, are updated. Each slice is marked clean (``_mark_clean``)."""
+    (0028,0106/0107), when present, are updated. Each object is marked clean (``_mark_clean``)."""
     array = np.asarray(volume_array)
     if array.shape != series.array.shape:
         raise SeriesError(SHAPE_MISMATCH)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.rint(array)):
             raise SeriesError(NOT_INTEGRAL)
-    out = []
-    for k, source in enumerate(series.datasets):
-        bits, stored, rep = _pixel_format(source)
-        low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if rep else (0, 2**stored - 1)
-        plane = array[:, :, k].T
-        if plane.size and (plane.min() < low or plane.max() > high):
-            raise SeriesError(OUT_OF_RANGE)
-        ds = copy.deepcopy(source)
-        meta = getattr(ds, "file_meta", None)
-        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-        if syntax is not None and (syntax.is_compressed or not syntax.is_little_endian):
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            for keyword in ("NumberOfFrames",):  # a single frame: encapsulated-only bookkeeping goes
-                if keyword in ds and int(ds.get(keyword) or 1) == 1:
-                    del ds[keyword]
-        data = np.ascontiguousarray(plane.astype(_dtype(bits, rep))).tobytes()
-        ds.PixelData = data + b"\0" if len(data) % 2 else data
-        ds["PixelData"].VR = "OB" if bits == 8 else "OW"
-        for keyword, value in (("SmallestImagePixelValue", plane.min()), ("LargestImagePixelValue", plane.max())):
-            if keyword in ds:
-                ds[keyword].value = int(value)
-        _mark_clean(ds)
-        out.append(ds)
-    return out
+    if series.multiframe:
+        frames = np.empty((array.shape[2], array.shape[1], array.shape[0]), dtype=array.dtype)
+        for k, frame in enumerate(series.order):
+            frames[frame] = array[:, :, k].T
+        return [_write_pixels(series.datasets[0], frames)]
+    return [_write_pixels(source, array[:, :, k].T) for k, source in enumerate(series.datasets)]
 
 
 def _ds(value: float) -> str:
