@@ -14,6 +14,7 @@ from deidpipe.lazy import lazy_names
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.deface.core import DefaceResult, deface_file, deface_volume
     from deidpipe.deface.errors import DefaceError, RegistrationError, TemplateError, VolumeError
+    from deidpipe.deface.qc import QCResult, detect_faces, face_check, render_views
 
 _WHERE = {
     "DefaceResult": "core",
@@ -27,16 +28,24 @@ _WHERE = {
     "SeriesVolume": "series",
     "series_to_volume": "series",
     "volume_to_series": "series",
+    "QCResult": "qc",
+    "face_check": "qc",
+    "render_views": "qc",
+    "detect_faces": "qc",
 }
 
 __all__ = [
     "DefaceError",
     "DefaceResult",
+    "QCResult",
     "RegistrationError",
     "TemplateError",
     "VolumeError",
     "deface_file",
     "deface_volume",
+    "detect_faces",
+    "face_check",
+    "render_views",
 ]
 
 
