@@ -72,6 +72,14 @@ def test_defaces_synth_head(seed: int, orientation: str, oblique: bool) -> None:
     assert not (changed & ~result.face_mask).any()  # only the face region is ever touched
     assert result.face_in_view and result.changed and result.reason == "defaced"
     assert result.face_voxels_removed == int(changed.sum())
+    assert result.qc is not None and result.qc.passed and result.qc.face_before  # QC saw the face, then none
+
+
+def test_qc_refuses_a_volume_whose_face_is_still_there() -> None:
+    """Fail closed: a protection margin so wide that nothing is cut leaves the face, and the detector refuses."""
+    head = make_head(100, orientation="RAS")
+    with pytest.raises(DefaceError, match="QC: the face detector still finds a face"):
+        deface_volume(head.image, margin_mm=300.0)
 
 
 @pytest.mark.slow

@@ -18,17 +18,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deidpipe.deface.errors import DefaceError, RegistrationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.deface.qc import QCResult
 
 # Plausible per-axis scale between a head and the template (singular values of the fitted matrix): a small
 # child's head to a large adult's. Outside it the fit latched on to something else (noise, a brain alone, a neck).
 SCALE_RANGE = (0.7, 1.45)
 MIN_TISSUE_INSIDE = 0.85  # share of the subject's tissue voxels that must fall inside the fitted template head
 FACE_IN_VIEW_MIN = 0.05  # share of the template's face tissue that must be present for "face in view"
+QC_FAILED = "QC: the face detector still finds a face after defacing: refused"
 
 
 @dataclass
@@ -53,6 +57,7 @@ class DefaceResult:
     changed: bool
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
+    qc: QCResult | None = None  # the face detector's findings before and after (None: not run, or no face in view)
 
 
 def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.ndarray, scales: np.ndarray,
@@ -74,12 +79,14 @@ def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.
 
 
 def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm: float = 8.0,
-                  max_overlap: float = 0.02, resolution_mm: float = 3.0) -> DefaceResult:
+                  max_overlap: float = 0.02, resolution_mm: float = 3.0, qc: bool = True) -> DefaceResult:
     """Deface a head volume (a nibabel image: Nifti1/2, MGH) and return the new image with its figures.
 
     ``brain_mask`` (bool, the image's storage order) replaces the template's pulled-back brain, e.g. from a
     brain-extraction model; ``margin_mm`` grows it before protection; ``max_overlap`` is the share of the face
     region allowed to touch the brain before the fit is refused; ``resolution_mm`` is the registration grid.
+    ``qc``: where the face is in view, render the skin before and after and run the face detector
+    (:func:`deidpipe.deface.qc.face_check`, 2 to 3 s); a face found after defacing refuses the volume.
     Raises :class:`RegistrationError` (refuse, quarantine) or :class:`VolumeError`; never cuts on a doubtful fit.
     """
     from deidpipe.deface.mask import dilate_mm, head_outline, pull_back
@@ -137,10 +144,20 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     else:
         reason = "defaced"
     figures["face_voxels_in_region"] = float(face.sum())
+    qc_result = None
+    if qc and face_in_view:  # fail closed: a detector that still sees a face after defacing refuses the volume
+        from deidpipe.deface.qc import face_check
+
+        qc_result = face_check(image, out)
+        figures["qc_seconds"] = qc_result.seconds
+        figures["qc_face_before"] = float(qc_result.face_before)
+        if not qc_result.passed:
+            raise DefaceError(QC_FAILED)
     return DefaceResult(image=out, face_mask=can.to_original(face), brain_mask=brain_original,
                         protected=can.to_original(protected), seconds=time.perf_counter() - start,
                         face_voxels_removed=removed, brain_voxels_changed=brain_changed,
-                        face_in_view=face_in_view, changed=removed > 0, reason=reason, figures=figures)
+                        face_in_view=face_in_view, changed=removed > 0, reason=reason, figures=figures,
+                        qc=qc_result)
 
 
 def deface_file(in_path: str | Path, out_path: str | Path, **options: Any) -> DefaceResult:
