@@ -149,8 +149,7 @@ def read_dataset(
                 try:
                     ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
                 except InvalidDicomError:
-                    if not isinstance(source, str | Path):
-                        source.seek(0)
+                    source.seek(0)
                     ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
                     if not _looks_like_dicom(ds):
                         raise NotDicomError(label, "is not a DICOM file (no DICM prefix, no data set)") from None
@@ -335,28 +334,35 @@ def _write_sequence(fp: DicomBytesIO, elem: Any, encoding: Any) -> bool:
         if raw is None:
             return False
         item_encoding = item.get("SpecificCharacterSet", encoding)
-        ascii_text = item_encoding is None or (isinstance(item_encoding, str) and item_encoding in _ASCII_CHARSETS)
         item_fp = DicomBytesIO()
         item_fp.is_little_endian, item_fp.is_implicit_VR = True, implicit
-        tags = [tag for tag in sorted(item._dict, key=int) if tag.element != 0 or tag.group <= 6]
-        _write_elements(item_fp, item, tags, raw=raw, ascii_text=ascii_text, encoding=item_encoding)
+        _write_elements(item_fp, item, _body_tags(item), raw=raw, ascii_text=_is_ascii_charset(item_encoding),
+                        encoding=item_encoding)
         data = item_fp.getvalue()
         if getattr(item, "is_undefined_length_sequence_item", False):
             body.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + data + _ITEM_END)
         else:
             body.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
     value = body.getvalue()
-    undefined = elem.is_undefined_length
-    length = 0xFFFFFFFF if undefined else len(value)
     tag = int(elem.tag)
-    if implicit:
-        fp.write(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length))
+    if elem.is_undefined_length:
+        fp.write(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, 0xFFFFFFFF) if implicit
+                 else struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF))
+        fp.write(value + _SEQUENCE_END)
     else:
-        fp.write(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, length))
-    fp.write(value)
-    if undefined:
-        fp.write(_SEQUENCE_END)
+        fp.write(_raw_header(tag, "SQ", len(value), implicit) or b"")
+        fp.write(value)
     return True
+
+
+def _is_ascii_charset(charset: Any) -> bool:
+    """Whether text in ``charset`` (a Specific Character Set value) is written as plain ASCII bytes."""
+    return charset is None or (isinstance(charset, str) and charset in _ASCII_CHARSETS)
+
+
+def _body_tags(ds: Dataset) -> list[BaseTag]:
+    """``ds``'s tags in the order pydicom writes them; retired group lengths (but the File Meta's) dropped."""
+    return [tag for tag in sorted(ds._dict, key=int) if tag.element != 0 or tag.group <= 6]
 
 
 def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:
@@ -368,11 +374,7 @@ def _write_body(fp: DicomBytesIO, ds: Dataset) -> bool:
         return False
     if ds.original_character_set != ds._character_set:
         return False
-    charset = ds.get("SpecificCharacterSet")
-    ascii_text = charset is None or (isinstance(charset, str) and charset in _ASCII_CHARSETS)
-    # Retired group lengths (but the File Meta's) are dropped, as pydicom does.
-    tags = [tag for tag in sorted(ds._dict, key=int) if tag.element != 0 or tag.group <= 6]
-    _write_elements(fp, ds, tags, raw=True, ascii_text=ascii_text)
+    _write_elements(fp, ds, _body_tags(ds), raw=True, ascii_text=_is_ascii_charset(ds.get("SpecificCharacterSet")))
     return True
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset, FileDataset
@@ -125,13 +124,9 @@ def _read_deflated(fp: BinaryIO, *, force: bool, stop_when: StopWhen | None,
     return ds
 
 
-def read_deflated(source: str | Path | BinaryIO, label: str | None, *,
-                  stop_before_pixels: bool = False) -> FileDataset | None:
-    """The data set of a Deflated Explicit VR Little Endian file, inflated within bounds; None (and a file-like
-    ``source`` rewound) for any other transfer syntax, for pydicom to read. Call inside ``quiet_pydicom``."""
-    if isinstance(source, str | Path):
-        with open(source, "rb") as fh:
-            return read_deflated(fh, label, stop_before_pixels=stop_before_pixels)
+def read_deflated(source: BinaryIO, label: str | None, *, stop_before_pixels: bool = False) -> FileDataset | None:
+    """The data set of a Deflated Explicit VR Little Endian file, inflated within bounds; None (and ``source``
+    rewound) for any other transfer syntax, for pydicom to read. Call inside ``quiet_pydicom``."""
     stop = _at_pixel_data if stop_before_pixels else None
     return _read_deflated(source, force=True, stop_when=stop, specific_tags=None, label=label)
 

@@ -74,3 +74,12 @@ def test_unknown_character_set_terms_are_dropped(ct, key):
     ct.SpecificCharacterSet = MARK
     out = _output_bytes(_roundtrip(ct), key)
     assert MARK.encode() not in out
+
+
+def test_unknown_character_set_terms_in_a_sequence_item_are_dropped(ct, key):
+    item = Dataset()
+    item.SpecificCharacterSet = MARK
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    ct.ReferencedImageSequence = [item]
+    out = _output_bytes(_roundtrip(ct), key)
+    assert MARK.encode() not in out

@@ -23,6 +23,7 @@ later air fill value in stored units may be preferred (docs/deface.md).
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,9 +153,14 @@ def _geometry(iops: np.ndarray, ipps: np.ndarray, spacings: np.ndarray) -> tuple
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
+    """The stored values, after the pixel stage's own bounds (declared size against the bytes, a size cap):
+    a hostile header must not make a decoder allocate gigabytes."""
+    from deidpipe.pixels.codecs import PixelDecodeError, check_decodable
+
     try:
+        check_decodable(ds)
         return np.asarray(ds.pixel_array)
-    except Exception:  # noqa: BLE001 - a missing or failing decoder; its message may quote file content
+    except (PixelDecodeError, Exception):  # noqa: BLE001 - a decoder's message may quote file content
         raise SeriesError(UNDECODABLE) from None
 
 
@@ -260,6 +266,10 @@ def _write_pixels(source: Dataset, planes: np.ndarray) -> Dataset:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and (syntax.is_compressed or not syntax.is_little_endian):
+        if not syntax.is_little_endian:  # OW/OF/... values other than the pixels hold big-endian bytes
+            from deidpipe.pixels.codecs import to_little_endian
+
+            to_little_endian(ds)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
     data = np.ascontiguousarray(planes.astype(_dtype(bits, rep))).tobytes()
     ds.PixelData = data + b"\0" if len(data) % 2 else data
@@ -321,7 +331,9 @@ def volume_to_new_series(image: Any, template: Dataset) -> list[Dataset]:
         raise SeriesError(SHEARED)
     signed = bool(data.min() < 0)
     normal = np.cross(axes[:, 0], axes[:, 1])
-    series_uid = generate_uid()
+    # Seeded by the volume's own bytes: the same volume gives the same series, as every synth output does.
+    seed = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    series_uid = generate_uid(entropy_srcs=[seed, "series"])
     out = []
     for k in range(data.shape[2]):
         ds = copy.deepcopy(template)
@@ -338,7 +350,7 @@ def volume_to_new_series(image: Any, template: Dataset) -> list[Dataset]:
         ds["PixelData"].VR = "OW"
         ds.InstanceNumber = k + 1
         ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, str(k)])
         for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "NumberOfFrames"):
             if keyword in ds:
                 del ds[keyword]

@@ -80,10 +80,12 @@ def clean_character_set(ds: Dataset) -> int:
     """Drop the terms of Specific Character Set (0008,0005) that are not defined terms (PS3.3 C.12.1.1.2); the
     element goes when none is left. The value is kept by the profile, so a name put there would go out as it is;
     pydicom decodes the text with its default for an unknown term anyway, so dropping it changes no value.
-    Returns the number of terms dropped."""
+    Sequence items may carry their own: every level is cleaned. Returns the number of terms dropped."""
+    in_items = sum(clean_character_set(item) for elem in ds._dict.values()
+                   if isinstance(elem, DataElement) and elem.VR == "SQ" for item in elem.value)
     elem = ds.get("SpecificCharacterSet")
     if elem is None:
-        return 0
+        return in_items
     terms = [str(t).strip() for t in (elem if isinstance(elem, MultiValue | list | tuple) else [elem])]
     valid = [t for t in terms if t in python_encoding or t == ""]
     dropped = len(terms) - len(valid)
@@ -92,7 +94,7 @@ def clean_character_set(ds: Dataset) -> int:
             ds.SpecificCharacterSet = valid if len(valid) > 1 else valid[0]
         else:
             del ds.SpecificCharacterSet
-    return dropped
+    return dropped + in_items
 
 
 # -- dates --------------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     meta = FileMetaDataset()
     old = getattr(src, "file_meta", None) or Dataset()
     ts = _output_syntax(src, old.get("TransferSyntaxUID"))
-    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or old.MediaStorageSOPClassUID
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or src.SOPClassUID  # checked by check_storable
     meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or key.uid(old.MediaStorageSOPInstanceUID)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID

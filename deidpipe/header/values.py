@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydicom.multival import MultiValue
+
 #: Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1, current and retired; and "SC", widely written for
 #: Secondary Capture though not defined.
 MODALITY_TERMS = frozenset(
@@ -68,7 +70,7 @@ def value_is_valid(tag: int, vr: str, value: Any) -> bool:
     """:func:`raw_value_is_valid` for a decoded value (a string, a number, or several)."""
     if vr not in _RAW or value is None:
         return True
-    values = list(value) if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+    values = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
     text = "\\".join("" if v is None else str(v) for v in values)
     if vr == "DS":  # pydicom's DS float/Decimal prints as Python does: 1e-05, inf, nan
         text = "\\".join("" if v is None else getattr(v, "original_string", None) or repr(float(v))

@@ -49,7 +49,6 @@ from deidpipe.pipeline.sink import (
     CONTROL_DIR,
     LAYOUT_KEEP,
     LAYOUT_PSEUDONYM,
-    QUARANTINE_DIR,
     clean_temporaries,
     output_matches,
     quarantine_bytes,
@@ -179,10 +178,6 @@ def _quarantine_record(r: ObjectResult) -> dict[str, Any]:
         "stage": r.stage,
         "reason": r.reason,
     }
-
-
-def _quarantine_relpath(object_id: str) -> str:
-    return f"{QUARANTINE_DIR}/{object_id}.json"
 
 
 class Run:
@@ -339,9 +334,9 @@ class Run:
         for r in results:
             if r.status == STATUS_QUARANTINED:
                 write_quarantine(self.dst, _quarantine_record(r))
-                touched.append(_quarantine_relpath(r.object_id))
+                touched.append(quarantine_path(Path(), r.object_id).as_posix())
             elif self.resume and remove_quarantine(self.dst, r.object_id):  # from an earlier attempt: stale
-                touched.append(_quarantine_relpath(r.object_id))
+                touched.append(quarantine_path(Path(), r.object_id).as_posix())
             if r.status == STATUS_WRITTEN and r.output:
                 touched.append(r.output)
         sync_dirs(self.dst, touched, self._named)
@@ -378,7 +373,7 @@ class Run:
                 intact = False
             if not intact:
                 write_quarantine(self.dst, record)
-                rewritten.append(_quarantine_relpath(r.object_id))
+                rewritten.append(quarantine_path(Path(), r.object_id).as_posix())
         sync_dirs(self.dst, rewritten, self._named)
         if repaired or rewritten:
             log.warning("resume: %d finished outputs did not match the journal and are made again; "

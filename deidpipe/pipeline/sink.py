@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -119,15 +120,26 @@ def stage_output(dst: Path, data: bytes | Sequence[bytes], token: str) -> Path:
     return tmp
 
 
-def _syncfs(path: Path) -> bool:
-    """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
-    False where it is not available (not Linux, no libc), or failed."""
+@functools.cache
+def _libc() -> Any:
+    """The C library (for ``syncfs``), loaded once per process; None where it cannot be."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _syncfs(path: Path) -> bool:
+    """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
+    False where it is not available (not Linux, no libc), or failed."""
+    libc = _libc()
+    if libc is None:
+        return False
+    try:
         fd = os.open(path, os.O_RDONLY)
-    except (OSError, AttributeError):
+    except OSError:
         return False
     try:
         return libc.syncfs(fd) == 0
