@@ -14,6 +14,7 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     pixel_redaction: all-text     # all-text (default) or phi
     pixel_detector: lines         # lines (default: letters chained by their strokes) or ocr (CRAFT on every region)
     allow_incomplete_pixels: false  # true: write objects whose pixel data is cut short, the reason in the audit
+    deface: auto                  # head MR/CT series: auto (default), all or off; see docs/deface.md
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -44,6 +45,7 @@ TextScreening = Literal["presidio", "denylist"]
 PixelSelection = Literal["auto", "all", "off"]
 PixelRedaction = Literal["all-text", "phi"]
 PixelDetector = Literal["lines", "ocr"]
+DefaceSelection = Literal["auto", "all", "off"]
 
 
 def _flag(data: dict[str, Any], key: str) -> bool:
@@ -108,6 +110,9 @@ class Policy:
         allow_incomplete_pixels: write an object whose pixel data is missing or shorter than its header declares
             (see :mod:`deidpipe.pixelcheck`) instead of quarantining it; the audit counts it under the action
             ``incomplete_pixels``. Off by default: a steward should not receive an image without its image.
+        deface: which MR and CT series lose their face (:mod:`deidpipe.deface.select`): ``auto`` (series of the
+            head by Body Part Examined and descriptions, and any that say nothing of their region), ``all`` (every
+            MR and CT image series), ``off``.
     """
 
     options: frozenset[str] = frozenset()
@@ -120,6 +125,7 @@ class Policy:
     pixel_redaction: PixelRedaction = "all-text"
     pixel_detector: PixelDetector = "lines"
     allow_incomplete_pixels: bool = False
+    deface: DefaceSelection = "auto"
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -140,6 +146,8 @@ class Policy:
             raise PolicyError("pixel_redaction must be 'all-text' or 'phi'")
         if self.pixel_detector not in ("lines", "ocr"):
             raise PolicyError("pixel_detector must be 'lines' or 'ocr'")
+        if self.deface not in ("auto", "all", "off"):
+            raise PolicyError("deface must be 'auto', 'all' or 'off'")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -164,7 +172,7 @@ class Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
                    "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector",
-                   "allow_incomplete_pixels"}
+                   "allow_incomplete_pixels", "deface"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -196,6 +204,7 @@ class Policy:
             pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
             pixel_detector=str(data.get("pixel_detector", "lines")),  # type: ignore[arg-type]
             allow_incomplete_pixels=_flag(data, "allow_incomplete_pixels"),
+            deface="off" if data.get("deface") is False else str(data.get("deface", "auto")),  # type: ignore[arg-type]
             source=source,
         )
 
@@ -229,7 +238,8 @@ class Policy:
         opts = ", ".join(sorted(self.options)) or "none"
         return (f"PS3.15 Basic Profile; options: {opts}; strict: {self.strict}; "
                 f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}"
-                + ("; incomplete pixel data written" if self.allow_incomplete_pixels else ""))
+                + ("; incomplete pixel data written" if self.allow_incomplete_pixels else "")
+                + f"; deface: {self.deface}")
 
 
 # -- pydicom/deid recipes ---------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.
 
 
 def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm: float = 8.0,
-                  max_overlap: float = 0.02, resolution_mm: float = 3.0, qc: bool = True) -> DefaceResult:
+                  max_overlap: float = 0.02, resolution_mm: float = 3.0, qc: bool = True,
+                  fill: float | None = None) -> DefaceResult:
     """Deface a head volume (a nibabel image: Nifti1/2, MGH) and return the new image with its figures.
 
     ``brain_mask`` (bool, the image's storage order) replaces the template's pulled-back brain, e.g. from a
@@ -87,12 +88,14 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     region allowed to touch the brain before the fit is refused; ``resolution_mm`` is the registration grid.
     ``qc``: where the face is in view, render the skin before and after and run the face detector
     (:func:`deidpipe.deface.qc.face_check`, 2 to 3 s); a face found after defacing refuses the volume.
+    ``fill``: the value removed voxels get (read units); by default the background (``volume.background_value``:
+    0 for MR, air for CT).
     Raises :class:`RegistrationError` (refuse, quarantine) or :class:`VolumeError`; never cuts on a doubtful fit.
     """
     from deidpipe.deface.mask import dilate_mm, head_outline, pull_back
     from deidpipe.deface.register import register
     from deidpipe.deface.template import load_template
-    from deidpipe.deface.volume import canonical, to_sitk, zeroed
+    from deidpipe.deface.volume import background_value, canonical, to_sitk, zeroed
 
     start = time.perf_counter()
     can = canonical(image)
@@ -124,9 +127,12 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     face_in_view = figures["face_tissue_in_view"] >= FACE_IN_VIEW_MIN
 
     protected = dilate_mm(brain, margin_mm, spacing, near=face)
-    cut = face & ~protected & (can.data != 0) if face_in_view else np.zeros_like(face)
+    if fill is None:
+        fill = background_value(can.data)
+    figures["fill_value"] = float(fill)
+    cut = face & ~protected & (can.data != fill) if face_in_view else np.zeros_like(face)
     cut_original = can.to_original(cut)
-    out = zeroed(image, cut_original) if cut.any() else image
+    out = zeroed(image, cut_original, fill) if cut.any() else image
     after = np.asarray(out.dataobj, dtype=np.float32).reshape(image.shape[:3]) if cut.any() else None
     brain_original = can.to_original(brain)
     if after is not None:

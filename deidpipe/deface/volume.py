@@ -131,15 +131,24 @@ def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data), affine
 
 
-def zeroed(img: Any, mask: np.ndarray) -> Any:
+def background_value(data: np.ndarray) -> float:
+    """What a removed voxel becomes, in the volume's read units: 0, or the 1st intensity percentile where that is
+    below 0. MR background is ~0; CT air is about -1000 HU (or a padding value below it), so a CT face becomes air
+    rather than 0 HU, which would read as water and draw the face's outline for a renderer."""
+    low = float(np.percentile(data, 1)) if data.size else 0.0
+    return min(0.0, low)
+
+
+def zeroed(img: Any, mask: np.ndarray, value: float = 0.0) -> Any:
     """A new image of the same class, affine and header as ``img`` with the voxels in ``mask`` (its storage order)
-    set to 0 and every other stored value left bit for bit as it was (scaled data keep their raw integers)."""
+    set to ``value`` (read units; 0 by default) and every other stored value left bit for bit as it was (scaled
+    data keep their raw integers)."""
     dataobj = img.dataobj
     raw = np.array(dataobj.get_unscaled() if hasattr(dataobj, "get_unscaled") else dataobj)
     raw = raw.reshape(mask.shape) if raw.size == mask.size else raw
     slope = float(getattr(dataobj, "slope", 1.0) or 1.0)
     inter = float(getattr(dataobj, "inter", 0.0) or 0.0)
-    zero = -inter / slope  # the stored value that reads as 0
+    zero = (value - inter) / slope  # the stored value that reads as ``value``
     if np.issubdtype(raw.dtype, np.integer):
         info = np.iinfo(raw.dtype)
         zero = float(np.clip(np.rint(zero), info.min, info.max))

@@ -77,8 +77,15 @@ def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = No
     return pixel_text_stage(ds, ctx.policy, source)
 
 
+def _deface_stage(datasets: list[Dataset], ctx: WorkContext) -> list[tuple[Dataset, dict[str, int]]]:
+    from deidpipe.deface.stage import deface_series_stage
+
+    return deface_series_stage(datasets, ctx.policy)
+
+
 #: name -> fn(dataset, ctx) for object-scope stages; fn(list of datasets, ctx) for series-scope ones.
-STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage, "pixel_text": _pixel_text_stage}
+STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage, "pixel_text": _pixel_text_stage,
+                                              "deface": _deface_stage}
 #: Object-scope stages that also get the dataset as read (before any stage changed it).
 NEEDS_SOURCE = frozenset({"pixel_text"})
 

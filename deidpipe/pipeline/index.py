@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
+from deidpipe.deface.select import head_hint
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
 from deidpipe.header.values import MODALITY_TERMS, YES_NO
@@ -76,6 +77,9 @@ MANIFEST_SCHEMA: dict[str, str] = {
     "columns": "Int32",
     "frames": "Int32",
     "burned_in_annotation": "String",
+    #: ``head``, ``other`` or null: what Body Part Examined and the descriptions say of the region
+    #: (:func:`deidpipe.deface.select.head_hint`); the texts themselves are never stored.
+    "head_hint": "String",
 }
 
 _HEADER_TAGS = [
@@ -89,7 +93,13 @@ _HEADER_TAGS = [
     "NumberOfFrames",
     "BurnedInAnnotation",
     "DirectoryRecordSequence",
+    # for the head hint only (deidpipe.deface.select); all lie before BurnedInAnnotation (0028,0301)
+    "BodyPartExamined",
+    "SeriesDescription",
+    "ProtocolName",
+    "StudyDescription",
 ]
+_HINT_TAGS = ("BodyPartExamined", "SeriesDescription", "ProtocolName", "StudyDescription")
 _HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in _HEADER_TAGS]
 _TAG_OF = {keyword: int(Tag(keyword)) for keyword in _HEADER_TAGS}
 #: The header is parsed up to this tag (BurnedInAnnotation, the last one above) and no further.
@@ -259,6 +269,8 @@ def _facts_from_dataset(ds: pydicom.Dataset) -> dict[str, Any]:
         "columns": _int(ds, "Columns"),
         "frames": _int(ds, "NumberOfFrames"),
         "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
+        "head_hint": head_hint(_text(ds, "BodyPartExamined"),
+                               [_text(ds, k) for k in ("SeriesDescription", "ProtocolName", "StudyDescription")]),
     }
 
 
@@ -304,7 +316,15 @@ def _facts_from_scan(meta: dict[int, bytes], found: dict[int, tuple[bytes | None
         "columns": us("Columns"),
         "frames": int(frames_text) if frames_text is not None else None,
         "burned_in_annotation": text("BurnedInAnnotation", b"CS"),
+        # read leniently (any character set, any VR): the texts only feed a yes/no keyword match
+        "head_hint": head_hint(*_hint_texts(found)),
     }
+
+
+def _hint_texts(found: dict[int, tuple[bytes | None, bytes | None]]) -> tuple[bytes | None, list[bytes | None]]:
+    """(body part, descriptions) as raw bytes from a byte scan, for :func:`head_hint`."""
+    values = [found.get(_TAG_OF[k], (None, None))[1] for k in _HINT_TAGS]
+    return values[0], values[1:]
 
 
 #: pydicom's UID dictionary types (PS3.6 Table A-1) that the manifest's two UID columns may hold as they are.
@@ -364,6 +384,7 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
         columns=facts["columns"],
         frames=frames if frames is not None else (1 if rows else None),
         burned_in_annotation=defined_term(facts["burned_in_annotation"], YES_NO),
+        head_hint=facts["head_hint"],
     )
     return row
 

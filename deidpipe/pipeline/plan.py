@@ -45,16 +45,25 @@ class Stage:
     needed: Callable[[pl.DataFrame, Any], bool]  # (manifest rows of one series, policy) -> run this stage?
 
 
-#: In execution order. Later issues append ("pixel_text", SCOPE_OBJECT, ...), ("deface", SCOPE_SERIES, ...).
+#: In execution order: header, burned-in text, then defacing (a whole series at once, on the scrubbed objects).
 def _pixel_text_needed(rows: pl.DataFrame, policy: Any) -> bool:
     """Series with an image, unless the policy turns pixels off; per object the stage decides the rest
     (policy selection, header, cheap screen)."""
     return getattr(policy, "pixels", "auto") != "off" and bool(rows["rows"].is_not_null().any())
 
 
+def _deface_needed(rows: pl.DataFrame, policy: Any) -> bool:
+    """MR and CT image series the policy's ``deface`` selection takes (:mod:`deidpipe.deface.select`)."""
+    from deidpipe.deface.select import series_needs_deface
+
+    return series_needs_deface(getattr(policy, "deface", "auto"), rows["modality"], rows["head_hint"],
+                               rows["rows"], rows["columns"])
+
+
 STAGES: list[Stage] = [
     Stage("header", SCOPE_OBJECT, lambda rows, policy: True),
     Stage("pixel_text", SCOPE_OBJECT, _pixel_text_needed),
+    Stage("deface", SCOPE_SERIES, _deface_needed),
 ]
 
 
@@ -98,6 +107,7 @@ _PLAN_COLUMNS = [
     "rows",
     "columns",
     "frames",
+    "head_hint",
 ]
 
 
@@ -211,13 +221,18 @@ class Plan:
         t = self._todo.join(ids, on="object_id", how="semi")
         return dict(zip(t["object_id"], t["_instance"], strict=True))
 
+    @staticmethod
+    def needs_whole_series(stages: tuple[str, ...]) -> bool:
+        """Whether a task with these stages must hold its whole series (a series-scope stage among them)."""
+        scope = {s.name: s.scope for s in STAGES}
+        return any(scope[s] == SCOPE_SERIES for s in stages)
+
     def tasks(self) -> Iterator[ExecTask]:
         """Series tasks for a random-access source: a whole series when a series-scope stage is needed, else
         chunks of about ``chunk`` objects of one series (never splitting the copies of one SOP instance)."""
-        scope = {s.name: s.scope for s in STAGES}
         for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
             stages = self.stages_by_series[group]
-            whole = any(scope[s] == SCOPE_SERIES for s in stages)
+            whole = self.needs_whole_series(stages)
             task = ExecTask(group, stages)
             last_instance = None
             cols = ("object_id", "path", "size", "content_hash", "series_uid", "_instance", "mtime_ns")

@@ -130,6 +130,7 @@ def summary_table(report: RunReport) -> Table:
     ]
     for reason, n in sorted(report.quarantined_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
         rows.append((f"  {reason}", f"{n:,}"))
+    rows += _deface_rows(report.actions)
     rows += [
         ("bytes read", _size(report.bytes_in)),
         ("bytes written", _size(report.bytes_out)),
@@ -141,6 +142,24 @@ def summary_table(report: RunReport) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+#: The defacing stage's audit counts (deidpipe.deface.stage), as the summary names them.
+_DEFACE_ACTIONS = {
+    "defaced": "defaced (face removed)",
+    "deface_no_face_in_view": "unchanged: no face in the field of view",
+    "deface_no_tissue_to_remove": "unchanged: no tissue in the face region",
+    "deface_field_too_small": "unchanged: field of view too small for a face",
+    "deface_too_few_slices": "unchanged: too few slices for a volume",
+}
+
+
+def _deface_rows(actions: dict[str, int]) -> list[tuple[str, str]]:
+    """Objects by what the defacing stage did to their series (nothing when the stage did not run)."""
+    found = [(label, actions[code]) for code, label in _DEFACE_ACTIONS.items() if actions.get(code)]
+    if not found:
+        return []
+    return [("defacing (objects)", f"{sum(n for _, n in found):,}")] + [(f"  {lab}", f"{n:,}") for lab, n in found]
 
 
 def print_summary(report: RunReport, stream: TextIO | None = None) -> None:

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -298,6 +299,11 @@ class Run:
         todo = plan.todo_items()
         instance_of = plan.instance_of()
         held: dict[str, tuple[str | None, list[ExecItem]]] = {}
+        # A series-scope stage (defacing) needs the whole series in one task, wherever its members lie in the
+        # stream: they are gathered and the task goes out when the last one has come.
+        whole = {group for group, stages in plan.stages_by_series.items() if plan.needs_whole_series(stages)}
+        missing = Counter(group for group, _, _ in todo.values() if group in whole)
+        gathered: dict[str | None, list[ExecItem]] = {}
         task: ExecTask | None = None
         nbytes = 0
         for item in iter_items(spec):
@@ -306,6 +312,12 @@ class Run:
             if entry is None:
                 continue
             group, chash, series = entry
+            if group in whole:
+                gathered.setdefault(group, []).append(ExecItem(oid, item, chash, series))
+                missing[group] -= 1
+                if not missing[group]:
+                    yield ExecTask(group, plan.stages_by_series[group], gathered.pop(group))
+                continue
             if oid in instance_of:
                 held.setdefault(instance_of[oid], (group, []))[1].append(ExecItem(oid, item, chash, series))
                 continue
@@ -323,7 +335,13 @@ class Run:
             items.sort(key=lambda i: i.item.relpath)
             yield ExecTask(group, plan.stages_by_series[group], items)
         for oid, (group, chash, series) in todo.items():  # listed by the index, gone from the stream now
-            yield ExecTask(group, plan.stages_by_series[group], [ExecItem(oid, SourceItem("", -1), chash, series)])
+            gone = ExecItem(oid, SourceItem("", -1), chash, series)
+            if group in whole:
+                gathered.setdefault(group, []).append(gone)
+            else:
+                yield ExecTask(group, plan.stages_by_series[group], [gone])
+        for group, items in gathered.items():  # series with a member gone from the stream: one task each
+            yield ExecTask(group, plan.stages_by_series[group], items)
 
     def _record(self, journal: Journal, results: list[ObjectResult]) -> None:
         """Make a batch's files durable, then journal it. Outputs were fsynced by the worker before they were

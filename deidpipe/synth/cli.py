@@ -17,8 +17,9 @@ def synth(
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="Seed: the same seed gives byte-identical files."),
     burned_text: bool = typer.Option(False, "--burned-text", help="Also write images with burned-in text "
                                      "(and burned_key.json, the word boxes)."),
-    heads: bool = typer.Option(False, "--heads", help="Write synthetic head volumes (NIfTI) with ground-truth "
-                               "face and brain masks instead (for defacing; see deidpipe.synth.heads)."),
+    heads: bool = typer.Option(False, "--heads", help="Write synthetic head volumes (NIfTI, and each as a DICOM "
+                               "MR series under dicom/) with ground-truth face and brain masks instead (for "
+                               "defacing; see deidpipe.synth.heads)."),
     head_count: int = typer.Option(6, "--head-count", min=1, help="With --heads: how many volumes (from 4 on, "
                                    "the last two are a face-out-of-view and a brain-only volume)."),
 ) -> None:
@@ -30,7 +31,8 @@ def synth(
         for e in entries:
             typer.echo(f"{e['file']}: {e['kind']}, {e['orientation']}{' oblique' if e['oblique'] else ''}, "
                        f"face voxels {e['face_voxels']}, brain voxels {e['brain_voxels']}")
-        typer.echo(f"{len(entries)} heads and their masks in {out} (list: heads.json)")
+        typer.echo(f"{len(entries)} heads and their masks in {out} (list: heads.json; DICOM series in "
+                   f"{out / 'dicom'})")
         return
     from rich.console import Console
     from rich.table import Table

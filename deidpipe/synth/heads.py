@@ -106,8 +106,14 @@ def _identity(template: Any, rng: np.random.Generator, face_mm: float) -> tuple[
 
 
 def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, oblique: bool | None = None,
-              voxel_mm: float = 2.0, max_degrees: float = 10.0, face_mm: float = 4.0, noise: bool = True) -> SynthHead:
-    """One synthetic head (see the module docstring). The same arguments give the same volume."""
+              voxel_mm: float = 2.0, max_degrees: float = 10.0, face_mm: float = 4.0, noise: bool = True,
+              identity: int | None = None) -> SynthHead:
+    """One synthetic head (see the module docstring). The same arguments give the same volume.
+
+    ``identity``: when given, the face deformation (who the head is) is drawn from its own generator seeded by
+    ``identity``, and ``seed`` then sets only pose, size, storage and contrast: the same person scanned twice, as
+    the recognition attack (deidpipe.deface.attack) needs. ``None`` draws both from ``seed`` (as before).
+    """
     import nibabel as nib
     from scipy import ndimage
 
@@ -119,7 +125,8 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     template = load_template()
     orientation = orientation or ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
     oblique = bool(rng.integers(2)) if oblique is None else oblique
-    image_t, head_t = _identity(template, rng, face_mm)
+    id_rng = rng if identity is None else np.random.default_rng([identity, 0x1D])  # own stream: pose-independent
+    image_t, head_t = _identity(template, id_rng, face_mm)
     face_t = template.face_core & head_t & _static()[1]
 
     # subject world -> template world: x_t = m @ x_s + t
@@ -185,13 +192,52 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     return SynthHead(img, face & (data > 0), brain, kind, orientation, oblique, seed, scale)
 
 
-def write_heads(out: Path, count: int = 6, seed: int = 0) -> list[dict[str, Any]]:
+def head_slice_template(seed: int = 0) -> Any:
+    """An MR slice to build head series on: the first MR object of a one-patient synthetic archive (so its header
+    carries the archive's planted PHI, names, IDs and dates for the header stage to remove), marked as a 3-D T1
+    head acquisition (Body Part Examined HEAD, Series Description 'T1 MPRAGE HEAD'), its references to the
+    archive's other images removed."""
+    import tempfile
+
+    from deidpipe.dicomio import read_dataset
+    from deidpipe.synth.archive import generate_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_archive(Path(tmp), patients=1, seed=seed)
+        ds = read_dataset(next(p for p in sorted(Path(tmp).rglob("*.dcm")) if "_MR" in p.parent.name))
+    for keyword in ("ReferencedImageSequence", "SourceImageSequence"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.BodyPartExamined = "HEAD"
+    ds.SeriesDescription = "T1 MPRAGE HEAD"
+    ds.MRAcquisitionType = "3D"
+    return ds
+
+
+def write_head_series(head: SynthHead, folder: Path, template: Any, series_number: int) -> int:
+    """Write one head as a DICOM MR series (one file per slice, ``folder/IM0001.dcm`` ...); returns the slice
+    count. Geometry from the head's affine (:func:`deidpipe.deface.series.volume_to_new_series`)."""
+    from deidpipe.deface.series import volume_to_new_series
+    from deidpipe.dicomio import write_dataset
+
+    template = template.copy()
+    template.SeriesNumber = series_number
+    folder.mkdir(parents=True, exist_ok=True)
+    slices = volume_to_new_series(head.image, template)
+    for n, ds in enumerate(slices, start=1):
+        write_dataset(ds, folder / f"IM{n:04d}.dcm")
+    return len(slices)
+
+
+def write_heads(out: Path, count: int = 6, seed: int = 0, dicom: bool = True) -> list[dict[str, Any]]:
     """Write ``count`` synthetic heads (every orientation in turn; the last two a face-out and a brain-only
-    volume when count >= 4) with their masks as NIfTI, and ``heads.json`` listing them."""
+    volume when count >= 4) with their masks as NIfTI, and ``heads.json`` listing them. With ``dicom`` each head
+    is also written as a DICOM MR series under ``dicom/headNNN/`` (an input for ``deidpipe run``)."""
     import nibabel as nib
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    template = head_slice_template(seed) if dicom else None
     entries = []
     for n in range(count):
         kind = "full"
@@ -206,5 +252,8 @@ def write_heads(out: Path, count: int = 6, seed: int = 0) -> list[dict[str, Any]
         entries.append({"file": f"{name}.nii.gz", "face": f"{name}_face.nii.gz", "brain": f"{name}_brain.nii.gz",
                         "kind": kind, "orientation": head.orientation, "oblique": head.oblique,
                         "face_voxels": int(head.face.sum()), "brain_voxels": int(head.brain.sum())})
+        if template is not None:
+            entries[-1]["dicom"] = f"dicom/{name}"
+            entries[-1]["slices"] = write_head_series(head, out / "dicom" / name, template, 100 + n)
     (out / "heads.json").write_text(json.dumps(entries, indent=1) + "\n")
     return entries
