@@ -1,9 +1,9 @@
 """Defacing (deidpipe.deface) on synthetic heads with known face and brain (deidpipe.synth.heads).
 
 Real SimpleITK, nibabel and pydeface template data throughout. Each registration takes a few seconds at 3 mm,
-so the heads are 2 mm volumes; ``DEIDPIPE_DEFACE_HEADS`` (default 8: every storage orientation once, half of
-them oblique) sets how many random heads the main test defaces (the issue's full check is 20:
-``DEIDPIPE_DEFACE_HEADS=20``; its figures are in docs/deface.md).
+so the heads are 2 mm volumes; ``DEIDPIPE_DEFACE_HEADS`` (default 20, the issue's check: every storage
+orientation two or three times, half of them oblique, each under its own random pose, size and contrast) sets
+how many random heads the main test defaces; its figures are in docs/deface.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from deidpipe.deface import DefaceError, RegistrationError, TemplateError, defac
 from deidpipe.deface.volume import canonical
 from deidpipe.synth.heads import ORIENTATIONS, make_head
 
-HEADS = int(os.environ.get("DEIDPIPE_DEFACE_HEADS", "8"))
+HEADS = int(os.environ.get("DEIDPIPE_DEFACE_HEADS", "20"))
 # Every storage orientation in turn, alternately straight and oblique; seeds fixed so a failure reproduces.
 CASES = [(100 + n, ORIENTATIONS[n % len(ORIENTATIONS)], n % 2 == 1) for n in range(HEADS)]
 
