@@ -1,0 +1,271 @@
+"""``scan(path, ...) -> ScanReport``: list an archive with the pipeline's source layer, read every object, run the
+header (and pixel / face) rules, build the quasi-identifier table and score it with :mod:`deidpipe.risk`.
+
+Objects are read in a process pool for archives of more than :data:`SERIAL_LIMIT` objects (folders and zip files
+send paths; tar members travel with their bytes, as in ``deidpipe run``). Nothing in a report holds a value of
+the archive: findings carry a rule id, a location and a fixed message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deidpipe.scan.rules import RANK, SEVERITIES
+
+#: Below this many listed members the scan runs in this process (a pool's start-up costs more than it saves).
+SERIAL_LIMIT = 64
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding. ``location`` is a keyword path, ``pixels:frame N box x,y,w,h``, ``face`` or ``risk``;
+    ``message`` never holds a value. ``thumbnail`` (a PNG data: URI, HTML report only) is set for pixel and face
+    findings."""
+
+    path: str
+    rule: str
+    severity: str
+    location: str
+    message: str
+    thumbnail: str | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "rule": self.rule, "severity": self.severity, "location": self.location,
+                "message": self.message}
+
+
+@dataclass
+class ScanReport:
+    """What :func:`scan` found. ``objects`` counts the DICOM objects read; ``skipped`` the members that are not
+    DICOM (or not objects at all); ``errors`` the objects that could not be read (each also a DP-E001 finding).
+    ``risk`` is the :class:`deidpipe.risk.RiskReport` of ``qi_table`` (None when no object was read)."""
+
+    objects: int
+    findings: list[Finding]
+    risk: Any = None
+    skipped: int = 0
+    errors: int = 0
+    qi_table: Any = None  # polars DataFrame, one row per patient (keyed patient token, never the Patient ID)
+    quasi_identifiers: tuple[str, ...] = ()
+    show_values: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = Counter(f.severity for f in self.findings)
+        return {s: c.get(s, 0) for s in SEVERITIES}
+
+    def worst(self) -> str | None:
+        return max((f.severity for f in self.findings), key=lambda s: RANK[s], default=None)
+
+    def exit_code(self, fail_on: str = "high") -> int:
+        """0 clean, 1 a finding at or above ``fail_on``, 2 an object could not be read."""
+        if self.errors:
+            return 2
+        return 1 if any(RANK[f.severity] >= RANK[fail_on] for f in self.findings) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objects": self.objects, "findings": [f.to_dict() for f in self.findings],
+                "risk": self.risk.to_dict() if self.risk is not None else None, "counts": self.counts}
+
+
+@dataclass
+class _Job:
+    """What a worker needs: picklable, small."""
+
+    spec: Any  # SourceSpec
+    policy: Any
+    secret: bytes
+    known: tuple[str, ...]
+    pixels: bool
+    faces: bool
+
+
+@dataclass
+class ObjectResult:
+    path: str
+    kind: str  # dicom | skipped | error
+    hits: list[tuple[str, str, str, str]] = field(default_factory=list)
+    qi: dict[str, Any] | None = None
+    pixel_findings: list[Finding] = field(default_factory=list)
+    series: tuple[str, str, str] | None = None  # (keyed series token, modality, head hint) for face checks
+
+
+_CHECKERS: dict[tuple[Any, ...], Any] = {}
+
+
+def _checker(job: _Job) -> Any:
+    from deidpipe.keys import ProjectKey
+    from deidpipe.scan.headers import HeaderChecker
+    from deidpipe.scan.known import deny_list
+
+    ident = (job.secret, job.policy, job.known)
+    c = _CHECKERS.get(ident)
+    if c is None:
+        c = _CHECKERS[ident] = HeaderChecker(job.policy, ProjectKey(job.secret),
+                                               deny_list(list(job.known)) if job.known else None)
+    return c
+
+
+def scan_item(job: _Job, item: Any) -> ObjectResult:
+    """Read one listed member and run the rules on it."""
+    from deidpipe.dicomio import read_dataset
+    from deidpipe.errors import DeidError, InputError, NotDicomError
+    from deidpipe.pipeline.source import member_path, read_member
+    from deidpipe.scan.qi import qi_row
+
+    if item.skip is not None:
+        if item.quarantine:
+            return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+                                                         "the member cannot be read safely")])
+        return ObjectResult(item.relpath, "skipped")
+    need_pixels = job.pixels
+    try:
+        local = member_path(job.spec, item)
+        source: Any = local if local is not None else read_member(job.spec, item)
+        if isinstance(source, bytes) and not need_pixels:
+            import io
+
+            source = io.BytesIO(source)
+        ds = read_dataset(source, stop_before_pixels=not need_pixels, name=item.relpath)
+    except NotDicomError:
+        return ObjectResult(item.relpath, "skipped")
+    except InputError as exc:
+        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+                                                     f"the object cannot be read ({_reason(exc)})")])
+    checker = _checker(job)
+    try:
+        hits = checker.check(ds)
+        qi = qi_row(ds, checker.key)
+    except DeidError:
+        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+                                                     "an element of the object cannot be decoded")])
+    result = ObjectResult(item.relpath, "dicom", hits, qi)
+    if need_pixels:
+        from deidpipe.scan.pixels import pixel_findings
+
+        result.pixel_findings = pixel_findings(ds, item.relpath, list(job.known))
+    if job.faces:
+        from deidpipe.scan.faces import series_of
+
+        result.series = series_of(ds, checker.key)
+    return result
+
+
+def _reason(exc: Any) -> str:
+    """The fixed reason of an InputError (never a value: dicomio's reasons are fixed texts)."""
+    return str(getattr(exc, "reason", "") or type(exc).__name__)[:120]
+
+
+def _scan_batch(job: _Job, items: list[Any]) -> list[ObjectResult]:
+    from deidpipe.quiet import quiet
+
+    with quiet():
+        return [scan_item(job, it) for it in items]
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectResult]:
+    n = workers or _default_workers()
+    if n <= 1 or len(items) <= SERIAL_LIMIT:
+        for batch in _batches(iter(items), BATCH):
+            yield from _scan_batch(job, batch)
+        return
+    from deidpipe.pipeline.executors import _mp_context
+
+    size = max(4, min(BATCH, len(items) // (n * 4) or 4))
+    with ProcessPoolExecutor(max_workers=n, mp_context=_mp_context()) as pool:
+        futures = [pool.submit(_scan_batch, job, b) for b in _batches(iter(items), size)]
+        for fut in futures:
+            yield from fut.result()
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,
+         qi: list[str] | str | None = None, population: int | None = None, fraction: float | None = None,
+         workers: int | None = None, *, threshold: float = 0.2, pixels: bool = False,
+         faces: bool = False) -> ScanReport:
+    """Scan the archive at ``path`` (folder, zip, tar) under ``policy`` (default: the Basic Profile).
+
+    ``key`` (a ProjectKey) names patients in the quasi-identifier table; without one, a random key for this scan.
+    ``known_identities`` is a CSV path (or the terms themselves). ``qi`` chooses the table's columns (default
+    all of :data:`deidpipe.scan.qi.QI_COLUMNS`); ``population`` / ``fraction`` give N for population
+    uniqueness. ``pixels`` reads pixel data and looks for burned-in text; ``faces`` renders head series.
+    Raises :class:`deidpipe.errors.InputError` when ``path`` is not a readable source."""
+    from deidpipe.keys import ProjectKey
+    from deidpipe.pipeline.source import detect, iter_items
+    from deidpipe.policy import Policy
+    from deidpipe.scan.known import load_known_identities
+    from deidpipe.scan.qi import parse_qi
+
+    policy = policy or Policy.basic()
+    if isinstance(policy, str | Path):
+        policy = Policy.load(policy)
+    key = key or ProjectKey(os.urandom(32))
+    columns = parse_qi(qi) if isinstance(qi, str) or qi is None else list(qi)
+    if known_identities is None:
+        terms: tuple[str, ...] = ()
+    elif isinstance(known_identities, str | Path):
+        terms = tuple(load_known_identities(known_identities))
+    else:
+        terms = tuple(known_identities)
+    spec = detect(path)
+    items = list(iter_items(spec))
+    job = _Job(spec, policy, key.secret, terms, pixels, faces)
+    findings: list[Finding] = []
+    qi_rows: list[dict[str, Any]] = []
+    objects = skipped = errors = 0
+    face_series: dict[str, list[str]] = {}
+    for r in _run(job, items, workers):
+        if r.kind == "skipped":
+            skipped += 1
+            continue
+        if r.kind == "error":
+            errors += 1
+        else:
+            objects += 1
+            if r.qi is not None:
+                qi_rows.append(r.qi)
+            if r.series is not None:
+                face_series.setdefault(r.series[0], []).append(r.path)
+        findings += [Finding(r.path, rule, sev, loc, msg) for rule, sev, loc, msg in r.hits]
+        findings += r.pixel_findings
+    if faces and face_series:
+        from deidpipe.scan.faces import face_findings
+
+        findings += face_findings(spec, face_series)
+    risk = table = None
+    if qi_rows:
+        from deidpipe.risk import assess
+        from deidpipe.scan.qi import qi_table
+
+        table = qi_table(qi_rows)
+        risk = assess(table, columns, population=population, fraction=fraction, threshold=threshold)
+        if risk.prosecutor.records_at_risk and risk.prosecutor.records_at_risk > 0:
+            findings.append(Finding("", "DP-R001", "medium", "risk",
+                                    f"{risk.prosecutor.records_at_risk:.1%} of patients are at prosecutor risk "
+                                    f"above {threshold:g} (k = {risk.k})"))
+    findings.sort(key=lambda f: (f.path, -RANK[f.severity], f.rule, f.location))
+    return ScanReport(objects, findings, risk, skipped, errors, table, tuple(columns))

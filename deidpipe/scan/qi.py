@@ -1,0 +1,103 @@
+"""The quasi-identifier table: one row per patient, built from the headers, scored by :mod:`deidpipe.risk`.
+
+Each object gives a few facts an attacker could know from elsewhere (:data:`QI_COLUMNS`); the rows of one patient
+are merged, each column holding the sorted distinct values joined by ``|`` (a patient seen at two institutions
+is more identifiable than one seen at either). The patient is named by a keyed token of the header's patient key
+(Patient ID, else name, else study): the table never holds the raw Patient ID.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+QI_COLUMNS = ("age", "sex", "study_year", "institution", "station", "device_serial", "manufacturer_model",
+              "body_part")
+PATIENT = "patient"
+
+
+def _s(ds: Dataset, keyword: str) -> str | None:
+    try:
+        v = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - an undecodable value counts as absent
+        return None
+    if v is None:
+        return None
+    if not isinstance(v, str | bytes) and hasattr(v, "__iter__"):
+        v = "\\".join(str(x) for x in v)
+    text = str(v).strip().rstrip("\x00").strip()
+    return text or None
+
+
+def _age(ds: Dataset) -> str | None:
+    """Age in whole years: Patient's Age (``045Y``, ``006M``), else from the birth and study dates."""
+    a = _s(ds, "PatientAge")
+    if a and len(a) == 4 and a[:3].isdigit() and a[3] in "DWMY":
+        n = int(a[:3])
+        years = {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[a[3]]
+        if years > 0 or n > 0:
+            return str(years)
+    birth, study = _s(ds, "PatientBirthDate"), _s(ds, "StudyDate")
+    if birth and study and len(birth) >= 8 and len(study) >= 8 and birth[:8].isdigit() and study[:8].isdigit():
+        if birth[:4] == "1900" or study[:4] == "1900":
+            return None  # dummies
+        years = int(study[:4]) - int(birth[:4]) - (study[4:8] < birth[4:8])
+        return str(years) if years >= 0 else None
+    return None
+
+
+def qi_row(ds: Dataset, key: Any) -> dict[str, str | None]:
+    """The quasi-identifiers of one object, and its patient's keyed token."""
+    from deidpipe.header.context import patient_key
+
+    year = _s(ds, "StudyDate")
+    make = " ".join(x for x in (_s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")) if x) or None
+    return {
+        PATIENT: key.token("scan-patient", patient_key(ds), 16),
+        "age": _age(ds),
+        "sex": _s(ds, "PatientSex"),
+        "study_year": year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None,
+        "institution": _s(ds, "InstitutionName"),
+        "station": _s(ds, "StationName"),
+        "device_serial": _s(ds, "DeviceSerialNumber"),
+        "manufacturer_model": make,
+        "body_part": _s(ds, "BodyPartExamined"),
+    }
+
+
+def patient_rows(rows: list[dict[str, str | None]]) -> list[dict[str, str | None]]:
+    """One row per patient: each column the sorted distinct non-empty values joined by ``|`` (None if none)."""
+    merged: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for row in rows:
+        slot = merged[str(row[PATIENT])]
+        for col in QI_COLUMNS:
+            if row.get(col):
+                slot[col].add(str(row[col]))
+    out = []
+    for patient in sorted(merged):
+        cols = merged[patient]
+        out.append({PATIENT: patient, **{c: ("|".join(sorted(cols[c])) if cols.get(c) else None)
+                                         for c in QI_COLUMNS}})
+    return out
+
+
+def qi_table(rows: list[dict[str, str | None]]) -> Any:  # -> pl.DataFrame
+    import polars as pl
+
+    merged = patient_rows(rows)
+    schema = {PATIENT: pl.String, **{c: pl.String for c in QI_COLUMNS}}
+    return pl.DataFrame(merged, schema=schema)
+
+
+def parse_qi(spec: str | None) -> list[str]:
+    """``--qi age,sex``: the chosen columns (default all); unknown names raise ValueError."""
+    if not spec:
+        return list(QI_COLUMNS)
+    cols = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in cols if c not in QI_COLUMNS]
+    if unknown or not cols:
+        raise ValueError(f"unknown quasi-identifier(s) {', '.join(unknown) or '(none)'}; "
+                         f"known: {', '.join(QI_COLUMNS)}")
+    return cols
