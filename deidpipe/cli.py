@@ -16,6 +16,7 @@ from deidpipe.header.cli import deid_file, keygen, rules_app
 from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
 from deidpipe.pipeline.cli import run_command
 from deidpipe.risk.cli import risk_command
+from deidpipe.scan.cli import scan_command
 from deidpipe.synth.cli import synth
 
 # rich_markup_mode=None: typer renders help with click's plain formatter. Its rich formatter imports
@@ -39,6 +40,7 @@ app.command("run")(run_command)
 app.command("deface")(deface_command)
 app.add_typer(he_app, name="he")
 app.command("risk")(risk_command)
+app.command("scan")(scan_command)
 
 
 

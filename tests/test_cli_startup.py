@@ -36,6 +36,8 @@ COMMANDS = [
     ["he", "encrypt"],
     ["he", "infer"],
     ["he", "decrypt"],
+    ["risk"],
+    ["scan"],
 ]
 
 
