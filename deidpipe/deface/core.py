@@ -150,6 +150,10 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     else:
         reason = "defaced"
     figures["face_voxels_in_region"] = float(face.sum())
+    if face_in_view:  # how far the front of the face went back, and how much face skin is left (geometry.py)
+        from deidpipe.deface.geometry import face_geometry
+
+        figures.update(face_geometry(tissue, cut, face_core, can.affine).figures())
     qc_result = None
     if qc and face_in_view:  # fail closed: a detector that still sees a face after defacing refuses the volume
         from deidpipe.deface.qc import face_check
@@ -157,6 +161,9 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
         qc_result = face_check(image, out)
         figures["qc_seconds"] = qc_result.seconds
         figures["qc_face_before"] = float(qc_result.face_before)
+        figures["qc_dlib_face_before"] = float(qc_result.dlib_before.get("front") is not None
+                                               and qc_result.dlib_before["front"].source == "hog")
+        figures["qc_dlib_face_after"] = float(qc_result.dlib_face_after)
         if not qc_result.passed:
             raise DefaceError(QC_FAILED)
     return DefaceResult(image=out, face_mask=can.to_original(face), brain_mask=brain_original,

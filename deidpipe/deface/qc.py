@@ -16,7 +16,8 @@ if no view of the defaced volume shows a face. Why this design:
   neighbouring hits in a front render (0-3 without equalisation), the Lambertian render 70-156 (12 heads). The image
   is histogram-equalised, as OpenCV's face-detection examples do.
 
-The module does not cut anything and is not wired into ``deface_file`` yet (docs/deface.md, QC).
+``face_check`` also runs dlib's HOG detector and 68-point landmarks (``deidpipe.deface.attack``) on each render;
+``deface_volume`` runs ``face_check`` and refuses a volume that still shows a face (docs/deface.md, QC).
 """
 
 from __future__ import annotations
@@ -46,23 +47,41 @@ MIN_NEIGHBORS = 12  # twice the most seen after defacing, a sixth of the fewest 
 MIN_SIZE = 64  # pixels (64 mm at 1 mm per pixel): smaller hits on a head render are texture, not a face
 
 
+# dlib's HOG detector with 68 landmarks (deidpipe.deface.attack) runs on the same renders. A HOG detection with a
+# score of at least DLIB_MIN_SCORE on a render after defacing counts as a face found; whether that refuses the
+# volume is DLIB_FAIL_CLOSED (docs/deface.md, QC: measured false positives on the cut surface).
+DLIB_MIN_SCORE = 0.0
+DLIB_FAIL_CLOSED = False
+
+
 @dataclass
 class QCResult:
     """Faces found per view (list of (x, y, w, h) boxes in render pixels) before and after defacing.
 
-    ``passed``: no face in any view after defacing (the fail-closed condition of issue 10);
+    ``passed``: no face in any view after defacing (the fail-closed condition of issue 10): by the Haar cascade,
+    and by dlib too when ``DLIB_FAIL_CLOSED``;
     ``face_before``: the front render found a face before defacing, i.e. the check could see a face at all
     (a False here means the check had no power on this volume, not that defacing failed).
+    ``dlib_before`` / ``dlib_after``: per view, dlib's landmarks (``attack.Landmarks``: source "hog" when dlib's
+    own detector found the face, with its score and 68 points); ``dlib_face_after``: a HOG face with a score of at
+    least ``DLIB_MIN_SCORE`` on any view after defacing. ``renders_before`` / ``renders_after``: the images, kept so
+    that callers (the recognition attack, the benchmark) need not render again.
     """
 
     before: dict[str, list[tuple[int, int, int, int]]]
     after: dict[str, list[tuple[int, int, int, int]]]
     seconds: float
+    dlib_before: dict[str, Any] = field(default_factory=dict)
+    dlib_after: dict[str, Any] = field(default_factory=dict)
+    renders_before: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    renders_after: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     passed: bool = field(init=False)
     face_before: bool = field(init=False)
+    dlib_face_after: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.passed = not any(self.after.values())
+        self.dlib_face_after = any(m.source == "hog" and m.score >= DLIB_MIN_SCORE for m in self.dlib_after.values())
+        self.passed = not any(self.after.values()) and not (DLIB_FAIL_CLOSED and self.dlib_face_after)
         self.face_before = bool(self.before.get("front"))
 
 
@@ -187,9 +206,17 @@ def detect_faces(image: np.ndarray) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def face_check(before: Any, after: Any, spacing: Any = None) -> QCResult:
+def face_check(before: Any, after: Any, spacing: Any = None, *, landmarks: bool = True) -> QCResult:
     """Render ``before`` and ``after`` (nibabel images, or RAS arrays with ``spacing`` mm) from every view and run
-    the detector on each render. ``passed`` is False if any after-view shows a face."""
+    the detectors on each render: OpenCV's Haar cascade and (``landmarks``) dlib's HOG detector with its 68-point
+    landmarks. ``passed`` is False if any after-view shows a face (see ``QCResult``)."""
     t0 = time.perf_counter()
-    found = [{k: detect_faces(v) for k, v in render_views(vol, spacing).items()} for vol in (before, after)]
-    return QCResult(found[0], found[1], time.perf_counter() - t0)
+    renders = [render_views(vol, spacing) for vol in (before, after)]
+    found = [{k: detect_faces(v) for k, v in r.items()} for r in renders]
+    marks: list[dict[str, Any]] = [{}, {}]
+    if landmarks:
+        from deidpipe.deface.attack import landmarks as find_landmarks
+
+        # after defacing, no box is given: only a detector's own find counts
+        marks = [{k: find_landmarks(v, haar=f[k]) for k, v in r.items()} for r, f in zip(renders, found, strict=True)]
+    return QCResult(found[0], found[1], time.perf_counter() - t0, marks[0], marks[1], renders[0], renders[1])
