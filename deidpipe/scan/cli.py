@@ -44,6 +44,9 @@ def scan_command(
     key_file: Path | None = typer.Option(None, "--key", help="Project key file: patients in the quasi-identifier "
                                                              "table get the project's keyed tokens (default: a "
                                                              "random key for this scan)."),
+    show_values: bool = typer.Option(False, "--show-values", help="For a steward's own review only: thumbnails "
+                                                                  "show the text and faces found (blacked out or "
+                                                                  "pixelated otherwise)."),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help="Worker processes (default: one "
                                                                             "per CPU)."),
 ) -> None:
@@ -84,7 +87,8 @@ def scan_command(
         pol = Policy.load(policy) if policy is not None else Policy.basic()
         key = ProjectKey.from_file(key_file) if key_file is not None else None
         report = scan(path, pol, key=key, known_identities=known_identities, qi=columns, population=population,
-                      fraction=fraction, workers=workers, threshold=threshold, pixels=pixels, faces=faces)
+                      fraction=fraction, workers=workers, threshold=threshold, pixels=pixels, faces=faces,
+                      show_values=show_values)
     except (DeidError, RiskError, KnownIdentitiesError) as exc:
         _fail(str(exc))
         return

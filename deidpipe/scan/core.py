@@ -85,6 +85,7 @@ class _Job:
     known: tuple[str, ...]
     pixels: bool
     faces: bool
+    show_values: bool = False
 
 
 @dataclass
@@ -150,7 +151,7 @@ def scan_item(job: _Job, item: Any) -> ObjectResult:
     if need_pixels:
         from deidpipe.scan.pixels import pixel_findings
 
-        result.pixel_findings = pixel_findings(ds, item.relpath, list(job.known))
+        result.pixel_findings = pixel_findings(ds, item.relpath, list(job.known), reveal=job.show_values)
     if job.faces:
         from deidpipe.scan.faces import series_of
 
@@ -205,14 +206,16 @@ def _default_workers() -> int:
 
 def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,
          qi: list[str] | str | None = None, population: int | None = None, fraction: float | None = None,
-         workers: int | None = None, *, threshold: float = 0.2, pixels: bool = False,
-         faces: bool = False) -> ScanReport:
+         workers: int | None = None, *, threshold: float = 0.2, pixels: bool = True, faces: bool = True,
+         show_values: bool = False) -> ScanReport:
     """Scan the archive at ``path`` (folder, zip, tar) under ``policy`` (default: the Basic Profile).
 
     ``key`` (a ProjectKey) names patients in the quasi-identifier table; without one, a random key for this scan.
     ``known_identities`` is a CSV path (or the terms themselves). ``qi`` chooses the table's columns (default
     all of :data:`deidpipe.scan.qi.QI_COLUMNS`); ``population`` / ``fraction`` give N for population
     uniqueness. ``pixels`` reads pixel data and looks for burned-in text; ``faces`` renders head series.
+    ``show_values``: thumbnails show the text and faces found (blacked / pixelated otherwise); the HTML report
+    then says so on top. No report ever holds a header value.
     Raises :class:`deidpipe.errors.InputError` when ``path`` is not a readable source."""
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.source import detect, iter_items
@@ -233,7 +236,7 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
         terms = tuple(known_identities)
     spec = detect(path)
     items = list(iter_items(spec))
-    job = _Job(spec, policy, key.secret, terms, pixels, faces)
+    job = _Job(spec, policy, key.secret, terms, pixels, faces, show_values)
     findings: list[Finding] = []
     qi_rows: list[dict[str, Any]] = []
     objects = skipped = errors = 0
@@ -255,7 +258,7 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
     if faces and face_series:
         from deidpipe.scan.faces import face_findings
 
-        findings += face_findings(spec, face_series)
+        findings += face_findings(spec, face_series, reveal=show_values)
     risk = table = None
     if qi_rows:
         from deidpipe.risk import assess
@@ -268,4 +271,4 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
                                     f"{risk.prosecutor.records_at_risk:.1%} of patients are at prosecutor risk "
                                     f"above {threshold:g} (k = {risk.k})"))
     findings.sort(key=lambda f: (f.path, -RANK[f.severity], f.rule, f.location))
-    return ScanReport(objects, findings, risk, skipped, errors, table, tuple(columns))
+    return ScanReport(objects, findings, risk, skipped, errors, table, tuple(columns), show_values)

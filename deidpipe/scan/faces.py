@@ -40,10 +40,15 @@ def series_of(ds: Any, key: Any) -> tuple[str, str, str] | None:
     return key.token("scan-series", series, 16), modality, hint or "unknown"
 
 
-def _png(image: Any, boxes: list[tuple[int, int, int, int]]) -> str:
+def _png(image: Any, boxes: list[tuple[int, int, int, int]], reveal: bool = False) -> str:
+    """The render with the faces outlined; unless ``reveal`` (``--show-values``) each face is pixelated."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(image).convert("RGB")
+    if not reveal:
+        for x, y, w, h in boxes:
+            region = img.crop((x, y, x + w, y + h))
+            img.paste(region.resize((6, 6), Image.BILINEAR).resize((w, h), Image.NEAREST), (x, y))
     draw = ImageDraw.Draw(img)
     for x, y, w, h in boxes:
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(230, 30, 30), width=2)
@@ -76,7 +81,7 @@ def face_in_series(datasets: list[Any]) -> tuple[str, list[tuple[int, int, int, 
     return None
 
 
-def face_findings(spec: Any, groups: dict[str, list[str]]) -> list[Finding]:
+def face_findings(spec: Any, groups: dict[str, list[str]], reveal: bool = False) -> list[Finding]:
     """DP-F001 for every grouped series whose render shows a face."""
     from deidpipe.errors import DeidError
     from deidpipe.quiet import quiet
@@ -98,5 +103,5 @@ def face_findings(spec: Any, groups: dict[str, list[str]]) -> list[Finding]:
         view, boxes, image = seen
         out.append(Finding(paths[0], "DP-F001", "high", "face",
                            f"the {view} surface render of this head series ({len(paths)} objects) shows a face",
-                           _png(image, boxes)))
+                           _png(image, boxes, reveal)))
     return out

@@ -139,13 +139,18 @@ def to_html(report: ScanReport, title: str = "deidpipe scan report") -> str:
     thumbs_section = (f'<h2>Pixel text and faces</h2><div class="thumbs" id="thumbnails">{thumbs_html}</div>'
                       if thumbs else "")
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    banner = ('<p id="show-values" style="background:#c62828;color:#fff;padding:8px;font-weight:600">This report '
+              "was made with --show-values: its thumbnails show the text and faces found. For the steward's own "
+              "review only; do not share it.</p>") if report.show_values else ""
+    thumb_note = "" if report.show_values else "; text found in pixels is blacked and faces are pixelated"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <title>{_e(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{_e(title)}</h1>
-<div class="meta">Generated {when}. Findings name rules, locations and counts; no value of the archive is shown.</div>
+{banner}<div class="meta">Generated {when}. Findings name rules, locations and counts; no header value of the archive is
+shown{thumb_note}.</div>
 <div class="cards" id="counts">{cards_html}</div>
 <h2>Findings by rule</h2>
 <table id="rules"><thead><tr><th>rule</th><th>name</th><th>severity</th><th>findings</th><th>objects</th></tr>

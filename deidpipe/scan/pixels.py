@@ -30,14 +30,16 @@ def _frames8(ds: Any) -> np.ndarray | None:
     return _displayed(ds, dec)
 
 
-def thumbnail(frame8: np.ndarray, boxes: list[Any], side: int = THUMB_SIDE) -> str:
-    """A PNG ``data:`` URI of one 8-bit frame (grey or RGB) with ``boxes`` outlined in red."""
+def thumbnail(frame8: np.ndarray, boxes: list[Any], side: int = THUMB_SIDE, reveal: bool = False) -> str:
+    """A PNG ``data:`` URI of one 8-bit frame (grey or RGB) with ``boxes`` outlined in red; unless ``reveal``
+    (``--show-values``) the boxes are filled, so that the text found is not in the report."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(frame8 if frame8.ndim == 2 else frame8[..., :3]).convert("RGB")
     draw = ImageDraw.Draw(img)
     for b in boxes:
-        draw.rectangle([b.x0, b.y0, max(b.x0, b.x1 - 1), max(b.y0, b.y1 - 1)], outline=(230, 30, 30))
+        draw.rectangle([b.x0, b.y0, max(b.x0, b.x1 - 1), max(b.y0, b.y1 - 1)], outline=(230, 30, 30),
+                       fill=None if reveal else (230, 30, 30))
     img.thumbnail((side, side))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
@@ -59,7 +61,7 @@ def _read_boxes(frame8: np.ndarray, boxes: list[Any]) -> list[str]:
     return [" ".join((wd.text or "") for wd in ws) for ws in words]
 
 
-def pixel_findings(ds: Any, path: str, known: list[str]) -> list[Finding]:
+def pixel_findings(ds: Any, path: str, known: list[str], reveal: bool = False) -> list[Finding]:
     """DP-P001 per text box (DP-P002 where known identities are read in it); [] for objects without pixels or
     whose pixels cannot be decoded (the pipeline quarantines those; the header rules still ran)."""
     from deidpipe.errors import DeidError
@@ -77,7 +79,7 @@ def pixel_findings(ds: Any, path: str, known: list[str]) -> list[Finding]:
     if not boxes or frames is None:
         return []
     first = frames[0]
-    thumb = thumbnail(first, boxes)
+    thumb = thumbnail(first, boxes, reveal=reveal)
     out = [Finding(path, "DP-P001", "high", f"pixels:frame 0 box {b.x0},{b.y0},{b.width},{b.height}",
                    f"burned-in text in the pixel data ({result.frames} frame(s); the box is blacked in every "
                    "frame by the pixel stage)", thumb) for b in boxes]
