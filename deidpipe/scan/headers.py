@@ -102,8 +102,19 @@ class HeaderChecker:
     key: Any  # ProjectKey: the engine's context needs one (the scan's own, never written anywhere)
     known: DenyList | None = None
 
+    def context(self, ds: Dataset) -> ScrubContext:
+        """The engine's context, without what only the actions need (the object's deny-list, pseudonyms, date
+        shift): the decisions depend on the policy and the SOP class alone."""
+        from deidpipe.header.context import _shared_decisions, sop_class_of
+        from deidpipe.header.rules import iod_for_sop_class, load_safe_private, load_table
+
+        sop_class = sop_class_of(ds)
+        return ScrubContext(key=self.key, policy=self.policy, table=load_table(), safe_private=load_safe_private(),
+                            patient_token="", shift_days=0, denylist=DenyList(None), use_model=False,
+                            iod=iod_for_sop_class(sop_class), decisions=_shared_decisions(self.policy, sop_class))
+
     def check(self, ds: Dataset) -> list[Hit]:
-        ctx = ScrubContext.for_dataset(ds, self.policy, self.key)
+        ctx = self.context(ds)
         hits: list[Hit] = []
         self._walk(ds, ctx, NORMAL, True, "", hits)
         self._dataset_level(ds, hits)
