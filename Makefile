@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: dicom3tools gives dciodvfy (validates output against the IODs), dcmtk gives a real peer,
 # chromium renders the scan's HTML report in tests/test_scan.py (headless screenshot).
-APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium
+APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium orthanc orthanc-dicomweb
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean apt
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 apt:
-	@missing=""; for t in dciodvfy dcmdump tesseract chromium; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in dciodvfy dcmdump tesseract chromium Orthanc; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
