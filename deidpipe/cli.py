@@ -17,6 +17,7 @@ from deidpipe.header.reidentify_cli import make_recipient_command, reidentify
 from deidpipe.pipeline.cli import run_command
 from deidpipe.risk.cli import risk_command
 from deidpipe.scan.cli import scan_command
+from deidpipe.serve.cli import serve_command
 from deidpipe.synth.cli import synth
 
 # rich_markup_mode=None: typer renders help with click's plain formatter. Its rich formatter imports
@@ -41,6 +42,7 @@ app.command("deface")(deface_command)
 app.add_typer(he_app, name="he")
 app.command("risk")(risk_command)
 app.command("scan")(scan_command)
+app.command("serve")(serve_command)
 
 
 

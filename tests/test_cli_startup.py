@@ -38,6 +38,7 @@ COMMANDS = [
     ["he", "decrypt"],
     ["risk"],
     ["scan"],
+    ["serve"],
 ]
 
 

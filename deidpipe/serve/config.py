@@ -1,0 +1,237 @@
+"""``deidpipe serve``'s configuration: a YAML file, with the common settings also as options.
+
+```yaml
+ae_title: DEIDPIPE
+host: 0.0.0.0
+port: 11112
+queue: /var/lib/deidpipe/queue
+policy: /etc/deidpipe/policy.yaml        # optional (default: the Basic profile)
+key_file: /etc/deidpipe/project.key      # optional (default: $DEIDPIPE_KEY / $DEIDPIPE_KEY_FILE)
+allow:
+  ae_titles: [CT1, MR2]                  # empty or absent: any calling AE title
+  addresses: [10.1.0.0/16, 127.0.0.1]    # empty or absent: any address
+tls: {cert: node.crt, key: node.key, ca: ca.crt, require_client_cert: true}
+quiet_period_s: 30                       # a series counts as complete after this many seconds without a new object
+retry: {initial_s: 2, max_interval_s: 300, max_attempts: 50, max_age_s: 86400}
+destinations:
+  - {name: pacs, dicom: "PACS@10.1.2.3:104", calling_ae: DEIDPIPE, tls: {ca: pacs-ca.crt}}
+  - {name: web, stow: "https://host/dicom-web"}
+  - {name: copy, folder: /data/deid}
+```
+
+The project key is never part of the configuration: only the path of the file that holds it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deidpipe.errors import DeidError
+
+
+class ConfigError(DeidError):
+    """A configuration that cannot be used (the message names the setting, never a DICOM value)."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None, base: Path) -> TlsConfig | None:
+        if not data:
+            return None
+        unknown = set(data) - {"cert", "key", "ca", "require_client_cert"}
+        if unknown:
+            raise ConfigError(f"unknown tls setting(s): {', '.join(sorted(unknown))}")
+
+        def path(name: str) -> Path | None:
+            return (base / data[name]) if data.get(name) else None
+
+        return cls(path("cert"), path("key"), path("ca"), bool(data.get("require_client_cert", False)))
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial_s: float = 2.0
+    max_interval_s: float = 300.0
+    max_attempts: int = 50
+    max_age_s: float = 86400.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (exponential, capped)."""
+        return min(self.max_interval_s, self.initial_s * (2 ** max(attempts - 1, 0)))
+
+
+_DEST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_AET_HOST_PORT = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where de-identified objects go: ``kind`` is ``dicom`` (C-STORE), ``stow`` (STOW-RS) or ``folder``."""
+
+    name: str
+    kind: str
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    calling_ae: str | None = None  # default: the node's own AE title
+    tls: TlsConfig | None = None
+    url: str = ""
+    path: Path | None = None
+    #: Objects per association (C-STORE) or per request (STOW-RS) before it is renewed.
+    batch: int = 64
+
+    def describe(self) -> str:
+        if self.kind == "dicom":
+            return f"{self.name} (C-STORE {self.ae_title}@{self.host}:{self.port}{' TLS' if self.tls else ''})"
+        if self.kind == "stow":
+            return f"{self.name} (STOW-RS {self.url})"
+        return f"{self.name} (folder {self.path})"
+
+
+def parse_dicom_dest(spec: str, name: str | None = None) -> Destination:
+    """``AET@HOST:PORT`` as a C-STORE destination."""
+    m = _AET_HOST_PORT.match(spec.strip())
+    if not m:
+        raise ConfigError("a DICOM destination is written AET@HOST:PORT")
+    port = int(m["port"])
+    if not 0 < port < 65536:
+        raise ConfigError("a DICOM destination's port must be 1 to 65535")
+    return Destination(name or f"dicom-{m['aet'].strip()}", "dicom", ae_title=m["aet"].strip(),
+                       host=m["host"].strip("[]"), port=port)
+
+
+def _destination(data: dict[str, Any], base: Path, index: int) -> Destination:
+    kinds = [k for k in ("dicom", "stow", "folder") if data.get(k)]
+    if len(kinds) != 1:
+        raise ConfigError(f"destination {index + 1}: give exactly one of dicom, stow, folder")
+    unknown = set(data) - {"name", "dicom", "stow", "folder", "calling_ae", "tls", "batch"}
+    if unknown:
+        raise ConfigError(f"destination {index + 1}: unknown setting(s): {', '.join(sorted(unknown))}")
+    kind = kinds[0]
+    name = data.get("name")
+    if kind == "dicom":
+        dest = parse_dicom_dest(str(data["dicom"]), name)
+        dest = replace(dest, calling_ae=data.get("calling_ae"), tls=TlsConfig.from_mapping(data.get("tls"), base))
+    elif kind == "stow":
+        dest = Destination(name or f"stow-{index + 1}", "stow", url=str(data["stow"]).rstrip("/"),
+                           tls=TlsConfig.from_mapping(data.get("tls"), base))
+    else:
+        dest = Destination(name or f"folder-{index + 1}", "folder", path=base / str(data["folder"]))
+    if data.get("batch"):
+        dest = replace(dest, batch=max(1, int(data["batch"])))
+    return dest
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    queue: Path
+    ae_title: str = "DEIDPIPE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_ae_titles: tuple[str, ...] = ()
+    allowed_addresses: tuple[str, ...] = ()
+    tls: TlsConfig | None = None
+    destinations: tuple[Destination, ...] = ()
+    policy_file: Path | None = None
+    key_file: Path | None = None
+    quiet_period_s: float = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    #: Objects taken from the queue at once by the processing stage.
+    batch: int = 32
+    #: Seconds a peer may stay silent on an association before the node drops it.
+    network_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.ae_title or len(self.ae_title) > 16:
+            raise ConfigError("ae_title must be 1 to 16 characters")
+        if not 0 <= self.port < 65536:
+            raise ConfigError("port must be 0 to 65535")
+        names = [d.name for d in self.destinations]
+        for n in names:
+            if not _DEST_NAME.match(n):
+                raise ConfigError("a destination name may hold letters, digits, _ and - only (1 to 64)")
+        if len(set(names)) != len(names):
+            raise ConfigError("two destinations have the same name")
+        for a in self.allowed_addresses:
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                raise ConfigError("allow.addresses holds an entry that is not an address or network") from None
+
+    def address_allowed(self, address: str) -> bool:
+        if not self.allowed_addresses:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(a, strict=False) for a in self.allowed_addresses)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
+        known = {"queue", "ae_title", "host", "port", "allow", "tls", "destinations", "policy", "key_file",
+                 "quiet_period_s", "retry", "batch", "network_timeout_s"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if not data.get("queue"):
+            raise ConfigError("no queue folder: set queue in the file or pass --queue")
+        allow = data.get("allow") or {}
+        retry = data.get("retry") or {}
+        bad_retry = set(retry) - {"initial_s", "max_interval_s", "max_attempts", "max_age_s"}
+        if bad_retry:
+            raise ConfigError(f"unknown retry setting(s): {', '.join(sorted(bad_retry))}")
+        return cls(
+            queue=base / str(data["queue"]),
+            ae_title=str(data.get("ae_title", "DEIDPIPE")),
+            host=str(data.get("host", "127.0.0.1")),
+            port=int(data.get("port", 11112)),
+            allowed_ae_titles=tuple(str(a) for a in allow.get("ae_titles") or ()),
+            allowed_addresses=tuple(str(a) for a in allow.get("addresses") or ()),
+            tls=TlsConfig.from_mapping(data.get("tls"), base),
+            destinations=tuple(_destination(d, base, i) for i, d in enumerate(data.get("destinations") or ())),
+            policy_file=(base / str(data["policy"])) if data.get("policy") else None,
+            key_file=(base / str(data["key_file"])) if data.get("key_file") else None,
+            quiet_period_s=float(data.get("quiet_period_s", 30.0)),
+            retry=RetryConfig(**{k: (int(v) if k == "max_attempts" else float(v)) for k, v in retry.items()}),
+            batch=max(1, int(data.get("batch", 32))),
+            network_timeout_s=float(data.get("network_timeout_s", 60.0)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides: Any) -> ServeConfig:
+        """The file's settings (if any), then every override that is not None; destinations given as
+        options are added to the file's."""
+        data: dict[str, Any] = {}
+        base = Path(".")
+        if path is not None:
+            import yaml
+
+            p = Path(path)
+            try:
+                data = yaml.safe_load(p.read_text()) or {}
+            except OSError as exc:
+                raise ConfigError(f"cannot read the configuration file ({exc.strerror})") from None
+            except yaml.YAMLError:
+                raise ConfigError("the configuration file is not valid YAML") from None
+            if not isinstance(data, dict):
+                raise ConfigError("the configuration file must hold a mapping")
+            base = p.parent
+        extra = list(overrides.pop("destinations", None) or ())
+        if overrides.get("queue") is not None:
+            data["queue"] = str(Path(overrides.pop("queue")).resolve())
+        cfg = cls.from_mapping(data, base)
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if extra:
+            changes["destinations"] = cfg.destinations + tuple(extra)
+        return replace(cfg, **changes) if changes else cfg

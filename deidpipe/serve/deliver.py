@@ -1,0 +1,356 @@
+"""Destinations of ``deidpipe serve``: C-STORE (association reused), STOW-RS (dicomweb-client), a folder.
+
+Each destination has its own thread and its own tickets (``QUEUE/outbox/<dest>/``). An attempt ends in one of:
+
+* delivered: Success, or a warning status (``0xBxxx``, ``0x0001``, ``0x0107``, ``0x0116``): the ticket moves to
+  ``delivered/``;
+* retry: the destination cannot be reached, refuses or drops the association, times out, or answers ``0xA7xx``
+  (out of resources), or HTTP 408/429/5xx: retried with exponential backoff (``retry.initial_s`` doubling up to
+  ``retry.max_interval_s``) until ``retry.max_attempts`` attempts or ``retry.max_age_s`` seconds since the
+  object was queued, then quarantined with an ``ALERT`` log line;
+* failed: any other failure status, or an HTTP 4xx, or no presentation context the destination accepts: the
+  object is quarantined at once (a record ``QUEUE/quarantine/<oid>.<dest>.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from deidpipe.serve.config import Destination, RetryConfig, TlsConfig
+from deidpipe.serve.queue import Queue, fsync_dir
+
+log = logging.getLogger("deidpipe.serve")
+
+DELIVERED, RETRY, FAILED = "delivered", "retry", "failed"
+WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116})
+
+
+def classify_status(status: int) -> str:
+    if status == 0x0000 or status in WARNING_STATUSES or 0xB000 <= status <= 0xBFFF:
+        return DELIVERED
+    if 0xA700 <= status <= 0xA7FF:
+        return RETRY
+    return FAILED
+
+
+def client_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert is not None and tls.key is not None:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    return ctx
+
+
+class _Unreachable(Exception):
+    """The whole batch could not be tried (connection, association, timeout): every ticket is retried."""
+
+
+# -- senders: send(tickets) -> [(outcome, reason)] --------------------------------------------------------------
+class DicomSender:
+    """C-STORE SCU. One association is kept open while there is work and renewed when a batch needs a
+    presentation context it lacks; TCP_NODELAY is set on its socket."""
+
+    IDLE_RELEASE_S = 5.0
+
+    def __init__(self, dest: Destination, node_ae_title: str, queue: Queue) -> None:
+        self.dest = dest
+        self.calling = dest.calling_ae or node_ae_title
+        self.queue = queue
+        self.assoc: Any = None
+        self.contexts: set[tuple[str, str]] = set()
+        self.last_used = 0.0
+
+    def _open(self, needed: set[tuple[str, str]]) -> None:
+        from pynetdicom import AE, evt
+
+        from deidpipe.serve.scp import nodelay, quiet_pynetdicom
+
+        quiet_pynetdicom()
+        self.close()
+        ae = AE(ae_title=self.calling)
+        ae.maximum_pdu_size = 0
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 30
+        by_class: dict[str, list[str]] = {}
+        for sop, ts in sorted(needed):
+            by_class.setdefault(sop, []).append(ts)
+        for sop, tss in by_class.items():
+            ae.add_requested_context(sop, tss)
+        tls_args = (client_tls_context(self.dest.tls), self.dest.host) if self.dest.tls else None
+        handlers = [(evt.EVT_CONN_OPEN, lambda event: nodelay(event.assoc.dul.socket.socket))]
+        assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, tls_args=tls_args,
+                             evt_handlers=handlers)
+        if not assoc.is_established:
+            raise _Unreachable("association rejected or aborted" if assoc.is_rejected or assoc.is_aborted
+                               else "cannot connect")
+        self.assoc, self.contexts = assoc, set(needed)
+
+    def close(self) -> None:
+        if self.assoc is not None:
+            try:
+                if self.assoc.is_established:
+                    self.assoc.release()
+            except Exception:  # noqa: BLE001, S110 - a peer that went away
+                pass
+        self.assoc, self.contexts = None, set()
+
+    def idle(self) -> None:
+        if self.assoc is not None and time.monotonic() - self.last_used > self.IDLE_RELEASE_S:
+            self.close()
+
+    def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        from pydicom.filereader import read_file_meta_info
+
+        out: list[tuple[str, str] | None] = [None] * len(tickets)
+        files: list[tuple[int, Path, tuple[str, str]]] = []
+        for i, t in enumerate(tickets):
+            path = self.queue.output_path(t["output"])
+            try:
+                meta = read_file_meta_info(path)
+                files.append((i, path, (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))))
+            except Exception as exc:  # noqa: BLE001 - the output is gone or damaged: nothing to retry
+                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+        needed = {cx for _, _, cx in files}
+        if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
+            self._open(needed | (self.contexts if self.assoc is not None else set()))
+        for i, path, _ in files:
+            if not self.assoc.is_established:
+                raise _Unreachable("association lost")
+            try:
+                rsp = self.assoc.send_c_store(path)
+            except ValueError:
+                out[i] = (FAILED, "the destination accepted no presentation context for this object")
+                continue
+            except Exception as exc:  # noqa: BLE001
+                self.close()
+                raise _Unreachable(f"sending failed ({type(exc).__name__})") from None
+            status = rsp.get("Status") if rsp is not None else None
+            if status is None:
+                self.close()
+                raise _Unreachable("no response (association aborted or timed out)")
+            kind = classify_status(int(status))
+            out[i] = (kind, f"status 0x{int(status):04X}")
+        self.last_used = time.monotonic()
+        return [o if o is not None else (RETRY, "not sent") for o in out]
+
+
+class StowSender:
+    """STOW-RS through dicomweb-client, ``batch`` instances per request."""
+
+    def __init__(self, dest: Destination, queue: Queue) -> None:
+        from dicomweb_client.api import DICOMwebClient
+
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+        import requests
+
+        session = requests.Session()
+        if dest.tls is not None:
+            session.verify = str(dest.tls.ca) if dest.tls.ca else True
+            if dest.tls.cert and dest.tls.key:
+                session.cert = (str(dest.tls.cert), str(dest.tls.key))
+        self.client = DICOMwebClient(dest.url, session=session, timeout=60)
+        self.queue = queue
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        import pydicom
+        import requests
+
+        out: list[tuple[str, str] | None] = [None] * len(tickets)
+        datasets, index = [], []
+        for i, t in enumerate(tickets):
+            try:
+                datasets.append(pydicom.dcmread(self.queue.output_path(t["output"])))
+                index.append(i)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+        if datasets:
+            try:
+                rsp = self.client.store_instances(datasets)
+            except requests.HTTPError as exc:
+                code = exc.response.status_code if exc.response is not None else 0
+                if code in (408, 429) or code >= 500:
+                    raise _Unreachable(f"HTTP {code}") from None
+                for i in index:
+                    out[i] = (FAILED, f"HTTP {code}")
+                return [o or (FAILED, "refused") for o in out]
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Unreachable(type(exc).__name__) from None
+            failed = set()
+            for item in (rsp.get("FailedSOPSequence") or []) if rsp is not None else []:
+                failed.add(str(item.get("ReferencedSOPInstanceUID", "")))
+            for i, ds in zip(index, datasets, strict=True):
+                out[i] = (FAILED, "listed as failed in the STOW-RS response") if str(ds.SOPInstanceUID) in failed \
+                    else (DELIVERED, "stored")
+        return [o if o is not None else (RETRY, "not sent") for o in out]
+
+
+class FolderSender:
+    """Copies the de-identified file to ``<folder>/<patient>/<study>/<series>/<instance>.dcm`` (atomic,
+    synced; an existing file is replaced: the name is the SOP instance's pseudonym)."""
+
+    def __init__(self, dest: Destination, queue: Queue) -> None:
+        assert dest.path is not None
+        self.root = dest.path
+        self.queue = queue
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        out = []
+        dirs: set[Path] = set()
+        for t in tickets:
+            src = self.queue.output_path(t["output"])
+            if src is None or not src.exists():
+                out.append((FAILED, "de-identified output is missing"))
+                continue
+            target = self.root / t["output"]
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+                with open(src, "rb") as fi, open(tmp, "wb") as fo:
+                    shutil.copyfileobj(fi, fo, 1 << 20)
+                    fo.flush()
+                    os.fsync(fo.fileno())
+                os.replace(tmp, target)
+                dirs.add(target.parent)
+                out.append((DELIVERED, "written"))
+            except OSError as exc:
+                out.append((RETRY, f"cannot write ({type(exc).__name__})"))
+        for d in dirs:
+            fsync_dir(d)
+        return out
+
+
+def make_sender(dest: Destination, node_ae_title: str, queue: Queue) -> Any:
+    if dest.kind == "dicom":
+        return DicomSender(dest, node_ae_title, queue)
+    if dest.kind == "stow":
+        return StowSender(dest, queue)
+    return FolderSender(dest, queue)
+
+
+class Deliverer:
+    """One destination's thread: due tickets in batches, retries with backoff, quarantine at the limits."""
+
+    def __init__(self, dest: Destination, queue: Queue, retry: RetryConfig, node_ae_title: str) -> None:
+        self.dest = dest
+        self.queue = queue
+        self.retry = retry
+        self.sender = make_sender(dest, node_ae_title, queue)
+        self.pending: dict[str, dict[str, Any]] = {t["object_id"]: t for t in queue.tickets(dest.name)}
+        self.stats = {"delivered": 0, "retries": 0, "quarantined": 0}
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, tickets: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for t in tickets:
+                self.pending[t["object_id"]] = t
+        self.wake.set()
+
+    def _due(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            due = [t for t in self.pending.values() if t["next_at"] <= now]
+        due.sort(key=lambda t: t["queued_at"])
+        return due[: self.dest.batch]
+
+    def step(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        due = self._due(now)
+        if not due:
+            self.sender.idle()
+            return 0
+        try:
+            outcomes = self.sender.send(due)
+        except _Unreachable as exc:
+            outcomes = [(RETRY, str(exc))] * len(due)
+            ids = {t["object_id"] for t in due}
+            with self._lock:  # the destination is down: every due ticket waits, not just this batch
+                extra = [t for t in self.pending.values() if t["next_at"] <= now and t["object_id"] not in ids]
+            due = due + extra
+            outcomes += [(RETRY, str(exc))] * len(extra)
+        audit = []
+        for t, (kind, reason) in zip(due, outcomes, strict=True):
+            audit.append(self._settle(t, kind, reason, now))
+        self.queue.sync_delivered(self.dest.name)
+        self.queue.audit(audit)
+        return len(due)
+
+    def _settle(self, t: dict[str, Any], kind: str, reason: str, now: float) -> dict[str, Any]:
+        oid, name = t["object_id"], self.dest.name
+        record = {"object_id": oid, "event": "deliver", "destination": name, "status": kind, "reason": reason,
+                  "attempts": t["attempts"] + 1, "time": now}
+        if kind == DELIVERED:
+            self.queue.close_ticket(t, "delivered")
+            self.stats["delivered"] += 1
+        else:
+            t = dict(t, attempts=t["attempts"] + 1, last_error=reason)
+            too_old = now - t["queued_at"] >= self.retry.max_age_s
+            if kind == RETRY and not too_old and t["attempts"] < self.retry.max_attempts:
+                t["next_at"] = now + self.retry.delay(t["attempts"])
+                self.queue.update_ticket(t)
+                self.stats["retries"] += 1
+                with self._lock:
+                    self.pending[oid] = t
+                log.info("object %s to %s: %s; retry %d in %.1f s", oid[:12], name, reason, t["attempts"],
+                         t["next_at"] - now)
+                return dict(record, status="retry")
+            why = f"{reason} (gave up after {t['attempts']} attempt(s), {now - t['queued_at']:.0f} s)" \
+                if kind == RETRY else reason
+            self.queue.quarantine(f"{oid}.{name}", {"object_id": oid, "input_path_hash": oid, "destination": name,
+                                                    "stage": "deliver", "reason": why, "attempts": t["attempts"],
+                                                    "out_hash": t.get("out_hash"), "time": now})
+            self.queue.close_ticket(t, "quarantine")
+            self.stats["quarantined"] += 1
+            if kind == RETRY:
+                log.error("ALERT: object %s not delivered to %s: %s; quarantined", oid[:12], name, why)
+            else:
+                log.error("object %s refused by %s (%s); quarantined", oid[:12], name, reason)
+            record["status"] = "quarantined"
+        with self._lock:
+            self.pending.pop(oid, None)
+        return record
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                n = self.step()
+            except Exception as exc:  # noqa: BLE001 - e.g. the queue's disk: tickets stay, tried again
+                log.error("delivery round to %s failed (%s)", self.dest.name, type(exc).__name__)
+                n = 0
+                self._stop.wait(1.0)
+            if not n:
+                with self._lock:
+                    nxt = min((t["next_at"] for t in self.pending.values()), default=None)
+                wait = 1.0 if nxt is None else max(0.01, min(1.0, nxt - time.time()))
+                self.wake.wait(wait)
+                self.wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"deidpipe-deliver-{self.dest.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.sender.close()

@@ -1,0 +1,120 @@
+"""The node: the SCP, the processing stage and one delivery thread per destination, on one queue."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from deidpipe.keys import ProjectKey
+from deidpipe.serve.config import ServeConfig
+from deidpipe.serve.deliver import Deliverer
+from deidpipe.serve.process import Processor
+from deidpipe.serve.queue import Queue
+from deidpipe.serve.scp import StorageSCP
+
+log = logging.getLogger("deidpipe.serve")
+
+
+class Node:
+    """``Node(config, key, policy).start()``; :meth:`stop` closes the port, then lets the threads finish their
+    round. Everything not delivered stays in the queue for the next start."""
+
+    def __init__(self, config: ServeConfig, key: ProjectKey, policy: Any = None) -> None:
+        if policy is None:
+            from deidpipe.policy import Policy
+
+            policy = Policy.load(config.policy_file) if config.policy_file else Policy.basic()
+        self.config = config
+        self.key = key
+        self.policy = policy
+        self.queue = Queue(config.queue, [d.name for d in config.destinations])
+        self.deliverers = {d.name: Deliverer(d, self.queue, config.retry, config.ae_title)
+                           for d in config.destinations}
+        self.processor = Processor(self.queue, key, policy, quiet_period_s=config.quiet_period_s,
+                                   batch=config.batch, on_ready=self._dispatch)
+        self.scp = StorageSCP(config, self.queue, key, on_stored=self.processor.wake.set)
+        self.started_at = 0.0
+        self._stop = threading.Event()
+        self._status_thread: threading.Thread | None = None
+
+    def _dispatch(self, tickets: list[dict[str, Any]]) -> None:
+        by_dest: dict[str, list[dict[str, Any]]] = {}
+        for t in tickets:
+            by_dest.setdefault(t["destination"], []).append(t)
+        for name, ts in by_dest.items():
+            self.deliverers[name].add(ts)
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def stats(self) -> dict[str, Any]:
+        return {"scp": dict(self.scp.stats), "process": dict(self.processor.stats),
+                "destinations": {n: dict(d.stats) for n, d in self.deliverers.items()}}
+
+    def _write_node_file(self) -> None:
+        data = {"pid": os.getpid(), "ae_title": self.config.ae_title, "host": self.config.host,
+                "port": self.port if self.scp.server else None, "started_at": self.started_at,
+                "updated_at": time.time(), "key_fingerprint": self.key.fingerprint(), **self.stats()}
+        tmp = self.queue.path("tmp", f"node.{os.getpid()}.json")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, self.queue.root / "node.json")
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self._write_node_file()
+            except OSError:
+                pass
+
+    def start(self) -> Node:
+        self.started_at = time.time()
+        again = self.queue.recover()
+        if again:
+            log.info("%d object(s) taken up again from an earlier run", again)
+        for d in self.deliverers.values():
+            d.start()
+        self.processor.start()
+        self.scp.start()
+        self._write_node_file()
+        self._status_thread = threading.Thread(target=self._status_loop, name="deidpipe-status", daemon=True)
+        self._status_thread.start()
+        for d in self.config.destinations:
+            log.info("destination %s", d.describe())
+        return self
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self._stop.set()
+        self.processor.stop()
+        for d in self.deliverers.values():
+            d.stop()
+        try:
+            self._write_node_file()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_idle(self, timeout: float = 60.0, expected: int | None = None) -> bool:
+        """Wait until nothing is waiting to be processed or delivered (tests, benchmarks)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.queue.incoming() and not any(self.queue.path("processing").glob("*.dcm")) \
+                    and all(not d.pending for d in self.deliverers.values()):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def serve(config: ServeConfig, key: ProjectKey | None = None, policy: Any = None) -> Node:
+    """Start a node and return it (running in background threads); ``node.stop()`` ends it."""
+    return Node(config, key if key is not None else ProjectKey.load(config.key_file), policy).start()

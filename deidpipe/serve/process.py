@@ -1,0 +1,196 @@
+"""The processing stage of ``deidpipe serve``: queued objects through the same stages as ``deidpipe run``.
+
+Nothing here de-identifies anything itself. The queue's ``processing/`` folder is a folder source to the
+pipeline: each claimed object is indexed by :func:`deidpipe.pipeline.index.index_batch` (the manifest row
+``run`` makes), each series gets the stages :data:`deidpipe.pipeline.plan.STAGES` give it for the policy, and
+:func:`deidpipe.pipeline.execute.exec_task` reads, de-identifies, encodes and writes the objects into
+``QUEUE/out/`` with the pipeline's sink. The bytes are therefore those ``deidpipe run`` writes for the same
+object, key and policy.
+
+A series that needs a series-scope stage (defacing) is held until no object of it has arrived for
+``quiet_period_s`` seconds, then run whole. Held objects stay in ``processing/`` (a restart takes them up again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
+from deidpipe.pipeline.execute import WorkContext, exec_task
+from deidpipe.pipeline.index import KIND_DICOM, MANIFEST_SCHEMA, index_batch
+from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
+from deidpipe.pipeline.sink import LAYOUT_PSEUDONYM
+from deidpipe.pipeline.source import SourceItem, SourceSpec
+from deidpipe.serve.queue import Queue
+
+log = logging.getLogger("deidpipe.serve")
+
+
+@dataclass
+class _Held:
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_seen: float = 0.0
+
+
+def stages_for(rows: list[dict[str, Any]], policy: Any) -> tuple[str, ...]:
+    """The stages the plan gives a series with these manifest rows (the plan's own ``needed`` tests)."""
+    import polars as pl
+
+    from deidpipe.pipeline.tables import polars_schema
+
+    frame = pl.DataFrame(rows, schema=polars_schema(MANIFEST_SCHEMA), orient="row")
+    return tuple(s.name for s in STAGES if s.needed(frame, policy))
+
+
+class Processor:
+    """Takes objects from ``incoming/``, runs the pipeline on them, and leaves one delivery ticket per
+    destination (or a quarantine record)."""
+
+    def __init__(self, queue: Queue, key: ProjectKey, policy: Any, *, quiet_period_s: float = 30.0,
+                 batch: int = 32, on_ready: Callable[[list[dict[str, Any]]], None] = lambda tickets: None) -> None:
+        self.queue = queue
+        self.key = key
+        self.policy = policy
+        self.quiet_period_s = quiet_period_s
+        self.batch = batch
+        self.on_ready = on_ready
+        self.ctx = WorkContext(SourceSpec("folder", str(queue.path("processing"))), str(queue.path("out")),
+                               key, policy, LAYOUT_PSEUDONYM)
+        self.held: dict[str | None, _Held] = {}
+        self.stats = {"processed": 0, "quarantined": 0, "held": 0}
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one round ------------------------------------------------------------------------------------------
+    def step(self, now: float | None = None) -> int:
+        """Claim and process up to ``batch`` waiting objects, and any held series that has gone quiet.
+        Returns how many objects finished."""
+        now = time.time() if now is None else now
+        done = 0
+        claimed = self.queue.claim(self.queue.incoming()[: self.batch])
+        if claimed:
+            done += self._process_claimed(claimed, now)
+        for series in [s for s, h in self.held.items() if now - h.last_seen >= self.quiet_period_s]:
+            held = self.held.pop(series)
+            rows = list(held.rows.values())
+            done += self._run_series(series, rows, stages_for(rows, self.policy))
+        self.stats["held"] = sum(len(h.rows) for h in self.held.values())
+        return done
+
+    def _process_claimed(self, oids: list[str], now: float) -> int:
+        items = []
+        for oid in oids:
+            path = self.queue.path("processing", f"{oid}.dcm")
+            try:
+                items.append(SourceItem(path.name, path.stat().st_size))
+            except FileNotFoundError:
+                continue
+        rows = index_batch(self.ctx.source, self.key, items)
+        by_series: dict[str | None, list[dict[str, Any]]] = {}
+        finished: list[ObjectResult] = []
+        for row in rows:
+            row["object_id"] = row["path"][:-4]
+            if row["kind"] != KIND_DICOM:
+                finished.append(ObjectResult(row["object_id"], STATUS_QUARANTINED, row["content_hash"],
+                                             stage="index", reason=row["reason"] or "unreadable",
+                                             bytes_in=max(row["size"] or 0, 0)))
+                continue
+            by_series.setdefault(row["series_uid"], []).append(row)
+        n = self._finish(finished)
+        for series, srows in by_series.items():
+            held = self.held.get(series)
+            all_rows = srows + (list(held.rows.values()) if held else [])
+            stages = stages_for(all_rows, self.policy)
+            if any(s.scope == SCOPE_SERIES and s.name in stages for s in STAGES):
+                h = self.held.setdefault(series, _Held())
+                h.rows.update({r["object_id"]: r for r in srows})
+                h.last_seen = now
+                continue
+            n += self._run_series(series, srows, stages)
+        return n
+
+    def _run_series(self, series: str | None, rows: list[dict[str, Any]], stages: tuple[str, ...]) -> int:
+        whole = any(s.scope == SCOPE_SERIES and s.name in stages for s in STAGES)
+        step = len(rows) if whole else 32
+        n = 0
+        for i in range(0, len(rows), max(step, 1)):
+            task = ExecTask(series, stages, [
+                ExecItem(r["object_id"], SourceItem(r["path"], r["size"]), r["content_hash"], r["series_uid"],
+                         r["mtime_ns"]) for r in rows[i:i + step]])
+            try:
+                results = exec_task(self.ctx, task)
+            except Exception as exc:  # noqa: BLE001 - exec_task quarantines per object; this is a bug or I/O
+                results = [ObjectResult(it.object_id, STATUS_QUARANTINED, it.content_hash, stage="execute",
+                                        reason=f"unexpected error ({type(exc).__name__})") for it in task.items]
+            n += self._finish(results)
+        return n
+
+    def _finish(self, results: list[ObjectResult]) -> int:
+        """Tickets, quarantine records and audit lines for finished objects, then their queue files go."""
+        if not results:
+            return 0
+        now = time.time()
+        tickets = []
+        for r in results:
+            if r.status == STATUS_WRITTEN:
+                for dest in self.queue.destinations:
+                    tickets.append({"object_id": r.object_id, "destination": dest, "output": r.output,
+                                    "bytes": r.bytes_out, "out_hash": r.out_hash, "queued_at": now,
+                                    "attempts": 0, "next_at": 0.0})
+            else:
+                self.queue.quarantine(r.object_id, {
+                    "object_id": r.object_id, "input_path_hash": r.object_id, "content_hash": r.content_hash,
+                    "stage": r.stage, "reason": r.reason, "time": now})
+                log.warning("object %s quarantined at %s: %s", r.object_id[:12], r.stage, r.reason)
+        self.queue.add_tickets(tickets)
+        self.queue.audit([dict(r.to_record(), event="processed", time=now) for r in results])
+        self.queue.done_processing(r.object_id for r in results)
+        written = sum(r.status == STATUS_WRITTEN for r in results)
+        self.stats["processed"] += written
+        self.stats["quarantined"] += len(results) - written
+        if tickets:
+            self.on_ready(tickets)
+        return len(results)
+
+    # -- the thread -------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the objects stay queued, retried later
+                log.error("processing round failed (%s); retrying", type(exc).__name__)
+                self._requeue()
+                busy = 0
+                self._stop.wait(2.0)
+            if not busy:
+                self.wake.wait(0.5 if not self.held else min(0.5, self.quiet_period_s))
+                self.wake.clear()
+
+    def _requeue(self) -> None:
+        """After a failed round: claimed objects that are not held go back to ``incoming/``."""
+        import os
+
+        held = {oid for h in self.held.values() for oid in h.rows}
+        for p in self.queue.path("processing").glob("*.dcm"):
+            if p.name[:-4] not in held:
+                try:
+                    os.replace(p, self.queue.path("incoming", p.name))
+                except OSError:
+                    pass
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="deidpipe-process", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)

@@ -1,0 +1,199 @@
+"""The durable on-disk queue of ``deidpipe serve``.
+
+Layout under ``QUEUE``::
+
+    tmp/                       partial writes (emptied at start)
+    incoming/<oid>.dcm         received objects, durable: the SCP answers Success only once one is here
+    processing/<oid>.dcm       claimed by the processing stage (moved back to incoming/ at start)
+    out/                       de-identified objects, written by the pipeline's own sink (``<patient>/...``)
+    outbox/<dest>/<oid>.json   one ticket per object and destination still to deliver
+    delivered/<dest>/<oid>.json  the ticket once the destination has the object
+    quarantine/<name>.json     one record per object that failed (like ``run``'s), never the object
+    audit.jsonl                one line per object processed, and one per delivery or delivery failure
+
+``<oid>`` is a keyed hash of the object's SOP Instance UID: a second copy of an instance replaces the first while
+it waits, and nothing in a name is an original value. Every step is a rename of a durable file, so a crash at
+any point leaves each object in exactly one state (or, between two renames, in a state that is taken up again
+and ends the same way): received objects are processed again, tickets are delivered again (destinations are
+idempotent by SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from deidpipe.keys import ProjectKey
+
+DIRS = ("tmp", "incoming", "processing", "out", "outbox", "delivered", "quarantine")
+
+
+def object_id(key: ProjectKey, sop_instance_uid: str) -> str:
+    """The queue's name for an object: a keyed hash of its SOP Instance UID (no original value)."""
+    return key.digest("serve-instance", sop_instance_uid.strip().rstrip("\x00")).hex()[:32]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # a file system that cannot sync a folder (EINVAL) is passed over
+        if exc.errno != 22:
+            raise
+    finally:
+        os.close(fd)
+
+
+class Queue:
+    """The queue folder. Safe to use from the SCP's threads, the processing thread and the delivery threads."""
+
+    def __init__(self, root: str | Path, destinations: Iterable[str] = ()) -> None:
+        self.root = Path(root)
+        for d in DIRS:
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.destinations = tuple(destinations)
+        for name in self.destinations:
+            (self.root / "outbox" / name).mkdir(exist_ok=True)
+            (self.root / "delivered" / name).mkdir(exist_ok=True)
+        self._audit_lock = threading.Lock()
+
+    def path(self, state: str, name: str = "") -> Path:
+        return self.root / state / name if name else self.root / state
+
+    # -- start-up -------------------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """After a stop or a crash: partial writes go, claimed objects go back to incoming/. Returns how many
+        objects were taken up again."""
+        for p in self.path("tmp").iterdir():
+            p.unlink(missing_ok=True)
+        n = 0
+        for p in list(self.path("processing").iterdir()):
+            if p.suffix == ".dcm":
+                os.replace(p, self.path("incoming", p.name))
+                n += 1
+        fsync_dir(self.path("incoming"))
+        fsync_dir(self.path("processing"))
+        return n
+
+    # -- durable writes ---------------------------------------------------------------------------------------
+    def _write_durable(self, target: Path, parts: Sequence[bytes], sync_dir: bool = True) -> None:
+        tmp = self.path("tmp", f"{target.name}.{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb", buffering=0) as fh:
+                for part in parts:
+                    fh.write(part)
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if sync_dir:
+            fsync_dir(target.parent)
+
+    def put(self, oid: str, parts: Sequence[bytes]) -> Path:
+        """Store a received object durably (data and name on disk when this returns); raises OSError if not."""
+        target = self.path("incoming", f"{oid}.dcm")
+        self._write_durable(target, parts)
+        return target
+
+    # -- processing -----------------------------------------------------------------------------------------
+    def incoming(self) -> list[str]:
+        """Object ids waiting, oldest first."""
+        entries = []
+        with os.scandir(self.path("incoming")) as it:
+            for e in it:
+                if e.name.endswith(".dcm"):
+                    try:
+                        entries.append((e.stat().st_mtime_ns, e.name[:-4]))
+                    except FileNotFoundError:
+                        continue
+        return [oid for _, oid in sorted(entries)]
+
+    def claim(self, oids: Iterable[str]) -> list[str]:
+        """Move objects to processing/; returns those that were still there."""
+        taken = []
+        for oid in oids:
+            try:
+                os.replace(self.path("incoming", f"{oid}.dcm"), self.path("processing", f"{oid}.dcm"))
+            except FileNotFoundError:
+                continue
+            taken.append(oid)
+        return taken
+
+    def done_processing(self, oids: Iterable[str]) -> None:
+        for oid in oids:
+            self.path("processing", f"{oid}.dcm").unlink(missing_ok=True)
+
+    # -- delivery tickets -----------------------------------------------------------------------------------
+    def add_tickets(self, tickets: Sequence[dict[str, Any]]) -> None:
+        """One ticket per (object, destination), durable when this returns."""
+        dirs: set[Path] = set()
+        for t in tickets:
+            target = self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
+            self._write_durable(target, [json.dumps(t, sort_keys=True).encode()], sync_dir=False)
+            dirs.add(target.parent)
+        for d in dirs:
+            fsync_dir(d)
+
+    def tickets(self, dest: str) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.path("outbox", dest).glob("*.json")):
+            try:
+                out.append(json.loads(p.read_bytes()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def update_ticket(self, t: dict[str, Any]) -> None:
+        """A ticket's retry count and next attempt (atomic, not synced: a lost update only retries sooner)."""
+        target = self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
+        tmp = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}")
+        tmp.write_bytes(json.dumps(t, sort_keys=True).encode())
+        os.replace(tmp, target)
+
+    def close_ticket(self, t: dict[str, Any], state: str) -> None:
+        """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the output goes once no
+        destination still needs it."""
+        dest, oid = t["destination"], t["object_id"]
+        src = self.path("outbox", f"{dest}/{oid}.json")
+        if state == "delivered":
+            t = dict(t, delivered_at=time.time())
+            self.update_ticket(t)
+            os.replace(src, self.path("delivered", f"{dest}/{oid}.json"))
+        else:
+            src.unlink(missing_ok=True)
+        if not any(self.path("outbox", f"{d}/{oid}.json").exists() for d in self.destinations):
+            out = self.output_path(t["output"])
+            if out is not None:
+                out.unlink(missing_ok=True)
+
+    def output_path(self, relpath: str | None) -> Path | None:
+        if not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
+            return None
+        return self.path("out") / relpath
+
+    def sync_delivered(self, dest: str) -> None:
+        fsync_dir(self.path("outbox", dest))
+        fsync_dir(self.path("delivered", dest))
+
+    # -- quarantine and audit ---------------------------------------------------------------------------------
+    def quarantine(self, name: str, record: dict[str, Any]) -> Path:
+        """A JSON record (no object, no original value) under ``quarantine/``, durable when this returns."""
+        target = self.path("quarantine", f"{name}.json")
+        self._write_durable(target, [(json.dumps(record, sort_keys=True, indent=1) + "\n").encode()])
+        return target
+
+    def audit(self, records: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        if not lines:
+            return
+        with self._audit_lock, open(self.root / "audit.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
