@@ -15,6 +15,7 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     pixel_detector: lines         # lines (default: letters chained by their strokes) or ocr (CRAFT on every region)
     allow_incomplete_pixels: false  # true: write objects whose pixel data is cut short, the reason in the audit
     deface: auto                  # head MR/CT series: auto (default), all or off; see docs/deface.md
+    deface_ears: true             # remove the ears with the face (default); false: the face only
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -113,6 +114,7 @@ class Policy:
         deface: which MR and CT series lose their face (:mod:`deidpipe.deface.select`): ``auto`` (series of the
             head by Body Part Examined and descriptions, and any that say nothing of their region), ``all`` (every
             MR and CT image series), ``off``.
+        deface_ears: remove the ears together with the face (default, as UK Biobank does); False: the face only.
     """
 
     options: frozenset[str] = frozenset()
@@ -126,6 +128,7 @@ class Policy:
     pixel_detector: PixelDetector = "lines"
     allow_incomplete_pixels: bool = False
     deface: DefaceSelection = "auto"
+    deface_ears: bool = True
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -172,7 +175,7 @@ class Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
                    "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector",
-                   "allow_incomplete_pixels", "deface"}
+                   "allow_incomplete_pixels", "deface", "deface_ears"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -205,6 +208,7 @@ class Policy:
             pixel_detector=str(data.get("pixel_detector", "lines")),  # type: ignore[arg-type]
             allow_incomplete_pixels=_flag(data, "allow_incomplete_pixels"),
             deface="off" if data.get("deface") is False else str(data.get("deface", "auto")),  # type: ignore[arg-type]
+            deface_ears=_flag({"deface_ears": data.get("deface_ears", True)}, "deface_ears"),  # true by default
             source=source,
         )
 
@@ -239,7 +243,7 @@ class Policy:
         return (f"PS3.15 Basic Profile; options: {opts}; strict: {self.strict}; "
                 f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}"
                 + ("; incomplete pixel data written" if self.allow_incomplete_pixels else "")
-                + f"; deface: {self.deface}")
+                + f"; deface: {self.deface}" + ("" if self.deface_ears else " (face only, ears kept)"))
 
 
 # -- pydicom/deid recipes ---------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ def test_defaces_synth_head(seed: int, orientation: str, oblique: bool) -> None:
     removed = float(((after == 0) & head.face).sum() / head.face.sum())
     changed = after != before
     assert removed >= 0.98, removed
+    assert head.ears is not None and head.ears.sum() > 100  # the pinnae go too (ears=True by default)
+    assert float(((after == 0) & head.ears).sum() / head.ears.sum()) >= 0.98
     assert int((changed & head.brain).sum()) == 0
     assert result.brain_voxels_changed == 0
     assert not (changed & result.protected).any()
@@ -73,6 +75,15 @@ def test_defaces_synth_head(seed: int, orientation: str, oblique: bool) -> None:
     assert result.face_in_view and result.changed and result.reason == "defaced"
     assert result.face_voxels_removed == int(changed.sum())
     assert result.qc is not None and result.qc.passed and result.qc.face_before  # QC saw the face, then none
+
+
+@pytest.mark.slow
+def test_ears_kept_on_request() -> None:
+    head = make_head(104, orientation="ASR", oblique=True)
+    before = _data(head.image)
+    after = _data(deface_volume(head.image, ears=False).image)
+    assert not ((after != before) & head.ears).any()  # ears=False: not one ear voxel changed
+    assert float(((after == 0) & head.face).sum() / head.face.sum()) >= 0.98
 
 
 def test_qc_refuses_a_volume_whose_face_is_still_there() -> None:

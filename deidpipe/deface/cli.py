@@ -16,6 +16,7 @@ def deface_command(
                                                 "brain-extraction tool; default: the template's, pulled back."),
     resolution_mm: float = typer.Option(3.0, "--resolution-mm", min=1.0, max=8.0,
                                         help="Registration grid (mm): coarser is faster."),
+    keep_ears: bool = typer.Option(False, "--keep-ears", help="Remove the face only (default: face and ears)."),
 ) -> None:
     """Remove the face from a head MR/CT volume, never a brain voxel; refuse (exit 2) if the fit is doubtful."""
     import numpy as np
@@ -23,7 +24,7 @@ def deface_command(
     from deidpipe.deface.core import deface_file
     from deidpipe.deface.errors import DefaceError
 
-    options: dict[str, object] = {"margin_mm": margin_mm, "resolution_mm": resolution_mm}
+    options: dict[str, object] = {"margin_mm": margin_mm, "resolution_mm": resolution_mm, "ears": not keep_ears}
     try:
         if brain_mask is not None:
             from deidpipe.deface.volume import load, volume_data

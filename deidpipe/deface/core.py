@@ -39,7 +39,8 @@ QC_FAILED = "QC: the face detector still finds a face after defacing: refused"
 class DefaceResult:
     """What ``deface_volume`` did. Masks are bool arrays in the input's own storage order and grid.
 
-    ``face_mask``: the template face region pulled back (what would be removed); ``brain_mask``: the brain that
+    ``face_mask``: the template face region, and with ``ears`` the ear region, pulled back (what would be
+    removed); ``brain_mask``: the brain that
     was protected (given by the caller or pulled back from the template), before the margin; ``protected``: the
     brain grown by the margin (computed near the face region, where anything is cut), never changed.
     ``face_voxels_removed`` counts voxels whose value changed to 0;
@@ -80,7 +81,7 @@ def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.
 
 def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm: float = 8.0,
                   max_overlap: float = 0.02, resolution_mm: float = 3.0, qc: bool = True,
-                  fill: float | None = None) -> DefaceResult:
+                  fill: float | None = None, ears: bool = True) -> DefaceResult:
     """Deface a head volume (a nibabel image: Nifti1/2, MGH) and return the new image with its figures.
 
     ``brain_mask`` (bool, the image's storage order) replaces the template's pulled-back brain, e.g. from a
@@ -89,7 +90,8 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     ``qc``: where the face is in view, render the skin before and after and run the face detector
     (:func:`deidpipe.deface.qc.face_check`, 2 to 3 s); a face found after defacing refuses the volume.
     ``fill``: the value removed voxels get (read units); by default the background (``volume.background_value``:
-    0 for MR, air for CT).
+    0 for MR, air for CT). ``ears``: remove the ears too (the template's ear region pulled back, as UK Biobank's
+    defacing does), together with the face; a volume whose face is not in view keeps its ears as well.
     Raises :class:`RegistrationError` (refuse, quarantine) or :class:`VolumeError`; never cuts on a doubtful fit.
     """
     from deidpipe.deface.mask import dilate_mm, head_outline, pull_back
@@ -106,6 +108,8 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     template = load_template()
     fit = register(subject, template.sitk("image"), resolution_mm=resolution_mm)
     face = pull_back(template.sitk("face"), subject, fit.transform)
+    if ears:  # the removal region: the face, and the ears with their surroundings (template.ear_region)
+        face |= pull_back(template.sitk("ears"), subject, fit.transform)
     face_core = pull_back(template.sitk("face_core"), subject, fit.transform)
     head_t = pull_back(template.sitk("head"), subject, fit.transform)
     if brain_mask is None:

@@ -46,7 +46,7 @@ def _unchanged(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict
 def deface_series_stage(datasets: list[Dataset], policy: Any = None) -> list[tuple[Dataset, dict[str, int]]]:
     """Deface one series (its objects in any order); returns (object, audit counts) in the same order.
     Raises a :class:`~deidpipe.deface.errors.DefaceError` (the series is quarantined) where it cannot be done
-    safely. ``policy`` is accepted for the pipeline's stage signature; the selection was made by the plan."""
+    safely. The plan made the selection; of ``policy`` only ``deface_ears`` is read here (ears removed too)."""
     import numpy as np
 
     from deidpipe.deface.core import deface_volume
@@ -59,7 +59,7 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None) -> list[tup
     if single_frame and len(datasets) < MIN_SLICES:
         return _unchanged(datasets, "deface_too_few_slices")
     series = series_to_volume(datasets)
-    result = deface_volume(series.image())
+    result = deface_volume(series.image(), ears=getattr(policy, "deface_ears", True))
     if not result.face_in_view:
         return _unchanged(datasets, "deface_no_face_in_view")
     if not result.changed:

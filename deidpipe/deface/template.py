@@ -11,6 +11,12 @@ The template carries no brain mask, so one is derived here (``brain_region``): h
 percentile (grey and white matter of a T1; CSF, bone and air are dark), above the foramen magnum, outside the face
 region, largest connected piece, closed by 4 mm and filled. It is a conservative outline of cerebrum, cerebellum
 and brainstem, which the defacer then dilates by a margin before protecting it.
+
+Nor does it carry an ear mask; ``ear_region`` derives one: the ears are what a morphological opening of the head
+with a 10 mm ball takes away (thin protrusions) lateral to the brain, the two largest such pieces (the pinnae,
+2-3 ml each in the mean head), grown by EAR_GROW_MM (12 mm), into the head so that the concha and the base of the
+pinna go too, and into the air so that a fit a few millimetres off still covers the rim. The defacer's brain
+margin still protects everything near the brain.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ SHA256 = {
 # Template voxel index (k, inferior-superior) below which no brain is counted: the foramen magnum of the mean head.
 _BRAIN_MIN_K = 70
 _WORK_MM = 2.0
+EAR_OPEN_MM = 10.0  # radius of the ball whose opening removes the pinnae (thin, 5-10 mm) but not the skull
+EAR_GROW_MM = 12.0  # the pinnae grown by this much within the head: concha, tragus and the base of the ear
 FACE_GROW_MM = 4.0  # grid (mm) on which the brain region is derived: 8x fewer voxels than 1 mm, same outline
 
 
@@ -53,6 +61,8 @@ class Template:
     brain: np.ndarray
     affine: np.ndarray
     face_core: np.ndarray
+    ears: np.ndarray  # both ears with their surroundings (``ear_region``), removed when the policy says so
+    ear_core: np.ndarray  # the pinnae alone (what the opening took away): the measure of ears left
 
     @property
     def voxel_mm3(self) -> float:
@@ -112,6 +122,29 @@ def brain_region(image: np.ndarray, face: np.ndarray, voxel_mm: np.ndarray) -> t
     return head, brain
 
 
+def ear_region(head: np.ndarray, brain: np.ndarray, face: np.ndarray,
+               voxel_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ears, ear_core) boolean masks of the template head in RAS storage (see the module docstring)."""
+    from scipy import ndimage
+
+    r = np.maximum(np.round(EAR_OPEN_MM / np.asarray(voxel_mm, float)).astype(int), 1)
+    grid = np.mgrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1].astype(float)
+    ball = np.sqrt(sum((g * v) ** 2 for g, v in zip(grid, voxel_mm, strict=True))) <= EAR_OPEN_MM
+    thin = head & ~ndimage.binary_opening(head, structure=ball)
+    x = np.flatnonzero(brain.any(axis=(1, 2)))
+    i = np.arange(head.shape[0])[:, None, None]
+    lateral = (i < x[0]) | (i > x[-1])  # beside the brain, left or right (RAS storage: axis 0 is x)
+    labels, n = ndimage.label(thin & lateral & ~face)
+    if n < 2:
+        raise TemplateError("the template's ears were not found")
+    sizes = ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))
+    core = np.isin(labels, np.argsort(sizes)[-2:] + 1)
+    # Not limited to the template's head: a fit a few millimetres off must still cover the rim of a real pinna,
+    # which sticks out into the air; removing air changes nothing.
+    ears = ndimage.distance_transform_edt(~core, sampling=voxel_mm) <= EAR_GROW_MM
+    return ears, core
+
+
 @lru_cache(maxsize=1)
 def load_template() -> Template:
     """The checked template, face mask and derived head and brain masks at ~2 mm (cached for the process)."""
@@ -135,4 +168,6 @@ def load_template() -> Template:
     # The face region grown by FACE_GROW_MM, so that a fit a few millimetres off still covers the whole face; the
     # subject's brain (with its own margin) is protected from it later all the same.
     grown = ndimage.distance_transform_edt(~face, sampling=voxel * step) <= FACE_GROW_MM
-    return Template(image=image, face=grown, head=head, brain=brain, affine=affine, face_core=face)
+    ears, ear_core = ear_region(head, brain, face, voxel * step)
+    return Template(image=image, face=grown, head=head, brain=brain, affine=affine, face_core=face, ears=ears,
+                    ear_core=ear_core)

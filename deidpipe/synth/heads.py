@@ -49,6 +49,7 @@ class SynthHead:
     oblique: bool
     seed: int
     scale: float = 1.0  # the head's size relative to the template's (subject mm -> template mm)
+    ears: np.ndarray | None = None  # the pinnae (template.ear_core moved with the head), tissue only
 
 
 def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
@@ -157,6 +158,8 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     image = ndimage.map_coordinates(image_t, coords, order=1, mode="constant")
     face = ndimage.map_coordinates(face_t.astype(np.uint8), coords, order=0, mode="constant") > 0
     brain = ndimage.map_coordinates(template.brain.astype(np.uint8), coords, order=0, mode="constant") > 0
+    ears = ndimage.map_coordinates((template.ear_core & head_t).astype(np.uint8), coords, order=0,
+                                   mode="constant") > 0
 
     if kind == "face_out":
         # crop along the storage axis closest to anterior-posterior, keeping the side without the face
@@ -170,11 +173,12 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
         cut[axis] = keep
         start = np.zeros(3)
         start[axis] = keep.start
-        image, face, brain = image[tuple(cut)], face[tuple(cut)], brain[tuple(cut)]
+        image, face, brain, ears = image[tuple(cut)], face[tuple(cut)], brain[tuple(cut)], ears[tuple(cut)]
         affine[:3, 3] = affine[:3, 3] + lin @ start
     elif kind == "brain_only":
         image = np.where(ndimage.binary_dilation(brain, iterations=1), image, 0.0)
         face = np.zeros_like(face)
+        ears = np.zeros_like(ears)
 
     if noise:
         top = float(image.max()) or 1.0
@@ -189,7 +193,7 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    return SynthHead(img, face & (data > 0), brain, kind, orientation, oblique, seed, scale)
+    return SynthHead(img, face & (data > 0), brain, kind, orientation, oblique, seed, scale, ears & (data > 0))
 
 
 def head_slice_template(seed: int = 0) -> Any:
