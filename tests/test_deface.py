@@ -86,6 +86,16 @@ def test_ears_kept_on_request() -> None:
     assert float(((after == 0) & head.face).sum() / head.face.sum()) >= 0.98
 
 
+@pytest.mark.slow
+def test_ct_face_becomes_air() -> None:
+    """A CT-like volume (signed values, air at -1024): removed voxels read as air, not as 0 (water)."""
+    head = make_head(105, orientation="PIL", oblique=False)
+    ct = nib.Nifti1Image(_data(head.image).astype(np.int16) - 1024, head.image.affine)
+    after = _data(deface_volume(ct).image)
+    # the fill is the background (1st percentile: -1021 here, the noise floor of the air), not 0 (water)
+    assert float((after[head.face] <= -1000).mean()) >= 0.98
+
+
 def test_qc_refuses_a_volume_whose_face_is_still_there() -> None:
     """Fail closed: a protection margin so wide that nothing is cut leaves the face, and the detector refuses."""
     head = make_head(100, orientation="RAS")
