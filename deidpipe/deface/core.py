@@ -155,9 +155,10 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
         reason = "defaced"
     figures["face_voxels_in_region"] = float(face.sum())
     if face_in_view:  # how far the front of the face went back, and how much face skin is left (geometry.py)
-        from deidpipe.deface.geometry import face_geometry
+        from deidpipe.deface.geometry import face_geometry, template_nose
 
-        figures.update(face_geometry(tissue, cut, face_core, can.affine).figures())
+        nose = template_nose(template, fit.transform)
+        figures.update(face_geometry(tissue, cut, face_core, can.affine, nose).figures())
     qc_result = None
     if qc and face_in_view:  # fail closed: a detector that still sees a face after defacing refuses the volume
         from deidpipe.deface.qc import face_check
