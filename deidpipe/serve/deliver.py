@@ -87,8 +87,8 @@ class DicomSender:
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, tls_args=tls_args,
                              evt_handlers=handlers)
         if not assoc.is_established:
-            raise _Unreachable("association rejected or aborted" if assoc.is_rejected or assoc.is_aborted
-                               else "cannot connect")
+            raise _Unreachable("association rejected" if assoc.is_rejected else
+                               "cannot connect (or the association was aborted)")
         self.assoc, self.contexts = assoc, set(needed)
 
     def close(self) -> None:

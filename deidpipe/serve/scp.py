@@ -42,6 +42,15 @@ STATUS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
+#: Transfer syntaxes the SCP accepts, in its order of preference (pynetdicom's acceptor takes the first of its
+#: own list that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for
+#: one context sends what ``run`` would read from its file; compressed ones next (proposed for compressed files).
+_UNCOMPRESSED_LAST = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1"] + [
+    ts for ts in ALL_TRANSFER_SYNTAXES if ts != "1.2.840.10008.1.2.1" and ts not in _UNCOMPRESSED_LAST
+] + list(_UNCOMPRESSED_LAST)
+
+
 def quiet_pynetdicom() -> None:
     """pynetdicom's own log lines quote UIDs and AE titles of the traffic: only its errors go through, and
     those are logged by this module in its own words."""
@@ -123,7 +132,7 @@ class StorageSCP:
         ae.dimse_timeout = self.config.network_timeout_s
         ae.maximum_associations = 64
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         if self.config.allowed_ae_titles:
             ae.require_calling_aet = list(self.config.allowed_ae_titles)
