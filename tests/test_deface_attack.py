@@ -57,8 +57,9 @@ class AttackSet:
 def attack_set() -> AttackSet:
     """The gallery (every identity, RAS, straight) and the probes (another seed: pose, size, storage orientation,
     oblique or not), each probe defaced; the QC's renders are reused for the descriptors. The QC runs outside
-    ``deface_volume`` so that its verdict is recorded here rather than raised: on one of these noise-free heads
-    the Haar cascade finds a face on the cut surface (docs/deface.md, QC), which would refuse the volume."""
+    ``deface_volume`` so that its verdict is recorded here rather than raised: on a noise-free 12 mm identity head
+    the Haar cascade found a face on the cut surface (docs/deface.md, QC), and the attack test is about the
+    attack."""
     gallery = [volume_embeddings(_head(3000 + i, i, orientation="RAS", oblique=False).image) for i in range(GALLERY)]
     before, after, results, checks = [], [], [], []
     for i in range(PROBES):
