@@ -143,6 +143,9 @@ def scan_item(job: _Job, item: Any) -> ObjectResult:
     except DeidError:
         return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
                                                      "an element of the object cannot be decoded")])
+    except Exception as exc:  # noqa: BLE001 - never let one object stop the scan; never its message
+        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+                                                     f"the object could not be checked ({type(exc).__name__})")])
     result = ObjectResult(item.relpath, "dicom", hits, qi)
     if need_pixels:
         from deidpipe.scan.pixels import pixel_findings

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -36,6 +36,7 @@ Hit = tuple[str, str, str, str]
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UR", "CS"})
 SEARCHED_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UR", "CS", "DA", "DT", "OB", "UN"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "DS", "IS", "AT"})
+BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"})
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 DATE_VRS = frozenset({"DA", "DT", "TM"})
 DUMMY_DATES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000"}
@@ -60,13 +61,25 @@ def _text(v: Any) -> str:
     return "" if v is None else str(v).strip().rstrip("\x00").strip()
 
 
-def looks_replaced(vr: str, elem: DataElement, kind: str | None) -> bool:
+def plain_values(ds: Dataset, tag: Any, vr: str) -> tuple[list[str], bytes | None]:
+    """An element's values as stripped texts, or, for binary VRs (numbers included), its bytes; read from the
+    stored raw bytes when the element was not decoded (decoding every element costs more than the checks)."""
+    stored = ds._dict[tag]
+    if isinstance(stored, RawDataElement):
+        data = bytes(stored.value or b"")
+        if vr in BINARY_VRS or vr in BINARY_NUMBER_VRS:
+            return [], data
+        return [_text(v) for v in data.decode("latin-1").split("\\")], None
+    if vr in BINARY_VRS and isinstance(stored.value, bytes | bytearray):
+        return [], bytes(stored.value)
+    return [_text(v) for v in _values(stored)], None
+
+
+def looks_replaced(vr: str, values: list[str], data: bytes | None) -> bool:
     """Whether a value is a dummy (action D) or a keyed pseudonym: what the engine (or a common tool) writes in
     place of the original. Never decides on the original value itself."""
-    values = [_text(v) for v in _values(elem)]
-    if vr in BINARY_VRS:
-        data = elem.value or b""
-        return not any(bytes(data))
+    if data is not None:
+        return not any(data)
     if vr in NUMBER_VRS:
         return all(v in ("", "0", "0.0") for v in values)
     if vr == "AS":
@@ -164,7 +177,7 @@ class HeaderChecker:
                 self._walk(item, ctx, sub, False, f"{loc}[{i}].", hits)
             return
         if head.VR in DATE_VRS:
-            if action in ("X", "Z") or (action == "D" and not looks_replaced(head.VR, decoded(ds, tag), kind)):
+            if action in ("X", "Z") or (action == "D" and not looks_replaced(head.VR, *plain_values(ds, tag, head.VR))):
                 sev = "medium" if head.VR == "TM" else "high"
                 hits.append(("DP-H006", sev, loc, f"{name}: a {head.VR} value the policy removes ({action}) is "
                                                   "present"))
@@ -174,13 +187,12 @@ class HeaderChecker:
                          f"{name}: an attribute the policy removes or empties ({action}) carries a value"))
             return
         if head.VR == "UI" and action in ("U", "D", "C", "P"):
-            elem = decoded(ds, tag)
-            if any(is_mappable_uid(head.keyword, _text(v)) and not _text(v).startswith("2.25.")
-                   for v in _values(elem)):
+            values, _ = plain_values(ds, tag, "UI")
+            if any(is_mappable_uid(head.keyword, v) and not v.startswith("2.25.") for v in values):
                 hits.append(("DP-H005", "medium", loc, f"{name}: an instance UID that is not under 2.25"))
             return
         if action in ("D", "P"):
-            if not looks_replaced(head.VR, decoded(ds, tag), kind):
+            if not looks_replaced(head.VR, *plain_values(ds, tag, head.VR)):
                 what = "a keyed pseudonym" if action == "P" else "a dummy"
                 hits.append(("DP-H002", _severity(head.VR, kind), loc,
                              f"{name}: the policy puts {what} here, and the value is neither a dummy nor a "

@@ -62,8 +62,8 @@ def _read_boxes(frame8: np.ndarray, boxes: list[Any]) -> list[str]:
 
 
 def pixel_findings(ds: Any, path: str, known: list[str], reveal: bool = False) -> list[Finding]:
-    """DP-P001 per text box (DP-P002 where known identities are read in it); [] for objects without pixels or
-    whose pixels cannot be decoded (the pipeline quarantines those; the header rules still ran)."""
+    """DP-P001 per text box (DP-P002 where known identities are read in it); DP-P003 when the pixel data cannot
+    be decoded (the pipeline quarantines such objects); [] for objects without pixel data."""
     from deidpipe.errors import DeidError
     from deidpipe.pixels.codecs import has_pixels
     from deidpipe.pixels.redact import PixelOptions, redact_dataset
@@ -73,8 +73,10 @@ def pixel_findings(ds: Any, path: str, known: list[str], reveal: bool = False) -
     try:
         frames = _frames8(ds)
         result = redact_dataset(ds, PixelOptions(selection="auto", mode="all-text"))
-    except DeidError:
-        return []
+    except Exception as exc:  # noqa: BLE001 - DeidError or a decoder's own: the pixels were not checked
+        why = "cannot be decoded" if isinstance(exc, DeidError) else f"could not be checked ({type(exc).__name__})"
+        return [Finding(path, "DP-P003", "medium", "pixels", f"the pixel data {why}: burned-in text was not "
+                                                             "looked for")]
     boxes = list(result.boxes[result.region_boxes:])[:MAX_BOXES]
     if not boxes or frames is None:
         return []

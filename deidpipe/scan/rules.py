@@ -52,6 +52,8 @@ _RULES = [
     Rule("DP-P001", "burned-in-text", "high", "Text was found in the pixel data (box, frame)."),
     Rule("DP-P002", "known-identity-in-pixels", "high",
          "A name, ID or birth date from --known-identities was read in the pixel data."),
+    Rule("DP-P003", "pixels-unchecked", "medium",
+         "The pixel data cannot be decoded, so burned-in text was not looked for."),
     Rule("DP-F001", "face-visible", "high", "A head volume whose surface render still shows a face."),
     Rule("DP-R001", "reidentification-risk", "medium",
          "Records at prosecutor risk above the threshold (quasi-identifier table)."),
