@@ -68,11 +68,14 @@ class DicomSender:
         self.last_used = 0.0
 
     def _open(self, needed: set[tuple[str, str]]) -> None:
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, _config, evt
 
         from deidpipe.serve.scp import nodelay, quiet_pynetdicom
 
         quiet_pynetdicom()
+        # Send each file's data set as it is on disk (read in chunks from its offset), not decoded and encoded
+        # again by pydicom: the bytes run writes, at the cost of a read. The context proposed is the file's own.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self.close()
         ae = AE(ae_title=self.calling)
         ae.maximum_pdu_size = 0
