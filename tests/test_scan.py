@@ -274,6 +274,15 @@ def test_every_synth_face_is_found(heads):
     assert all(f.location == "face" and f.thumbnail for f in faces)
 
 
+def test_no_face_and_nothing_high_after_run_defaces(heads, tmp_path):
+    from deidpipe.pipeline.runner import run
+
+    run(heads, tmp_path / "out", Policy.basic(), key=KEY, workers=2)
+    report = scan(tmp_path / "out", pixels=False, faces=True, workers=2)
+    assert report.objects > 0
+    assert not [f for f in report.findings if f.rule == "DP-F001" or f.severity == "high"]
+
+
 # -- risk and reports ---------------------------------------------------------------------------------------
 def test_quasi_identifier_table_and_risk(src, header_report):
     root, answer = src
