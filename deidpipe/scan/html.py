@@ -132,10 +132,15 @@ def to_html(report: ScanReport, title: str = "deidpipe scan report") -> str:
         f"</td><td>{_e(f.location)}</td><td>{_e(f.message)}</td></tr>" for f in report.findings[:MAX_ROWS])
     more = (f"<p>{len(report.findings) - MAX_ROWS} more findings are in the JSON report.</p>"
             if len(report.findings) > MAX_ROWS else "")
-    thumbs = [f for f in report.findings if f.thumbnail][:MAX_THUMBS]
+    shown: dict[tuple[str, str], list[str]] = {}  # one thumbnail per object and image (it shows all its boxes)
+    for f in report.findings:
+        if f.thumbnail and (len(shown) < MAX_THUMBS or (f.path, f.thumbnail) in shown):
+            shown.setdefault((f.path, f.thumbnail), []).append(f.rule)
     thumbs_html = "".join(
-        f'<figure><img class="thumb" alt="{_e(f.rule)} {_e(f.location)}" src="{f.thumbnail}">'
-        f"<figcaption>{_e(f.rule)} · {_e(f.path)} · {_e(f.location)}</figcaption></figure>" for f in thumbs)
+        f'<figure><img class="thumb" alt="{_e(" ".join(sorted(set(rules))))} {_e(path)}" src="{thumb}">'
+        f"<figcaption>{_e(', '.join(sorted(set(rules))))} · {_e(path)} · {len(rules)} finding(s)</figcaption>"
+        f"</figure>" for (path, thumb), rules in shown.items())
+    thumbs = list(shown)
     thumbs_section = (f'<h2>Pixel text and faces</h2><div class="thumbs" id="thumbnails">{thumbs_html}</div>'
                       if thumbs else "")
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
