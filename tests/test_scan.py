@@ -233,6 +233,23 @@ def test_known_identity_only_in_pixel_text_of_a_scrubbed_header(src, tmp_path):
     assert report.exit_code("high") == 1
 
 
+def test_presidio_finds_a_name_in_kept_free_text(src, tmp_path):
+    from deidpipe.dicomio import read_dataset
+
+    root, answer = src
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    ds = read_dataset(root / answer.files()[0])
+    ds.ImageComments = "Seen by Dr. John Smith in Boston on 12 March 2019"
+    ds.save_as(folder / "one.dcm", enforce_file_format=True)
+    policy = Policy.from_mapping({"keep": ["ImageComments"]})
+    report = scan(folder, policy, pixels=False, faces=False, presidio=True)
+    hits = [f for f in report.findings if f.rule == "DP-H013"]
+    assert [f.location for f in hits] == ["ImageComments"]
+    assert "Smith" not in to_json(report)
+    assert not [f for f in scan(folder, pixels=False, faces=False).findings if f.rule == "DP-H013"]  # opt-in
+
+
 # -- pixels and faces ---------------------------------------------------------------------------------------
 def test_every_burned_in_text_box_is_found(src, burned_report):
     from deidpipe.synth.burned import BurnedKey

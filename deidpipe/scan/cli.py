@@ -44,6 +44,8 @@ def scan_command(
     key_file: Path | None = typer.Option(None, "--key", help="Project key file: patients in the quasi-identifier "
                                                              "table get the project's keyed tokens (default: a "
                                                              "random key for this scan)."),
+    presidio: bool = typer.Option(False, "--presidio", help="Also screen free text the policy keeps or cleans "
+                                                            "with presidio-analyzer (DP-H013; slow)."),
     show_values: bool = typer.Option(False, "--show-values", help="For a steward's own review only: thumbnails "
                                                                   "show the text and faces found (blacked out or "
                                                                   "pixelated otherwise)."),
@@ -88,7 +90,7 @@ def scan_command(
         key = ProjectKey.from_file(key_file) if key_file is not None else None
         report = scan(path, pol, key=key, known_identities=known_identities, qi=columns, population=population,
                       fraction=fraction, workers=workers, threshold=threshold, pixels=pixels, faces=faces,
-                      show_values=show_values)
+                      show_values=show_values, presidio=presidio)
     except (DeidError, RiskError, KnownIdentitiesError) as exc:
         _fail(str(exc))
         return

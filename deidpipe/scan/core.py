@@ -86,6 +86,7 @@ class _Job:
     pixels: bool
     faces: bool
     show_values: bool = False
+    presidio: bool = False
 
 
 @dataclass
@@ -106,11 +107,11 @@ def _checker(job: _Job) -> Any:
     from deidpipe.scan.headers import HeaderChecker
     from deidpipe.scan.known import deny_list
 
-    ident = (job.secret, job.policy, job.known)
+    ident = (job.secret, job.policy, job.known, job.presidio)
     c = _CHECKERS.get(ident)
     if c is None:
         c = _CHECKERS[ident] = HeaderChecker(job.policy, ProjectKey(job.secret),
-                                               deny_list(list(job.known)) if job.known else None)
+                                               deny_list(list(job.known)) if job.known else None, job.presidio)
     return c
 
 
@@ -206,7 +207,7 @@ def _default_workers() -> int:
 def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,
          qi: list[str] | str | None = None, population: int | None = None, fraction: float | None = None,
          workers: int | None = None, *, threshold: float = 0.2, pixels: bool = True, faces: bool = True,
-         show_values: bool = False) -> ScanReport:
+         show_values: bool = False, presidio: bool = False) -> ScanReport:
     """Scan the archive at ``path`` (folder, zip, tar) under ``policy`` (default: the Basic Profile).
 
     ``key`` (a ProjectKey) names patients in the quasi-identifier table; without one, a random key for this scan.
@@ -214,7 +215,8 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
     all of :data:`deidpipe.scan.qi.QI_COLUMNS`); ``population`` / ``fraction`` give N for population
     uniqueness. ``pixels`` reads pixel data and looks for burned-in text; ``faces`` renders head series.
     ``show_values``: thumbnails show the text and faces found (blacked / pixelated otherwise); the HTML report
-    then says so on top. No report ever holds a header value.
+    then says so on top. No report ever holds a header value. ``presidio``: also screen the free text the policy
+    keeps or cleans with presidio-analyzer (DP-H013; loads spaCy, slow).
     Raises :class:`deidpipe.errors.InputError` when ``path`` is not a readable source."""
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.source import detect, iter_items
@@ -235,7 +237,7 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
         terms = tuple(known_identities)
     spec = detect(path)
     items = list(iter_items(spec))
-    job = _Job(spec, policy, key.secret, terms, pixels, faces, show_values)
+    job = _Job(spec, policy, key.secret, terms, pixels, faces, show_values, presidio)
     findings: list[Finding] = []
     qi_rows: list[dict[str, Any]] = []
     objects = skipped = errors = 0

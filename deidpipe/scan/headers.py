@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from deidpipe.header.actions import is_mappable_uid
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.text import DenyList
-from deidpipe.header.walk import NORMAL, _identifiers, _sequence_mode, decide, decoded, head_of
+from deidpipe.header.walk import NORMAL, _identifiers, _is_free_text, _sequence_mode, decide, decoded, head_of
 from deidpipe.policy import Policy
 
 #: One header finding: (rule id, severity, location, message).
@@ -114,6 +114,7 @@ class HeaderChecker:
     policy: Policy
     key: Any  # ProjectKey: the engine's context needs one (the scan's own, never written anywhere)
     known: DenyList | None = None
+    presidio: bool = False  # DP-H013: presidio-analyzer on the free text the policy keeps or cleans (slow)
 
     def context(self, ds: Dataset) -> ScrubContext:
         """The engine's context, without what only the actions need (the object's deny-list, pseudonyms, date
@@ -190,6 +191,14 @@ class HeaderChecker:
             values, _ = plain_values(ds, tag, "UI")
             if any(is_mappable_uid(head.keyword, v) and not v.startswith("2.25.") for v in values):
                 hits.append(("DP-H005", "medium", loc, f"{name}: an instance UID that is not under 2.25"))
+            return
+        if self.presidio and action in ("K", "C") and _is_free_text(head):
+            from deidpipe.header.text import _model_spans
+
+            texts = [_text(v) for v in _values(decoded(ds, tag))]
+            if any(t and any(c.isalnum() for c in t) and _model_spans(t) for t in texts):
+                hits.append(("DP-H013", "medium", loc, f"{name}: presidio finds a name, date, place or number in "
+                                                       "this free text, which the policy keeps or cleans"))
             return
         if action in ("D", "P"):
             if not looks_replaced(head.VR, *plain_values(ds, tag, head.VR)):

@@ -49,6 +49,9 @@ _RULES = [
     Rule("DP-H012", "longitudinal-temporal-inconsistent", "medium",
          "The policy shifts dates but Longitudinal Temporal Information Modified (0028,0303) does not say "
          "MODIFIED."),
+    Rule("DP-H013", "phi-in-free-text", "medium",
+         "presidio-analyzer finds a name, date, place or number in free text the policy keeps or cleans "
+         "(--presidio)."),
     Rule("DP-P001", "burned-in-text", "high", "Text was found in the pixel data (box, frame)."),
     Rule("DP-P002", "known-identity-in-pixels", "high",
          "A name, ID or birth date from --known-identities was read in the pixel data."),
