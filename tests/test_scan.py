@@ -313,6 +313,10 @@ def test_quasi_identifier_table_and_risk(src, header_report):
     assert risk["records"] == len(answer.patients)
     r = scan(root, pixels=False, faces=False, qi="sex,age", fraction=0.01)
     assert r.quasi_identifiers == ("sex", "age") and r.risk.population == round(len(answer.patients) / 0.01)
+    studies = {st.study_instance_uid for p in answer.patients for st in p.studies}
+    by_study = scan(root, pixels=False, faces=False, unit="study")
+    assert by_study.qi_table.columns[0] == "study" and by_study.risk.records >= len(studies)
+    assert not studies & set(by_study.qi_table.get_column("study").to_list())
 
 
 def test_json_keys_are_exact(header_report):

@@ -29,6 +29,8 @@ def scan_command(
     qi: str | None = typer.Option(None, "--qi", help="Quasi-identifiers, comma-separated, of: age, sex, "
                                                      "study_year, institution, station, device_serial, "
                                                      "manufacturer_model, body_part (default: all)."),
+    unit: str = typer.Option("patient", "--qi-unit", help="One row of the quasi-identifier table per patient or "
+                                                          "per study."),
     population: int | None = typer.Option(None, "--population", help="Population size N the archive's patients "
                                                                      "were drawn from."),
     fraction: float | None = typer.Option(None, "--fraction", help="Sampling fraction: N = round(patients / F)."),
@@ -60,6 +62,8 @@ def scan_command(
         _fail(f"--fail-on must be one of {', '.join(LEVELS)}")
     if population is not None and fraction is not None:
         _fail("give either --population or --fraction, not both")
+    if unit not in ("patient", "study"):
+        _fail("--qi-unit must be patient or study")
     if fraction is not None and not (0.0 < fraction <= 1.0):
         _fail("--fraction must be in (0, 1]")
     if population is not None and population <= 0:
@@ -90,7 +94,7 @@ def scan_command(
         key = ProjectKey.from_file(key_file) if key_file is not None else None
         report = scan(path, pol, key=key, known_identities=known_identities, qi=columns, population=population,
                       fraction=fraction, workers=workers, threshold=threshold, pixels=pixels, faces=faces,
-                      show_values=show_values, presidio=presidio)
+                      show_values=show_values, presidio=presidio, unit=unit)
     except (DeidError, RiskError, KnownIdentitiesError) as exc:
         _fail(str(exc))
         return

@@ -52,7 +52,7 @@ class ScanReport:
     risk: Any = None
     skipped: int = 0
     errors: int = 0
-    qi_table: Any = None  # polars DataFrame, one row per patient (keyed patient token, never the Patient ID)
+    qi_table: Any = None  # polars DataFrame, one row per patient or study (keyed token, never the Patient ID)
     quasi_identifiers: tuple[str, ...] = ()
     show_values: bool = False
 
@@ -207,7 +207,7 @@ def _default_workers() -> int:
 def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,
          qi: list[str] | str | None = None, population: int | None = None, fraction: float | None = None,
          workers: int | None = None, *, threshold: float = 0.2, pixels: bool = True, faces: bool = True,
-         show_values: bool = False, presidio: bool = False) -> ScanReport:
+         show_values: bool = False, presidio: bool = False, unit: str = "patient") -> ScanReport:
     """Scan the archive at ``path`` (folder, zip, tar) under ``policy`` (default: the Basic Profile).
 
     ``key`` (a ProjectKey) names patients in the quasi-identifier table; without one, a random key for this scan.
@@ -216,7 +216,8 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
     uniqueness. ``pixels`` reads pixel data and looks for burned-in text; ``faces`` renders head series.
     ``show_values``: thumbnails show the text and faces found (blacked / pixelated otherwise); the HTML report
     then says so on top. No report ever holds a header value. ``presidio``: also screen the free text the policy
-    keeps or cleans with presidio-analyzer (DP-H013; loads spaCy, slow).
+    keeps or cleans with presidio-analyzer (DP-H013; loads spaCy, slow). ``unit``: one row of the
+    quasi-identifier table per ``patient`` (default) or per ``study``.
     Raises :class:`deidpipe.errors.InputError` when ``path`` is not a readable source."""
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.source import detect, iter_items
@@ -229,6 +230,8 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
         policy = Policy.load(policy)
     key = key or ProjectKey(os.urandom(32))
     columns = parse_qi(qi) if isinstance(qi, str) or qi is None else list(qi)
+    if unit not in ("patient", "study"):
+        raise ValueError("unit must be 'patient' or 'study'")
     if known_identities is None:
         terms: tuple[str, ...] = ()
     elif isinstance(known_identities, str | Path):
@@ -265,11 +268,11 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
         from deidpipe.risk import assess
         from deidpipe.scan.qi import qi_table
 
-        table = qi_table(qi_rows)
+        table = qi_table(qi_rows, unit)
         risk = assess(table, columns, population=population, fraction=fraction, threshold=threshold)
         if risk.prosecutor.records_at_risk and risk.prosecutor.records_at_risk > 0:
             findings.append(Finding("", "DP-R001", "medium", "risk",
-                                    f"{risk.prosecutor.records_at_risk:.1%} of patients are at prosecutor risk "
+                                    f"{risk.prosecutor.records_at_risk:.1%} of {unit} records are at prosecutor risk "
                                     f"above {threshold:g} (k = {risk.k})"))
     findings.sort(key=lambda f: (f.path, -RANK[f.severity], f.rule, f.location))
     return ScanReport(objects, findings, risk, skipped, errors, table, tuple(columns), show_values)

@@ -1,9 +1,11 @@
-"""The quasi-identifier table: one row per patient, built from the headers, scored by :mod:`deidpipe.risk`.
+"""The quasi-identifier table: one row per patient (or per study), built from the headers, scored by
+:mod:`deidpipe.risk`.
 
 Each object gives a few facts an attacker could know from elsewhere (:data:`QI_COLUMNS`); the rows of one patient
-are merged, each column holding the sorted distinct values joined by ``|`` (a patient seen at two institutions
-is more identifiable than one seen at either). The patient is named by a keyed token of the header's patient key
-(Patient ID, else name, else study): the table never holds the raw Patient ID.
+(or study) are merged, each column holding the sorted distinct values joined by ``|`` (a patient seen at two
+institutions is more identifiable than one seen at either). The patient is named by a keyed token of the header's
+patient key (Patient ID, else name, else study), a study by a keyed token of its Study Instance UID: the table
+never holds the raw Patient ID or UID.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pydicom.dataset import Dataset
 QI_COLUMNS = ("age", "sex", "study_year", "institution", "station", "device_serial", "manufacturer_model",
               "body_part")
 PATIENT = "patient"
+STUDY = "study"
+UNITS = (PATIENT, STUDY)
 
 
 def _s(ds: Dataset, keyword: str) -> str | None:
@@ -56,6 +60,7 @@ def qi_row(ds: Dataset, key: Any) -> dict[str, str | None]:
     make = " ".join(x for x in (_s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")) if x) or None
     return {
         PATIENT: key.token("scan-patient", patient_key(ds), 16),
+        STUDY: key.token("scan-study", f"{patient_key(ds)}/{_s(ds, 'StudyInstanceUID') or ''}", 16),
         "age": _age(ds),
         "sex": _s(ds, "PatientSex"),
         "study_year": year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None,
@@ -67,27 +72,29 @@ def qi_row(ds: Dataset, key: Any) -> dict[str, str | None]:
     }
 
 
-def patient_rows(rows: list[dict[str, str | None]]) -> list[dict[str, str | None]]:
-    """One row per patient: each column the sorted distinct non-empty values joined by ``|`` (None if none)."""
+def patient_rows(rows: list[dict[str, str | None]], unit: str = PATIENT) -> list[dict[str, str | None]]:
+    """One row per patient (or study): each column the sorted distinct non-empty values joined by ``|`` (None if
+    none). The first column is named ``unit`` and holds the keyed token."""
     merged: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for row in rows:
-        slot = merged[str(row[PATIENT])]
+        slot = merged[str(row[unit])]
         for col in QI_COLUMNS:
             if row.get(col):
                 slot[col].add(str(row[col]))
     out = []
-    for patient in sorted(merged):
-        cols = merged[patient]
-        out.append({PATIENT: patient, **{c: ("|".join(sorted(cols[c])) if cols.get(c) else None)
-                                         for c in QI_COLUMNS}})
+    for token in sorted(merged):
+        cols = merged[token]
+        out.append({unit: token, **{c: ("|".join(sorted(cols[c])) if cols.get(c) else None) for c in QI_COLUMNS}})
     return out
 
 
-def qi_table(rows: list[dict[str, str | None]]) -> Any:  # -> pl.DataFrame
+def qi_table(rows: list[dict[str, str | None]], unit: str = PATIENT) -> Any:  # -> pl.DataFrame
     import polars as pl
 
-    merged = patient_rows(rows)
-    schema = {PATIENT: pl.String, **{c: pl.String for c in QI_COLUMNS}}
+    if unit not in UNITS:
+        raise ValueError(f"the quasi-identifier table's unit is {' or '.join(UNITS)}")
+    merged = patient_rows(rows, unit)
+    schema = {unit: pl.String, **{c: pl.String for c in QI_COLUMNS}}
     return pl.DataFrame(merged, schema=schema)
 
 
