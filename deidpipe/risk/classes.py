@@ -94,10 +94,13 @@ def normalised(df: pl.DataFrame, qi: Sequence[str]) -> pl.DataFrame:
     return text.with_columns(pl.all_horizontal([pl.col(c) == SUPPRESSED for c in qi]).alias("_suppressed"))
 
 
-def equivalence_classes(df: pl.DataFrame, qi: Sequence[str], weight: str | None = None) -> pl.DataFrame:
+def equivalence_classes(df: pl.DataFrame, qi: Sequence[str], weight: str | None = None, *,
+                        sort: bool = True) -> pl.DataFrame:
     """One row per equivalence class: the quasi-identifiers (as text, nulls as ``"*"``), ``_class_size`` and, with
     ``weight``, ``_class_weight`` (the sum of the weights: sdcMicro's F_k). Fully suppressed rows are in no class.
-    Sorted by size, then by the quasi-identifiers, so that the result is deterministic."""
+    Sorted by size, then by the quasi-identifiers, so that the result is deterministic; ``sort=False`` skips that
+    (the order is then arbitrary) where only the sizes are used: on a million mostly unique rows the sort of the
+    text columns is most of the time."""
     import polars as pl
 
     text = normalised(df, qi)
@@ -108,7 +111,8 @@ def equivalence_classes(df: pl.DataFrame, qi: Sequence[str], weight: str | None 
         aggs.append(pl.col(WEIGHT).sum().alias(WEIGHT))
     kept = text.filter(~pl.col("_suppressed")).drop("_suppressed")
     classes = kept.group_by(list(qi)).agg(aggs)
-    return classes.with_columns(pl.col(SIZE).cast(pl.Int64)).sort([SIZE, *qi])
+    classes = classes.with_columns(pl.col(SIZE).cast(pl.Int64))
+    return classes.sort([SIZE, *qi]) if sort else classes
 
 
 def _weight_column(df: pl.DataFrame, weight: str) -> pl.Series:

@@ -110,13 +110,13 @@ def assess(df: pl.DataFrame, qi: Sequence[str] | None = None, *, population: int
         check_columns(df, [weight], "weight")
         if weight in qi:
             raise RiskError(f"the weight column {weight!r} cannot also be a quasi-identifier")
-    classes = equivalence_classes(df, qi)
+    classes = equivalence_classes(df, qi, sort=False)  # only the sizes are used here
     suppressed = suppressed_rows(df, qi)
     hist = histogram_of_classes(classes, suppressed)
     if population_table is not None:
         risks = sample_risks(df, qi, threshold, population=population_table)
     else:
-        risks = risks_from_sizes([int(s) for s in classes.get_column(SIZE)], None, threshold)
+        risks = risks_from_sizes(classes.get_column(SIZE).to_numpy(), None, threshold)
 
     weighted = weighted_risk(df, qi, weight, threshold) if weight is not None else None
     n_pop: int | None

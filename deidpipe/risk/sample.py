@@ -18,6 +18,7 @@ ARX.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -67,30 +68,30 @@ def risks_from_sizes(sample_sizes: Sequence[int], population_sizes: Sequence[int
                      threshold: float) -> SampleRisks:
     """The three summaries from the classes' sizes in the sample (f_j) and in the population (F_j; None: the
     sample is the population), exactly as ``RiskModelSampleSummary``'s loops."""
+    import numpy as np
+
     check_threshold(threshold)
-    if not sample_sizes:
+    f = np.asarray(sample_sizes, dtype=np.int64)
+    if not f.size:
         zero = RiskSummary(0.0, 0.0, 0.0)
         return SampleRisks(threshold, zero, zero, MarketerRisk(0.0))
-    pop = sample_sizes if population_sizes is None else population_sizes
-    if len(pop) != len(sample_sizes):
+    big_f = f if population_sizes is None else np.asarray(population_sizes, dtype=np.int64)
+    if big_f.shape != f.shape:
         raise RiskError("one population size is needed per sample class")
-    n = float(sum(sample_sizes))
-    classes = float(len(sample_sizes))
+    if (big_f < f).any():
+        raise RiskError("a class is larger in the sample than in the population")
+    # Vectorised (a million classes in milliseconds); sums of counts are exact integers, and the one sum of
+    # fractions is math.fsum, correctly rounded, where ARX adds term by term.
+    n = float(f.sum())
+    classes = float(f.size)
     # Prosecutor
-    at_risk = float(sum(f for f in sample_sizes if 1.0 / f > threshold))
-    prosecutor = RiskSummary(at_risk / n, 1.0 / min(sample_sizes), classes / n)
+    at_risk = float(f[1.0 / f > threshold].sum())
+    prosecutor = RiskSummary(at_risk / n, 1.0 / float(f.min()), classes / n)
     # Journalist
-    j_at_risk = 0.0
-    rc1 = 0.0
-    rc2 = 0.0
-    for f, big_f in zip(sample_sizes, pop, strict=True):
-        if big_f < f:
-            raise RiskError("a class is larger in the sample than in the population")
-        if 1.0 / big_f > threshold:
-            j_at_risk += f
-        rc1 += big_f
-        rc2 += f / big_f
-    journalist = RiskSummary(j_at_risk / n, 1.0 / min(pop), max(classes / rc1, rc2 / n))
+    j_at_risk = float(f[1.0 / big_f > threshold].sum())
+    rc1 = float(big_f.sum())
+    rc2 = math.fsum((f / big_f).tolist()) if population_sizes is not None else classes
+    journalist = RiskSummary(j_at_risk / n, 1.0 / float(big_f.min()), max(classes / rc1, rc2 / n))
     marketer = MarketerRisk(rc2 / n)
     return SampleRisks(threshold, prosecutor, journalist, marketer)
 
