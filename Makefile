@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
 	$(BIN)/pip install -q --no-deps presidio-image-redactor==0.0.62
+	# pycanon (benchmarks/scan.py's k-anonymity comparison) pins numpy 2.0 and scipy 1.15: --no-deps, its
+	# pandas and beartype come from the bench extra.
+	$(BIN)/pip install -q --no-deps pycanon==1.3.6
 	# pydeface: only its MIT template and face mask are used (checked by SHA-256 in deidpipe/deface/template.py);
 	# --no-deps because it requires nipype (and nipype's tree) for an FSL wrapper deidpipe never calls.
 	$(BIN)/pip install -q --no-deps pydeface==2.1.0

@@ -105,7 +105,9 @@ def bench_risk(rows: int) -> None:
     pdf = df.to_pandas()
     t = time.perf_counter()
     k = anonymity.k_anonymity(pdf, list(qi))
-    print(f"pycanon k-anonymity on the same table: k = {k} in {time.perf_counter() - t:.2f} s")
+    pc = time.perf_counter() - t
+    print(f"pycanon k-anonymity on the same table: k = {k} in {pc:.2f} s; deidpipe, every ARX figure: {s:.2f} s "
+          f"({pc / s:.1f}x faster, k alone against all of them)")
 
 
 def main(argv: list[str] | None = None) -> None:
