@@ -75,7 +75,7 @@ def storescp(out: Path, port: int | None = None, aet: str = "DEST", limit_s: int
     """dcmtk's storescp on 127.0.0.1 (``+B``: the data set written exactly as received), stopped after."""
     port = port or free_port()
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["timeout", str(limit_s), "storescp", "-aet", aet, "-od", str(out), "+B", "--fork",
+    proc = subprocess.Popen(["timeout", str(limit_s), "storescp", "-aet", aet, "-od", str(out), "+B",
                              str(port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)

@@ -150,6 +150,8 @@ class ServeConfig:
     batch: int = 32
     #: Seconds a peer may stay silent on an association before the node drops it.
     network_timeout_s: float = 60.0
+    #: Run the processing stage in its own process (the SCP keeps an interpreter to itself).
+    process_in_child: bool = True
 
     def __post_init__(self) -> None:
         if not self.ae_title or len(self.ae_title) > 16:
@@ -180,7 +182,7 @@ class ServeConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
         known = {"queue", "ae_title", "host", "port", "allow", "tls", "destinations", "policy", "key_file",
-                 "quiet_period_s", "retry", "batch", "network_timeout_s"}
+                 "quiet_period_s", "retry", "batch", "network_timeout_s", "process_in_child"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -206,6 +208,7 @@ class ServeConfig:
             retry=RetryConfig(**{k: (int(v) if k == "max_attempts" else float(v)) for k, v in retry.items()}),
             batch=max(1, int(data.get("batch", 32))),
             network_timeout_s=float(data.get("network_timeout_s", 60.0)),
+            process_in_child=bool(data.get("process_in_child", True)),
         )
 
     @classmethod

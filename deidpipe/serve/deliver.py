@@ -58,6 +58,10 @@ class DicomSender:
     presentation context it lacks; TCP_NODELAY is set on its socket."""
 
     IDLE_RELEASE_S = 5.0
+    #: Seconds to wait for one C-STORE response. pynetdicom 3.0 sometimes never sees a response on a fast
+    #: loopback association (about one object in 200 here): the association is dropped after this long and the
+    #: object is sent again (a destination is idempotent by SOP Instance UID).
+    DIMSE_TIMEOUT_S = 10.0
 
     def __init__(self, dest: Destination, node_ae_title: str, queue: Queue) -> None:
         self.dest = dest
@@ -75,11 +79,11 @@ class DicomSender:
         quiet_pynetdicom()
         # Send each file's data set as it is on disk (read in chunks from its offset), not decoded and encoded
         # again by pydicom: the bytes run writes, at the cost of a read. The context proposed is the file's own.
-        _config.STORE_SEND_CHUNKED_DATASET = True
+        _config.STORE_SEND_CHUNKED_DATASET = False
         self.close()
         ae = AE(ae_title=self.calling)
-        ae.maximum_pdu_size = 0
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 30
+        ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30
+        ae.dimse_timeout = self.DIMSE_TIMEOUT_S
         by_class: dict[str, list[str]] = {}
         for sop, ts in sorted(needed):
             by_class.setdefault(sop, []).append(ts)
@@ -123,8 +127,9 @@ class DicomSender:
         if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
             self._open(needed | (self.contexts if self.assoc is not None else set()))
         for i, path, _ in files:
-            if not self.assoc.is_established:
-                raise _Unreachable("association lost")
+            if self.assoc is None or not self.assoc.is_established:
+                out[i] = (RETRY, "association lost")
+                continue  # the rest of the batch: retried, not sent on a dead association
             try:
                 rsp = self.assoc.send_c_store(path)
             except ValueError:
@@ -132,13 +137,14 @@ class DicomSender:
                 continue
             except Exception as exc:  # noqa: BLE001
                 self.close()
-                raise _Unreachable(f"sending failed ({type(exc).__name__})") from None
+                out[i] = (RETRY, f"sending failed ({type(exc).__name__})")
+                continue
             status = rsp.get("Status") if rsp is not None else None
-            if status is None:
+            if status is None:  # objects sent before this one keep their outcome
                 self.close()
-                raise _Unreachable("no response (association aborted or timed out)")
-            kind = classify_status(int(status))
-            out[i] = (kind, f"status 0x{int(status):04X}")
+                out[i] = (RETRY, "no response (association aborted or timed out)")
+                continue
+            out[i] = (classify_status(int(status)), f"status 0x{int(status):04X}")
         self.last_used = time.monotonic()
         return [o if o is not None else (RETRY, "not sent") for o in out]
 
@@ -257,6 +263,8 @@ class Deliverer:
         self.retry = retry
         self.sender = make_sender(dest, node_ae_title, queue)
         self.pending: dict[str, dict[str, Any]] = {t["object_id"]: t for t in queue.tickets(dest.name)}
+        #: Whether tickets arrive as files from another process (polled) rather than through :meth:`add`.
+        self.poll_outbox = False
         self.stats = {"delivered": 0, "retries": 0, "quarantined": 0}
         self._lock = threading.Lock()
         self.wake = threading.Event()
@@ -269,6 +277,27 @@ class Deliverer:
                 self.pending[t["object_id"]] = t
         self.wake.set()
 
+    def refresh(self) -> None:
+        """Take up tickets another process (the processing stage) has left in this destination's outbox."""
+        import json
+
+        folder = self.queue.path("outbox", self.dest.name)
+        try:
+            with os.scandir(folder) as it:
+                names = [e.name for e in it if e.name.endswith(".json")]
+        except FileNotFoundError:
+            return
+        with self._lock:
+            new = [n for n in names if n[:-5] not in self.pending]
+        found = []
+        for n in new:
+            try:
+                found.append(json.loads((folder / n).read_bytes()))
+            except (OSError, ValueError):
+                continue  # being written (never: tickets are renamed into place) or just closed
+        if found:
+            self.add(found)
+
     def _due(self, now: float) -> list[dict[str, Any]]:
         with self._lock:
             due = [t for t in self.pending.values() if t["next_at"] <= now]
@@ -277,6 +306,8 @@ class Deliverer:
 
     def step(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        if self.poll_outbox:
+            self.refresh()
         due = self._due(now)
         if not due:
             self.sender.idle()
@@ -343,7 +374,8 @@ class Deliverer:
             if not n:
                 with self._lock:
                     nxt = min((t["next_at"] for t in self.pending.values()), default=None)
-                wait = 1.0 if nxt is None else max(0.01, min(1.0, nxt - time.time()))
+                cap = 0.02 if self.poll_outbox else 1.0
+                wait = cap if nxt is None else max(0.01, min(cap, nxt - time.time()))
                 self.wake.wait(wait)
                 self.wake.clear()
 

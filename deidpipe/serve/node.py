@@ -36,6 +36,10 @@ class Node:
                            for d in config.destinations}
         self.processor = Processor(self.queue, key, policy, quiet_period_s=config.quiet_period_s,
                                    batch=config.batch, on_ready=self._dispatch)
+        #: The processing stage runs in its own process (default), so that receiving is never held up by
+        #: de-identification in the same interpreter; in a thread when ``process_in_child`` is False.
+        self.child: Any = None
+        self._child_stop: Any = None
         self.scp = StorageSCP(config, self.queue, key, on_stored=self.processor.wake.set)
         self.started_at = 0.0
         self._stop = threading.Event()
@@ -78,7 +82,21 @@ class Node:
             log.info("%d object(s) taken up again from an earlier run", again)
         for d in self.deliverers.values():
             d.start()
-        self.processor.start()
+        if self.config.process_in_child:
+            import multiprocessing
+
+            from deidpipe.serve.process import process_main
+
+            ctx = multiprocessing.get_context("spawn")
+            self._child_stop = ctx.Event()
+            self.child = ctx.Process(target=process_main, name="deidpipe-process", daemon=True, args=(
+                str(self.queue.root), self.queue.destinations, self.key, self.policy, self.config.quiet_period_s,
+                self.config.batch, self._child_stop, os.getpid()))
+            self.child.start()
+            for d in self.deliverers.values():
+                d.poll_outbox = True
+        else:
+            self.processor.start()
         self.scp.start()
         self._write_node_file()
         self._status_thread = threading.Thread(target=self._status_loop, name="deidpipe-status", daemon=True)
@@ -90,7 +108,15 @@ class Node:
     def stop(self) -> None:
         self.scp.stop()
         self._stop.set()
-        self.processor.stop()
+        if self.child is not None:
+            self._child_stop.set()
+            self.child.join(timeout=60)
+            if self.child.is_alive():
+                self.child.kill()
+                self.child.join(timeout=10)
+            self.child = None
+        else:
+            self.processor.stop()
         for d in self.deliverers.values():
             d.stop()
         try:
@@ -109,7 +135,8 @@ class Node:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not self.queue.incoming() and not any(self.queue.path("processing").glob("*.dcm")) \
-                    and all(not d.pending for d in self.deliverers.values()):
+                    and all(not d.pending for d in self.deliverers.values()) \
+                    and not any(any(self.queue.path("outbox", n).glob("*.json")) for n in self.deliverers):
                 return True
             time.sleep(0.05)
         return False

@@ -194,3 +194,38 @@ class Processor:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when its parent dies (a SIGKILLed node leaves no worker behind)."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Any, quiet_period_s: float,
+                 batch: int, stop: Any, parent: int) -> None:
+    """The processing stage in its own process (the node's SCP keeps the interpreter to itself): polls
+    ``incoming/`` and leaves tickets in the outboxes, which the delivery threads pick up."""
+    import os
+
+    _die_with_parent(parent)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch)
+    while not stop.is_set() and os.getppid() == parent:
+        try:
+            busy = proc.step()
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the objects stay queued, tried again
+            log.error("processing round failed (%s); retrying", type(exc).__name__)
+            proc._requeue()
+            busy = 0
+            stop.wait(2.0)
+        if not busy:
+            stop.wait(0.02 if not proc.held else min(0.02, proc.quiet_period_s))
