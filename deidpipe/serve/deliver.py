@@ -79,7 +79,7 @@ class DicomSender:
         quiet_pynetdicom()
         # Send each file's data set as it is on disk (read in chunks from its offset), not decoded and encoded
         # again by pydicom: the bytes run writes, at the cost of a read. The context proposed is the file's own.
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self.close()
         ae = AE(ae_title=self.calling)
         ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30
