@@ -529,3 +529,25 @@ def test_status_command(tmp_path, small):
     assert st["node_running"] is True
     assert st["depth"] == len(expected) and st["retries"] > 0 and st["oldest_age_s"] > 0
     assert st["destinations"]["pacs"]["pending"] == len(expected)
+
+
+def test_head_series_defaced_after_quiet_period(tmp_path):
+    """A head MR series is held until no object of it has come for the quiet period, then defaced whole: the
+    same bytes as ``run`` (policy: deface auto, pixel text off)."""
+    from deidpipe.synth.heads import write_heads
+
+    write_heads(tmp_path / "heads", count=1, seed=3)
+    src = tmp_path / "heads" / "dicom"
+    policy = Policy(pixels="off")
+    expected = reference(src, tmp_path, policy)
+    cfg = ServeConfig(queue=tmp_path / "queue", port=0, quiet_period_s=3.0,
+                      destinations=(Destination("copy", "folder", path=tmp_path / "copy"),))
+    with Node(cfg, KEY, policy) as node:
+        assert storescu(node.port, src).returncode == 0
+        time.sleep(1.0)
+        held = len(list((cfg.queue / "processing").glob("*.dcm")))
+        assert held == len(expected) and not list((tmp_path / "copy").rglob("*.dcm"))  # waiting, not split
+        assert node.wait_idle(300)
+    assert {p.name[:-4]: p.read_bytes() for p in (tmp_path / "copy").rglob("*.dcm")} == expected
+    audit = [json.loads(x) for x in (cfg.queue / "audit.jsonl").read_text().splitlines()]
+    assert all("deface" in json.loads(a["timings_ms"]) for a in audit if a.get("event") == "processed")
