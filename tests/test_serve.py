@@ -314,7 +314,7 @@ def test_statuses_from_destination(tmp_path, small):
 
 def test_sigkill_mid_stream_then_restart_delivers_every_acknowledged_object(tmp_path):
     archive = tmp_path / "archive"
-    generate_archive(archive, patients=8)
+    answer = generate_archive(archive, patients=8)
     (archive / "answer_key.json").unlink(missing_ok=True)
     files = sorted(archive.rglob("*.dcm"))
     keyfile = tmp_path / "key"
@@ -354,6 +354,7 @@ def test_sigkill_mid_stream_then_restart_delivers_every_acknowledged_object(tmp_
             stop(node)
     logs = (tmp_path / "node1.log").read_bytes() + (tmp_path / "node2.log").read_bytes()
     assert b"taken up again" in logs or b"listening" in logs
+    assert not [p for p in answer.search_patterns() if len(p) >= 4 and p in logs]  # no planted value logged
 
 
 def _malformed(src: Path, out: Path) -> Path:
@@ -551,3 +552,26 @@ def test_head_series_defaced_after_quiet_period(tmp_path):
     assert {p.name[:-4]: p.read_bytes() for p in (tmp_path / "copy").rglob("*.dcm")} == expected
     audit = [json.loads(x) for x in (cfg.queue / "audit.jsonl").read_text().splitlines()]
     assert all("deface" in json.loads(a["timings_ms"]) for a in audit if a.get("event") == "processed")
+
+
+def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tmp_path, small):
+    """Fail closed: an object that parses (so it is queued, Success) but that a stage refuses (here: no SOP
+    Class UID in the data set) gets a quarantine record like run's and never reaches a destination."""
+    import pydicom
+
+    archive, _, _ = small
+    src = sorted(archive.rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(src)
+    del ds.SOPClassUID
+    bad = tmp_path / "no-class.dcm"
+    ds.save_as(bad)
+    cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"))
+    with Node(cfg, KEY, HEADER_POLICY) as node:
+        assert pynetdicom_store(node.port, [bad]) == [0]
+        assert node.wait_idle(60)
+    assert not list((tmp_path / "copy").rglob("*.dcm"))
+    records = [json.loads(p.read_text()) for p in (cfg.queue / "quarantine").glob("*.json")]
+    assert len(records) == 1
+    assert records[0]["stage"] in ("index", "header") and "SOP Class" in records[0]["reason"]
+    assert set(records[0]) >= {"object_id", "input_path_hash", "content_hash", "stage", "reason"}
+    assert not list((cfg.queue / "out").rglob("*.dcm"))
