@@ -72,6 +72,9 @@ class Queue:
         objects were taken up again."""
         for p in self.path("tmp").iterdir():
             p.unlink(missing_ok=True)
+        for name in self.destinations:  # tickets of a batch cut short: its objects are processed again
+            for p in self.path("outbox", name).glob(".*.json.tmp"):
+                p.unlink(missing_ok=True)
         n = 0
         for p in list(self.path("processing").iterdir()):
             if p.suffix == ".dcm":
@@ -132,13 +135,20 @@ class Queue:
 
     # -- delivery tickets -----------------------------------------------------------------------------------
     def add_tickets(self, tickets: Sequence[dict[str, Any]]) -> None:
-        """One ticket per (object, destination), durable when this returns."""
-        dirs: set[Path] = set()
+        """One ticket per (object, destination), durable when this returns. Every ticket of a batch is written
+        under a hidden name first and only then renamed into place, so that a destination that delivers and
+        closes its ticket at once still sees the other destinations' tickets (and keeps the output for them)."""
+        staged: list[tuple[Path, Path]] = []
         for t in tickets:
             target = self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
-            self._write_durable(target, [json.dumps(t, sort_keys=True).encode()], sync_dir=False)
-            dirs.add(target.parent)
-        for d in dirs:
+            hidden = target.with_name(f".{t['object_id']}.json.tmp")
+            with open(hidden, "wb", buffering=0) as fh:
+                fh.write(json.dumps(t, sort_keys=True).encode())
+                os.fsync(fh.fileno())
+            staged.append((hidden, target))
+        for hidden, target in staged:
+            os.replace(hidden, target)
+        for d in {target.parent for _, target in staged}:
             fsync_dir(d)
 
     def tickets(self, dest: str) -> list[dict[str, Any]]:
@@ -168,7 +178,8 @@ class Queue:
             os.replace(src, self.path("delivered", f"{dest}/{oid}.json"))
         else:
             src.unlink(missing_ok=True)
-        if not any(self.path("outbox", f"{d}/{oid}.json").exists() for d in self.destinations):
+        if not any(self.path("outbox", f"{d}/{oid}.json").exists()
+                   or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
             out = self.output_path(t["output"])
             if out is not None:
                 out.unlink(missing_ok=True)
