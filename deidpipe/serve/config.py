@@ -89,6 +89,8 @@ class Destination:
     path: Path | None = None
     #: Objects per association (C-STORE) or per request (STOW-RS) before it is renewed.
     batch: int = 64
+    #: Seconds to wait for one C-STORE response (then the association is dropped and the object retried).
+    timeout_s: float = 10.0
 
     def describe(self) -> str:
         if self.kind == "dicom":
@@ -114,7 +116,7 @@ def _destination(data: dict[str, Any], base: Path, index: int) -> Destination:
     kinds = [k for k in ("dicom", "stow", "folder") if data.get(k)]
     if len(kinds) != 1:
         raise ConfigError(f"destination {index + 1}: give exactly one of dicom, stow, folder")
-    unknown = set(data) - {"name", "dicom", "stow", "folder", "calling_ae", "tls", "batch"}
+    unknown = set(data) - {"name", "dicom", "stow", "folder", "calling_ae", "tls", "batch", "timeout_s"}
     if unknown:
         raise ConfigError(f"destination {index + 1}: unknown setting(s): {', '.join(sorted(unknown))}")
     kind = kinds[0]
@@ -129,6 +131,8 @@ def _destination(data: dict[str, Any], base: Path, index: int) -> Destination:
         dest = Destination(name or f"folder-{index + 1}", "folder", path=base / str(data["folder"]))
     if data.get("batch"):
         dest = replace(dest, batch=max(1, int(data["batch"])))
+    if data.get("timeout_s"):
+        dest = replace(dest, timeout_s=max(1.0, float(data["timeout_s"])))
     return dest
 
 

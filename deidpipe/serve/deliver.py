@@ -58,10 +58,6 @@ class DicomSender:
     presentation context it lacks; TCP_NODELAY is set on its socket."""
 
     IDLE_RELEASE_S = 5.0
-    #: Seconds to wait for one C-STORE response. pynetdicom 3.0 sometimes never sees a response on a fast
-    #: loopback association (about one object in 200 here): the association is dropped after this long and the
-    #: object is sent again (a destination is idempotent by SOP Instance UID).
-    DIMSE_TIMEOUT_S = 10.0
 
     def __init__(self, dest: Destination, node_ae_title: str, queue: Queue) -> None:
         self.dest = dest
@@ -83,7 +79,10 @@ class DicomSender:
         self.close()
         ae = AE(ae_title=self.calling)
         ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30
-        ae.dimse_timeout = self.DIMSE_TIMEOUT_S
+        # Seconds to wait for one C-STORE response (destination ``timeout_s``, default 10). pynetdicom 3.0 sometimes
+        # never sees a response on a fast loopback association (about one object in 200 here): the association
+        # is dropped after this long and the object sent again (destinations are idempotent by SOP Instance UID).
+        ae.dimse_timeout = self.dest.timeout_s
         by_class: dict[str, list[str]] = {}
         for sop, ts in sorted(needed):
             by_class.setdefault(sop, []).append(ts)
@@ -191,6 +190,10 @@ class StowSender:
                 code = exc.response.status_code if exc.response is not None else 0
                 if code in (408, 429) or code >= 500:
                     raise _Unreachable(f"HTTP {code}") from None
+                if len(index) > 1:  # one bad instance must not take the batch with it: one by one
+                    for i in index:
+                        out[i] = self.send([tickets[i]])[0]
+                    return [o or (FAILED, "refused") for o in out]
                 for i in index:
                     out[i] = (FAILED, f"HTTP {code}")
                 return [o or (FAILED, "refused") for o in out]
