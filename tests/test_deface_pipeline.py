@@ -59,16 +59,36 @@ def _knee(n: int, ds) -> None:
     ds.BodyPartExamined, ds.SeriesDescription = "KNEE", "T1 SAG"
 
 
+def _unknown_region(ds) -> None:
+    del ds.BodyPartExamined
+    ds.SeriesDescription = "Follow-up"
+
+
+def _unknown_mixed(n: int, ds) -> None:
+    _mixed(n, ds)
+    _unknown_region(ds)
+
+
+def _noise(n: int, ds) -> None:
+    """A volume of noise where the head was, region unknown: the registration finds no head."""
+    _unknown_region(ds)
+    rng = np.random.default_rng(n)
+    ds.PixelData = rng.integers(0, 3000, int(ds.Rows) * int(ds.Columns), dtype=np.uint16).astype("<u2").tobytes()
+
+
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    """Four synth heads as DICOM series (full RAS oblique, full LPS, face out of view, brain only), plus a copy
-    of the LPS head with a gap, one with mixed orientations and one whose body part is the knee."""
+    """Four synth heads as DICOM series (full RAS oblique, full LPS, face out of view, brain only), plus copies
+    of the LPS head: with a gap, with mixed orientations, with the knee as body part, with mixed orientations
+    and no word of its region, and noise in place of the head with no word of its region."""
     root = tmp_path_factory.mktemp("heads")
     entries = write_heads(root, count=4, seed=7)
     src = root / "dicom"
     _copy_as_new_series(src / "head001", src / "gap", drop=20)
     _copy_as_new_series(src / "head001", src / "mixed", change=_mixed)
     _copy_as_new_series(src / "head001", src / "knee", change=_knee)
+    _copy_as_new_series(src / "head001", src / "unknown_mixed", change=_unknown_mixed)
+    _copy_as_new_series(src / "head001", src / "noise", change=_noise)
     return root, entries
 
 
@@ -123,6 +143,9 @@ def test_run_defaces_head_series(heads, output) -> None:
     assert set(quarantined["reason"]) == {sv.UNEVEN_SPACING, sv.MIXED_ORIENTATION}
     assert report.actions["defaced"] == entries[0]["slices"] + entries[1]["slices"]
     assert report.actions["deface_no_face_in_view"] == entries[2]["slices"] + entries[3]["slices"]
+    # a series that says nothing of its region is taken on suspicion; failing, it is no proof of a face
+    assert report.actions["deface_not_a_volume"] == len(list((src / "unknown_mixed").glob("*.dcm")))
+    assert report.actions["deface_no_head_found"] == len(list((src / "noise").glob("*.dcm")))
     assert "defaced" not in "".join(audit.filter(pl.col("output").is_null())["actions"].to_list())
 
     out_series = _series_of(dst)

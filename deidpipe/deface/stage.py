@@ -10,6 +10,13 @@ Order of work for a series the plan gave this stage (:mod:`deidpipe.deface.selec
    :class:`~deidpipe.deface.series.SeriesError` and the pipeline quarantines the whole series with its reason;
 3. :func:`~deidpipe.deface.core.deface_volume` with QC (a refused fit or a face still seen after defacing
    raises :class:`~deidpipe.deface.errors.DefaceError`: quarantined, nothing written);
+
+Steps 2 and 3 quarantine for a series known to be a head (its hint, from the objects as read) or under policy
+``all``. A series that says nothing of its region (``auto``, hint unknown) is taken on suspicion, so a failure
+there does not prove a face: it passes unchanged when it is no clean volume (``deface_not_a_volume``), and when
+the registration finds no head (``deface_no_head_found``) unless the face detector sees a face on a render of
+the volume as it is, which refuses it (fail closed). Without this, every CT or MR series without Body Part
+Examined whose slices are not one clean stack (several phases, repeated positions) would be quarantined.
 4. face not in view: the objects pass unchanged (``deface_no_face_in_view``); otherwise the defaced voxels go
    back into each slice with its own geometry, under the UIDs the header stage already pseudonymised, marked
    with code 113102 and Recognizable Visual Features NO (``defaced``).
@@ -43,14 +50,40 @@ def _unchanged(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict
     return [(ds, {action: 1}) for ds in datasets]
 
 
-def deface_series_stage(datasets: list[Dataset], policy: Any = None) -> list[tuple[Dataset, dict[str, int]]]:
+def _known_head(policy: Any, sources: list[Dataset | None] | None) -> bool:
+    """Whether a failure must quarantine: policy ``all``, or the series as read says it is a head."""
+    from deidpipe.deface.select import HEAD, head_hint, series_hint
+
+    if getattr(policy, "deface", "auto") == "all":
+        return True
+    hints = []
+    for src in sources or []:
+        if src is not None:
+            texts = [src.get(k) for k in ("SeriesDescription", "ProtocolName", "StudyDescription")]
+            hints.append(head_hint(src.get("BodyPartExamined"), [str(t) if t is not None else None for t in texts]))
+    # no source at all (a caller without them): treat as a head, fail closed
+    return not hints or series_hint(hints) == HEAD
+
+
+def _face_seen(image: Any) -> bool:
+    """Whether the QC face detector sees a face on a front or oblique render of ``image`` as it is."""
+    from deidpipe.deface.qc import detect_faces, render_views
+
+    return any(detect_faces(view) for view in render_views(image).values())
+
+
+def deface_series_stage(datasets: list[Dataset], policy: Any = None,
+                        sources: list[Dataset | None] | None = None) -> list[tuple[Dataset, dict[str, int]]]:
     """Deface one series (its objects in any order); returns (object, audit counts) in the same order.
-    Raises a :class:`~deidpipe.deface.errors.DefaceError` (the series is quarantined) where it cannot be done
-    safely. The plan made the selection; of ``policy`` only ``deface_ears`` is read here (ears removed too)."""
+    ``sources``: the same objects as read (their Body Part Examined and descriptions, which the header stage may
+    have removed, say whether the series is known to be a head). Raises a
+    :class:`~deidpipe.deface.errors.DefaceError` (the series is quarantined) where it cannot be done safely. The
+    plan made the selection; of ``policy``, ``deface`` and ``deface_ears`` are read here."""
     import numpy as np
 
     from deidpipe.deface.core import deface_volume
-    from deidpipe.deface.series import MIN_SLICES, series_to_volume, volume_to_series
+    from deidpipe.deface.errors import RegistrationError
+    from deidpipe.deface.series import MIN_SLICES, SeriesError, series_to_volume, volume_to_series
 
     fields = [_field_mm(ds) for ds in datasets]
     if fields and all(f is not None and f < MIN_FIELD_MM for f in fields):
@@ -58,8 +91,19 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None) -> list[tup
     single_frame = all(int(ds.get("NumberOfFrames", 1) or 1) == 1 for ds in datasets)
     if single_frame and len(datasets) < MIN_SLICES:
         return _unchanged(datasets, "deface_too_few_slices")
-    series = series_to_volume(datasets)
-    result = deface_volume(series.image(), ears=getattr(policy, "deface_ears", True))
+    strict = _known_head(policy, sources)
+    try:
+        series = series_to_volume(datasets)
+    except SeriesError:
+        if strict:
+            raise
+        return _unchanged(datasets, "deface_not_a_volume")
+    try:
+        result = deface_volume(series.image(), ears=getattr(policy, "deface_ears", True))
+    except RegistrationError:
+        if strict or _face_seen(series.image()):
+            raise
+        return _unchanged(datasets, "deface_no_head_found")
     if not result.face_in_view:
         return _unchanged(datasets, "deface_no_face_in_view")
     if not result.changed:
@@ -71,7 +115,5 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None) -> list[tup
     for k, ds in enumerate(written):
         out[series.order[k]] = (ds, {"defaced": 1})
     if any(entry is None for entry in out):  # cannot happen: every input slice has its place in the volume
-        from deidpipe.deface.series import SeriesError
-
         raise SeriesError("a slice was lost between the series and its volume")
     return [entry for entry in out if entry is not None]

@@ -77,17 +77,18 @@ def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = No
     return pixel_text_stage(ds, ctx.policy, source)
 
 
-def _deface_stage(datasets: list[Dataset], ctx: WorkContext) -> list[tuple[Dataset, dict[str, int]]]:
+def _deface_stage(datasets: list[Dataset], ctx: WorkContext,
+                  sources: list[Dataset | None] | None = None) -> list[tuple[Dataset, dict[str, int]]]:
     from deidpipe.deface.stage import deface_series_stage
 
-    return deface_series_stage(datasets, ctx.policy)
+    return deface_series_stage(datasets, ctx.policy, sources)
 
 
 #: name -> fn(dataset, ctx) for object-scope stages; fn(list of datasets, ctx) for series-scope ones.
 STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage, "pixel_text": _pixel_text_stage,
                                               "deface": _deface_stage}
-#: Object-scope stages that also get the dataset as read (before any stage changed it).
-NEEDS_SOURCE = frozenset({"pixel_text"})
+#: Stages that also get the datasets as read (before any stage changed them).
+NEEDS_SOURCE = frozenset({"pixel_text", "deface"})
 
 
 @dataclass
@@ -203,7 +204,9 @@ def _apply_series_stage(works: list[_Work], name: str, ctx: WorkContext) -> None
     live = [w for w in works if w.ds is not None]
     t0 = time.perf_counter()
     try:
-        outputs = STAGE_FUNCS[name]([w.ds for w in live], ctx)
+        fn = STAGE_FUNCS[name]
+        outputs = (fn([w.ds for w in live], ctx, [w.source for w in live]) if name in NEEDS_SOURCE
+                   else fn([w.ds for w in live], ctx))
         for w, (ds, actions) in zip(live, outputs, strict=True):
             w.ds = ds
             for code, n in actions.items():
