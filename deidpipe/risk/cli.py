@@ -18,6 +18,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def population_option_problem(population: int | None, fraction: float | None, threshold: float) -> str | None:
+    """What is wrong with the population options shared by ``risk`` and ``scan`` (None: nothing)."""
+    if population is not None and fraction is not None:
+        return "give either --population or --fraction, not both"
+    if fraction is not None and not (0.0 < fraction <= 1.0):
+        return "--fraction must be in (0, 1]"
+    if population is not None and population <= 0:
+        return "--population must be positive"
+    if not (0.0 < threshold <= 1.0):
+        return "--threshold must be in (0, 1]"
+    return None
+
+
 def _separator(path: Path) -> str:
     """The CSV separator: the one of , ; tab | that the header line holds most of (comma when none)."""
     with path.open("rb") as fh:
@@ -65,14 +78,8 @@ def risk_command(
     sample and population uniqueness, and sdcMicro's risk for weighted samples. Prints counts and figures only."""
     if fmt not in ("table", "json"):
         _fail("--format must be table or json")
-    if population is not None and fraction is not None:
-        _fail("give either --population or --fraction, not both")
-    if fraction is not None and not (0.0 < fraction <= 1.0):
-        _fail("--fraction must be in (0, 1]")
-    if population is not None and population <= 0:
-        _fail("--population must be positive")
-    if not (0.0 < threshold <= 1.0):
-        _fail("--threshold must be in (0, 1]")
+    if problem := population_option_problem(population, fraction, threshold):
+        _fail(problem)
     for path in (table, population_table):
         if path is not None and not path.is_file():
             _fail(f"{path}: no such file")

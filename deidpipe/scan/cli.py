@@ -60,16 +60,12 @@ def scan_command(
         _fail(f"--format must be one of {', '.join(FORMATS)}")
     if fail_on not in LEVELS:
         _fail(f"--fail-on must be one of {', '.join(LEVELS)}")
-    if population is not None and fraction is not None:
-        _fail("give either --population or --fraction, not both")
     if unit not in ("patient", "study"):
         _fail("--qi-unit must be patient or study")
-    if fraction is not None and not (0.0 < fraction <= 1.0):
-        _fail("--fraction must be in (0, 1]")
-    if population is not None and population <= 0:
-        _fail("--population must be positive")
-    if not (0.0 < threshold <= 1.0):
-        _fail("--threshold must be in (0, 1]")
+    from deidpipe.risk.cli import population_option_problem
+
+    if problem := population_option_problem(population, fraction, threshold):
+        _fail(problem)
     if not path.exists():
         _fail(f"{path}: no such file or folder")
     for p in (policy, known_identities, key_file):
