@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,26 +34,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from deidpipe.serve.net import free_port, wait_port
+
 ENV = dict(os.environ, TCP_NODELAY="1")
 KEY = b"benchmark-secret-0123456789abcdef"
 ORTHANC = "/usr/sbin/Orthanc"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -92,7 +76,7 @@ class StoreSCP:
         self.port = free_port()
         self.proc = subprocess.Popen(["timeout", "3600", "storescp", "-aet", "DEST", "-od", str(out), "--fork",
                                       str(self.port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        wait_port(self.port, timeout=60.0)
 
     def reset(self) -> int:
         """What has arrived so far, once nothing more is arriving (the warm-up's objects)."""
@@ -152,7 +136,7 @@ def serve(src: Path, n: int, work: Path) -> float:
     node = subprocess.Popen(cmd, env=dict(ENV, DEIDPIPE_KEY_FILE=str(work / "key")), stdout=subprocess.DEVNULL,
                             stderr=open(work / "serve.log", "ab"))  # noqa: SIM115
     try:
-        wait_port(port)
+        wait_port(port, timeout=60.0)
         warm = warm_object(work)
         storescu(port, warm, "DEIDPIPE")
         wait_count(scp.out, count_files(warm))
@@ -195,8 +179,8 @@ def orthanc(src: Path, n: int, work: Path) -> float:
             _rest(http, "/modalities/dest/store", {"Resources": [new["ID"]], "Synchronous": True})  # type: ignore[index]
 
     try:
-        wait_port(http)
-        wait_port(dicom)
+        wait_port(http, timeout=60.0)
+        wait_port(dicom, timeout=60.0)
         storescu(dicom, warm_object(work), "ORTHANC")
         anonymise_and_forward()
         for study in _rest(http, "/studies"):  # type: ignore[union-attr]

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import struct
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
 from deidpipe.serve.config import Destination, RetryConfig, ServeConfig, TlsConfig, parse_dicom_dest
+from deidpipe.serve.net import free_port, wait_port
 from deidpipe.serve.node import Node
 from deidpipe.serve.status import queue_status
 from deidpipe.synth import generate_archive
@@ -43,23 +43,6 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -480,8 +463,8 @@ def orthanc(tmp: Path):
     proc = subprocess.Popen(["timeout", "600", ORTHANC, str(tmp / "orthanc.json")], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(http, 60)
-        wait_port(dicom, 60)
+        wait_port(http, timeout=60)
+        wait_port(dicom, timeout=60)
         yield http, dicom
     finally:
         stop(proc)

@@ -26,6 +26,7 @@ from typing import Any
 
 from deidpipe.serve.config import Destination, RetryConfig, TlsConfig
 from deidpipe.serve.queue import Queue, fsync_dir
+from deidpipe.serve.worker import LoopThread
 
 log = logging.getLogger("deidpipe.serve")
 
@@ -53,7 +54,21 @@ class _Unreachable(Exception):
 
 
 # -- senders: send(tickets) -> [(outcome, reason)] --------------------------------------------------------------
-class DicomSender:
+class Sender:
+    """A destination's sender: ``send(tickets)``, plus ``idle()`` (between batches: release what is unused) and
+    ``close()`` (at stop), which do nothing unless the sender holds a connection."""
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+
+class DicomSender(Sender):
     """C-STORE SCU. One association is kept open while there is work and renewed when a batch needs a
     presentation context it lacks; TCP_NODELAY is set on its socket."""
 
@@ -148,7 +163,7 @@ class DicomSender:
         return [o if o is not None else (RETRY, "not sent") for o in out]
 
 
-class StowSender:
+class StowSender(Sender):
     """STOW-RS through dicomweb-client, ``batch`` instances per request."""
 
     def __init__(self, dest: Destination, queue: Queue) -> None:
@@ -164,12 +179,6 @@ class StowSender:
                 session.cert = (str(dest.tls.cert), str(dest.tls.key))
         self.client = DICOMwebClient(dest.url, session=session, timeout=60)
         self.queue = queue
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
         import pydicom
@@ -208,7 +217,7 @@ class StowSender:
         return [o if o is not None else (RETRY, "not sent") for o in out]
 
 
-class FolderSender:
+class FolderSender(Sender):
     """Copies the de-identified file to ``<folder>/<patient>/<study>/<series>/<instance>.dcm`` (atomic,
     synced; an existing file is replaced: the name is the SOP instance's pseudonym)."""
 
@@ -216,12 +225,6 @@ class FolderSender:
         assert dest.path is not None
         self.root = dest.path
         self.queue = queue
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
         out = []
@@ -249,7 +252,7 @@ class FolderSender:
         return out
 
 
-def make_sender(dest: Destination, node_ae_title: str, queue: Queue) -> Any:
+def make_sender(dest: Destination, node_ae_title: str, queue: Queue) -> Sender:
     if dest.kind == "dicom":
         return DicomSender(dest, node_ae_title, queue)
     if dest.kind == "stow":
@@ -257,10 +260,12 @@ def make_sender(dest: Destination, node_ae_title: str, queue: Queue) -> Any:
     return FolderSender(dest, queue)
 
 
-class Deliverer:
+class Deliverer(LoopThread):
     """One destination's thread: due tickets in batches, retries with backoff, quarantine at the limits."""
 
     def __init__(self, dest: Destination, queue: Queue, retry: RetryConfig, node_ae_title: str) -> None:
+        super().__init__()
+        self.thread_name = f"deidpipe-deliver-{dest.name}"
         self.dest = dest
         self.queue = queue
         self.retry = retry
@@ -270,9 +275,6 @@ class Deliverer:
         self.poll_outbox = False
         self.stats = {"delivered": 0, "retries": 0, "quarantined": 0}
         self._lock = threading.Lock()
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def add(self, tickets: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -382,13 +384,6 @@ class Deliverer:
                 self.wake.wait(wait)
                 self.wake.clear()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"deidpipe-deliver-{self.dest.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+    def stop(self, timeout: float = 60.0) -> None:
+        super().stop(timeout)
         self.sender.close()

@@ -14,7 +14,6 @@ A series that needs a series-scope stage (defacing) is held until no object of i
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
 from deidpipe.pipeline.sink import LAYOUT_PSEUDONYM
 from deidpipe.pipeline.source import SourceItem, SourceSpec
 from deidpipe.serve.queue import Queue
+from deidpipe.serve.worker import LoopThread
 
 log = logging.getLogger("deidpipe.serve")
 
@@ -48,12 +48,15 @@ def stages_for(rows: list[dict[str, Any]], policy: Any) -> tuple[str, ...]:
     return tuple(s.name for s in STAGES if s.needed(frame, policy))
 
 
-class Processor:
+class Processor(LoopThread):
     """Takes objects from ``incoming/``, runs the pipeline on them, and leaves one delivery ticket per
     destination (or a quarantine record)."""
 
+    thread_name = "deidpipe-process"
+
     def __init__(self, queue: Queue, key: ProjectKey, policy: Any, *, quiet_period_s: float = 30.0,
                  batch: int = 32, on_ready: Callable[[list[dict[str, Any]]], None] = lambda tickets: None) -> None:
+        super().__init__()
         self.queue = queue
         self.key = key
         self.policy = policy
@@ -64,9 +67,6 @@ class Processor:
                                key, policy, LAYOUT_PSEUDONYM)
         self.held: dict[str | None, _Held] = {}
         self.stats = {"processed": 0, "quarantined": 0, "held": 0}
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- one round ------------------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> int:
@@ -83,6 +83,18 @@ class Processor:
             done += self._run_series(series, rows, stages_for(rows, self.policy))
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done
+
+    def guarded_step(self, stop: Any) -> int:
+        """:meth:`step`, guarded: a failed round (e.g. a full disk: the objects stay queued, tried again) is
+        logged, its claimed objects go back to ``incoming/`` and the caller pauses 2 s on ``stop`` (an event,
+        threading's or multiprocessing's). Returns how many objects finished (0 after a failure)."""
+        try:
+            return self.step()
+        except Exception as exc:  # noqa: BLE001
+            log.error("processing round failed (%s); retrying", type(exc).__name__)
+            self._requeue()
+            stop.wait(2.0)
+            return 0
 
     def _process_claimed(self, oids: list[str], now: float) -> int:
         items = []
@@ -162,14 +174,7 @@ class Processor:
     # -- the thread -------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                busy = self.step()
-            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the objects stay queued, retried later
-                log.error("processing round failed (%s); retrying", type(exc).__name__)
-                self._requeue()
-                busy = 0
-                self._stop.wait(2.0)
-            if not busy:
+            if not self.guarded_step(self._stop):
                 self.wake.wait(0.5 if not self.held else min(0.5, self.quiet_period_s))
                 self.wake.clear()
 
@@ -184,16 +189,6 @@ class Processor:
                     os.replace(p, self.queue.path("incoming", p.name))
                 except OSError:
                     pass
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="deidpipe-process", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -220,12 +215,5 @@ def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, poli
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch)
     while not stop.is_set() and os.getppid() == parent:
-        try:
-            busy = proc.step()
-        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the objects stay queued, tried again
-            log.error("processing round failed (%s); retrying", type(exc).__name__)
-            proc._requeue()
-            busy = 0
-            stop.wait(2.0)
-        if not busy:
+        if not proc.guarded_step(stop):
             stop.wait(0.02 if not proc.held else min(0.02, proc.quiet_period_s))
