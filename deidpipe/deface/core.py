@@ -108,8 +108,10 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     template = load_template()
     fit = register(subject, template.sitk("image"), resolution_mm=resolution_mm)
     face = pull_back(template.sitk("face"), subject, fit.transform)
+    regions = [face]  # apart, so that each one's brain margin is computed in its own box (fast)
     if ears:  # the removal region: the face, and the ears with their surroundings (template.ear_region)
-        face |= pull_back(template.sitk("ears"), subject, fit.transform)
+        regions += [pull_back(template.sitk(side), subject, fit.transform) for side in ("ears_left", "ears_right")]
+        face = regions[0] | regions[1] | regions[2]
     face_core = pull_back(template.sitk("face_core"), subject, fit.transform)
     head_t = pull_back(template.sitk("head"), subject, fit.transform)
     if brain_mask is None:
@@ -130,7 +132,9 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     figures["face_tissue_in_view"] = present / max(expected, 1e-9)
     face_in_view = figures["face_tissue_in_view"] >= FACE_IN_VIEW_MIN
 
-    protected = dilate_mm(brain, margin_mm, spacing, near=face)
+    protected = dilate_mm(brain, margin_mm, spacing, near=regions[0])
+    for region in regions[1:]:
+        protected |= dilate_mm(brain, margin_mm, spacing, near=region)
     if fill is None:
         fill = background_value(can.data)
     figures["fill_value"] = float(fill)

@@ -68,6 +68,21 @@ class Template:
     def voxel_mm3(self) -> float:
         return float(abs(np.linalg.det(self.affine[:3, :3])))
 
+    @property
+    def ears_left(self) -> np.ndarray:
+        """The ear region on the left of the head (lower x in RAS storage), apart so that the brain margin near
+        each ear is computed in that ear's own box (see ``mask.dilate_mm``)."""
+        return self.ears & (np.arange(self.ears.shape[0]) < self._mid_x)[:, None, None]
+
+    @property
+    def ears_right(self) -> np.ndarray:
+        return self.ears & (np.arange(self.ears.shape[0]) >= self._mid_x)[:, None, None]
+
+    @property
+    def _mid_x(self) -> float:
+        x = np.flatnonzero(self.brain.any(axis=(1, 2)))
+        return (x[0] + x[-1]) / 2.0
+
     def sitk(self, name: str) -> sitk.Image:
         """One of the arrays as a SimpleITK image in the template's space (masks as uint8)."""
         from deidpipe.deface.volume import to_sitk
