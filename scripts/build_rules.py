@@ -52,15 +52,17 @@ def build_safe_private(reference: Path) -> dict:
     """Top-level signatures only: a nested signature's safety depends on its parent, kept out for simplicity."""
     path = reference / "tcia_private_tag_kb_2024-02-01.csv"
     safe: dict[tuple[str, str, str], str] = {}
+    creators: set[str] = set()
     with path.open(encoding="utf-8-sig", newline="") as fh:
         for row in csv.DictReader(fh):
-            if row["private_disposition"].strip().lower() != "k":
-                continue
             m = _SIG.match(row["element_sig_pattern"].strip())
             if not m:
                 continue
             group, creator, elem = m.group(1).lower(), m.group(2).strip(), m.group(3).lower()
-            safe[(group, creator, elem)] = row["vr"].strip()
+            if int(group, 16) & 1 and ")" not in creator:  # a private group's own creator, not a nested pattern
+                creators.add(creator)
+            if row["private_disposition"].strip().lower() == "k":
+                safe[(group, creator, elem)] = row["vr"].strip()
     entries = [
         {"group": g, "creator": c, "element": e, "vr": vr} for (g, c, e), vr in sorted(safe.items())
     ]
@@ -68,6 +70,8 @@ def build_safe_private(reference: Path) -> dict:
         "source": "TCIA private tag knowledge base 2024-02-01 (as formatted in MIC-DKFZ/miccai2024_midi-b-submission)",
         "disposition": "k (keep)",
         "entries": entries,
+        # every Private Creator the knowledge base names, any disposition: vendor labels that a report may print
+        "creators": sorted(creators),
     }
 
 

@@ -385,3 +385,20 @@ def test_html_renders_in_headless_chromium(burned_report, tmp_path):
     red_box = sum(1 for x in range(0, 1200, 2) for y in range(0, 1400, 2) if pixels[x, y] == (230, 30, 30))
     badge = sum(1 for x in range(0, 1200, 2) for y in range(0, 1400, 2) if pixels[x, y] == (198, 40, 40))
     assert red_box > 20 and badge > 20
+
+
+def test_an_unlisted_private_creator_is_not_printed():
+    """A Private Creator is free text: one the knowledge base does not list (here a name) never reaches a
+    location; a vendor's listed label does."""
+    from pydicom.dataset import Dataset
+
+    from deidpipe.scan.headers import private_creator, private_name
+
+    ds = Dataset()
+    ds.add_new(0x00110010, "LO", "DOE^JOHN")
+    ds.add_new(0x00111001, "LO", "x")
+    ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+    ds.add_new(0x00291010, "OB", b"xx")
+    unlisted = private_name(0x00111001, private_creator(ds, 0x00111001))
+    assert "DOE" not in unlisted and unlisted.startswith("(0011,1001)")
+    assert private_name(0x00291010, private_creator(ds, 0x00291010)) == '(0029,1010) "SIEMENS CSA HEADER"'

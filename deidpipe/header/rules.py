@@ -169,9 +169,14 @@ class SafePrivate:
     """Creator-qualified private elements that the Retain Safe Private option may keep."""
 
     keys: frozenset[tuple[int, str, int]]  # (group, creator lower-cased and stripped, element byte)
+    creators: frozenset[str] = frozenset()  # every creator the knowledge base names, lower-cased and stripped
 
     def is_safe(self, group: int, creator: str, element_byte: int) -> bool:
         return (group, creator.strip().lower(), element_byte) in self.keys
+
+    def knows_creator(self, creator: str) -> bool:
+        """Whether the knowledge base names this Private Creator (a vendor's label, so safe to print)."""
+        return creator.strip().lower() in self.creators
 
 
 @cache
@@ -181,7 +186,7 @@ def load_safe_private() -> SafePrivate:
     keys = frozenset(
         (int(e["group"], 16), e["creator"].strip().lower(), int(e["element"], 16)) for e in data["entries"]
     )
-    return SafePrivate(keys)
+    return SafePrivate(keys, frozenset(c.strip().lower() for c in data.get("creators", [])))
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,16 @@ def _empty(vr: str) -> str | None:
     return "" if vr in _TEXTUAL_VRS or vr in ("LT", "ST", "UT", "UC", "UR") else None
 
 
+def private_creator(ds: Dataset, tag: int) -> str:
+    """The Private Creator (gggg,00xx) value of a private element's block, '' where there is none (or for an
+    element below (gggg,1000), which has no block)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    creator_tag = (group << 16) | (element >> 8)
+    if element < 0x1000 or creator_tag not in ds._dict:
+        return ""
+    return str(decoded(ds, BaseTag(creator_tag)).value or "")
+
+
 def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
                    kept_blocks: set[tuple[int, int]]) -> DataElement | RawDataElement | None:
     """Keep a private element only under Retain Safe Private, when its creator-qualified tag is safe."""
@@ -249,8 +259,7 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
         ctx.counts["X"] += 1 if el >= 0x0100 or el < 0x0010 else 0
         return None
     block = el >> 8
-    creator_tag = (group << 16) | block
-    creator = str(decoded(src, BaseTag(creator_tag)).value or "") if creator_tag in src._dict else ""
+    creator = private_creator(src, int(tag))
     if not creator or not ctx.safe_private.is_safe(group, creator, el & 0xFF):
         ctx.counts["X"] += 1
         return None

@@ -28,6 +28,7 @@ from deidpipe.header.actions import is_mappable_uid
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.text import DenyList
 from deidpipe.header.walk import NORMAL, _identifiers, _is_free_text, _sequence_mode, decide, decoded, head_of
+from deidpipe.header.walk import private_creator as walk_private_creator
 from deidpipe.policy import Policy
 
 #: One header finding: (rule id, severity, location, message).
@@ -274,20 +275,24 @@ class HeaderChecker:
 
 
 def private_creator(ds: Dataset, tag: int) -> str:
-    """The Private Creator of a private data element's block ('' when there is none)."""
-    group, element = tag >> 16, tag & 0xFFFF
-    creator_tag = (group << 16) | (element >> 8)
-    if element < 0x1000 or creator_tag not in ds._dict:
-        return ""
+    """The Private Creator of a private data element's block ('' when there is none or it cannot be decoded);
+    the engine's own lookup (:func:`deidpipe.header.walk.private_creator`), stripped."""
     try:
-        return _text(decoded(ds, creator_tag).value)
+        return _text(walk_private_creator(ds, tag))
     except Exception:  # noqa: BLE001 - an undecodable creator: no creator
         return ""
 
 
 def private_name(tag: int, creator: str) -> str:
-    """``(gggg,eeee) "CREATOR"``: how a location names a private element."""
-    label = f' "{creator}"' if creator else ""
+    """``(gggg,eeee) "CREATOR"``: how a location names a private element. A Private Creator is free text that a
+    file can fill with anything, a patient's name included: it is printed only when the knowledge base lists it
+    (a vendor's label), otherwise the location says the creator is unlisted."""
+    if not creator:
+        label = ""
+    elif load_safe().knows_creator(creator):
+        label = f' "{creator}"'
+    else:
+        label = " (creator not in the knowledge base)"
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X}){label}"
 
 
