@@ -188,6 +188,24 @@ def test_storescu_to_storescp_and_folder_same_bytes_as_run(tmp_path, small):
     assert not list((cfg.queue / "out").rglob("*.dcm"))  # delivered everywhere: the queue let it go
 
 
+@pytest.mark.parametrize("in_child,workers", [(False, 1), (True, 3)])
+def test_worker_layouts_same_bytes_as_run(tmp_path, small, in_child, workers):
+    """The processing stage in the node's process doing the work itself, and in a child with a pool of three
+    workers: the folder destination gets exactly what ``run`` writes, every object once."""
+    archive, _, expected = small
+    cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"), process_in_child=in_child,
+                 workers=workers)
+    with Node(cfg, KEY, HEADER_POLICY) as node:
+        assert node.processor.workers == workers
+        assert storescu(node.port, archive).returncode == 0
+        assert node.wait_idle(120)
+    copy = {p.name[:-4]: p.read_bytes() for p in (tmp_path / "copy").rglob("*.dcm")}
+    assert copy == expected
+    audit = [json.loads(line) for line in (cfg.queue / "audit.jsonl").read_text().splitlines()]
+    assert sorted(a["object_id"] for a in audit if a.get("event") == "processed") == sorted(
+        {a["object_id"] for a in audit if a.get("event") == "processed"})
+
+
 def test_default_policy_pixel_stage_same_bytes_as_run(tmp_path, small):
     """The default policy (pixel-text stage on every image) through the node equals ``run`` with it."""
     archive, _, _ = small

@@ -19,6 +19,8 @@ def serve_command(
     allow_aet: list[str] = typer.Option([], "--allow-aet", help="Allowed calling AE title (repeat)."),
     allow_address: list[str] = typer.Option([], "--allow-address", help="Allowed address or network (repeat)."),
     quiet_period: float | None = typer.Option(None, "--quiet-period", help="Seconds before a series is complete."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Processes that de-identify (default: one per CPU core, at most 8)."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy YAML file (default: the Basic profile)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Profile option to add, e.g. CleanDescriptors."),
     strict: bool = typer.Option(False, "--strict", help="Keep only the allow-list."),
@@ -68,7 +70,7 @@ def serve_command(
         cfg = ServeConfig.load(
             config, queue=queue, ae_title=ae_title, host=host, port=port, destinations=dests,
             allowed_ae_titles=tuple(allow_aet) or None, allowed_addresses=tuple(allow_address) or None,
-            quiet_period_s=quiet_period, policy_file=policy, key_file=key_file)
+            quiet_period_s=quiet_period, policy_file=policy, key_file=key_file, workers=workers)
         key = ProjectKey.load(cfg.key_file)
         pol = policy_from_cli(cfg.policy_file, option, strict)
         node = Node(cfg, key, pol)

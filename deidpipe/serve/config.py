@@ -156,12 +156,17 @@ class ServeConfig:
     network_timeout_s: float = 60.0
     #: Run the processing stage in its own process (the SCP keeps an interpreter to itself).
     process_in_child: bool = True
+    #: Processes that de-identify (the processing stage hands them its objects a few at a time); 1: the
+    #: processing stage does it itself; 0: one per CPU core, at most 8.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if not self.ae_title or len(self.ae_title) > 16:
             raise ConfigError("ae_title must be 1 to 16 characters")
         if not 0 <= self.port < 65536:
             raise ConfigError("port must be 0 to 65535")
+        if not 0 <= self.workers <= 256:
+            raise ConfigError("workers must be 0 (one per CPU core) to 256")
         names = [d.name for d in self.destinations]
         for n in names:
             if not _DEST_NAME.match(n):
@@ -173,6 +178,16 @@ class ServeConfig:
                 ipaddress.ip_network(a, strict=False)
             except ValueError:
                 raise ConfigError("allow.addresses holds an entry that is not an address or network") from None
+
+    @property
+    def worker_processes(self) -> int:
+        """``workers``, with 0 (auto) resolved to the CPU cores this process may use, at most 8."""
+        if self.workers:
+            return self.workers
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(8, cores))
 
     def address_allowed(self, address: str) -> bool:
         if not self.allowed_addresses:
@@ -186,7 +201,8 @@ class ServeConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
         known = {"queue", "ae_title", "host", "port", "allow", "tls", "destinations", "policy", "key_file",
-                 "quiet_period_s", "retry", "batch", "network_timeout_s", "process_in_child"}
+                 "quiet_period_s", "retry", "batch", "network_timeout_s", "process_in_child",
+                 "workers"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -213,6 +229,7 @@ class ServeConfig:
             batch=max(1, int(data.get("batch", 32))),
             network_timeout_s=float(data.get("network_timeout_s", 60.0)),
             process_in_child=bool(data.get("process_in_child", True)),
+            workers=int(data.get("workers", 0)),
         )
 
     @classmethod

@@ -35,11 +35,10 @@ class Node:
         self.deliverers = {d.name: Deliverer(d, self.queue, config.retry, config.ae_title)
                            for d in config.destinations}
         self.processor = Processor(self.queue, key, policy, quiet_period_s=config.quiet_period_s,
-                                   batch=config.batch, on_ready=self._dispatch)
+                                   batch=config.batch, workers=config.worker_processes, on_ready=self._dispatch)
         #: The processing stage runs in its own process (default), so that receiving is never held up by
         #: de-identification in the same interpreter; in a thread when ``process_in_child`` is False.
         self.child: Any = None
-        self._child_stop: Any = None
         self.scp = StorageSCP(config, self.queue, key, on_stored=self.processor.wake.set)
         self.started_at = 0.0
         self._stop = threading.Event()
@@ -71,6 +70,7 @@ class Node:
     def _status_loop(self) -> None:
         while not self._stop.wait(2.0):
             try:
+                self.queue.sync_audit()
                 self._write_node_file()
             except OSError:
                 pass
@@ -88,10 +88,11 @@ class Node:
             from deidpipe.serve.process import process_main
 
             ctx = multiprocessing.get_context("spawn")
-            self._child_stop = ctx.Event()
-            self.child = ctx.Process(target=process_main, name="deidpipe-process", daemon=True, args=(
+            # Not a daemon: a daemonic process may not start the pool of ``workers``. It dies with the node all the
+            # same (PR_SET_PDEATHSIG, and stop() joins or kills it).
+            self.child = ctx.Process(target=process_main, name="deidpipe-process", daemon=False, args=(
                 str(self.queue.root), self.queue.destinations, self.key, self.policy, self.config.quiet_period_s,
-                self.config.batch, self._child_stop, os.getpid()))
+                self.config.batch, os.getpid(), self.config.worker_processes))
             self.child.start()
             for d in self.deliverers.values():
                 d.poll_outbox = True
@@ -109,7 +110,9 @@ class Node:
         self.scp.stop()
         self._stop.set()
         if self.child is not None:
-            self._child_stop.set()
+            # SIGTERM: the child ends its round and stops (not a shared multiprocessing Event: setting one blocks
+            # for ever once a process waiting on it has died).
+            self.child.terminate()
             self.child.join(timeout=60)
             if self.child.is_alive():
                 self.child.kill()
@@ -120,6 +123,7 @@ class Node:
         for d in self.deliverers.values():
             d.stop()
         try:
+            self.queue.sync_audit()
             self._write_node_file()
         except OSError:
             pass

@@ -14,6 +14,7 @@ A series that needs a series-scope stage (defacing) is held until no object of i
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,13 +56,17 @@ class Processor(LoopThread):
     thread_name = "deidpipe-process"
 
     def __init__(self, queue: Queue, key: ProjectKey, policy: Any, *, quiet_period_s: float = 30.0,
-                 batch: int = 32, on_ready: Callable[[list[dict[str, Any]]], None] = lambda tickets: None) -> None:
+                 batch: int = 32, workers: int = 1,
+                 on_ready: Callable[[list[dict[str, Any]]], None] = lambda tickets: None) -> None:
         super().__init__()
         self.queue = queue
         self.key = key
         self.policy = policy
         self.quiet_period_s = quiet_period_s
         self.batch = batch
+        #: Processes that run the stages: 1 runs them in this process.
+        self.workers = max(1, workers)
+        self._executor: Any = None
         self.on_ready = on_ready
         self.ctx = WorkContext(SourceSpec("folder", str(queue.path("processing"))), str(queue.path("out")),
                                key, policy, LAYOUT_PSEUDONYM)
@@ -74,13 +79,15 @@ class Processor(LoopThread):
         Returns how many objects finished."""
         now = time.time() if now is None else now
         done = 0
+        tasks: list[ExecTask] = []
         claimed = self.queue.claim(self.queue.incoming()[: self.batch])
         if claimed:
-            done += self._process_claimed(claimed, now)
+            done += self._index_claimed(claimed, now, tasks)
         for series in [s for s, h in self.held.items() if now - h.last_seen >= self.quiet_period_s]:
             held = self.held.pop(series)
             rows = list(held.rows.values())
-            done += self._run_series(series, rows, stages_for(rows, self.policy))
+            tasks += self._tasks(series, rows, stages_for(rows, self.policy))
+        done += self._execute(tasks)
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done
 
@@ -96,7 +103,9 @@ class Processor(LoopThread):
             stop.wait(2.0)
             return 0
 
-    def _process_claimed(self, oids: list[str], now: float) -> int:
+    def _index_claimed(self, oids: list[str], now: float, tasks: list[ExecTask]) -> int:
+        """Index claimed objects; unreadable ones are finished (quarantined) here, series that need a
+        series-scope stage are held, the rest become ``tasks``. Returns how many objects finished."""
         items = []
         for oid in oids:
             path = self.queue.path("processing", f"{oid}.dcm")
@@ -125,24 +134,40 @@ class Processor(LoopThread):
                 h.rows.update({r["object_id"]: r for r in srows})
                 h.last_seen = now
                 continue
-            n += self._run_series(series, srows, stages)
+            tasks += self._tasks(series, srows, stages)
         return n
 
-    def _run_series(self, series: str | None, rows: list[dict[str, Any]], stages: tuple[str, ...]) -> int:
+    def _tasks(self, series: str | None, rows: list[dict[str, Any]], stages: tuple[str, ...]) -> list[ExecTask]:
+        """A whole series as one task when a series-scope stage is in ``stages``; else small tasks, so that the
+        workers share a round."""
         whole = any(s.scope == SCOPE_SERIES and s.name in stages for s in STAGES)
-        step = len(rows) if whole else 32
+        step = len(rows) if whole else (32 if self.workers == 1 else 4)
+        return [ExecTask(series, stages, [
+            ExecItem(r["object_id"], SourceItem(r["path"], r["size"]), r["content_hash"], r["series_uid"],
+                     r["mtime_ns"]) for r in rows[i:i + step]]) for i in range(0, len(rows), max(step, 1))]
+
+    def _execute(self, tasks: list[ExecTask]) -> int:
+        """Run a round's tasks (in this process, or on the pool of ``workers`` processes) and finish each as it
+        comes back; a task that fails as a whole quarantines its objects."""
+        if not tasks:
+            return 0
+        if self._executor is None:
+            from deidpipe.pipeline.executors import PoolExecutor, SerialExecutor
+
+            self._executor = SerialExecutor(self.ctx) if self.workers == 1 else PoolExecutor(self.ctx, self.workers)
         n = 0
-        for i in range(0, len(rows), max(step, 1)):
-            task = ExecTask(series, stages, [
-                ExecItem(r["object_id"], SourceItem(r["path"], r["size"]), r["content_hash"], r["series_uid"],
-                         r["mtime_ns"]) for r in rows[i:i + step]])
-            try:
-                results = exec_task(self.ctx, task)
-            except Exception as exc:  # noqa: BLE001 - exec_task quarantines per object; this is a bug or I/O
+        for task, results, exc in self._executor.imap(exec_task, tasks):
+            if exc is not None:  # exec_task quarantines per object; this is a bug, a crash or I/O
                 results = [ObjectResult(it.object_id, STATUS_QUARANTINED, it.content_hash, stage="execute",
                                         reason=f"unexpected error ({type(exc).__name__})") for it in task.items]
             n += self._finish(results)
         return n
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def _finish(self, results: list[ObjectResult]) -> int:
         """Tickets, quarantine records and audit lines for finished objects, then their queue files go."""
@@ -177,6 +202,7 @@ class Processor(LoopThread):
             if not self.guarded_step(self._stop):
                 self.wake.wait(0.5 if not self.held else min(0.5, self.quiet_period_s))
                 self.wake.clear()
+        self.close()
 
     def _requeue(self) -> None:
         """After a failed round: claimed objects that are not held go back to ``incoming/``."""
@@ -206,14 +232,23 @@ def _die_with_parent(parent: int) -> None:
 
 
 def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Any, quiet_period_s: float,
-                 batch: int, stop: Any, parent: int) -> None:
+                 batch: int, parent: int, workers: int = 1) -> None:
     """The processing stage in its own process (the node's SCP keeps the interpreter to itself): polls
-    ``incoming/`` and leaves tickets in the outboxes, which the delivery threads pick up."""
+    ``incoming/`` and leaves tickets in the outboxes, which the delivery threads pick up. SIGTERM ends it after
+    its round; it dies with the node (PR_SET_PDEATHSIG)."""
     import os
+    import signal
 
     _die_with_parent(parent)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops this process in order
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch)
-    while not stop.is_set() and os.getppid() == parent:
-        if not proc.guarded_step(stop):
-            stop.wait(0.02 if not proc.held else min(0.02, proc.quiet_period_s))
+    proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch,
+                     workers=workers)
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            if not proc.guarded_step(stop):
+                stop.wait(0.02 if not proc.held else min(0.02, proc.quiet_period_s))
+    finally:
+        proc.close()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -62,6 +61,7 @@ class Queue:
             (self.root / "outbox" / name).mkdir(exist_ok=True)
             (self.root / "delivered" / name).mkdir(exist_ok=True)
         self._audit_lock = threading.Lock()
+        self._audit_dirty = False
 
     def path(self, state: str, name: str = "") -> Path:
         return self.root / state / name if name else self.root / state
@@ -172,9 +172,7 @@ class Queue:
         destination still needs it."""
         dest, oid = t["destination"], t["object_id"]
         src = self.path("outbox", f"{dest}/{oid}.json")
-        if state == "delivered":
-            t = dict(t, delivered_at=time.time())
-            self.update_ticket(t)
+        if state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
             os.replace(src, self.path("delivered", f"{dest}/{oid}.json"))
         else:
             src.unlink(missing_ok=True)
@@ -189,10 +187,6 @@ class Queue:
             return None
         return self.path("out") / relpath
 
-    def sync_delivered(self, dest: str) -> None:
-        fsync_dir(self.path("outbox", dest))
-        fsync_dir(self.path("delivered", dest))
-
     # -- quarantine and audit ---------------------------------------------------------------------------------
     def quarantine(self, name: str, record: dict[str, Any]) -> Path:
         """A JSON record (no object, no original value) under ``quarantine/``, durable when this returns."""
@@ -200,11 +194,28 @@ class Queue:
         self._write_durable(target, [(json.dumps(record, sort_keys=True, indent=1) + "\n").encode()])
         return target
 
-    def audit(self, records: Iterable[dict[str, Any]]) -> None:
+    def audit(self, records: Iterable[dict[str, Any]], sync: bool = True) -> None:
+        """Append audit lines; ``sync=False`` leaves the fsync to :meth:`sync_audit` (the node calls it every
+        2 s and at stop), for lines written while a sender waits."""
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         if not lines:
             return
         with self._audit_lock, open(self.root / "audit.jsonl", "a", encoding="utf-8") as fh:
             fh.write(lines)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
+            else:
+                self._audit_dirty = True
+
+    def sync_audit(self) -> None:
+        """Make audit lines appended with ``sync=False`` durable."""
+        with self._audit_lock:
+            if not self._audit_dirty:
+                return
+            self._audit_dirty = False
+            fd = os.open(self.root / "audit.jsonl", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

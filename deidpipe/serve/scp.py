@@ -10,7 +10,8 @@ Statuses a sender may get:
 
 A caller whose address is not allowed is disconnected before its association is read; one whose calling AE
 title is not allowed gets an A-ASSOCIATE-RJ (calling AE title not recognised). Every accepted socket has
-``TCP_NODELAY`` set (Nagle's algorithm stalls each small PDU by tens of milliseconds on loopback).
+``TCP_NODELAY`` set (Nagle's algorithm stalls each small PDU by tens of milliseconds on loopback). Associations
+are served by :mod:`deidpipe.serve.ul`, one thread each (its docstring says why not pynetdicom's reactors).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.presentation import build_context
 
 from deidpipe.errors import InputError
 from deidpipe.keys import ProjectKey
+from deidpipe.serve import ul
 from deidpipe.serve.config import ServeConfig, TlsConfig
+from deidpipe.serve.net import nodelay
 from deidpipe.serve.queue import Queue, object_id
 
 log = logging.getLogger("deidpipe.serve")
@@ -41,10 +44,12 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
+#: At most this many associations at once; one more is rejected (transient, local limit exceeded).
+MAX_ASSOCIATIONS = 64
 
-#: Transfer syntaxes the SCP accepts, in its order of preference (pynetdicom's acceptor takes the first of its
-#: own list that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for
-#: one context sends what ``run`` would read from its file; compressed ones next (proposed for compressed files).
+#: Transfer syntaxes the SCP accepts, in its order of preference (the acceptor takes the first of its own list
+#: that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for one context
+#: sends what ``run`` would read from its file; compressed ones next (proposed for compressed files).
 _UNCOMPRESSED_LAST = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1"] + [
     ts for ts in ALL_TRANSFER_SYNTAXES if ts != "1.2.840.10008.1.2.1" and ts not in _UNCOMPRESSED_LAST
@@ -57,11 +62,10 @@ def quiet_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
-def nodelay(sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
+def supported_contexts() -> list[Any]:
+    """Every storage SOP class with :data:`TRANSFER_SYNTAXES`, and Verification."""
+    return [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts] + [
+        build_context(ul.VERIFICATION)]
 
 
 def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -79,34 +83,24 @@ def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's server with an address allow-list and TCP_NODELAY on every accepted socket."""
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information for a received data set (PS3.10 section 7.1)."""
+    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-    allowed: Callable[[str], bool] = staticmethod(lambda address: True)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()  # type: ignore[union-attr]
-        nodelay(client)
-        if self.ssl_context:
-            client.settimeout(30)  # a handshake that never comes must not hold the accept loop
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (OSError, ssl.SSLError):
-                log.warning("TLS handshake failed: connection closed")
-                client.close()
-                raise
-            client.settimeout(None)
-        return client, address
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        ok = self.allowed(client_address[0])
-        if not ok:
-            log.warning("connection refused: address not on the allow-list")
-        return ok
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
 
 
 class StorageSCP:
-    """The node's listening side; :meth:`start` binds, :meth:`stop` closes."""
+    """The node's listening side; :meth:`start` binds, :meth:`stop` closes the port and every association."""
 
     def __init__(self, config: ServeConfig, queue: Queue, key: ProjectKey,
                  on_stored: Callable[[], None] = lambda: None) -> None:
@@ -114,68 +108,146 @@ class StorageSCP:
         self.queue = queue
         self.key = key
         self.on_stored = on_stored
-        self.server: _Server | None = None
+        self.server: socket.socket | None = None
         self.stats = {"received": 0, "refused": 0, "failed": 0}
         self._lock = threading.Lock()
+        self._links: set[ul.Link] = set()
+        self._threads: set[threading.Thread] = set()
+        self._ssl: ssl.SSLContext | None = None
+        self._supported: list[Any] = []
 
     @property
     def port(self) -> int:
         assert self.server is not None
-        return int(self.server.server_address[1])
-
-    def _ae(self) -> AE:
-        quiet_pynetdicom()
-        ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
-        ae.network_timeout = self.config.network_timeout_s
-        ae.acse_timeout = 30
-        ae.dimse_timeout = self.config.network_timeout_s
-        ae.maximum_associations = 64
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification)
-        if self.config.allowed_ae_titles:
-            ae.require_calling_aet = list(self.config.allowed_ae_titles)
-        return ae
+        return int(self.server.getsockname()[1])
 
     def start(self) -> None:
-        ae = self._ae()
-        ssl_context = server_tls_context(self.config.tls) if self.config.tls else None
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
-                    (evt.EVT_REJECTED, self._on_rejected)]
-        server = ae.make_server((self.config.host, self.config.port), ssl_context=ssl_context,
-                                evt_handlers=handlers, server_class=_Server)
-        server.allowed = self.config.address_allowed  # type: ignore[method-assign]
-        thread = threading.Thread(target=server.serve_forever, name="deidpipe-scp", daemon=True)
-        thread.start()
-        ae._servers.append(server)
-        self.ae, self.server = ae, server
+        quiet_pynetdicom()
+        self._ssl = server_tls_context(self.config.tls) if self.config.tls else None
+        self._supported = supported_contexts()
+        self.server = socket.create_server((self.config.host, self.config.port), backlog=128)
+        threading.Thread(target=self._accept_loop, args=(self.server,), name="deidpipe-scp", daemon=True).start()
         log.info("listening as %s on %s:%d%s", self.config.ae_title, self.config.host, self.port,
-                 " (TLS)" if ssl_context else "")
+                 " (TLS)" if self._ssl else "")
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def _on_rejected(self, event: Any) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the port, then every open association (an object not yet answered is not acknowledged: its
+        sender must send it again), and wait for their threads."""
+        server, self.server = self.server, None
+        if server is not None:
+            try:
+                server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            server.close()
         with self._lock:
-            self.stats["refused"] += 1
-        log.warning("association rejected: calling AE title not on the allow-list")
+            links, threads = list(self._links), list(self._threads)
+        for link in links:
+            try:
+                link.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        end = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
 
-    def _on_store(self, event: Any) -> int:
+    # -- connections ---------------------------------------------------------------------------------------------
+    def _accept_loop(self, server: socket.socket) -> None:
+        while True:
+            try:
+                sock, address = server.accept()
+            except OSError:
+                return  # closed by stop()
+            if not self.config.address_allowed(address[0]):
+                log.warning("connection refused: address not on the allow-list")
+                with self._lock:
+                    self.stats["refused"] += 1
+                sock.close()
+                continue
+            t = threading.Thread(target=self._serve, args=(sock,), name="deidpipe-assoc", daemon=True)
+            with self._lock:
+                self._threads.add(t)
+            t.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        nodelay(sock)
+        link: ul.Link | None = None
+        try:
+            if self._ssl is not None:
+                sock.settimeout(30)  # a handshake that never comes must not hold a thread for ever
+                try:
+                    sock = self._ssl.wrap_socket(sock, server_side=True)
+                except (OSError, ssl.SSLError):
+                    log.warning("TLS handshake failed: connection closed")
+                    sock.close()
+                    return
+            link = ul.Link(sock, self.config.network_timeout_s)
+            with self._lock:
+                self._links.add(link)
+                busy = len(self._links) > MAX_ASSOCIATIONS
+            self._associate_and_serve(link, busy)
+        except ul.ProtocolError as exc:
+            log.warning("association ended: %s", exc)
+            if link is not None:
+                link.abort()
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the node down; the type only
+            log.error("association failed (%s)", type(exc).__name__)
+            if link is not None:
+                link.abort()
+        finally:
+            if link is not None:
+                link.close()
+            with self._lock:
+                self._links.discard(link)  # type: ignore[arg-type]
+                self._threads.discard(threading.current_thread())
+
+    def _associate_and_serve(self, link: ul.Link, busy: bool) -> None:
+        if busy:
+            link.read_pdu()  # the request, unread: the answer is a transient rejection
+            link.send_pdu(ul.ASSOCIATE_RJ, bytes([0, 0x02, 0x03, 0x02]))
+            link.finish()
+            log.warning("association rejected: %d associations already open", MAX_ASSOCIATIONS)
+            return
+        allowed = self.config.allowed_ae_titles
+        accepted = ul.accept_association(
+            link, self.config.ae_title, self._supported,
+            calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
+            implementation=_implementation())
+        if accepted is None:
+            with self._lock:
+                self.stats["refused"] += 1
+            log.warning("association rejected: calling AE title not on the allow-list (or nothing to accept)")
+            link.finish()
+            return
+        while True:
+            try:
+                msg = link.read_message()
+            except ul.PeerReleased:
+                link.send_pdu(ul.RELEASE_RP, b"\x00" * 4)
+                link.finish()
+                return
+            except ul.PeerAborted:
+                return
+            context = accepted.contexts.get(msg.context_id)
+            if context is None:
+                raise ul.ProtocolError("message on a presentation context that was not accepted")
+            if msg.command_field == ul.C_ECHO_RQ:
+                status = STATUS_SUCCESS
+            elif msg.command_field == ul.C_STORE_RQ and msg.data is not None:
+                status = self.store(ul.command_ui(msg.command, ul.AFFECTED_SOP_CLASS_UID),
+                                    ul.command_ui(msg.command, ul.AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
+            else:
+                raise ul.ProtocolError("a request the node does not serve")
+            link.send_message(msg.context_id, ul.store_response(msg, status))
+
+    # -- objects -------------------------------------------------------------------------------------------------
+    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> int:
+        """Check and queue one received data set; returns the C-STORE status to answer."""
         t0 = time.perf_counter()
-        req = event.request
-        sop_uid = str(req.AffectedSOPInstanceUID or "")
         oid = object_id(self.key, sop_uid or f"no-uid/{time.time_ns()}")
         try:
-            buf = io.BytesIO()
-            buf.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(buf, event.file_meta, enforce_standard=True)
-            head = buf.getvalue()
-            body = req.DataSet.getvalue()
-        except Exception as exc:  # noqa: BLE001 - a request pynetdicom could not describe
+            head = file_meta_bytes(sop_class, sop_uid, transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - UIDs that cannot be written as File Meta
             return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", f"request cannot be read "
                               f"({type(exc).__name__})", b"")
         data = head + body
@@ -228,3 +300,9 @@ class StorageSCP:
             pass
         log.warning("object %s refused with 0x%04X at %s: %s", oid[:12], status, stage, reason)
         return status
+
+
+def _implementation() -> tuple[str, str]:
+    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    return IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME

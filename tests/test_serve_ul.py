@@ -1,0 +1,244 @@
+"""The node's own upper layer (:mod:`deidpipe.serve.ul`) against pynetdicom: its command sets against pynetdicom's
+encoder and decoder, pynetdicom's SCU against the node's Storage SCP, and the node's SCU against pynetdicom's SCP
+(with a small PDU limit, so that every object goes in many fragments). dcmtk and Orthanc peers are in
+``test_serve.py``."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+
+from deidpipe.keys import ProjectKey
+from deidpipe.serve import ul
+from deidpipe.serve.config import ServeConfig
+from deidpipe.serve.deliver import _file_head_pydicom, file_head
+from deidpipe.serve.net import free_port, wait_port
+from deidpipe.serve.queue import Queue
+from deidpipe.serve.scp import StorageSCP
+
+KEY = ProjectKey(b"serve-ul-test-key-0123456789abcdef")
+FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm"]
+
+
+def _pynetdicom_command(prim: C_STORE, message: type) -> bytes:
+    msg = message()
+    msg.primitive_to_message(prim)
+    return encode(msg.command_set, True, True)  # type: ignore[return-value]
+
+
+def test_command_sets_agree_with_pynetdicom():
+    prim = C_STORE()
+    prim.MessageID = 7
+    prim.AffectedSOPClassUID = CTImageStorage
+    prim.AffectedSOPInstanceUID = "1.2.3.4.5"
+    prim.Priority = 2
+    prim.DataSet = io.BytesIO(b"\x08\x00")  # a data set follows the command
+    theirs = ul.decode_command(_pynetdicom_command(prim, C_STORE_RQ))
+    assert ul.command_us(theirs, ul.COMMAND_FIELD) == ul.C_STORE_RQ
+    assert ul.command_us(theirs, ul.MESSAGE_ID) == 7
+    assert ul.command_ui(theirs, ul.AFFECTED_SOP_INSTANCE_UID) == "1.2.3.4.5"
+
+    ours = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, CTImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
+                              (ul.MESSAGE_ID, 7), (ul.PRIORITY, 2), (ul.COMMAND_DATA_SET_TYPE, 0x0001),
+                              (ul.AFFECTED_SOP_INSTANCE_UID, "1.2.3.4.5")])
+    assert ours == _pynetdicom_command(prim, C_STORE_RQ)  # byte for byte
+    ds = decode(io.BytesIO(ours), True, True)
+    assert ds.CommandGroupLength == len(ours) - 12
+    assert (ds.CommandField, ds.MessageID, ds.AffectedSOPInstanceUID) == (1, 7, "1.2.3.4.5")
+
+    request = ul.Message(1, ul.decode_command(ours), b"")
+    rsp = ul.store_response(request, 0xA700)
+    prim.Status = 0xA700
+    prim.MessageIDBeingRespondedTo = 7
+    prim.MessageID = None
+    prim.DataSet = None
+    assert rsp == _pynetdicom_command(prim, C_STORE_RSP)
+
+
+def test_cut_command_set_is_a_protocol_error():
+    good = ul.encode_command([(ul.COMMAND_FIELD, ul.C_ECHO_RQ)])
+    with pytest.raises(ul.ProtocolError):
+        ul.decode_command(good[:-1])
+    with pytest.raises(ul.ProtocolError):
+        ul.decode_command(good[:5])
+
+
+@pytest.fixture
+def scp(tmp_path):
+    cfg = ServeConfig(queue=tmp_path / "queue", port=0, allowed_ae_titles=("SENDER",), network_timeout_s=5)
+    queue = Queue(cfg.queue)
+    node_scp = StorageSCP(cfg, queue, KEY)
+    node_scp.start()
+    try:
+        yield node_scp, queue
+    finally:
+        node_scp.stop()
+
+
+def _stored(queue: Queue) -> dict[str, bytes]:
+    out = {}
+    for p in queue.path("incoming").glob("*.dcm"):
+        out[str(pydicom.dcmread(p).SOPInstanceUID)] = p.read_bytes()
+    return out
+
+
+def test_pynetdicom_scu_to_the_node(scp):
+    node_scp, queue = scp
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    for name in FILES:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    sent = {}
+    for name in FILES:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        assert assoc.send_c_store(ds).Status == 0, name
+        sent[str(ds.SOPInstanceUID)] = ds
+    assoc.release()
+    stored = _stored(queue)
+    assert set(stored) == set(sent)
+    for uid, ds in sent.items():
+        got = pydicom.dcmread(io.BytesIO(stored[uid]))
+        assert got.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert got.PixelData == ds.PixelData
+        assert got.PatientName == ds.PatientName
+    assert node_scp.stats["received"] == len(FILES)
+
+
+def test_calling_ae_title_not_allowed_is_rejected(scp):
+    node_scp, _ = scp
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    assert assoc.is_rejected
+    end = time.monotonic() + 5  # counted by the node's thread just after it answered
+    while node_scp.stats["refused"] != 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert node_scp.stats["refused"] == 1
+
+
+def test_garbage_is_dropped_and_the_node_serves_on(scp):
+    node_scp, _ = scp
+    for junk in (b"\x01\x00\xff\xff\xff\xff", b"\x04\x00\x00\x00\x00\x08" + b"\x00" * 8, b"GET / HTTP/1.0\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", node_scp.port), timeout=5) as s:
+            end = time.monotonic() + 10
+            try:  # the node answers with A-ABORT and closes, maybe before all is sent (a reset is as good)
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                while time.monotonic() < end and s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+def test_node_scu_to_pynetdicom_in_small_fragments(tmp_path):
+    received: dict[tuple[str, str], bytes] = {}  # (SOP instance, transfer syntax): pydicom's MR_small files share one
+    answer = {"status": 0x0000}
+
+    def on_store(event):
+        ds = event.dataset
+        received[(str(ds.SOPInstanceUID), str(event.context.transfer_syntax))] = ds.PixelData
+        return answer["status"]
+
+    ae = AE(ae_title="PEER")
+    ae.maximum_pdu_size = 4096  # every object in many P-DATA-TF PDUs
+    for name in FILES:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ae.add_supported_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        wait_port(port)
+        heads = {name: file_head(Path(get_testdata_file(name))) for name in FILES}
+        scu = ul.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=10)
+        scu.open([(sop, [ts]) for sop, ts in sorted({(h[0], h[2]) for h in heads.values()})])
+        assert scu.link is not None and scu.link.peer_max_pdu == 4096
+        for name, (sop, inst, ts, offset) in heads.items():
+            with open(get_testdata_file(name), "rb") as fh:
+                fh.seek(offset)
+                assert scu.store(sop, inst, ts, fh) == 0
+        answer["status"] = 0xA700
+        sop, inst, ts, offset = heads["CT_small.dcm"]
+        data = Path(get_testdata_file("CT_small.dcm")).read_bytes()[offset:]
+        assert scu.store(sop, inst, ts, data) == 0xA700  # bytes too, and the peer's status comes back
+        with pytest.raises(KeyError):
+            scu.store(MRImageStorage, "1.2.3", "1.2.840.10008.1.2.4.50", b"")
+        scu.release()
+    finally:
+        server.shutdown()
+    for name in FILES:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        assert received[(str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))] == ds.PixelData
+
+
+def test_node_scu_rejected_and_unreachable():
+    ae = AE(ae_title="PEER")
+    ae.add_supported_context(CTImageStorage)
+    ae.require_calling_aet = ["SOMEONE"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        wait_port(port)
+        with pytest.raises(ul.AssociationRejected):
+            ul.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=5).open([(CTImageStorage, ["1.2.840.10008.1.2"])])
+    finally:
+        server.shutdown()
+    with pytest.raises(ul.PeerAborted):
+        ul.Requestor("127.0.0.1", free_port(), "PEER", "NODE", timeout=5).open([(CTImageStorage,
+                                                                                  ["1.2.840.10008.1.2"])])
+
+
+def test_many_concurrent_associations(scp):
+    """Eight senders at once, each on its own association: every object is answered Success and queued."""
+    node_scp, queue = scp
+    ds0 = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    errors: list[str] = []
+
+    def send(k: int) -> None:
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ds0.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+        if not assoc.is_established:
+            errors.append("not established")
+            return
+        for i in range(5):
+            ds = ds0.copy()
+            ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{k}.{i}"
+            if assoc.send_c_store(ds).Status != 0:
+                errors.append("status")
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(_stored(queue)) == 40
+
+
+@pytest.mark.parametrize("name", FILES + ["rtplan.dcm", "ExplVR_BigEnd.dcm"])
+def test_file_head_agrees_with_pydicom(name):
+    path = Path(get_testdata_file(name))
+    assert file_head(path) == _file_head_pydicom(path)
