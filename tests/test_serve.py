@@ -463,6 +463,50 @@ def test_tls(tmp_path, small):
     assert {p.name[:-4] for p in (tmp_path / "copy").rglob("*.dcm")} == set(expected)
 
 
+def test_tls_destination(tmp_path, small):
+    """The node's C-STORE SCU over TLS, verifying the destination's certificate against the CA it is given
+    (pynetdicom as the TLS destination)."""
+    from dataclasses import replace
+
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+    archive, _, expected = small
+    ca, cert, key = _certificates(tmp_path / "pki")
+    got: set[str] = set()
+
+    def on_store(event):
+        got.add(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server_ctx,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        dest = replace(parse_dicom_dest(f"PACS@127.0.0.1:{port}", "pacs"), tls=TlsConfig(ca=ca))
+        cfg = config(tmp_path, dest)
+        with Node(cfg, KEY, HEADER_POLICY) as node:
+            assert storescu(node.port, archive).returncode == 0
+            assert node.wait_idle(120)
+            st = queue_status(cfg.queue)
+        untrusted = replace(dest, tls=TlsConfig())  # the system's CAs do not know the test CA: never delivered
+        cfg2 = config(tmp_path / "b", untrusted, retry=RetryConfig(initial_s=0.1, max_interval_s=0.1,
+                                                                    max_attempts=2, max_age_s=60))
+        with Node(cfg2, KEY, HEADER_POLICY) as node:
+            assert storescu(node.port, archive).returncode == 0
+            assert node.wait_idle(120)
+            st2 = queue_status(cfg2.queue)
+    finally:
+        server.shutdown()
+    assert got == set(expected)
+    assert st["destinations"]["pacs"]["delivered"] == len(expected)
+    assert st2["destinations"]["pacs"]["delivered"] == 0 and st2["quarantined"] == len(expected)
+
+
 @contextmanager
 def orthanc(tmp: Path):
     """Orthanc 1.10 with its DICOMweb plugin, its own config, storage and free ports; stopped after.
