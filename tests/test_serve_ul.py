@@ -242,3 +242,45 @@ def test_many_concurrent_associations(scp):
 def test_file_head_agrees_with_pydicom(name):
     path = Path(get_testdata_file(name))
     assert file_head(path) == _file_head_pydicom(path)
+
+
+def test_messages_in_fragments_and_limits():
+    """A message written by :meth:`Link.send_message` in many small PDUs reads back whole; a data set over the
+    reader's limit, or a command set that never ends, is a protocol error (not a full memory)."""
+    a, b = socket.socketpair()
+    sender, reader = ul.Link(a, 5), ul.Link(b, 5)
+    sender.peer_max_pdu = 64
+    command = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, CTImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
+                                 (ul.MESSAGE_ID, 1), (ul.PRIORITY, 0), (ul.COMMAND_DATA_SET_TYPE, 0),
+                                 (ul.AFFECTED_SOP_INSTANCE_UID, "1.2.3")])
+    data = bytes(range(256)) * 10
+    t = threading.Thread(target=lambda: (sender.send_message(3, command, io.BytesIO(data)),
+                                         sender.send_message(3, command, data)))
+    t.start()
+    for _ in range(2):
+        msg = reader.read_message()
+        assert (msg.context_id, msg.command_field, msg.data) == (3, ul.C_STORE_RQ, data)
+    t.join(5)
+    t = threading.Thread(target=sender.send_message, args=(3, command, data))
+    t.start()
+    with pytest.raises(ul.ProtocolError):
+        reader.read_message(max_data=1000)
+    t.join(5)
+    a.close()
+    b.close()
+    a, b = socket.socketpair()
+    sender, reader = ul.Link(a, 5), ul.Link(b, 5)
+    def send_endless_command() -> None:
+        try:
+            for _ in range(100):
+                sender._send_pdv(1, 0x01, b"\x00" * 1000)  # command fragments, none the last
+        except ul.ProtocolError:
+            pass  # the reader gave up and closed: as it should
+
+    endless = threading.Thread(target=send_endless_command)
+    endless.start()
+    with pytest.raises(ul.ProtocolError):
+        reader.read_message()
+    b.close()
+    endless.join(5)
+    a.close()

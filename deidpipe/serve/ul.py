@@ -39,6 +39,9 @@ MAX_PDU_RECEIVE = 1 << 20
 MAX_PDU_SEND_UNLIMITED = 1 << 20
 #: Any PDU longer than this is refused (abort) before memory is taken for it.
 PDU_HARD_LIMIT = 1 << 26
+#: A command set longer than this, or a data set longer than the pipeline takes (2 GiB), is refused (abort): a
+#: peer that never ends a message must not fill the node's memory.
+MAX_COMMAND_BYTES = 1 << 16
 
 # Command Set elements, PS3.7 annex E
 AFFECTED_SOP_CLASS_UID = 0x00000002
@@ -234,11 +237,13 @@ class Link:
         n = len(piece)
         self.send(struct.pack(">BBIIBB", P_DATA_TF, 0, n + 6, n + 2, context_id, control) + bytes(piece))
 
-    def read_message(self) -> Message:
-        """The next whole DIMSE message. Raises :class:`PeerReleased` on A-RELEASE-RQ, :class:`PeerAborted` on
-        A-ABORT or a closed connection, :class:`ProtocolError` on anything else out of place."""
+    def read_message(self, max_data: int = 2 * 1024**3) -> Message:
+        """The next whole DIMSE message (a data set of at most ``max_data`` bytes). Raises :class:`PeerReleased` on
+        A-RELEASE-RQ, :class:`PeerAborted` on A-ABORT or a closed connection, :class:`ProtocolError` on anything
+        else out of place."""
         command = bytearray()
         data_parts: list[memoryview] = []
+        data_size = 0
         context_id = -1
         cmd: dict[int, bytes] | None = None
         while True:
@@ -268,6 +273,8 @@ class Link:
                     if cmd is not None:
                         raise ProtocolError("command fragment after the command set ended")
                     command += piece
+                    if len(command) > MAX_COMMAND_BYTES:
+                        raise ProtocolError("command set longer than the node accepts")
                     if control & 0x02:
                         cmd = decode_command(command)
                         if command_us(cmd, COMMAND_DATA_SET_TYPE) == NO_DATA_SET:
@@ -278,6 +285,9 @@ class Link:
                     if cmd is None:
                         raise ProtocolError("data set fragment before the command set")
                     data_parts.append(piece)
+                    data_size += len(piece)
+                    if data_size > max_data:
+                        raise ProtocolError("data set longer than the node accepts")
                     if control & 0x02:
                         if pos != len(view):
                             raise ProtocolError("data after the last fragment of a message")
