@@ -89,7 +89,11 @@ def received(folder: Path) -> dict[str, bytes]:
     for p in folder.rglob("*"):
         if p.is_file() and not p.name.startswith("."):
             data = p.read_bytes()
-            out[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)] = data
+            try:
+                uid = str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, AttributeError):
+                continue  # being written, or cut short by a sender that was killed: not received
+            out[uid] = data
     return out
 
 

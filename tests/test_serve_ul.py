@@ -1,4 +1,5 @@
-"""The node's own upper layer (:mod:`deidpipe.serve.ul`) against pynetdicom: its command sets against pynetdicom's
+"""The node's own upper layer (:mod:`deidpipe.serve.ul`, its SCU :mod:`deidpipe.serve.scu`) against pynetdicom:
+its command sets against pynetdicom's
 encoder and decoder, pynetdicom's SCU against the node's Storage SCP, and the node's SCU against pynetdicom's SCP
 (with a small PDU limit, so that every object goes in many fragments). dcmtk and Orthanc peers are in
 ``test_serve.py``."""
@@ -21,7 +22,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from deidpipe.keys import ProjectKey
-from deidpipe.serve import ul
+from deidpipe.serve import scu, ul
 from deidpipe.serve.config import ServeConfig
 from deidpipe.serve.deliver import _file_head_pydicom, file_head
 from deidpipe.serve.net import free_port, wait_port
@@ -171,20 +172,20 @@ def test_node_scu_to_pynetdicom_in_small_fragments(tmp_path):
     try:
         wait_port(port)
         heads = {name: file_head(Path(get_testdata_file(name))) for name in FILES}
-        scu = ul.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=10)
-        scu.open([(sop, [ts]) for sop, ts in sorted({(h[0], h[2]) for h in heads.values()})])
-        assert scu.link is not None and scu.link.peer_max_pdu == 4096
+        sender = scu.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=10)
+        sender.open([(sop, [ts]) for sop, ts in sorted({(h[0], h[2]) for h in heads.values()})])
+        assert sender.link is not None and sender.link.peer_max_pdu == 4096
         for name, (sop, inst, ts, offset) in heads.items():
             with open(get_testdata_file(name), "rb") as fh:
                 fh.seek(offset)
-                assert scu.store(sop, inst, ts, fh) == 0
+                assert sender.store(sop, inst, ts, fh) == 0
         answer["status"] = 0xA700
         sop, inst, ts, offset = heads["CT_small.dcm"]
         data = Path(get_testdata_file("CT_small.dcm")).read_bytes()[offset:]
-        assert scu.store(sop, inst, ts, data) == 0xA700  # bytes too, and the peer's status comes back
+        assert sender.store(sop, inst, ts, data) == 0xA700  # bytes too, and the peer's status comes back
         with pytest.raises(KeyError):
-            scu.store(MRImageStorage, "1.2.3", "1.2.840.10008.1.2.4.50", b"")
-        scu.release()
+            sender.store(MRImageStorage, "1.2.3", "1.2.840.10008.1.2.4.50", b"")
+        sender.release()
     finally:
         server.shutdown()
     for name in FILES:
@@ -201,11 +202,11 @@ def test_node_scu_rejected_and_unreachable():
     try:
         wait_port(port)
         with pytest.raises(ul.AssociationRejected):
-            ul.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=5).open([(CTImageStorage, ["1.2.840.10008.1.2"])])
+            scu.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=5).open([(CTImageStorage, ["1.2.840.10008.1.2"])])
     finally:
         server.shutdown()
     with pytest.raises(ul.PeerAborted):
-        ul.Requestor("127.0.0.1", free_port(), "PEER", "NODE", timeout=5).open([(CTImageStorage,
+        scu.Requestor("127.0.0.1", free_port(), "PEER", "NODE", timeout=5).open([(CTImageStorage,
                                                                                   ["1.2.840.10008.1.2"])])
 
 
@@ -284,3 +285,65 @@ def test_messages_in_fragments_and_limits():
     b.close()
     endless.join(5)
     a.close()
+
+
+def test_budget_and_context_checks(scp):
+    """Over the node's memory budget: 0xA700 (out of resources) and the association goes on; a C-STORE whose SOP
+    class is not its context's: 0x0122."""
+    node_scp, queue = scp
+    path = Path(get_testdata_file("CT_small.dcm"))
+    sop, inst, ts, offset = file_head(path)
+    data = path.read_bytes()[offset:]
+    sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=10)
+    sender.open([(sop, [ts])])
+    node_scp.budget.limit = 1000  # the association thread already waits with this budget
+    assert sender.store(sop, inst, ts, data) == 0xA700
+    assert node_scp.budget.used == 0
+    node_scp.budget.limit = 1 << 30
+    assert sender.link is not None
+    command = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, MRImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
+                                 (ul.MESSAGE_ID, 99), (ul.PRIORITY, 0), (ul.COMMAND_DATA_SET_TYPE, 1),
+                                 (ul.AFFECTED_SOP_INSTANCE_UID, inst)])
+    sender.link.send_message(sender.contexts[(sop, ts)], command, data)
+    assert ul.command_us(sender.link.read_message().command, ul.STATUS) == 0x0122
+    assert sender.store(sop, inst, ts, data) == 0
+    sender.release()
+    assert len(_stored(queue)) == 1 and node_scp.budget.used == 0
+
+
+def test_sender_one_sop_class_in_three_transfer_syntaxes(tmp_path):
+    """Secondary Capture objects in three JPEG syntaxes on one association: one context each, all delivered (one
+    context listing the three would have one of them accepted, and the others refused)."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+
+    from deidpipe.serve.config import parse_dicom_dest
+    from deidpipe.serve.deliver import DELIVERED, DicomSender
+
+    names = ["JPEG2000.dcm", "JPEG-lossy.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+    queue = Queue(tmp_path / "queue", ["pacs"])
+    tickets = []
+    for name in names:
+        target = queue.path("out") / "p" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(get_testdata_file(name)).read_bytes())
+        tickets.append({"object_id": name, "destination": "pacs", "output": f"p/{name}"})
+    got: list[str] = []
+
+    def on_store(event):
+        got.append(str(event.context.transfer_syntax))
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(SecondaryCaptureImageStorage, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        wait_port(port)
+        sender = DicomSender(parse_dicom_dest(f"PACS@127.0.0.1:{port}", "pacs"), "NODE", queue)
+        assert [kind for kind, _ in sender.send(tickets)] == [DELIVERED] * 3
+        sender.close()
+    finally:
+        server.shutdown()
+    assert sorted(got) == sorted(str(pydicom.dcmread(get_testdata_file(n)).file_meta.TransferSyntaxUID)
+                                 for n in names)

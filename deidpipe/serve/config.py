@@ -165,6 +165,8 @@ class ServeConfig:
             raise ConfigError("ae_title must be 1 to 16 characters")
         if not 0 <= self.port < 65536:
             raise ConfigError("port must be 0 to 65535")
+        if not self.network_timeout_s > 0:
+            raise ConfigError("network_timeout_s must be more than 0")
         if not 0 <= self.workers <= 256:
             raise ConfigError("workers must be 0 (one per CPU core) to 256")
         names = [d.name for d in self.destinations]

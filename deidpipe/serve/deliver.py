@@ -113,7 +113,7 @@ def _file_head_pydicom(path: Path) -> tuple[str, str, str, int]:
 
 
 class DicomSender(Sender):
-    """C-STORE SCU (:class:`deidpipe.serve.ul.Requestor`). One association is kept open while there is work and
+    """C-STORE SCU (:class:`deidpipe.serve.scu.Requestor`). One association is kept open while there is work and
     renewed when a batch needs a presentation context it lacks; each file's data set goes as it is on disk (the
     bytes ``run`` writes), in PDU-sized reads; TCP_NODELAY is set on its socket."""
 
@@ -128,25 +128,24 @@ class DicomSender(Sender):
         self.last_used = 0.0
 
     def _open(self, needed: set[tuple[str, str]]) -> None:
-        from deidpipe.serve.scp import _implementation
-        from deidpipe.serve.ul import AssociationRejected, ProtocolError, Requestor
+        from deidpipe.serve.scu import Requestor
+        from deidpipe.serve.ul import AssociationRejected, ProtocolError
 
         self.close()
-        by_class: dict[str, list[str]] = {}
-        for sop, ts in sorted(needed):
-            by_class.setdefault(sop, []).append(ts)
         # Seconds to wait for anything from the destination, a C-STORE response included (destination
         # ``timeout_s``, default 10): then the association is dropped and the object retried.
         assoc = Requestor(self.dest.host, self.dest.port, self.dest.ae_title, self.calling,
-                          timeout=self.dest.timeout_s, implementation=_implementation(),
+                          timeout=self.dest.timeout_s,
                           tls=client_tls_context(self.dest.tls) if self.dest.tls else None)
+        # One presentation context per (SOP class, transfer syntax), as storescu does: a context proposing several
+        # syntaxes gets one of them accepted, and objects in the others would have nothing to go on.
         try:
-            assoc.open(by_class.items())
+            assoc.open([(sop, [ts]) for sop, ts in sorted(needed)])
         except AssociationRejected:
             raise _Unreachable("association rejected") from None
         except ProtocolError:
             raise _Unreachable("cannot connect (or the association was aborted)") from None
-        self.assoc, self.contexts = assoc, set(needed)
+        self.assoc, self.contexts = assoc, set(needed)  # asked for: what was refused is not asked again here
 
     def close(self) -> None:
         if self.assoc is not None:
@@ -170,7 +169,8 @@ class DicomSender(Sender):
                 out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
         needed = {(sop, ts) for _, _, (sop, _, ts, _) in files}
         if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
-            self._open(needed | (self.contexts if self.assoc is not None else set()))
+            wanted = needed | (self.contexts if self.assoc is not None else set())
+            self._open(wanted if len(wanted) <= 128 else needed)  # PS3.8: at most 128 contexts
         for i, path, (sop, inst, ts, offset) in files:
             if self.assoc is None or not self.assoc.is_established:
                 out[i] = (RETRY, "association lost")
@@ -179,8 +179,13 @@ class DicomSender(Sender):
                 out[i] = (FAILED, "the destination accepted no presentation context for this object")
                 continue
             try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
+                fh = open(path, "rb")  # noqa: SIM115 - closed below
+                fh.seek(offset)
+            except OSError as exc:
+                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+                continue
+            try:
+                with fh:
                     status = self.assoc.store(sop, inst, ts, fh)
             except OSError as exc:  # the file, read while sending: the message is cut, so is the association
                 self.assoc.abort()
@@ -420,4 +425,5 @@ class Deliverer(LoopThread):
 
     def stop(self, timeout: float = 60.0) -> None:
         super().stop(timeout)
-        self.sender.close()
+        if self._thread is None or not self._thread.is_alive():  # never from under a send still running
+            self.sender.close()

@@ -4,9 +4,11 @@ durably queued (:meth:`deidpipe.serve.queue.Queue.put`: data and name fsynced).
 Statuses a sender may get:
 
 * ``0x0000`` Success: the object is on disk in the queue and will be delivered (at least once) or quarantined.
-* ``0xA700`` Out of resources: the queue could not store it (disk full, I/O error): the sender should retry.
+* ``0xA700`` Out of resources: the queue could not store it (disk full, I/O error), or the node holds too many
+  data sets in memory at once: the sender should retry.
 * ``0xC000`` Cannot understand: the data set cannot be parsed; a quarantine record names the reason.
 * ``0xA900`` Data set does not match SOP class: its SOP Instance UID is not the one the request names.
+* ``0x0122`` SOP class not supported: the request's SOP class is not the one of its presentation context.
 
 A caller whose address is not allowed is disconnected before its association is read; one whose calling AE
 title is not allowed gets an A-ASSOCIATE-RJ (calling AE title not recognised). Every accepted socket has
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -42,6 +45,7 @@ log = logging.getLogger("deidpipe.serve")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 #: At most this many associations at once; one more is rejected (transient, local limit exceeded).
@@ -113,8 +117,15 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._links: set[ul.Link] = set()
         self._threads: set[threading.Thread] = set()
+        self._closing = False
         self._ssl: ssl.SSLContext | None = None
         self._supported: list[Any] = []
+        #: Connections served at once (associations, plus a few being turned away): a flood of connections
+        #: must not start a thread each.
+        self._slots = threading.BoundedSemaphore(MAX_ASSOCIATIONS + 16)
+        #: Data sets being received, node-wide: a quarter of the machine's memory (each is copied about twice
+        #: more while it is checked and written).
+        self.budget = ul.ByteBudget(_memory_bytes() // 4)
 
     @property
     def port(self) -> int:
@@ -125,6 +136,7 @@ class StorageSCP:
         quiet_pynetdicom()
         self._ssl = server_tls_context(self.config.tls) if self.config.tls else None
         self._supported = supported_contexts()
+        self._closing = False
         self.server = socket.create_server((self.config.host, self.config.port), backlog=128)
         threading.Thread(target=self._accept_loop, args=(self.server,), name="deidpipe-scp", daemon=True).start()
         log.info("listening as %s on %s:%d%s", self.config.ae_title, self.config.host, self.port,
@@ -132,8 +144,10 @@ class StorageSCP:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the port, then every open association (an object not yet answered is not acknowledged: its
-        sender must send it again), and wait for their threads."""
-        server, self.server = self.server, None
+        sender must send it again), and wait for their threads. No association is served once this returns."""
+        with self._lock:
+            self._closing = True
+            server, self.server = self.server, None
         if server is not None:
             try:
                 server.shutdown(socket.SHUT_RDWR)
@@ -156,33 +170,55 @@ class StorageSCP:
         while True:
             try:
                 sock, address = server.accept()
-            except OSError:
-                return  # closed by stop()
+            except OSError as exc:
+                with self._lock:
+                    if self._closing or self.server is not server:
+                        return  # closed by stop()
+                # A connection reset before it was taken, or no file descriptor left: the port stays open.
+                log.warning("accepting a connection failed (%s)", type(exc).__name__)
+                time.sleep(0.1)
+                continue
             if not self.config.address_allowed(address[0]):
                 log.warning("connection refused: address not on the allow-list")
                 with self._lock:
                     self.stats["refused"] += 1
                 sock.close()
                 continue
+            if not self._slots.acquire(blocking=False):
+                log.warning("connection refused: too many connections open")
+                sock.close()
+                continue
             t = threading.Thread(target=self._serve, args=(sock,), name="deidpipe-assoc", daemon=True)
             with self._lock:
+                if self._closing:
+                    self._slots.release()
+                    sock.close()
+                    return
                 self._threads.add(t)
-            t.start()
+            try:
+                t.start()
+            except RuntimeError:  # no thread to be had: the connection is closed, the port stays open
+                with self._lock:
+                    self._threads.discard(t)
+                self._slots.release()
+                sock.close()
+                log.error("connection refused: no thread could be started")
 
     def _serve(self, sock: socket.socket) -> None:
-        nodelay(sock)
         link: ul.Link | None = None
         try:
+            nodelay(sock)
             if self._ssl is not None:
                 sock.settimeout(30)  # a handshake that never comes must not hold a thread for ever
                 try:
                     sock = self._ssl.wrap_socket(sock, server_side=True)
                 except (OSError, ssl.SSLError):
                     log.warning("TLS handshake failed: connection closed")
-                    sock.close()
                     return
             link = ul.Link(sock, self.config.network_timeout_s)
             with self._lock:
+                if self._closing:
+                    return
                 self._links.add(link)
                 busy = len(self._links) > MAX_ASSOCIATIONS
             self._associate_and_serve(link, busy)
@@ -197,9 +233,15 @@ class StorageSCP:
         finally:
             if link is not None:
                 link.close()
+            else:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
             with self._lock:
                 self._links.discard(link)  # type: ignore[arg-type]
                 self._threads.discard(threading.current_thread())
+            self._slots.release()
 
     def _associate_and_serve(self, link: ul.Link, busy: bool) -> None:
         if busy:
@@ -208,11 +250,11 @@ class StorageSCP:
             link.finish()
             log.warning("association rejected: %d associations already open", MAX_ASSOCIATIONS)
             return
-        allowed = self.config.allowed_ae_titles
+        allowed = {a.strip() for a in self.config.allowed_ae_titles}
         accepted = ul.accept_association(
-            link, self.config.ae_title, self._supported,
+            link, self._supported,
             calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
-            implementation=_implementation())
+            implementation=ul.implementation())
         if accepted is None:
             with self._lock:
                 self.stats["refused"] += 1
@@ -221,24 +263,39 @@ class StorageSCP:
             return
         while True:
             try:
-                msg = link.read_message()
+                msg = link.read_message(budget=self.budget)
             except ul.PeerReleased:
                 link.send_pdu(ul.RELEASE_RP, b"\x00" * 4)
                 link.finish()
                 return
             except ul.PeerAborted:
                 return
-            context = accepted.contexts.get(msg.context_id)
-            if context is None:
-                raise ul.ProtocolError("message on a presentation context that was not accepted")
-            if msg.command_field == ul.C_ECHO_RQ:
-                status = STATUS_SUCCESS
-            elif msg.command_field == ul.C_STORE_RQ and msg.data is not None:
-                status = self.store(ul.command_ui(msg.command, ul.AFFECTED_SOP_CLASS_UID),
-                                    ul.command_ui(msg.command, ul.AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
-            else:
-                raise ul.ProtocolError("a request the node does not serve")
+            try:
+                status = self._answer(accepted, msg)
+            finally:
+                self.budget.give(msg.reserved)
             link.send_message(msg.context_id, ul.store_response(msg, status))
+
+    def _answer(self, accepted: ul.Accepted, msg: ul.Message) -> int:
+        """The status for one request: C-ECHO on the Verification context, C-STORE of the context's SOP class."""
+        context = accepted.contexts.get(msg.context_id)
+        if context is None:
+            raise ul.ProtocolError("message on a presentation context that was not accepted")
+        sop_class = ul.command_ui(msg.command, ul.AFFECTED_SOP_CLASS_UID)
+        if msg.command_field == ul.C_ECHO_RQ and context[0] == ul.VERIFICATION:
+            return STATUS_SUCCESS
+        if msg.command_field != ul.C_STORE_RQ or context[0] == ul.VERIFICATION:
+            raise ul.ProtocolError("a request the node does not serve on that presentation context")
+        if sop_class != context[0]:
+            return STATUS_SOP_CLASS_NOT_SUPPORTED  # PS3.7 C.4.2.1.4: the class is the context's
+        if msg.dropped:
+            with self._lock:
+                self.stats["failed"] += 1
+            log.error("object not stored: the node holds too many data sets in memory; answered out of resources")
+            return STATUS_OUT_OF_RESOURCES
+        if msg.data is None:
+            raise ul.ProtocolError("C-STORE without a data set")
+        return self.store(sop_class, ul.command_ui(msg.command, ul.AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
 
     # -- objects -------------------------------------------------------------------------------------------------
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> int:
@@ -302,7 +359,8 @@ class StorageSCP:
         return status
 
 
-def _implementation() -> tuple[str, str]:
-    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-    return IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3

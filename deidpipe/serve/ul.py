@@ -9,7 +9,8 @@ once.
 
 What is still pynetdicom's: the A-ASSOCIATE-RQ/AC codecs (:mod:`pynetdicom.pdu`) and presentation context
 negotiation (:func:`pynetdicom.presentation.negotiate_as_acceptor` and ``negotiate_as_requestor``), which run once
-per association. Written here: P-DATA-TF framing (PS3.8 section 9.3.5), the four command sets the node uses
+per association. The C-STORE SCU on top of it is :mod:`deidpipe.serve.scu`.
+Written here: P-DATA-TF framing (PS3.8 section 9.3.5), the four command sets the node uses
 (C-STORE-RQ/RSP, C-ECHO-RQ/RSP, PS3.7 section 9.3), and the release and abort PDUs. ``tests/test_serve_ul.py``
 checks them against pynetdicom's encoders and against pynetdicom and dcmtk peers.
 """
@@ -20,6 +21,8 @@ import logging
 import socket
 import ssl
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -37,8 +40,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 MAX_PDU_RECEIVE = 1 << 20
 #: The largest PDU sent to a peer that sets no limit (Maximum Length Received 0).
 MAX_PDU_SEND_UNLIMITED = 1 << 20
-#: Any PDU longer than this is refused (abort) before memory is taken for it.
-PDU_HARD_LIMIT = 1 << 26
+#: Any PDU longer than this is refused (abort) before memory is taken for it: a P-DATA-TF longer than the node
+#: said it receives, or an association PDU over 1 MiB.
+PDU_HARD_LIMIT = MAX_PDU_RECEIVE
 #: A command set longer than this, or a data set longer than the pipeline takes (2 GiB), is refused (abort): a
 #: peer that never ends a message must not fill the node's memory.
 MAX_COMMAND_BYTES = 1 << 16
@@ -58,6 +62,13 @@ NO_DATA_SET = 0x0101
 
 _US_TAGS = frozenset({COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, PRIORITY, COMMAND_DATA_SET_TYPE,
                       STATUS})
+
+
+def implementation() -> tuple[str, str]:
+    """The node's Implementation Class UID and Version Name (those of the files it writes)."""
+    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    return IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 
 class ProtocolError(Exception):
@@ -85,7 +96,7 @@ def encode_command(elements: Iterable[tuple[int, int | str]]) -> bytes:
         if tag in _US_TAGS:
             raw = struct.pack("<H", int(value))
         else:
-            raw = str(value).encode("ascii")
+            raw = str(value).encode("latin-1", "replace")
             if len(raw) % 2:
                 raw += b"\x00"
         body += struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(raw)) + raw
@@ -114,7 +125,7 @@ def command_us(cmd: dict[int, bytes], tag: int) -> int | None:
 
 
 def command_ui(cmd: dict[int, bytes], tag: int) -> str:
-    return cmd.get(tag, b"").decode("ascii", "replace").rstrip("\x00 ")
+    return cmd.get(tag, b"").decode("latin-1").rstrip("\x00 ")
 
 
 # -- one connection ------------------------------------------------------------------------------------------
@@ -126,6 +137,10 @@ class Message:
     context_id: int
     command: dict[int, bytes]
     data: bytes | None
+    #: Bytes of a :class:`ByteBudget` this message holds (given back by whoever handles it).
+    reserved: int = 0
+    #: The data set was read and dropped: the budget could not hold it.
+    dropped: bool = False
 
     @property
     def command_field(self) -> int | None:
@@ -137,16 +152,26 @@ class Link:
 
     def __init__(self, sock: socket.socket, timeout: float | None) -> None:
         self.sock = sock
+        self.timeout = timeout
         self.sock.settimeout(timeout)
         #: The largest P-DATA-TF PDU the peer receives (0 until negotiated: no limit).
         self.peer_max_pdu = 0
+        #: Set once a send failed part-way: nothing more may go out on this connection, not even an A-ABORT.
+        self.broken = False
 
     # PDUs
-    def _recv_exactly(self, n: int) -> bytearray:
+    def _recv_exactly(self, n: int, deadline: float | None) -> bytearray:
+        """``n`` bytes (at most a PDU the node accepts), all within ``deadline``: a peer that trickles a byte at a
+        time must not hold a thread for ever."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ProtocolError("network timeout")
+                self.sock.settimeout(left)
             try:
                 k = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
@@ -158,31 +183,43 @@ class Link:
             got += k
         return buf
 
-    def read_pdu(self) -> tuple[int, bytearray]:
-        """The next PDU's type and its variable part (after the 6-byte header)."""
-        head = self._recv_exactly(6)
+    def read_pdu(self, timeout: float | None = None) -> tuple[int, bytearray]:
+        """The next PDU's type and its variable part (after the 6-byte header); the whole PDU within ``timeout``
+        (default: the link's) once its first byte is there."""
+        limit = self.timeout if timeout is None else timeout
+        self.sock.settimeout(limit)
+        head = self._recv_exactly(6, None)  # waiting for a PDU to begin: one timeout
         pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
-        if length > PDU_HARD_LIMIT:
+        if length > PDU_HARD_LIMIT + 6:
             raise ProtocolError("PDU longer than the node accepts")
-        return pdu_type, self._recv_exactly(length)
+        body = self._recv_exactly(length, None if limit is None else time.monotonic() + limit)
+        self.sock.settimeout(self.timeout)
+        return pdu_type, body
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            raise PeerAborted("connection broken by an earlier failed send")
         try:
             self.sock.sendall(data)
         except TimeoutError:
+            self.broken = True
             raise ProtocolError("network timeout") from None
         except (OSError, ssl.SSLError) as exc:
+            self.broken = True
             raise PeerAborted(f"connection lost ({type(exc).__name__})") from None
 
     def send_pdu(self, pdu_type: int, body: bytes) -> None:
         self.send(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
 
     def abort(self, source: int = 0x02, reason: int = 0x00) -> None:
-        """Send A-ABORT (source 0: service user, 2: service provider) and close; errors are ignored."""
-        try:
-            self.send_pdu(ABORT, bytes([0, 0, source, reason]))
-        except ProtocolError:
-            pass
+        """Send A-ABORT (source 0: service user, 2: service provider) and close; errors are ignored. After a
+        send that failed part-way the connection is only closed (an A-ABORT would land inside a cut PDU)."""
+        if not self.broken:
+            try:
+                self.sock.settimeout(min(self.timeout or 5.0, 5.0))
+                self.send_pdu(ABORT, bytes([0, 0, source, reason]))
+            except (ProtocolError, OSError):
+                pass
         self.close()
 
     def close(self) -> None:
@@ -193,13 +230,16 @@ class Link:
 
     def finish(self, linger_s: float = 2.0) -> None:
         """Close after a last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP): the peer closes first, as PS3.8 has it (the
-        ARTIM timer bounds the wait). Closing at once can reset the connection before the peer has read the PDU."""
+        ARTIM timer bounds the wait, ``linger_s`` in all). Closing at once can reset the connection before the
+        peer has read the PDU."""
+        deadline = time.monotonic() + linger_s
         try:
-            self.sock.settimeout(linger_s)
             if not isinstance(self.sock, ssl.SSLSocket):
                 self.sock.shutdown(socket.SHUT_WR)
-            while self.sock.recv(4096):
-                pass
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(4096):
+                    break
         except (OSError, ValueError):
             pass
         self.close()
@@ -208,7 +248,8 @@ class Link:
     def send_message(self, context_id: int, command: bytes, data: bytes | memoryview | BinaryIO | None = None) -> None:
         """Send a command set and its data set (bytes, or a file positioned at the data set's first byte, read in
         PDU-sized pieces) as P-DATA-TF PDUs no longer than the peer accepts."""
-        limit = self.peer_max_pdu or MAX_PDU_SEND_UNLIMITED
+        # Never more than 1 MiB a PDU, whatever the peer takes (smaller PDUs are always allowed).
+        limit = min(self.peer_max_pdu or MAX_PDU_SEND_UNLIMITED, MAX_PDU_SEND_UNLIMITED)
         step = max(limit - 6, 1)  # one PDV item per PDU: 4 bytes of length and 2 of header take part of it
         self._send_fragments(context_id, 0x01, memoryview(command), step)
         if data is None:
@@ -237,61 +278,102 @@ class Link:
         n = len(piece)
         self.send(struct.pack(">BBIIBB", P_DATA_TF, 0, n + 6, n + 2, context_id, control) + bytes(piece))
 
-    def read_message(self, max_data: int = 2 * 1024**3) -> Message:
-        """The next whole DIMSE message (a data set of at most ``max_data`` bytes). Raises :class:`PeerReleased` on
-        A-RELEASE-RQ, :class:`PeerAborted` on A-ABORT or a closed connection, :class:`ProtocolError` on anything
-        else out of place."""
+    def read_message(self, max_data: int = 2 * 1024**3, budget: ByteBudget | None = None) -> Message:
+        """The next whole DIMSE message (a data set of at most ``max_data`` bytes). With a ``budget``, the data
+        set's bytes are taken from it as they arrive (the caller gives them back, :attr:`Message.reserved`); a
+        data set the budget cannot hold is read to its end and dropped (:attr:`Message.dropped`: answer
+        out of resources). Raises :class:`PeerReleased` on A-RELEASE-RQ, :class:`PeerAborted` on A-ABORT or a
+        closed connection, :class:`ProtocolError` on anything else out of place."""
         command = bytearray()
         data_parts: list[memoryview] = []
         data_size = 0
+        reserved = 0
+        dropped = False
         context_id = -1
         cmd: dict[int, bytes] | None = None
-        while True:
-            pdu_type, body = self.read_pdu()
-            if pdu_type == RELEASE_RQ:
-                raise PeerReleased()
-            if pdu_type == ABORT:
-                raise PeerAborted("aborted by the peer")
-            if pdu_type != P_DATA_TF:
-                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
-            view = memoryview(body)
-            pos = 0
-            while pos < len(view):
-                if pos + 6 > len(view):
-                    raise ProtocolError("PDV item cut short")
-                length = struct.unpack_from(">I", view, pos)[0]
-                if length < 2 or pos + 4 + length > len(view):
-                    raise ProtocolError("PDV item length out of range")
-                ctx, control = view[pos + 4], view[pos + 5]
-                piece = view[pos + 6:pos + 4 + length]
-                pos += 4 + length
-                if context_id == -1:
-                    context_id = ctx
-                elif ctx != context_id:
-                    raise ProtocolError("PDVs of one message on two presentation contexts")
-                if control & 0x01:  # command fragment
-                    if cmd is not None:
-                        raise ProtocolError("command fragment after the command set ended")
-                    command += piece
-                    if len(command) > MAX_COMMAND_BYTES:
-                        raise ProtocolError("command set longer than the node accepts")
-                    if control & 0x02:
-                        cmd = decode_command(command)
-                        if command_us(cmd, COMMAND_DATA_SET_TYPE) == NO_DATA_SET:
-                            if pos != len(view):
-                                raise ProtocolError("data after a message without a data set")
-                            return Message(context_id, cmd, None)
-                else:
+        try:
+            while True:
+                pdu_type, body = self.read_pdu()
+                if pdu_type == RELEASE_RQ:
+                    raise PeerReleased()
+                if pdu_type == ABORT:
+                    raise PeerAborted("aborted by the peer")
+                if pdu_type != P_DATA_TF:
+                    raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
+                view = memoryview(body)
+                pos = 0
+                while pos < len(view):
+                    if pos + 6 > len(view):
+                        raise ProtocolError("PDV item cut short")
+                    length = struct.unpack_from(">I", view, pos)[0]
+                    if length < 2 or pos + 4 + length > len(view):
+                        raise ProtocolError("PDV item length out of range")
+                    ctx, control = view[pos + 4], view[pos + 5]
+                    piece = view[pos + 6:pos + 4 + length]
+                    pos += 4 + length
+                    if context_id == -1:
+                        context_id = ctx
+                    elif ctx != context_id:
+                        raise ProtocolError("PDVs of one message on two presentation contexts")
+                    if control & 0x01:  # command fragment
+                        if cmd is not None:
+                            raise ProtocolError("command fragment after the command set ended")
+                        command += piece
+                        if len(command) > MAX_COMMAND_BYTES:
+                            raise ProtocolError("command set longer than the node accepts")
+                        if control & 0x02:
+                            cmd = decode_command(command)
+                            if command_us(cmd, COMMAND_DATA_SET_TYPE) == NO_DATA_SET:
+                                if pos != len(view):
+                                    raise ProtocolError("data after a message without a data set")
+                                return Message(context_id, cmd, None)
+                        continue
                     if cmd is None:
                         raise ProtocolError("data set fragment before the command set")
-                    data_parts.append(piece)
                     data_size += len(piece)
                     if data_size > max_data:
                         raise ProtocolError("data set longer than the node accepts")
+                    if not dropped and budget is not None:
+                        if budget.take(len(piece)):
+                            reserved += len(piece)
+                        else:  # read on to the end, keep nothing
+                            dropped = True
+                            budget.give(reserved)
+                            reserved = 0
+                            data_parts.clear()
+                    if not dropped:
+                        data_parts.append(piece)
                     if control & 0x02:
                         if pos != len(view):
                             raise ProtocolError("data after the last fragment of a message")
-                        return Message(context_id, cmd, b"".join(data_parts))
+                        msg = Message(context_id, cmd, None if dropped else b"".join(data_parts), reserved,
+                                      dropped)
+                        reserved = 0
+                        return msg
+        finally:
+            if reserved and budget is not None:
+                budget.give(reserved)
+
+
+class ByteBudget:
+    """Bytes of data sets being received, node-wide (:meth:`Link.read_message`): what many associations hold
+    in memory at once is bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
 
 
 # -- acceptor side -----------------------------------------------------------------------------------------------
@@ -309,7 +391,7 @@ def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     return bytes([0, result, source, reason])
 
 
-def accept_association(link: Link, ae_title: str, supported: list[Any],
+def accept_association(link: Link, supported: list[Any],
                        calling_allowed: Callable[[str], bool] = lambda aet: True,
                        acse_timeout: float = 30.0, implementation: tuple[str, str] | None = None) -> Accepted | None:
     """Read the A-ASSOCIATE-RQ, negotiate against ``supported`` (pynetdicom ``PresentationContext`` items) and
@@ -324,10 +406,7 @@ def accept_association(link: Link, ae_title: str, supported: list[Any],
     )
     from pynetdicom.presentation import negotiate_as_acceptor
 
-    saved = link.sock.gettimeout()
-    link.sock.settimeout(acse_timeout)
-    pdu_type, body = link.read_pdu()
-    link.sock.settimeout(saved)
+    pdu_type, body = link.read_pdu(timeout=acse_timeout)
     if pdu_type != ASSOCIATE_RQ:
         raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
     rq = A_ASSOCIATE_RQ()
@@ -390,145 +469,3 @@ def store_response(request: Message, status: int) -> bytes:
                            (COMMAND_FIELD, C_STORE_RSP), (MESSAGE_ID_BEING_RESPONDED_TO, message_id),
                            (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status),
                            (AFFECTED_SOP_INSTANCE_UID, command_ui(cmd, AFFECTED_SOP_INSTANCE_UID))])
-
-
-# -- requestor side ------------------------------------------------------------------------------------------------
-class Requestor:
-    """A C-STORE SCU association: :meth:`open` negotiates the ``contexts`` asked for (``(SOP class, [transfer
-    syntaxes])``), :meth:`store` sends one data set and returns the peer's status, :meth:`release` ends it."""
-
-    def __init__(self, host: str, port: int, called: str, calling: str, *, timeout: float = 30.0,
-                 tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 implementation: tuple[str, str] | None = None) -> None:
-        self.host, self.port, self.called, self.calling = host, port, called, calling
-        self.timeout, self.tls, self.server_hostname = timeout, tls, server_hostname
-        self.implementation = implementation
-        self.link: Link | None = None
-        #: Accepted contexts: (SOP class, transfer syntax) -> context id.
-        self.contexts: dict[tuple[str, str], int] = {}
-        self._message_id = 0
-
-    @property
-    def is_established(self) -> bool:
-        return self.link is not None
-
-    def open(self, contexts: Iterable[tuple[str, list[str]]]) -> None:
-        """Connect and associate; raises :class:`AssociationRejected` or :class:`ProtocolError`."""
-        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-        from pynetdicom.pdu_primitives import (
-            A_ASSOCIATE,
-            ImplementationClassUIDNotification,
-            ImplementationVersionNameNotification,
-            MaximumLengthNotification,
-        )
-        from pynetdicom.presentation import build_context, negotiate_as_requestor
-
-        from deidpipe.serve.net import nodelay
-
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as exc:
-            raise PeerAborted(f"cannot connect ({type(exc).__name__})") from None
-        nodelay(sock)
-        if self.tls is not None:
-            try:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.server_hostname or self.host)
-            except (OSError, ssl.SSLError) as exc:
-                sock.close()
-                raise PeerAborted(f"TLS handshake failed ({type(exc).__name__})") from None
-        link = Link(sock, self.timeout)
-        rq_contexts = []
-        for i, (sop_class, syntaxes) in enumerate(contexts):
-            cx = build_context(sop_class, list(syntaxes))
-            cx.context_id = 2 * i + 1
-            rq_contexts.append(cx)
-        if len(rq_contexts) > 128:
-            link.close()
-            raise ProtocolError("more than 128 presentation contexts asked for")
-        prim = A_ASSOCIATE()
-        prim.application_context_name = APPLICATION_CONTEXT
-        prim.calling_ae_title, prim.called_ae_title = self.calling, self.called
-        prim.presentation_context_definition_list = rq_contexts
-        max_len = MaximumLengthNotification()
-        max_len.maximum_length_received = MAX_PDU_RECEIVE
-        info: list[Any] = [max_len]
-        uid, version = self.implementation or ("1.2.826.0.1.3680043.9.3811.3.0.0", "PYNETDICOM_300")
-        impl = ImplementationClassUIDNotification()
-        impl.implementation_class_uid = uid
-        name = ImplementationVersionNameNotification()
-        name.implementation_version_name = version
-        prim.user_information = info + [impl, name]
-        pdu = A_ASSOCIATE_RQ()
-        pdu.from_primitive(prim)
-        try:
-            link.send(pdu.encode())
-            pdu_type, body = link.read_pdu()
-        except ProtocolError:
-            link.close()
-            raise
-        if pdu_type == ASSOCIATE_RJ:
-            link.close()
-            raise AssociationRejected("association rejected")
-        if pdu_type != ASSOCIATE_AC:
-            link.close()
-            raise PeerAborted("association aborted")
-        ac = A_ASSOCIATE_AC()
-        try:
-            ac.decode(struct.pack(">BBI", ASSOCIATE_AC, 0, len(body)) + bytes(body))
-            reply = ac.to_primitive()
-        except Exception as exc:  # noqa: BLE001
-            link.abort()
-            raise ProtocolError(f"A-ASSOCIATE-AC cannot be decoded ({type(exc).__name__})") from None
-        for item in reply.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                link.peer_max_pdu = int(item.maximum_length_received or 0)
-        results = negotiate_as_requestor(rq_contexts, reply.presentation_context_definition_results_list)
-        self.contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
-                         for cx in results if cx.result == 0x00 and cx.transfer_syntax}
-        self.link = link
-
-    def store(self, sop_class: str, sop_instance: str, transfer_syntax: str, data: bytes | memoryview | BinaryIO,
-              priority: int = 0) -> int:
-        """Send one C-STORE-RQ with ``data`` (the data set encoded in ``transfer_syntax``); returns the status.
-        Raises ``KeyError`` if no accepted context carries it, :class:`ProtocolError` if the link fails."""
-        if self.link is None:
-            raise ProtocolError("no association")
-        context_id = self.contexts[(sop_class, transfer_syntax)]
-        self._message_id = self._message_id % 0xFFFF + 1
-        command = encode_command([(AFFECTED_SOP_CLASS_UID, sop_class), (COMMAND_FIELD, C_STORE_RQ),
-                                  (MESSAGE_ID, self._message_id), (PRIORITY, priority),
-                                  (COMMAND_DATA_SET_TYPE, 0x0000), (AFFECTED_SOP_INSTANCE_UID, sop_instance)])
-        try:
-            self.link.send_message(context_id, command, data)
-            while True:
-                rsp = self.link.read_message()
-                if rsp.command_field == C_STORE_RSP and \
-                        command_us(rsp.command, MESSAGE_ID_BEING_RESPONDED_TO) == self._message_id:
-                    status = command_us(rsp.command, STATUS)
-                    if status is None:
-                        raise ProtocolError("C-STORE-RSP without a status")
-                    return status
-        except PeerReleased:
-            self.abort()
-            raise ProtocolError("the peer asked for release during a C-STORE") from None
-        except ProtocolError:
-            self.abort()
-            raise
-
-    def release(self) -> None:
-        """A-RELEASE-RQ, then wait (up to the timeout) for A-RELEASE-RP; the connection is closed either way."""
-        link, self.link = self.link, None
-        if link is None:
-            return
-        try:
-            link.send_pdu(RELEASE_RQ, b"\x00" * 4)
-            while link.read_pdu()[0] not in (RELEASE_RP, ABORT):
-                pass
-        except ProtocolError:
-            pass
-        link.close()
-
-    def abort(self) -> None:
-        link, self.link = self.link, None
-        if link is not None:
-            link.abort(source=0x00)
