@@ -13,7 +13,7 @@ works as before; type checkers see the names through the ``TYPE_CHECKING`` impor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deidpipe.errors import (
     DeidError,
@@ -58,6 +58,7 @@ __all__ = [
     "generate_archive",
     "iter_run",
     "run",
+    "serve",
     "deidentify",
     "deidentify_dataset",
     "InputError",
@@ -71,4 +72,12 @@ __all__ = [
 ]
 
 
-__getattr__ = lazy_names(__name__, _LAZY)
+_lazy_getattr = lazy_names(__name__, _LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "serve":  # the sub-package, which is callable: deidpipe.serve(config) starts a node
+        import importlib
+
+        return importlib.import_module("deidpipe.serve")
+    return _lazy_getattr(name)

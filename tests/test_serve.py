@@ -210,6 +210,19 @@ def test_worker_layouts_same_bytes_as_run(tmp_path, small, in_child, workers):
         {a["object_id"] for a in audit if a.get("event") == "processed"})
 
 
+def test_library_entry_points(tmp_path):
+    """``deidpipe.serve(config, key, policy)``, as the issue names it, and ``deidpipe.serve.serve``."""
+    import deidpipe
+
+    cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"))
+    node = deidpipe.serve(cfg, KEY, HEADER_POLICY)
+    try:
+        assert isinstance(node, Node) and node.port > 0
+    finally:
+        node.stop()
+    assert deidpipe.serve.serve is not None and deidpipe.serve.ServeConfig is ServeConfig
+
+
 def test_default_policy_pixel_stage_same_bytes_as_run(tmp_path, small):
     """The default policy (pixel-text stage on every image) through the node equals ``run`` with it."""
     archive, _, _ = small
