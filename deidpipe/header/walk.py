@@ -91,7 +91,8 @@ def _strict_allow() -> tuple[frozenset[str], frozenset[str]]:
 
 
 @cache
-def _identifiers() -> dict[str, str]:
+def identifier_kinds() -> dict[str, str]:
+    """Keyword -> the kind of identifier it holds (rules/identifiers.yaml): a patient's, or another value."""
     data = load_rule_file("identifiers.yaml")
     out = {kw: kind for kw, kind in data["patient"].items()}
     out.update({kw: "value" for kw in data["value"]})
@@ -103,7 +104,8 @@ def never_screened_keywords() -> frozenset[str]:
     return _free_text_rules()[2]
 
 
-def _is_free_text(elem: Head) -> bool:
+def is_free_text(elem: Head) -> bool:
+    """Whether an element is free text that may name a person (text VR, keyword pattern, not a coded one)."""
     text_vrs, pattern, never = _free_text_rules()
     return elem.VR in text_vrs and elem.keyword not in never and bool(pattern.search(elem.keyword))
 
@@ -137,7 +139,7 @@ def _unlisted_action(elem: Head, ctx: ScrubContext, mode: str) -> str:
         return {"full": "K", "modified": "C", "removed": "D"}[ctx.policy.temporal]
     if mode == DUMMY_CODES and elem.VR in _free_text_rules()[0]:
         return "D"  # the codes of e.g. a Person Identification Code Sequence identify the person
-    if _is_free_text(elem):
+    if is_free_text(elem):
         return "D" if mode in (DUMMY, DUMMY_CODES) else "C"
     return "K"
 
@@ -161,7 +163,7 @@ def _scrub_sequence(elem: DataElement, ctx: ScrubContext, mode: str) -> DataElem
     return DataElement(elem.tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
 
 
-def _sequence_mode(elem: Head, action: str, mode: str) -> str:
+def sequence_mode(elem: Head, action: str, mode: str) -> str:
     """The mode a sequence's items are walked in: a D code sequence takes dummies even for its codes."""
     if action == "D":
         return DUMMY_CODES if elem.keyword.endswith("CodeSequence") or mode == DUMMY_CODES else DUMMY
@@ -181,7 +183,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     decision = ctx.decisions.get((head, mode, top_level))
     if decision is None:
         action, set_value = decide(head, ctx, mode, top_level)
-        kind = _identifiers().get(head.keyword)
+        kind = identifier_kinds().get(head.keyword)
         if kind is not None and action in ("Z", "D") and not head.is_empty:
             action = "P"  # a keyed pseudonym keeps objects linked where the profile would empty the value
         decision = ctx.decisions[(head, mode, top_level)] = (action, set_value, kind)
@@ -215,7 +217,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             return DataElement(elem.tag, "SQ", Sequence())
         if action == "set":
             raise PolicyError(f"override 'set' cannot be applied to the sequence {elem.tag}")
-        return _scrub_sequence(elem, ctx, _sequence_mode(head, action, mode))
+        return _scrub_sequence(elem, ctx, sequence_mode(head, action, mode))
     if action == "D":
         return DataElement(elem.tag, elem.VR, actions.dummy_value(elem, ctx))
     if action == "U":

@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from deidpipe.header.actions import is_mappable_uid
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.text import DenyList
-from deidpipe.header.walk import NORMAL, _identifiers, _is_free_text, _sequence_mode, decide, decoded, head_of
+from deidpipe.header.walk import NORMAL, decide, decoded, head_of, identifier_kinds, is_free_text, sequence_mode
 from deidpipe.header.walk import private_creator as walk_private_creator
 from deidpipe.policy import Policy
 
@@ -156,7 +156,7 @@ class HeaderChecker:
             decision = ctx.decisions.get((head, mode, top))
             if decision is None:
                 action, set_value = decide(head, ctx, mode, top)
-                kind = _identifiers().get(head.keyword)
+                kind = identifier_kinds().get(head.keyword)
                 if kind is not None and action in ("Z", "D") and not head.is_empty:
                     action = "P"
                 decision = ctx.decisions[(head, mode, top)] = (action, set_value, kind)
@@ -174,7 +174,7 @@ class HeaderChecker:
                 hits.append(("DP-H001", "high", loc, f"{name}: a sequence the policy removes or empties "
                                                     f"({action}) has items"))
                 return
-            sub = _sequence_mode(head, action, mode)
+            sub = sequence_mode(head, action, mode)
             for i, item in enumerate(items):
                 self._walk(item, ctx, sub, False, f"{loc}[{i}].", hits)
             return
@@ -193,7 +193,7 @@ class HeaderChecker:
             if any(is_mappable_uid(head.keyword, v) and not v.startswith("2.25.") for v in values):
                 hits.append(("DP-H005", "medium", loc, f"{name}: an instance UID that is not under 2.25"))
             return
-        if self.presidio and action in ("K", "C") and _is_free_text(head):
+        if self.presidio and action in ("K", "C") and is_free_text(head):
             from deidpipe.header.text import _model_spans
 
             texts = [_text(v) for v in _values(decoded(ds, tag))]
