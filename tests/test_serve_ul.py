@@ -347,3 +347,22 @@ def test_sender_one_sop_class_in_three_transfer_syntaxes(tmp_path):
         server.shutdown()
     assert sorted(got) == sorted(str(pydicom.dcmread(get_testdata_file(n)).file_meta.TransferSyntaxUID)
                                  for n in names)
+
+
+@pytest.mark.parametrize("uids", [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),
+                                  ("1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.10.999.1", "1.2.840.10008.1.2")])
+def test_file_meta_bytes_agree_with_pydicom(uids):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from deidpipe.serve.scp import file_meta_bytes
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = uids
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    assert file_meta_bytes(*uids) == buf.getvalue()
