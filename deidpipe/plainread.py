@@ -104,8 +104,9 @@ def _encapsulated_end(data: bytes | memoryview, pos: int) -> int:
     raise GiveUp
 
 
-def _meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
-    """The File Meta elements (always Explicit VR Little Endian), and where the data set starts."""
+def meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
+    """The File Meta elements (always Explicit VR Little Endian) by tag, and where the data set starts (as far as
+    ``data`` goes: a caller with the file's first bytes only checks the group length). GiveUp when not plain."""
     found: dict[int, Element] = {}
     pos = 132
     while pos + 8 <= len(data) and _HEADER.unpack_from(data, pos)[0] == 0x0002:
@@ -199,10 +200,10 @@ def scan_elements(data: bytes | memoryview, wanted: frozenset[int], last: int, *
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         return None
     try:
-        meta_elements, pos = _meta_elements(data)
-        if any(vr != b"UI" for tag, vr, _, _ in meta_elements.values() if tag in (0x00020002, 0x00020010)):
+        found_meta, pos = meta_elements(data)
+        if any(vr != b"UI" for tag, vr, _, _ in found_meta.values() if tag in (0x00020002, 0x00020010)):
             return None  # a UID in another VR: pydicom decodes it its own way
-        meta = {tag: bytes(data[p:p + n]) for tag, (_, _, n, p) in meta_elements.items()}
+        meta = {tag: bytes(data[p:p + n]) for tag, (_, _, n, p) in found_meta.items()}
         implicit = _is_implicit(meta.get(0x00020010, b""))
         found = {tag: (vr, None if n == UNDEFINED else bytes(data[p:p + n]))
                  for tag, vr, n, p in _elements(data, pos, implicit, last, complete, skip_sequences=True)
@@ -234,15 +235,15 @@ def parse_plain(data: bytes) -> FileDataset | None:
     if len(data) < 140 or data[128:132] != b"DICM":
         return None
     try:
-        meta_elements, pos = _meta_elements(data)
-        if not meta_elements:
+        found_meta, pos = meta_elements(data)
+        if not found_meta:
             return None
-        meta = FileMetaDataset({BaseTag(t): _raw(data, e, False) for t, e in meta_elements.items()})
+        meta = FileMetaDataset({BaseTag(t): _raw(data, e, False) for t, e in found_meta.items()})
         # As pydicom's reader leaves it: its encoding set, its first element and the transfer syntax decoded.
         meta.set_original_encoding(False, True, default_encoding)
         meta[min(meta._dict)]
         meta.get("TransferSyntaxUID")
-        syntax = meta_elements.get(0x00020010)
+        syntax = found_meta.get(0x00020010)
         if syntax is None:
             return None
         implicit = _is_implicit(data[syntax[3]:syntax[3] + syntax[2]])

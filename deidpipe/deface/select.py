@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 HEAD = "head"
 OTHER = "other"
@@ -66,6 +67,21 @@ def head_hint(body_part: str | bytes | None, descriptions: Iterable[str | bytes 
     if part in AMBIGUOUS_BODY_PARTS:
         return None
     return OTHER
+
+
+#: Description attributes whose words can say "head" (head_hint's ``descriptions``).
+DESCRIPTION_KEYWORDS = ("SeriesDescription", "ProtocolName", "StudyDescription")
+
+
+def dataset_head_hint(ds: Any) -> str | None:
+    """:func:`head_hint` of one data set's Body Part Examined and descriptions: what the index stores per object
+    and what the deface stage reads from the objects as read."""
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return None if value is None else str(value)
+
+    return head_hint(text("BodyPartExamined"), [text(k) for k in DESCRIPTION_KEYWORDS])
 
 
 def series_hint(hints: Iterable[str | None]) -> str | None:

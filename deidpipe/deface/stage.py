@@ -52,15 +52,11 @@ def _unchanged(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict
 
 def _known_head(policy: Any, sources: list[Dataset | None] | None) -> bool:
     """Whether a failure must quarantine: policy ``all``, or the series as read says it is a head."""
-    from deidpipe.deface.select import HEAD, head_hint, series_hint
+    from deidpipe.deface.select import HEAD, dataset_head_hint, series_hint
 
     if getattr(policy, "deface", "auto") == "all":
         return True
-    hints = []
-    for src in sources or []:
-        if src is not None:
-            texts = [src.get(k) for k in ("SeriesDescription", "ProtocolName", "StudyDescription")]
-            hints.append(head_hint(src.get("BodyPartExamined"), [str(t) if t is not None else None for t in texts]))
+    hints = [dataset_head_hint(src) for src in sources or [] if src is not None]
     # no source at all (a caller without them): treat as a head, fail closed
     return not hints or series_hint(hints) == HEAD
 

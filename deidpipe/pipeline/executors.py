@@ -72,14 +72,15 @@ class SerialExecutor:
 _WORKER_CTX: WorkContext | None = None
 
 
-def _die_with_parent() -> None:
-    """Have the kernel kill this worker when the process that started it dies (Linux ``PR_SET_PDEATHSIG``).
+def die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel kill this process when the process that started it dies (Linux ``PR_SET_PDEATHSIG``).
 
     A pool worker waits on its task queue forever: when the run is killed (``kill -9``, an OOM kill, a CI
     timeout) its workers would live on, each holding the models it loaded, until someone finds them. (Under
     ``forkserver`` the parent is the fork server, which exits with the run.) Elsewhere (no prctl) nothing is
-    done."""
-    parent = os.getppid()
+    done. ``parent``: the pid the caller was started by, when it knows it (``deidpipe serve``'s processing
+    process); by default the parent at the time of the call."""
+    parent = os.getppid() if parent is None else parent
     try:
         import ctypes
 
@@ -93,7 +94,7 @@ def _die_with_parent() -> None:
 
 def _init_worker(ctx: WorkContext) -> None:
     global _WORKER_CTX
-    _die_with_parent()
+    die_with_parent()
     _WORKER_CTX = ctx
     install_quiet()  # a spawned worker has imported deidpipe.dicomio already; a forked one inherits: once more
 

@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
-from deidpipe.deface.select import head_hint
+from deidpipe.deface.select import DESCRIPTION_KEYWORDS, dataset_head_hint, head_hint
 from deidpipe.dicomio import quiet_pydicom, read_dataset
 from deidpipe.errors import InputError
 from deidpipe.header.values import MODALITY_TERMS, YES_NO
@@ -99,7 +99,7 @@ _HEADER_TAGS = [
     "ProtocolName",
     "StudyDescription",
 ]
-_HINT_TAGS = ("BodyPartExamined", "SeriesDescription", "ProtocolName", "StudyDescription")
+_HINT_TAGS = ("BodyPartExamined", *DESCRIPTION_KEYWORDS)
 _HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in _HEADER_TAGS]
 _TAG_OF = {keyword: int(Tag(keyword)) for keyword in _HEADER_TAGS}
 #: The header is parsed up to this tag (BurnedInAnnotation, the last one above) and no further.
@@ -269,8 +269,7 @@ def _facts_from_dataset(ds: pydicom.Dataset) -> dict[str, Any]:
         "columns": _int(ds, "Columns"),
         "frames": _int(ds, "NumberOfFrames"),
         "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
-        "head_hint": head_hint(_text(ds, "BodyPartExamined"),
-                               [_text(ds, k) for k in ("SeriesDescription", "ProtocolName", "StudyDescription")]),
+        "head_hint": dataset_head_hint(ds),
     }
 
 

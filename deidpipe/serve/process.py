@@ -93,8 +93,8 @@ class Processor(LoopThread):
 
     def guarded_step(self, stop: Any) -> int:
         """:meth:`step`, guarded: a failed round (e.g. a full disk: the objects stay queued, tried again) is
-        logged, its claimed objects go back to ``incoming/`` and the caller pauses 2 s on ``stop`` (an event,
-        threading's or multiprocessing's). Returns how many objects finished (0 after a failure)."""
+        logged, its claimed objects go back to ``incoming/`` and the caller pauses 2 s on ``stop`` (an event).
+        Returns how many objects finished (0 after a failure)."""
         try:
             return self.step()
         except Exception as exc:  # noqa: BLE001
@@ -217,20 +217,6 @@ class Processor(LoopThread):
                     pass
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this process when its parent dies (a SIGKILLed node leaves no worker behind)."""
-    import ctypes
-    import os
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Any, quiet_period_s: float,
                  batch: int, parent: int, workers: int = 1) -> None:
     """The processing stage in its own process (the node's SCP keeps the interpreter to itself): polls
@@ -239,7 +225,9 @@ def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, poli
     import os
     import signal
 
-    _die_with_parent(parent)
+    from deidpipe.pipeline.executors import die_with_parent
+
+    die_with_parent(parent)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops this process in order

@@ -102,15 +102,14 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> 
     Written here, not by pydicom's ``write_file_meta_info`` (1.3 ms an object, on the path every sender waits
     on): six elements in explicit VR little endian; ``tests/test_serve_ul.py`` checks the bytes against pydicom's.
     Raises ValueError for a UID that is not ASCII."""
-    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
+    class_uid, version_name = ul.implementation()
     body = b"".join((
         _meta_element(0x0001, b"OB", b"\x00\x01"),
         _meta_element(0x0002, b"UI", _even(sop_class, b"\x00")),
         _meta_element(0x0003, b"UI", _even(sop_instance, b"\x00")),
         _meta_element(0x0010, b"UI", _even(transfer_syntax, b"\x00")),
-        _meta_element(0x0012, b"UI", _even(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _meta_element(0x0013, b"SH", _even(IMPLEMENTATION_VERSION_NAME, b" ")),
+        _meta_element(0x0012, b"UI", _even(class_uid, b"\x00")),
+        _meta_element(0x0013, b"SH", _even(version_name, b" ")),
     ))
     return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
@@ -258,27 +257,23 @@ class StorageSCP:
     def _associate_and_serve(self, link: ul.Link, busy: bool) -> None:
         if busy:
             link.read_pdu()  # the request, unread: the answer is a transient rejection
-            link.send_pdu(ul.ASSOCIATE_RJ, bytes([0, 0x02, 0x03, 0x02]))
-            link.finish()
+            link.send_last_pdu(ul.ASSOCIATE_RJ, bytes([0, 0x02, 0x03, 0x02]))
             log.warning("association rejected: %d associations already open", MAX_ASSOCIATIONS)
             return
         allowed = {a.strip() for a in self.config.allowed_ae_titles}
         accepted = ul.accept_association(
             link, self._supported,
-            calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
-            implementation=ul.implementation())
+            calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True))
         if accepted is None:
             with self._lock:
                 self.stats["refused"] += 1
             log.warning("association rejected: calling AE title not on the allow-list (or nothing to accept)")
-            link.finish()
             return
         while True:
             try:
                 msg = link.read_message(budget=self.budget)
             except ul.PeerReleased:
-                link.send_pdu(ul.RELEASE_RP, b"\x00" * 4)
-                link.finish()
+                link.send_last_pdu(ul.RELEASE_RP, b"\x00" * 4)
                 return
             except ul.PeerAborted:
                 return

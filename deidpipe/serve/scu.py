@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -24,7 +23,6 @@ from deidpipe.serve.ul import (
     C_STORE_RSP,
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
-    MAX_PDU_RECEIVE,
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
     PRIORITY,
@@ -37,9 +35,25 @@ from deidpipe.serve.ul import (
     PeerReleased,
     ProtocolError,
     command_us,
+    decode_associate,
     encode_command,
-    implementation,
+    peer_max_pdu,
+    user_information,
 )
+
+
+def _requested_contexts(contexts: Iterable[tuple[str, list[str]]]) -> list[Any]:
+    """pynetdicom presentation contexts with odd ids 1, 3, 5...; at most 128 (PS3.8 9.3.2.2)."""
+    from pynetdicom.presentation import build_context
+
+    out = []
+    for i, (sop_class, syntaxes) in enumerate(contexts):
+        cx = build_context(sop_class, list(syntaxes))
+        cx.context_id = 2 * i + 1
+        out.append(cx)
+    if len(out) > 128:
+        raise ProtocolError("more than 128 presentation contexts asked for")
+    return out
 
 
 class Requestor:
@@ -47,11 +61,9 @@ class Requestor:
     syntaxes])``), :meth:`store` sends one data set and returns the peer's status, :meth:`release` ends it."""
 
     def __init__(self, host: str, port: int, called: str, calling: str, *, timeout: float = 30.0,
-                 tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 implementation: tuple[str, str] | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         self.host, self.port, self.called, self.calling = host, port, called, calling
         self.timeout, self.tls, self.server_hostname = timeout, tls, server_hostname
-        self.implementation = implementation
         self.link: Link | None = None
         #: Accepted contexts: (SOP class, transfer syntax) -> context id.
         self.contexts: dict[tuple[str, str], int] = {}
@@ -72,18 +84,11 @@ class Requestor:
         return not readable
 
     def open(self, contexts: Iterable[tuple[str, list[str]]]) -> None:
-        """Connect and associate; raises :class:`AssociationRejected` or :class:`ProtocolError`."""
-        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-        from pynetdicom.pdu_primitives import (
-            A_ASSOCIATE,
-            ImplementationClassUIDNotification,
-            ImplementationVersionNameNotification,
-            MaximumLengthNotification,
-        )
-        from pynetdicom.presentation import build_context, negotiate_as_requestor
-
+        """Connect and associate; raises :class:`AssociationRejected` or :class:`ProtocolError` (the connection
+        closed)."""
         from deidpipe.serve.net import nodelay
 
+        rq_contexts = _requested_contexts(contexts)
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
@@ -96,55 +101,40 @@ class Requestor:
                 sock.close()
                 raise PeerAborted(f"TLS handshake failed ({type(exc).__name__})") from None
         link = Link(sock, self.timeout)
-        rq_contexts = []
-        for i, (sop_class, syntaxes) in enumerate(contexts):
-            cx = build_context(sop_class, list(syntaxes))
-            cx.context_id = 2 * i + 1
-            rq_contexts.append(cx)
-        if len(rq_contexts) > 128:
+        try:
+            self.contexts = self._associate(link, rq_contexts)
+        except AssociationRejected:  # the acceptor ends it: nothing more to say
             link.close()
-            raise ProtocolError("more than 128 presentation contexts asked for")
+            raise
+        except BaseException:
+            link.abort(source=0x00)
+            raise
+        self.link = link
+
+    def _associate(self, link: Link, rq_contexts: list[Any]) -> dict[tuple[str, str], int]:
+        """A-ASSOCIATE-RQ out, the answer in: the accepted contexts."""
+        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+        from pynetdicom.pdu_primitives import A_ASSOCIATE
+        from pynetdicom.presentation import negotiate_as_requestor
+
         prim = A_ASSOCIATE()
         prim.application_context_name = APPLICATION_CONTEXT
         prim.calling_ae_title, prim.called_ae_title = self.calling, self.called
         prim.presentation_context_definition_list = rq_contexts
-        max_len = MaximumLengthNotification()
-        max_len.maximum_length_received = MAX_PDU_RECEIVE
-        info: list[Any] = [max_len]
-        uid, version = self.implementation or implementation()
-        impl = ImplementationClassUIDNotification()
-        impl.implementation_class_uid = uid
-        name = ImplementationVersionNameNotification()
-        name.implementation_version_name = version
-        prim.user_information = info + [impl, name]
+        prim.user_information = user_information()
         pdu = A_ASSOCIATE_RQ()
         pdu.from_primitive(prim)
-        try:
-            link.send(pdu.encode())
-            pdu_type, body = link.read_pdu()
-        except ProtocolError:
-            link.close()
-            raise
+        link.send(pdu.encode())
+        pdu_type, body = link.read_pdu()
         if pdu_type == ASSOCIATE_RJ:
-            link.close()
             raise AssociationRejected("association rejected")
         if pdu_type != ASSOCIATE_AC:
-            link.close()
             raise PeerAborted("association aborted")
-        ac = A_ASSOCIATE_AC()
-        try:
-            ac.decode(struct.pack(">BBI", ASSOCIATE_AC, 0, len(body)) + bytes(body))
-            reply = ac.to_primitive()
-        except Exception as exc:  # noqa: BLE001
-            link.abort()
-            raise ProtocolError(f"A-ASSOCIATE-AC cannot be decoded ({type(exc).__name__})") from None
-        for item in reply.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                link.peer_max_pdu = int(item.maximum_length_received or 0)
+        reply = decode_associate(A_ASSOCIATE_AC, ASSOCIATE_AC, body)
+        link.peer_max_pdu = peer_max_pdu(reply.user_information)
         results = negotiate_as_requestor(rq_contexts, reply.presentation_context_definition_results_list)
-        self.contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
-                         for cx in results if cx.result == 0x00 and cx.transfer_syntax}
-        self.link = link
+        return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
+                for cx in results if cx.result == 0x00 and cx.transfer_syntax}
 
     def store(self, sop_class: str, sop_instance: str, transfer_syntax: str, data: bytes | memoryview | BinaryIO,
               priority: int = 0) -> int:

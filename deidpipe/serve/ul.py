@@ -228,6 +228,11 @@ class Link:
         except OSError:
             pass
 
+    def send_last_pdu(self, pdu_type: int, body: bytes) -> None:
+        """Send the association's last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP), then :meth:`finish`."""
+        self.send_pdu(pdu_type, body)
+        self.finish()
+
     def finish(self, linger_s: float = 2.0) -> None:
         """Close after a last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP): the peer closes first, as PS3.8 has it (the
         ARTIM timer bounds the wait, ``linger_s`` in all). Closing at once can reset the connection before the
@@ -391,49 +396,74 @@ def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     return bytes([0, result, source, reason])
 
 
-def accept_association(link: Link, supported: list[Any],
-                       calling_allowed: Callable[[str], bool] = lambda aet: True,
-                       acse_timeout: float = 30.0, implementation: tuple[str, str] | None = None) -> Accepted | None:
-    """Read the A-ASSOCIATE-RQ, negotiate against ``supported`` (pynetdicom ``PresentationContext`` items) and
-    answer AC, or RJ (``None`` returned) when the calling AE title is not allowed or nothing can be accepted."""
-    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+def user_information() -> list[Any]:
+    """The node's A-ASSOCIATE user information, as requestor and as acceptor: the largest PDU it receives
+    (:data:`MAX_PDU_RECEIVE`) and its implementation class UID and version name."""
     from pynetdicom.pdu_primitives import (
-        A_ASSOCIATE,
         ImplementationClassUIDNotification,
         ImplementationVersionNameNotification,
         MaximumLengthNotification,
-        SCP_SCU_RoleSelectionNegotiation,
     )
+
+    max_len = MaximumLengthNotification()
+    max_len.maximum_length_received = MAX_PDU_RECEIVE
+    uid = ImplementationClassUIDNotification()
+    name = ImplementationVersionNameNotification()
+    uid.implementation_class_uid, name.implementation_version_name = implementation()
+    return [max_len, uid, name]
+
+
+def decode_associate(pdu_class: Any, pdu_type: int, body: bytes | bytearray) -> Any:
+    """An A-ASSOCIATE-RQ or -AC PDU's variable part decoded by pynetdicom (``pdu_class``), as its primitive;
+    :class:`ProtocolError` naming the exception type only when it cannot be decoded."""
+    pdu = pdu_class()
+    try:
+        pdu.decode(struct.pack(">BBI", pdu_type, 0, len(body)) + bytes(body))
+        return pdu.to_primitive()
+    except Exception as exc:  # noqa: BLE001 - a malformed PDU: abort, naming the type only
+        raise ProtocolError(f"A-ASSOCIATE PDU cannot be decoded ({type(exc).__name__})") from None
+
+
+def peer_max_pdu(info: list[Any]) -> int:
+    """The Maximum Length Received in a peer's user information (0: no limit)."""
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+    for item in info:
+        if isinstance(item, MaximumLengthNotification):
+            return int(item.maximum_length_received or 0)
+    return 0
+
+
+def accept_association(link: Link, supported: list[Any],
+                       calling_allowed: Callable[[str], bool] = lambda aet: True,
+                       acse_timeout: float = 30.0) -> Accepted | None:
+    """Read the A-ASSOCIATE-RQ, negotiate against ``supported`` (pynetdicom ``PresentationContext`` items) and
+    answer AC, or RJ (``None`` returned, the connection closed) when the calling AE title is not allowed or nothing
+    can be accepted."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
     from pynetdicom.presentation import negotiate_as_acceptor
 
     pdu_type, body = link.read_pdu(timeout=acse_timeout)
     if pdu_type != ASSOCIATE_RQ:
         raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-    rq = A_ASSOCIATE_RQ()
-    try:
-        rq.decode(struct.pack(">BBI", ASSOCIATE_RQ, 0, len(body)) + bytes(body))
-        prim = rq.to_primitive()
-    except Exception as exc:  # noqa: BLE001 - a malformed request: abort, naming the type only
-        raise ProtocolError(f"A-ASSOCIATE-RQ cannot be decoded ({type(exc).__name__})") from None
+    prim = decode_associate(A_ASSOCIATE_RQ, ASSOCIATE_RQ, body)
     calling = str(prim.calling_ae_title or "").strip()
     if str(prim.application_context_name or "") != APPLICATION_CONTEXT:
-        link.send_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x02))
+        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x02))
         return None
     if not calling_allowed(calling):
-        link.send_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x03))
+        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x03))
         return None
-    roles: dict[Any, tuple[bool | None, bool | None]] = {}
-    for item in prim.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            link.peer_max_pdu = int(item.maximum_length_received or 0)
-        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
-            roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+    link.peer_max_pdu = peer_max_pdu(prim.user_information)
+    roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in prim.user_information
+             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid}
     results, reply_roles = negotiate_as_acceptor(prim.presentation_context_definition_list, supported,
                                                  roles or None)
     accepted = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in results if cx.result == 0x00}
     if not accepted:  # no context: PS3.8 lets us accept with none, but nothing could ever be sent
-        link.send_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x01))
+        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x01))
         return None
     ac = A_ASSOCIATE()
     ac.application_context_name = APPLICATION_CONTEXT
@@ -441,16 +471,7 @@ def accept_association(link: Link, supported: list[Any],
     ac.called_ae_title = prim.called_ae_title
     ac.result, ac.result_source = 0x00, 0x01
     ac.presentation_context_definition_results_list = results
-    max_len = MaximumLengthNotification()
-    max_len.maximum_length_received = MAX_PDU_RECEIVE
-    info: list[Any] = [max_len]
-    if implementation is not None:
-        uid = ImplementationClassUIDNotification()
-        uid.implementation_class_uid = implementation[0]
-        name = ImplementationVersionNameNotification()
-        name.implementation_version_name = implementation[1]
-        info += [uid, name]
-    ac.user_information = info + list(reply_roles)
+    ac.user_information = user_information() + list(reply_roles)
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
     link.send(pdu.encode())
