@@ -15,8 +15,11 @@ import os
 import signal
 import sys
 import threading
+import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from multiprocessing import context as mpcontext
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -104,15 +107,78 @@ def _pool_call(fn: Callable[[WorkContext, Any], Any], payload: Any) -> Any:
     return quiet_call(fn, _WORKER_CTX, payload)
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """``fork`` when this process runs a single thread and has not loaded torch (workers start in milliseconds,
+_MAIN_SWAP = threading.Lock()
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """While a worker process is being launched, ``sys.modules["__main__"]`` is a bare module.
+
+    ``spawn`` and ``forkserver`` children re-run the parent's main module (the caller's script, as
+    ``__mp_main__``) unless it has no ``__file__`` and no ``__spec__``: a portal's script that calls
+    ``deidpipe.run`` at module level would then call it again in every worker (and break the pool), and one with
+    a guard placed after some module-level work would repeat that work (model loads included) per worker. Our
+    workers run only deidpipe's own functions, so they never need the caller's main module: the launch sees
+    none and records no path to it."""
+    with _MAIN_SWAP:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+class _ForkServerProcess(mpcontext.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        with _main_hidden():
+            return mpcontext.ForkServerProcess._Popen(process_obj)
+
+
+class _SpawnProcess(mpcontext.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        with _main_hidden():
+            return mpcontext.SpawnProcess._Popen(process_obj)
+
+
+class _ForkServerContext(mpcontext.ForkServerContext):
+    Process = _ForkServerProcess
+
+
+class _SpawnContext(mpcontext.SpawnContext):
+    Process = _SpawnProcess
+
+
+#: Imported once by the fork server, so that each worker it forks starts with deidpipe loaded.
+FORKSERVER_PRELOAD = ["deidpipe.pipeline.execute"]
+
+
+def worker_context(method: str | None = None) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context every deidpipe worker process starts from (the local pool, ``scan``'s pool,
+    ``serve``'s processing process and its pool).
+
+    ``fork`` when this process runs a single thread and has not loaded torch (workers start in milliseconds,
     with everything already imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds
     other threads (a portal's web server, a progress display, Dask, torch's OpenMP pool) can deadlock the child
-    on a lock one of them held."""
+    on a lock one of them held. ``method`` forces one of ``spawn`` / ``forkserver`` / ``fork``. A spawned or
+    fork-server worker never imports the caller's ``__main__`` (see :func:`_main_hidden`): only deidpipe's own
+    modules load in it, whatever the caller's script does at module level."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
+    if method is None:
+        if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
+    if method == "fork":
         return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if method == "forkserver":
+        ctx = _ForkServerContext()
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once a fork server runs; it then has its own
+        return ctx
+    return _SpawnContext()
 
 
 def _noop() -> None:
@@ -185,7 +251,7 @@ class PoolExecutor(_Bounded):
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        context = _mp_context()
+        context = worker_context()
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
                                    initargs=(self.ctx,))
         if context.get_start_method() == "fork":

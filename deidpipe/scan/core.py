@@ -188,10 +188,10 @@ def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectRes
         for batch in _batches(iter(items), BATCH):
             yield from _scan_batch(job, batch)
         return
-    from deidpipe.pipeline.executors import _mp_context
+    from deidpipe.pipeline.executors import worker_context
 
     size = max(4, min(BATCH, len(items) // (n * 4) or 4))
-    with ProcessPoolExecutor(max_workers=n, mp_context=_mp_context()) as pool:
+    with ProcessPoolExecutor(max_workers=n, mp_context=worker_context()) as pool:
         futures = [pool.submit(_scan_batch, job, b) for b in _batches(iter(items), size)]
         for fut in futures:
             yield from fut.result()

@@ -83,11 +83,10 @@ class Node:
         for d in self.deliverers.values():
             d.start()
         if self.config.process_in_child:
-            import multiprocessing
-
+            from deidpipe.pipeline.executors import worker_context
             from deidpipe.serve.process import process_main
 
-            ctx = multiprocessing.get_context("spawn")
+            ctx = worker_context("spawn")  # a fresh interpreter, without the caller's __main__
             # Not a daemon: a daemonic process may not start the pool of ``workers``. It dies with the node all the
             # same (PR_SET_PDEATHSIG, and stop() joins or kills it).
             self.child = ctx.Process(target=process_main, name="deidpipe-process", daemon=False, args=(
