@@ -5,7 +5,8 @@
 
 Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, half full 512x512; ``--small``: all
 128x128), then runs, each in its own process on the same files: deidpipe with 1 worker and with all cores,
-pydicom/deid with its packaged recipe, dicognito, Kitware's dicom-anonymizer, and the floor (pydicom read + write,
+deidpipe as a portal script calls it (``deidpipe-lib``: torch and presidio loaded, then ``deidpipe.run``
+under a guard), pydicom/deid with its packaged recipe, dicognito, Kitware's dicom-anonymizer, and the floor (pydicom read + write,
 no changes). Prints files/s, MB/s and the peak memory of the tool's whole process tree (RSS sampled every 50 ms;
 PSS, which is costly to read, when RSS has grown and at least every second).
 
@@ -34,7 +35,25 @@ import time
 from pathlib import Path
 
 KEY = "benchmark-secret-0123456789abcdef"
-TOOLS = ["floor", "deidpipe-1", "deidpipe-all", "deid", "dicognito", "dicom-anonymizer"]
+TOOLS = ["floor", "deidpipe-1", "deidpipe-all", "deidpipe-lib", "deid", "dicognito", "dicom-anonymizer"]
+
+#: ``deidpipe-lib``: deidpipe as a research portal calls it, from a script of its own that loads torch and
+#: presidio at its top level (so the pool cannot fork) and calls ``deidpipe.run`` under a ``__main__`` guard.
+#: Its workers must not repeat the script's top level (issue 22): its index pass should cost what the CLI's does.
+LIBRARY_SCRIPT = """
+import json, os, sys
+import torch  # noqa: F401  -- module-level work a portal's script does before it calls deidpipe
+import presidio_analyzer  # noqa: F401
+import deidpipe
+from deidpipe import Policy, ProjectKey
+
+if __name__ == "__main__":
+    workers = len(os.sched_getaffinity(0))
+    report = deidpipe.run(sys.argv[1], sys.argv[2], Policy.basic(pixels="off"), key=ProjectKey.from_env(),
+                          workers=workers)
+    print(json.dumps({"files": report.written, "quarantined": report.quarantined, "index_s": report.index_s,
+                      "execute_s": report.execute_s, "workers": workers}))
+"""
 
 
 # -- corpus ---------------------------------------------------------------------------------------------------
@@ -79,6 +98,10 @@ def corpus_files(root: Path) -> list[Path]:
 def cli_command(tool: str, corpus: Path, out: Path, scratch: Path) -> list[str] | None:
     """The tool's own command line for ``--whole-process``, or None when it has none (the script's loop runs)."""
     bindir = Path(sys.executable).parent
+    if tool == "deidpipe-lib":
+        script = scratch / "portal_script.py"
+        script.write_text(LIBRARY_SCRIPT, encoding="utf-8")
+        return [sys.executable, str(script), str(corpus), str(out / "dst")]
     if tool.startswith("deidpipe"):
         policy = scratch / "header-only.yaml"
         policy.write_text('pixels: "off"\n', encoding="utf-8")  # quoted: YAML 1.1 reads a bare off as false
@@ -113,6 +136,9 @@ def run_tool(tool: str, corpus: Path, out: Path) -> dict:
         from deidpipe.policy import Policy
 
         workers = 1 if tool == "deidpipe-1" else (len(os.sched_getaffinity(0)))
+        if tool == "deidpipe-lib":  # the portal's module-level work, in the process that calls run
+            import presidio_analyzer  # noqa: F401
+            import torch  # noqa: F401
         t0 = time.perf_counter()
         # Header stage only, like every tool it is compared with (the pixel stage has its own benchmark).
         policy = Policy.basic(pixels="off")
@@ -250,7 +276,7 @@ def measure(tool: str, corpus: Path, scratch: Path, whole: bool = False) -> dict
     shutil.rmtree(out, ignore_errors=True)
     if child.returncode != 0:
         return {"tool": tool, "error": (stderr.strip().splitlines() or ["failed"])[-1][:120]}
-    if command[1:2] == [__file__]:
+    if command[1:2] == [__file__] or tool == "deidpipe-lib":
         result = json.loads(stdout.strip().splitlines()[-1])
     else:
         result = {"seconds": wall, "files": written}
@@ -258,7 +284,7 @@ def measure(tool: str, corpus: Path, scratch: Path, whole: bool = False) -> dict
             result["workers"] = int(command[command.index("--workers") + 1])
     if whole:
         result["seconds"] = wall
-        result["cli"] = command[1:2] != [__file__]
+        result["cli"] = command[1:2] != [__file__] and tool != "deidpipe-lib"
     result.update(tool=tool, peak_mb=peak / 2**20, peak_pss_mb=peak_pss / 2**20, written=written, cpu_s=cpu)
     return result
 
@@ -312,6 +338,12 @@ def table(results: list[dict], nbytes: int, nfiles: int, whole: bool = False) ->
         speed = per_file(dicognito) / per_file(by["deidpipe-all"])
         what = "whole process" if whole else "files/s"
         lines.append(f"\ndeidpipe (all cores) vs dicognito: {speed:.2f}x ({what}; target >= 5x)")
+    if {"deidpipe-lib", "deidpipe-all"} <= by.keys():
+        lib, cli = by["deidpipe-lib"], by["deidpipe-all"]
+        index = f"; index pass {lib['index_s']:.2f} s" if "index_s" in lib else ""
+        index += f" vs {cli['index_s']:.2f} s" if "index_s" in cli else ""
+        lines.append(f"deidpipe as a library (portal script, torch loaded) vs deidpipe-all: "
+                     f"{per_file(lib) / per_file(cli):.2f}x the time per file{index}")
     if {"deidpipe-1", "floor"} <= by.keys() and floor is not None:
         ratio = per_file(by["deidpipe-1"]) / per_file(floor)
         lines.append(f"deidpipe (1 worker) time per file vs floor: {ratio:.2f}x"
