@@ -25,6 +25,8 @@ from deidpipe.header.text import DenyList, screen_text
 if TYPE_CHECKING:  # pragma: no cover - the plan imports this module; pydicom is loaded where objects are read
     from pydicom.dataset import Dataset
 
+    from deidpipe.header.context import ScrubContext
+
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 ENCAPSULATED_CDA = "1.2.840.10008.5.1.4.1.1.104.2"
 ENCAPSULATED_STL = "1.2.840.10008.5.1.4.1.1.104.3"
@@ -47,6 +49,7 @@ REDACTED_ACTION = "document_redacted"
 _ENCAPSULATED_DOCUMENT = 0x00420011
 _DOCUMENT_LENGTH = 0x00420015
 _MIME_TYPE = 0x00420012
+_HL7_INSTANCE_IDENTIFIER = 0x0040E001
 
 #: What screens one piece of text: the text in, the cleaned text and the number of spans replaced out.
 Screen = Callable[[str], tuple[str, int]]
@@ -93,18 +96,20 @@ def document_bytes(ds: Dataset) -> bytes:
     return data
 
 
-def redact_into(src: Dataset, out: Dataset, sop_class: str, denylist: DenyList, use_model: bool) -> dict[str, int]:
+def redact_into(src: Dataset, out: Dataset, sop_class: str, ctx: ScrubContext) -> dict[str, int]:
     """Under ``documents: redact``: put the redacted document of ``src`` into ``out`` (the de-identified data set)
-    with its Encapsulated Document Length; returns action counts. Raises :class:`SkippedError` for a document
-    that cannot be made safe by rewriting (a scan, a format not redacted), :class:`InputError` for a broken one.
+    with its Encapsulated Document Length; returns action counts. The screen is the header's free-text screen
+    with the object's own identifiers (``ctx.denylist``). Raises :class:`SkippedError` for a document that
+    cannot be made safe by rewriting (a scan, a format not redacted), :class:`InputError` for a broken one.
     """
     kind = _format_of(src, sop_class)
     if kind == "other":
         raise SkippedError(NOT_REDACTABLE)
     data = document_bytes(src)
+    denylist = ctx.denylist
 
     def screen(text: str) -> tuple[str, int]:
-        return screen_text(text, denylist, use_model=use_model)
+        return screen_text(text, denylist, use_model=ctx.use_model)
 
     redacted: bytes
     spans: int
@@ -115,7 +120,12 @@ def redact_into(src: Dataset, out: Dataset, sop_class: str, denylist: DenyList, 
     else:
         from deidpipe.documents.cda import redact_cda
 
-        redacted, spans = redact_cda(data, screen, denylist)
+        # The document's id (ClinicalDocument/id, "root^extension" in HL7 Instance Identifier (0040,E001)) becomes
+        # the keyed pseudonym of its original, in both places: references to the document still match.
+        redacted, spans = redact_cda(data, screen, denylist, ctx.key.uid)
+        if _HL7_INSTANCE_IDENTIFIER in src._dict:
+            original = str(src[_HL7_INSTANCE_IDENTIFIER].value or "").strip()
+            out.add_new(_HL7_INSTANCE_IDENTIFIER, "ST", ctx.key.uid(original) if original else "")
     set_document(out, redacted)
     return {REDACTED_ACTION: 1, "C:spans": spans}
 

@@ -24,6 +24,7 @@ internal subset is read (so no entity is ever defined, expanded or fetched); suc
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from deidpipe.documents import NON_XML_BODY, UNSAFE_XML, Screen
 from deidpipe.errors import DeidError, InputError, SkippedError
@@ -117,12 +118,15 @@ def _drop_participations(root: ET.Element) -> int:
     return dropped
 
 
-def _screen_tree(root: ET.Element, screen: Screen, denylist: DenyList) -> tuple[int, int]:
+def _screen_tree(root: ET.Element, screen: Screen, denylist: DenyList,
+                 keep: ET.Element | None = None) -> tuple[int, int]:
     """Mask identifying data types and embedded files, screen text nodes with the free-text screen and attribute
     values against the object's own identifiers (they are codes, numbers and references; a name typed into one is
     still found). Returns (elements masked, spans replaced)."""
     masked = spans = 0
     for el in list(root.iter()):
+        if el is keep:
+            continue  # the document's id, already its pseudonym
         if el.get("nullFlavor") != "MSK" and (_local(el.tag) in MASKED or el.get("representation") == "B64"):
             _mask(el)
             masked += 1
@@ -149,13 +153,28 @@ def _check(xml: bytes, denylist: DenyList) -> None:
             raise DeidError("an identifying value of the object survived in the rewritten CDA")
 
 
-def redact_cda(data: bytes, screen: Screen, denylist: DenyList) -> tuple[bytes, int]:
-    """The redacted CDA of ``data`` (UTF-8, with an XML declaration) and the number of spans replaced."""
+def _pseudonymise_id(root: ET.Element, uid: Callable[[str], str]) -> ET.Element | None:
+    """ClinicalDocument/id becomes ``<id root="2.25...."/>``, the keyed pseudonym of its ``root^extension``
+    (HL7 Instance Identifier (0040,E001) gets the same, see :func:`deidpipe.documents.redact_into`)."""
+    doc_id = root.find(f"{_NS}id")
+    if doc_id is None or not doc_id.get("root"):
+        return None
+    original = doc_id.get("root", "") + (f"^{doc_id.get('extension')}" if doc_id.get("extension") else "")
+    doc_id.attrib.clear()
+    doc_id.set("root", uid(original))
+    return doc_id
+
+
+def redact_cda(data: bytes, screen: Screen, denylist: DenyList,
+               uid: Callable[[str], str] | None = None) -> tuple[bytes, int]:
+    """The redacted CDA of ``data`` (UTF-8, with an XML declaration) and the number of spans replaced. ``uid``
+    maps the document's own id to its pseudonym (else it is masked like every other id)."""
     root = parse(data)
     if any(_local(el.tag) == "nonXMLBody" for el in root.iter()):
         raise SkippedError(NON_XML_BODY)
+    doc_id = _pseudonymise_id(root, uid) if uid is not None else None
     _drop_participations(root)
-    _, spans = _screen_tree(root, screen, denylist)
+    _, spans = _screen_tree(root, screen, denylist, keep=doc_id)
     ET.register_namespace("", V3)
     ET.register_namespace("xsi", XSI)
     xml = ET.tostring(root, encoding="UTF-8", xml_declaration=True)

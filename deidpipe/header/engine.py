@@ -208,7 +208,7 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
     if document:
-        ctx.counts.update(redact_into(ds, out, sop_class_of(ds), ctx.denylist, ctx.use_model))
+        ctx.counts.update(redact_into(ds, out, sop_class_of(ds), ctx))
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:
