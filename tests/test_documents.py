@@ -147,7 +147,7 @@ def document_object(sop_class: str, document: bytes, mime: str, title: str) -> D
     ds.ConceptNameCodeSequence = Sequence()
     ds.MIMETypeOfEncapsulatedDocument = mime
     if sop_class == ENCAPSULATED_CDA:
-        ds.HL7InstanceIdentifier = "DOC-PID884422X^2.16.840.1.113883.19.5"
+        ds.HL7InstanceIdentifier = "2.16.840.1.113883.19.5^DOC-PID884422X"  # root^extension of the id
     ds.EncapsulatedDocumentLength = len(document)
     ds.EncapsulatedDocument = document + (b"\x00" if len(document) % 2 else b"")
     ds.file_meta = FileMetaDataset()
@@ -293,6 +293,9 @@ def test_redacted_cda_holds_no_participant_and_a_screened_narrative(redacted):
     patient_ids = root.findall(f"{v3}recordTarget/{v3}patientRole/{v3}id")
     assert [i.attrib for i in patient_ids] == [{"nullFlavor": "MSK"}]
     assert root.find(f"{v3}author") is not None and root.find(f"{v3}custodian") is not None  # required by CDA
+    # the document's id and HL7 Instance Identifier: one keyed pseudonym, so that they still match
+    assert root.find(f"{v3}id").attrib == {"root": ds.HL7InstanceIdentifier}
+    assert ds.HL7InstanceIdentifier.startswith("2.25.")
     narrative = "".join(root.find(f".//{v3}section/{v3}text").itertext())
     assert "no acute findings" in narrative and "***" in narrative
 
