@@ -325,3 +325,36 @@ def test_cda_with_a_doctype_is_skipped():
     with pytest.raises(SkippedError) as err:
         redact_cda(bomb, lambda t: (t, 0), DenyList.from_terms([]))
     assert err.value.reason == UNSAFE_XML
+
+
+def test_cda_masks_identifying_types_wherever_they_are():
+    """A name that claims to be masked, a performer inside an entry, an embedded image: none survives."""
+    from deidpipe.documents.cda import redact_cda
+    from deidpipe.header.text import DenyList, screen_text
+
+    deny = DenyList.from_terms(["Wojciechowski"])
+    cda = (b'<ClinicalDocument xmlns="urn:hl7-org:v3"><id root="1.2.3" extension="X1"/>'
+           b'<component><structuredBody><component><section><text>Wojciechowski</text><entry><observation '
+           b'classCode="OBS" moodCode="EVN"><value xsi:type="ED" representation="B64" '
+           b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">WmViZWRpYWg=</value><performer><assignedEntity>'
+           b'<assignedPerson><name nullFlavor="MSK"><given>Zebediah</given></name></assignedPerson>'
+           b'</assignedEntity></performer><participant><name>Quigglesworth</name></participant>'
+           b'<subject><name>Quigglesworth</name></subject></observation></entry></section></component>'
+           b'</structuredBody></component></ClinicalDocument>')
+    out, spans = redact_cda(cda, lambda t: screen_text(t, deny, use_model=False), deny, lambda v: "2.25.1")
+    assert spans == 1 and planted_in(out) == [] and b"WmViZWRpYWg" not in out
+    assert b'<id root="2.25.1" />' in out and b"X1" not in out
+
+
+def test_unreadable_pdf_is_quarantined_and_other_formats_skipped(key):
+    from deidpipe.documents import NOT_REDACTABLE
+    from deidpipe.errors import InputError
+
+    broken = document_object(ENCAPSULATED_PDF, b"%PDF-1.4\nnot really", "application/pdf", "t")
+    with pytest.raises(InputError) as err:
+        deidentify(broken, REDACT, key)
+    assert "cannot be read" in err.value.reason
+    stl = document_object("1.2.840.10008.5.1.4.1.1.104.3", b"solid Wojciechowski\nendsolid\n", "model/stl", "t")
+    with pytest.raises(SkippedError) as skipped:
+        deidentify(stl, REDACT, key)
+    assert skipped.value.reason == NOT_REDACTABLE

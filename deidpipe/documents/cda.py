@@ -127,7 +127,8 @@ def _screen_tree(root: ET.Element, screen: Screen, denylist: DenyList,
     for el in list(root.iter()):
         if el is keep:
             continue  # the document's id, already its pseudonym
-        if el.get("nullFlavor") != "MSK" and (_local(el.tag) in MASKED or el.get("representation") == "B64"):
+        # Unconditionally: an element that says nullFlavor="MSK" may still hold content.
+        if _local(el.tag) in MASKED or el.get("representation") == "B64":
             _mask(el)
             masked += 1
         for attr in ("text", "tail"):

@@ -201,14 +201,15 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     check_storable(ds)
     # An encapsulated document is skipped, or its document rewritten (Encapsulated Document's own action, D,
     # would leave a dummy that claims to be a document): see deidpipe.documents.
-    document = is_document(ds, sop_class_of(ds))
+    sop_class = sop_class_of(ds)
+    document = is_document(ds, sop_class)
     if document and policy.documents == "skip":
         raise skip_document()
     ctx = ScrubContext.for_dataset(ds, policy, key)
     check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
     if document:
-        ctx.counts.update(redact_into(ds, out, sop_class_of(ds), ctx))
+        ctx.counts.update(redact_into(ds, out, sop_class, ctx))
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:
