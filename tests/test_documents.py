@@ -8,6 +8,8 @@ pipeline (``deidpipe.run``, in process) under the default policy (skipped) and u
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import zlib
 from pathlib import Path
@@ -210,8 +212,6 @@ def test_library_refuses_a_document_under_skip(src, key):
 
 def test_serve_audits_a_skipped_document(src, key, tmp_path):
     """The node's processing stage: the object is audited as skipped; no ticket, no quarantine record."""
-    import json
-
     from deidpipe.serve.process import Processor
     from deidpipe.serve.queue import Queue, object_id
 
@@ -255,7 +255,6 @@ def _streams(pdf: bytes) -> list[bytes]:
 
 def test_redacted_pdf_holds_only_the_screened_text(redacted):
     from pypdf import PdfReader
-    import io
 
     _, audit, by_class = redacted
     ds = by_class[ENCAPSULATED_PDF]

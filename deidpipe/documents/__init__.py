@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from deidpipe.errors import InputError, SkippedError
-from deidpipe.header.text import DenyList, screen_text
+from deidpipe.header.text import screen_text
 
 if TYPE_CHECKING:  # pragma: no cover - the plan imports this module; pydicom is loaded where objects are read
     from pydicom.dataset import Dataset
