@@ -124,7 +124,7 @@ def summary_table(report: RunReport) -> Table:
         ("objects in source", f"{report.objects:,}"),
         ("written", f"{report.written:,}"),
         ("duplicates (identical copies)", f"{report.duplicates:,}"),
-        ("skipped (DICOMDIR)", f"{report.skipped:,}"),
+        ("skipped (DICOMDIR, documents, links)", f"{report.skipped:,}"),
         ("finished by an earlier run", f"{report.resumed:,}"),
         ("quarantined", f"{report.quarantined:,}"),
     ]
