@@ -197,6 +197,7 @@ def test_default_policy_skips_every_document(src, key, tmp_path):
     dst = tmp_path / "out"
     report = run(src, dst, Policy.basic(), key=key, workers=1)
     assert report.ok and report.skipped == 3 and report.written == 0 and report.quarantined == 0
+    assert report.skipped_by_reason == {ENCAPSULATED_DOCUMENT: 3}
     audit = audit_of(dst)
     assert set(audit["status"]) == {STATUS_SKIPPED} and set(audit["reason"]) == {ENCAPSULATED_DOCUMENT}
     assert outputs(dst) == []
