@@ -22,6 +22,7 @@ from deidpipe.errors import (
     KeyMissingError,
     NotDicomError,
     PolicyError,
+    SkippedError,
     TruncatedError,
 )
 from deidpipe.keys import ProjectKey
@@ -67,6 +68,7 @@ __all__ = [
     "NotDicomError",
     "PolicyError",
     "ProjectKey",
+    "SkippedError",
     "TruncatedError",
     "__version__",
 ]

@@ -45,3 +45,12 @@ class KeyMissingError(DeidError):
 
 class ReversibleError(DeidError):
     """The Encrypted Attributes Sequence could not be built or opened."""
+
+
+class SkippedError(DeidError):
+    """The object is deliberately not carried over (the policy skips it, e.g. an encapsulated document): not a
+    failure. ``reason`` is the fixed words the audit records (status ``skipped``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)

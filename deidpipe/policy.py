@@ -16,6 +16,7 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     allow_incomplete_pixels: false  # true: write objects whose pixel data is cut short, the reason in the audit
     deface: auto                  # head MR/CT series: auto (default), all or off; see docs/deface.md
     deface_ears: true             # remove the ears with the face (default); false: the face only
+    documents: skip               # encapsulated PDF/CDA/...: skip (default, not written) or redact; docs/documents.md
     keep: [SeriesDescription]     # shorthand for action K
     remove: ["(0008,1030)"]       # shorthand for action X
     overrides:
@@ -47,6 +48,9 @@ PixelSelection = Literal["auto", "all", "off"]
 PixelRedaction = Literal["all-text", "phi"]
 PixelDetector = Literal["lines", "ocr"]
 DefaceSelection = Literal["auto", "all", "off"]
+DocumentHandling = Literal["skip", "redact"]
+#: Encapsulated documents are not written unless the policy asks for their redaction (docs/documents.md).
+DEFAULT_DOCUMENTS: DocumentHandling = "skip"
 
 
 def _flag(data: dict[str, Any], key: str) -> bool:
@@ -115,6 +119,9 @@ class Policy:
             head by Body Part Examined and descriptions, and any that say nothing of their region), ``all`` (every
             MR and CT image series), ``off``.
         deface_ears: remove the ears together with the face (default, as UK Biobank does); False: the face only.
+        documents: encapsulated documents (Encapsulated PDF, CDA, STL, OBJ, MTL; Encapsulated Document
+            (0042,0011)): ``skip`` (not written, audited as skipped) or ``redact`` (PDF and CDA rewritten with
+            only their screened text, see :mod:`deidpipe.documents`; other formats skipped).
     """
 
     options: frozenset[str] = frozenset()
@@ -129,6 +136,7 @@ class Policy:
     allow_incomplete_pixels: bool = False
     deface: DefaceSelection = "auto"
     deface_ears: bool = True
+    documents: DocumentHandling = DEFAULT_DOCUMENTS
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -151,6 +159,8 @@ class Policy:
             raise PolicyError("pixel_detector must be 'lines' or 'ocr'")
         if self.deface not in ("auto", "all", "off"):
             raise PolicyError("deface must be 'auto', 'all' or 'off'")
+        if self.documents not in ("skip", "redact"):
+            raise PolicyError("documents must be 'skip' or 'redact'")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -175,7 +185,7 @@ class Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
                    "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector",
-                   "allow_incomplete_pixels", "deface", "deface_ears"}
+                   "allow_incomplete_pixels", "deface", "deface_ears", "documents"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -209,6 +219,7 @@ class Policy:
             allow_incomplete_pixels=_flag(data, "allow_incomplete_pixels"),
             deface="off" if data.get("deface") is False else str(data.get("deface", "auto")),  # type: ignore[arg-type]
             deface_ears=_flag({"deface_ears": data.get("deface_ears", True)}, "deface_ears"),  # true by default
+            documents=str(data.get("documents", DEFAULT_DOCUMENTS)),  # type: ignore[arg-type]
             source=source,
         )
 
@@ -243,7 +254,8 @@ class Policy:
         return (f"PS3.15 Basic Profile; options: {opts}; strict: {self.strict}; "
                 f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}"
                 + ("; incomplete pixel data written" if self.allow_incomplete_pixels else "")
-                + f"; deface: {self.deface}" + ("" if self.deface_ears else " (face only, ears kept)"))
+                + f"; deface: {self.deface}" + ("" if self.deface_ears else " (face only, ears kept)")
+                + f"; documents: {self.documents}")
 
 
 # -- pydicom/deid recipes ---------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ from pydicom.uid import (
 
 import deidpipe
 from deidpipe.dicomio import quiet_pydicom
+from deidpipe.documents import is_document, redact_into, skip_document
 from deidpipe.errors import DeidError, InputError
 from deidpipe.header.actions import clean_character_set, is_uid_text
-from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms
+from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms, sop_class_of
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList
 from deidpipe.header.walk import decoded, head_of, never_screened_keywords, scrub_dataset
@@ -198,9 +199,17 @@ def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
 
 def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     check_storable(ds)
+    # An encapsulated document is skipped, or its document rewritten (Encapsulated Document's own action, D,
+    # would leave a dummy that claims to be a document): see deidpipe.documents.
+    sop_class = sop_class_of(ds)
+    document = is_document(ds, sop_class)
+    if document and policy.documents == "skip":
+        raise skip_document()
     ctx = ScrubContext.for_dataset(ds, policy, key)
     check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
+    if document:
+        ctx.counts.update(redact_into(ds, out, sop_class, ctx))
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 from pydicom.dataset import Dataset
 
 from deidpipe.dicomio import encode_dataset, read_dataset
-from deidpipe.errors import DeidError, InputError
+from deidpipe.errors import DeidError, InputError, SkippedError
 from deidpipe.keys import ProjectKey
-from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
+from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
 from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
@@ -54,7 +54,7 @@ class WorkContext:
 
 def reason_of(exc: BaseException) -> str:
     """A reason that is safe to log: typed errors say why in fixed words; anything else only by its type."""
-    if isinstance(exc, InputError):
+    if isinstance(exc, InputError | SkippedError):
         return exc.reason
     if isinstance(exc, ObjectTimeout):
         return BUDGET_REASON
@@ -122,7 +122,8 @@ def _series_within_budget(works: list[_Work], name: str, ctx: WorkContext) -> No
 
 
 def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
-    w.result.status = STATUS_QUARANTINED
+    """The object is not written: quarantined, or skipped when a stage set it aside on purpose (SkippedError)."""
+    w.result.status = STATUS_SKIPPED if isinstance(exc, SkippedError) else STATUS_QUARANTINED
     w.result.stage = stage
     w.result.reason = reason_of(exc)
     w.ds = None

@@ -11,6 +11,7 @@ The plan also settles, before anything runs and so identically for any number of
   * entries the source listed but refused (hostile or broken archive members, unreadable folders): quarantined
     at stage ``source``; entries that are no object (links not followed, special files): skipped there;
   * DICOMDIR files: skipped (the output tree is rebuilt, their references would be wrong);
+  * encapsulated documents (PDF, CDA, ...: by SOP class) under the policy's ``documents: skip``: skipped;
   * two inputs with the same SOP Instance UID (they would share an output path): the first by path is done, an
     identical copy is a ``duplicate``, a different one is quarantined.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deidpipe.documents import DOCUMENT_SOP_CLASSES, ENCAPSULATED_DOCUMENT
 from deidpipe.pipeline.audit import (
     STATUS_DUPLICATE,
     STATUS_QUARANTINED,
@@ -30,6 +32,7 @@ from deidpipe.pipeline.audit import (
 )
 from deidpipe.pipeline.index import KIND_DICOM, KIND_DICOMDIR, KIND_INVALID, KIND_REJECTED, KIND_SKIPPED
 from deidpipe.pipeline.source import SourceItem
+from deidpipe.policy import DEFAULT_DOCUMENTS
 
 if TYPE_CHECKING:  # pragma: no cover - polars is imported where a table is read (see pipeline/tables.py)
     import polars as pl
@@ -139,6 +142,10 @@ class Plan:
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_SKIPPED), stage="source")
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_DICOMDIR))
         todo = frame.filter(pl.col("kind") == KIND_DICOM).sort("path")
+        if getattr(policy, "documents", DEFAULT_DOCUMENTS) == "skip":
+            documents = pl.col("sop_class_uid").is_in(list(DOCUMENT_SOP_CLASSES))
+            self._decide_skipped(todo.filter(documents).with_columns(reason=pl.lit(ENCAPSULATED_DOCUMENT)))
+            todo = todo.filter(~documents.fill_null(False))
         if dedupe_instances:
             todo = self._decide_duplicates(todo)
         else:

@@ -87,6 +87,7 @@ class RunReport:
     skipped: int = 0
     resumed: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
     actions: dict[str, int] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
@@ -128,6 +129,7 @@ class RunReport:
             self.duplicates += 1
         elif r.status == STATUS_SKIPPED:
             self.skipped += 1
+            self.skipped_by_reason[r.reason or ""] = self.skipped_by_reason.get(r.reason or "", 0) + 1
         else:
             self.quarantined += 1
             reason = f"{r.stage}: {r.reason}"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deidpipe.keys import ProjectKey
-from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_WRITTEN, ObjectResult
+from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.execute import WorkContext, exec_task
 from deidpipe.pipeline.index import KIND_DICOM, MANIFEST_SCHEMA, index_batch
 from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
@@ -71,7 +71,7 @@ class Processor(LoopThread):
         self.ctx = WorkContext(SourceSpec("folder", str(queue.path("processing"))), str(queue.path("out")),
                                key, policy, LAYOUT_PSEUDONYM)
         self.held: dict[str | None, _Held] = {}
-        self.stats = {"processed": 0, "quarantined": 0, "held": 0}
+        self.stats = {"processed": 0, "quarantined": 0, "skipped": 0, "held": 0}
 
     # -- one round ------------------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> int:
@@ -181,6 +181,8 @@ class Processor(LoopThread):
                     tickets.append({"object_id": r.object_id, "destination": dest, "output": r.output,
                                     "bytes": r.bytes_out, "out_hash": r.out_hash, "queued_at": now,
                                     "attempts": 0, "next_at": 0.0})
+            elif r.status == STATUS_SKIPPED:  # set aside by the policy (an encapsulated document): audited only
+                log.info("object %s skipped at %s: %s", r.object_id[:12], r.stage, r.reason)
             else:
                 self.queue.quarantine(r.object_id, {
                     "object_id": r.object_id, "input_path_hash": r.object_id, "content_hash": r.content_hash,
@@ -190,8 +192,10 @@ class Processor(LoopThread):
         self.queue.audit([dict(r.to_record(), event="processed", time=now) for r in results])
         self.queue.done_processing(r.object_id for r in results)
         written = sum(r.status == STATUS_WRITTEN for r in results)
+        skipped = sum(r.status == STATUS_SKIPPED for r in results)
         self.stats["processed"] += written
-        self.stats["quarantined"] += len(results) - written
+        self.stats["skipped"] += skipped
+        self.stats["quarantined"] += len(results) - written - skipped
         if tickets:
             self.on_ready(tickets)
         return len(results)
