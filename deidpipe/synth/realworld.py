@@ -259,7 +259,7 @@ def ecg(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
     group.NumberOfWaveformSamples = samples
     group.SamplingFrequency = "500"
     family, _ = family_given(p.name)
-    fp.put(group, "MultiplexGroupLabel", f"RESTING {cs_label(family, p.patient_id)}", "name",
+    fp.put(group, "MultiplexGroupLabel", f"ECG {cs_label(family, p.patient_id)}"[:16], "name",
            "WaveformSequence[0].")
     channels = []
     for n, (code, meaning) in enumerate(_LEADS):
