@@ -41,6 +41,25 @@ class Hit:
     pattern: bytes
 
 
+@dataclass
+class SearchStats:
+    """What a search looked at: entries (files and folders), files, bytes, and views by kind."""
+
+    entries: int = 0
+    files: int = 0
+    bytes: int = 0
+    members: int = 0  # members of zip/tar files (any depth)
+    flate: int = 0  # PDF streams inflated
+    inflated: int = 0  # deflated DICOM bodies and gzip data
+    parquet: int = 0  # Parquet files read as text
+
+    def count(self, suffix: str, part: str) -> None:
+        if part == "bytes" and suffix:
+            self.members += 1
+        elif part in {"flate", "inflated", "parquet"}:
+            setattr(self, part, getattr(self, part) + 1)
+
+
 def _views(data: bytes, depth: int) -> Iterator[tuple[str, str, bytes]]:
     """(member suffix, part, bytes) for ``data`` and everything it unpacks to."""
     yield "", "bytes", data
@@ -61,7 +80,8 @@ def _views(data: bytes, depth: int) -> Iterator[tuple[str, str, bytes]]:
         except (OSError, EOFError, zlib.error):
             unpacked = None
         if unpacked is not None and len(unpacked) <= MAX_UNPACKED:
-            yield from ((s, "inflated" if p == "bytes" else p, b) for s, p, b in _views(unpacked, depth + 1))
+            yield from ((s, "inflated" if p == "bytes" and not s else p, b)
+                        for s, p, b in _views(unpacked, depth + 1))
     if data[:4] == b"PAR1" and data[-4:] == b"PAR1":
         text = _parquet_text(data)
         if text is not None:
@@ -99,7 +119,7 @@ def _members(data: bytes) -> Iterator[tuple[str, bytes]]:
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error):
             return
         return
-    if len(data) >= 512 and (data[257:262] == b"ustar" or data[:2] == b"\x1f\x8b"):
+    if len(data) >= 512 and data[257:262] == b"ustar":  # gzip-compressed tar: inflated first, see _views
         try:
             with tarfile.open(fileobj=io.BytesIO(data)) as tf:
                 for info in tf:
@@ -125,11 +145,14 @@ def _parquet_text(data: bytes) -> bytes | None:
     return "\n".join(lines).encode("utf-8")
 
 
-def search_bytes(data: bytes, patterns: Iterable[bytes], where: str = "") -> list[Hit]:
+def search_bytes(data: bytes, patterns: Iterable[bytes], where: str = "",
+                 stats: SearchStats | None = None) -> list[Hit]:
     """Hits of ``patterns`` in ``data`` and everything it unpacks to (names of members included)."""
     wanted = {p.lower(): p for p in patterns if p}
     hits: list[Hit] = []
     for suffix, part, view in _views(data, 0):
+        if stats is not None:
+            stats.count(suffix, part)
         low = view.lower()
         label = where + suffix
         if suffix:
@@ -149,9 +172,10 @@ def read_member(root: Path, path: str) -> bytes:
     return data
 
 
-def search_tree(root: Path, patterns: Iterable[bytes]) -> list[Hit]:
-    """Every hit of ``patterns`` under ``root``: in each file's and folder's relative path (UTF-8, as the file
-    system stores it), in each file's bytes and in everything they unpack to (see module docstring)."""
+def search_tree(root: Path, patterns: Iterable[bytes], stats: SearchStats | None = None) -> list[Hit]:
+    """Every hit of ``patterns`` under ``root``: in each file's and folder's name (UTF-8, as the file system
+    stores it), in each file's bytes and in everything they unpack to (see module docstring).  ``stats``, when
+    given, is filled with what was looked at."""
     root = Path(root)
     wanted = [p for p in set(patterns) if p]
     lowered = [(p.lower(), p) for p in wanted]
@@ -160,6 +184,12 @@ def search_tree(root: Path, patterns: Iterable[bytes]) -> list[Hit]:
         rel = path.relative_to(root).as_posix()
         name = path.name.encode("utf-8", "surrogateescape").lower()
         hits += [Hit(rel, "name", p) for lp, p in lowered if lp in name]
+        if stats is not None:
+            stats.entries += 1
         if path.is_file() and not path.is_symlink():
-            hits += search_bytes(path.read_bytes(), wanted, rel)
+            data = path.read_bytes()
+            if stats is not None:
+                stats.files += 1
+                stats.bytes += len(data)
+            hits += search_bytes(data, wanted, rel, stats)
     return hits
