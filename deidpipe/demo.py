@@ -56,7 +56,7 @@ def leak_patterns(answer: AnswerKey) -> dict[bytes, str]:
     """Every searchable byte string of the key (lower-cased: the search ignores case), with a label that says
     what it is and where it was planted, never the value itself."""
     labels: dict[bytes, str] = {}
-    for p in answer.planted:
+    for p in sorted(answer.planted, key=lambda p: (p.path.count("."), len(p.path))):  # the plainest path first
         for pat in p.patterns() if p.searchable else []:
             labels.setdefault(pat.lower(), f"{p.kind} of patient {p.patient} at {p.path}")
     for h in answer.hidden:
