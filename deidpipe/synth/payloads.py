@@ -47,7 +47,7 @@ def _xmp(title: str, author: str) -> bytes:
         f'<dc:title><rdf:Alt><rdf:li xml:lang="x-default">{escape(title)}</rdf:li></rdf:Alt></dc:title>'
         f'<dc:creator><rdf:Seq><rdf:li>{escape(author)}</rdf:li></rdf:Seq></dc:creator>'
         '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
-    ).encode("utf-8")
+    ).encode()
 
 
 def _text_stream(lines: list[str], y: int) -> bytes:
