@@ -21,7 +21,10 @@ import random
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.fileset import FileSet
+from pydicom.uid import generate_uid
 
 from deidpipe.synth.answer_key import (
     EXPECT_SKIP_DICOMDIR,
@@ -134,14 +137,14 @@ def _zip(members: list[tuple[str, bytes]]) -> bytes:
 
 
 def write_fourth(out_dir: Path, person: Person, study: StudyPlan, datasets: dict[str, Dataset],
-                 rec: Recorder, fileset: object) -> list[Extra]:
+                 rec: Recorder, fileset: FileSet) -> list[Extra]:
     """Write the fourth study's objects (``datasets`` by archive path), the sidecars and the zips; stage the
     captures in ``fileset`` (written with the DICOMDIR by :func:`write_dicomdir`).  Returns the extras."""
     folder = patient_folder(person, study)
     zipped: dict[str, bytes] = {}
     for rel, ds in datasets.items():
         if rel.startswith("PT"):
-            fileset.add(ds)  # type: ignore[attr-defined]
+            fileset.add(ds)
         elif MEMBER_SEP in rel:
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
@@ -168,8 +171,6 @@ def _sidecars(out_dir: Path, person: Person, folder: str, rec: Recorder) -> list
         "summary.json": (json.dumps({"patient": p.name, "mrn": mrn, "birthDate": birth}, ensure_ascii=False,
                                     indent=1) + "\n").encode(),
     }
-    import numpy as np
-
     y, x = np.mgrid[0:16, 0:16]
     files["photo.png"] = png_with_text(((x + y) * 8).astype(np.uint8), "Author", p.natural_name)
     out: list[Extra] = []
@@ -199,24 +200,18 @@ def _record_paths(person: Person, study: StudyPlan, folder: str, rec: Recorder) 
     rec.hide(study.series[1].files[0], person.index, "path:file", study.accession, "id")
 
 
-def new_fileset() -> object:
+def new_fileset() -> FileSet:
     """A pydicom FileSet with a fixed UID and ID (so the DICOMDIR is the same for a seed)."""
-    from pydicom.fileset import FileSet
-    from pydicom.uid import generate_uid
-
     fs = FileSet()
     fs.ID = "SYNTHCD"
     fs.UID = generate_uid(entropy_srcs=["deidpipe.synth fileset"])
     return fs
 
 
-def write_dicomdir(out_dir: Path, fileset: object, people: list[Person], rec: Recorder,
+def write_dicomdir(out_dir: Path, fileset: FileSet, people: list[Person], rec: Recorder,
                    planned: dict[str, str]) -> Extra:
     """Write the staged captures and the DICOMDIR indexing them; check each landed where the key says
     (``planned``: SOP Instance UID -> archive path)."""
-    from pydicom.fileset import FileSet
-
-    assert isinstance(fileset, FileSet)
     fileset.write(out_dir)
     for instance in fileset:
         rel = Path(instance.path).resolve().relative_to(out_dir.resolve()).as_posix()
