@@ -6,8 +6,11 @@
    cropped without its face, one skull-stripped);
 2. ``deidpipe run`` de-identifies it (index -> plan -> header scrub -> burned-in text -> defacing -> atomic sink,
    audit and quarantine);
-3. the output is checked against the answer key: every planted value searched for in every output byte,
-   every surviving reference resolved;
+3. the output is checked against the answer key: every planted value (header attributes, and the values hidden
+   in folder and file names, documents, JPEG/J2K segments, sidecars and zips) searched for in every byte under
+   the output folder (names of files and folders, raw bytes, PDF Flate streams inflated, zip/tar members
+   unpacked, Parquet columns read as text), every surviving reference resolved, and the objects written and
+   skipped counted against the key's expected outcomes;
 4. a small encrypted-inference round trip (TenSEAL CKKS) scores de-identified features without the server
    ever holding the secret key;
 5. the defaced head series are checked against their ground-truth face and brain masks;
@@ -25,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -35,17 +39,81 @@ from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.runner import run
 from deidpipe.policy import Policy
 from deidpipe.synth import AnswerKey, generate_archive
-from deidpipe.synth.answer_key import REFERENCE_TARGET_ATTRIBUTE
+from deidpipe.synth.answer_key import (
+    EXPECT_SKIP_DICOMDIR,
+    EXPECT_SKIP_DOCUMENT,
+    EXPECT_SKIP_NOT_DICOM,
+    EXPECT_WRITE,
+    MEMBER_SEP,
+    REFERENCE_TARGET_ATTRIBUTE,
+)
+from deidpipe.synth.search import Hit, SearchStats, search_tree
 
 console = Console()
 
 
-def leak_search(answer: AnswerKey, outputs: list[Path]) -> tuple[int, int]:
-    """(patterns searched, patterns found) over every byte of every output file, case-insensitive."""
-    blobs = [p.read_bytes().lower() for p in outputs]
-    patterns = {pat.lower() for p in answer.planted if p.searchable for pat in p.patterns()}
-    found = sum(1 for pat in patterns if any(pat in b for b in blobs))
-    return len(patterns), found
+def leak_patterns(answer: AnswerKey) -> dict[bytes, str]:
+    """Every searchable byte string of the key (lower-cased: the search ignores case), with a label that says
+    what it is and where it was planted, never the value itself."""
+    labels: dict[bytes, str] = {}
+    for p in sorted(answer.planted, key=lambda p: (p.path.count("."), len(p.path))):  # the plainest path first
+        for pat in p.patterns() if p.searchable else []:
+            labels.setdefault(pat.lower(), f"{p.kind} of patient {p.patient} at {p.path}")
+    for h in answer.hidden:
+        for pat in h.patterns() if h.searchable else []:
+            labels.setdefault(pat.lower(), f"{h.kind} of patient {h.patient} in {h.where}")
+    return labels
+
+
+#: The checks of the leak search, one summary line each: (label, test on a hit).
+LEAK_CHECKS: list[tuple[str, Callable[[Hit], bool]]] = [
+    ("file and folder names", lambda h: h.part == "name"),
+    ("raw bytes of every file", lambda h: h.part == "bytes" and MEMBER_SEP not in h.where),
+    ("zip/tar members, unpacked recursively", lambda h: h.part == "bytes" and MEMBER_SEP in h.where),
+    ("PDF Flate streams, inflated", lambda h: h.part == "flate"),
+    ("deflated DICOM and gzip data, inflated", lambda h: h.part == "inflated"),
+    ("Parquet columns read as text", lambda h: h.part == "parquet"),
+]
+
+
+def leak_search(answer: AnswerKey, dst: Path) -> tuple[int, list[Hit], SearchStats, dict[bytes, str]]:
+    """(patterns searched, hits, what was looked at, labels) over every byte under ``dst``."""
+    labels = leak_patterns(answer)
+    stats = SearchStats()
+    hits = search_tree(dst, labels, stats)
+    return len(labels), hits, stats, labels
+
+
+def print_leak_checks(hits: list[Hit], stats: SearchStats, labels: dict[bytes, str]) -> None:
+    """One line per check; for a failing one, where (output paths hold no input value) and what kind of value
+    (the key's label), at most five each."""
+    looked = {"file and folder names": f"{stats.entries} entries",
+              "raw bytes of every file": f"{stats.files} files, {stats.bytes:,} bytes",
+              "zip/tar members, unpacked recursively": f"{stats.members} members",
+              "PDF Flate streams, inflated": f"{stats.flate} streams",
+              "deflated DICOM and gzip data, inflated": f"{stats.inflated} bodies",
+              "Parquet columns read as text": f"{stats.parquet} files"}
+    for name, test in LEAK_CHECKS:
+        found = [h for h in hits if test(h)]
+        status = "[green]ok[/green]  " if not found else f"[red]LEAK[/red] {len(found)} hits in"
+        console.print(f"  {status} {name} ({looked[name]})")
+        for h in found[:5]:
+            console.print(f"        {h.where} [{h.part}]: {labels.get(h.pattern.lower(), 'planted value')}")
+
+
+def expected_counts(answer: AnswerKey, extra_written: int) -> dict[str, int]:
+    """What ``run`` should report under the default policy: objects written (the key's objects, zip members
+    included, plus ``extra_written`` added by the demo), skipped (DICOMDIR, encapsulated documents, sidecars)
+    and quarantined (none)."""
+    skipped = [*answer.expected(EXPECT_SKIP_DICOMDIR), *answer.expected(EXPECT_SKIP_DOCUMENT),
+               *answer.expected(EXPECT_SKIP_NOT_DICOM)]
+    return {"written": len(answer.expected(EXPECT_WRITE)) + extra_written, "skipped": len(skipped),
+            "quarantined": 0}
+
+
+def _is_dicom(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
 
 
 def reference_check(outputs: list[Path]) -> tuple[int, int]:
@@ -165,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     console.rule("[bold]1. synthetic archive")
     answer = generate_archive(out / "input", patients=3, seed=0)
     (out / "input" / "answer_key.json").replace(out / "answer_key.json")  # the key is not part of the archive
-    console.print(f"{len(answer.files())} files, {len(answer.patients)} patients, "
-                  f"{len(answer.planted)} planted identifying values in {len(answer.planted_paths())} places")
+    console.print(f"{len(answer.objects())} objects ({len(answer.members())} inside zips), a DICOMDIR and "
+                  f"{len(answer.expected(EXPECT_SKIP_NOT_DICOM))} sidecar files, {len(answer.patients)} patients, "
+                  f"{len(answer.planted)} planted identifying values in {len(answer.planted_paths())} places and "
+                  f"{len(answer.hidden)} hidden in names, documents, stream segments and sidecars")
     from deidpipe.synth.heads import write_heads
 
     shutil.rmtree(out / "heads", ignore_errors=True)
@@ -178,11 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     console.rule("[bold]2. deidpipe run (header, burned-in text, defacing)")
     policy = Policy.basic()
     report = run(out / "input", out / "deidentified", policy, key=key, progress=True)
-    outputs = sorted(p for p in (out / "deidentified").rglob("*.dcm") if "quarantine" not in p.parts)
+    outputs = sorted(p for p in (out / "deidentified").rglob("*") if p.is_file() and _is_dicom(p)
+                     and "quarantine" not in p.parts)
 
     console.rule("[bold]3. checks against the answer key")
-    searched, found = leak_search(answer, outputs)
+    searched, hits, stats, labels = leak_search(answer, out / "deidentified")
+    console.print(f"leak search: {searched} planted byte strings, every byte under {out / 'deidentified'}")
+    print_leak_checks(hits, stats, labels)
+    found = len({h.pattern for h in hits})
     kept, resolved = reference_check(outputs)
+    want = expected_counts(answer, sum(e["slices"] for e in heads))
+    got = {"written": report.written, "skipped": report.skipped, "quarantined": report.quarantined}
+    for what, n in want.items():
+        status = "[green]ok[/green]  " if got[what] == n else "[red]DIFF[/red]"
+        console.print(f"  {status} objects {what}: {got[what]} (expected {n})")
 
     console.rule("[bold]4. encrypted inference (CKKS)")
     try:
@@ -208,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console.rule("[bold]7. deidpipe serve: a DICOM node on loopback")
     try:  # the synthetic patients' objects (the head series would wait out a quiet period for defacing)
-        sent = sorted(p for p in (out / "input").rglob("*.dcm") if "heads" not in p.relative_to(out / "input").parts)
+        # the key's objects on disk that run writes (not the documents it skips, nor the zips' members)
+        writable = set(answer.expected(EXPECT_WRITE))
+        sent = [out / "input" / rel for rel in answer.files() if rel in writable]
         serve_stats = serve_round_trip(sent, out / "serve", policy, key, outputs)
     except Exception as exc:  # noqa: BLE001 - reported in the summary like the other stages
         serve_stats = {"error": type(exc).__name__}  # type: ignore[dict-item]
@@ -220,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("objects in / written / quarantined", f"{report.objects} / {report.written} / {report.quarantined}")
     table.add_row("throughput", f"{report.files_per_s:.1f} files/s")
     table.add_row("actions taken", ", ".join(f"{k}={v}" for k, v in sorted(report.actions.items())))
-    table.add_row("planted strings searched in every output byte", str(searched))
-    table.add_row("[bold]planted strings found (leaks)", f"[bold]{found}")
+    table.add_row("planted strings searched in every byte under the output folder", str(searched))
+    table.add_row("[bold]planted strings found (leaks)", f"[bold]{found}" + (f" ({len(hits)} places)" if hits else ""))
+    table.add_row("objects written / skipped: as the key expects",
+                  f"{got['written']} / {got['skipped']} (expected {want['written']} / {want['skipped']})")
     table.add_row("references kept / resolved", f"{kept} / {resolved}")
     if "error" in he_stats:
         table.add_row("encrypted inference", f"failed ({he_stats['error']})")
@@ -250,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row("[bold]  delivered byte for byte as run wrote them", f"[bold]{serve_stats['same']}")
     table.add_row("output", str(out / "deidentified"))
     console.print(table)
-    ok = found == 0 and kept == resolved and report.written > 0
+    ok = found == 0 and kept == resolved and report.written > 0 and got == want
     ok = ok and "error" not in face_stats and face_stats["brain_changed"] == 0 and face_stats["face_removed"] >= 0.98
     ok = ok and bool(scans) and scans["before"].counts["high"] > 0 and scans["after"].counts["high"] == 0
     ok = ok and "error" not in serve_stats and serve_stats["same"] == serve_stats["sent"] > 0

@@ -2,8 +2,12 @@
 
 ``generate_archive(out_dir)`` writes a small multi-patient archive (CT, MR, US, Comprehensive SR, RT Structure
 Set) full of planted identifying values in four character sets, private blocks, nested sequences and file meta,
-plus ``answer_key.json``: every planted value with its path and the bytes a leak search must look for, and every
-cross-object reference.  Users test their own pipelines with it; deidpipe's tests are built on it.
+and per patient a fourth study laid out as real archives are (GSPS, SEG, 12-lead ECG, Encapsulated PDF and CDA,
+JPEG/JPEG 2000 captures with metadata segments and a DICOMDIR, patient-named folders, sidecars, a zip in a zip),
+plus ``answer_key.json``: every planted value with its path and the bytes a leak search must look for, the
+values hidden outside attributes, expected outcomes, and every cross-object reference (docs/synth.md).
+``deidpipe.synth.search.search_tree`` is the leak search over every byte under a folder.  Users test their own
+pipelines with it; deidpipe's tests are built on it.
 
 ``deidpipe.synth.heads`` makes head volumes (NIfTI) with known face and brain masks for testing defacing.
 
@@ -20,7 +24,9 @@ from deidpipe.lazy import lazy_names
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.synth.answer_key import (
         AnswerKey,
+        Extra,
         FileEntry,
+        Hidden,
         PatientEntry,
         Planted,
         Reference,
@@ -36,7 +42,9 @@ _ARCHIVE = ("KEY_FILE", "generate_archive")
 __all__ = [
     "KEY_FILE",
     "AnswerKey",
+    "Extra",
     "FileEntry",
+    "Hidden",
     "PatientEntry",
     "Planted",
     "Reference",

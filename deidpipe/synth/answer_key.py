@@ -20,7 +20,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-KEY_VERSION = 1
+KEY_VERSION = 2
+#: Separates a zip file's archive path from a member's name in the key's paths: ``a/export.zip!/001.dcm``.
+MEMBER_SEP = "!/"
 
 # Encodings a leaked value may take in someone's output: as written, re-encoded to UTF-8, or to Latin-1.
 _ALTERNATIVE_CHARSETS = ["ISO_IR 192", "ISO_IR 100"]
@@ -122,6 +124,44 @@ class Reference:
 
 
 @dataclass
+class Hidden:
+    """An identifying value planted outside the DICOM attributes: in a file or folder name, inside an
+    encapsulated document (PDF, CDA), a compressed stream's metadata segment (JPEG COM/APPn, J2K COM), a
+    DICOMDIR's records, or a sidecar file.  ``where`` says which, e.g. ``pdf:/Info/Author``, ``jpeg:COM``,
+    ``path``; ``files`` are archive paths (a member of a zip is written ``outer.zip!/member``)."""
+
+    value: str
+    where: str
+    kind: str
+    patient: int | None
+    files: list[str]
+    search_bytes: list[str]  # hex; what a search of the unpacked bytes must look for
+    searchable: bool
+
+    def patterns(self) -> list[bytes]:
+        """The byte strings a leak search must look for."""
+        return [bytes.fromhex(h) for h in self.search_bytes]
+
+
+#: Expected outcomes of a de-identification run, per entry of the archive (see :class:`Extra`).
+EXPECT_WRITE = "write"
+EXPECT_SKIP_DICOMDIR = "skip: DICOMDIR"
+EXPECT_SKIP_DOCUMENT = "skip: encapsulated document"  # under the default policy (documents: skip)
+EXPECT_SKIP_NOT_DICOM = "skip: not DICOM"
+
+
+@dataclass
+class Extra:
+    """An entry of the archive beyond the plain image/SR/RT files: what it is and what a run should do with it
+    under the default policy.  ``what``: dicomdir, sidecar, zip, encapsulated_pdf, encapsulated_cda, gsps,
+    seg, ecg, jpeg, j2k, dicom_in_zip."""
+
+    path: str
+    what: str
+    expected: str
+
+
+@dataclass
 class AnswerKey:
     """Everything a test needs to judge a de-identified copy of the archive."""
 
@@ -133,10 +173,31 @@ class AnswerKey:
     references: list[Reference]
     safe_private: list[SafePrivate]
     version: int = KEY_VERSION
+    hidden: list[Hidden] = field(default_factory=list)
+    extras: list[Extra] = field(default_factory=list)
 
     def files(self) -> list[str]:
-        """Every DICOM file of the archive, relative paths."""
+        """Every DICOM file of the archive on disk, relative paths (DICOM objects inside zips: :meth:`members`;
+        the DICOMDIR: :attr:`extras`)."""
+        return [path for path in self._entries() if MEMBER_SEP not in path]
+
+    def members(self) -> list[str]:
+        """The DICOM objects held inside zip files, as ``outer.zip!/member`` (and ``a.zip!/b.zip!/c``)."""
+        return [path for path in self._entries() if MEMBER_SEP in path]
+
+    def objects(self) -> list[str]:
+        """Every DICOM object of the archive, on disk or in a zip (not the DICOMDIR)."""
+        return self._entries()
+
+    def _entries(self) -> list[str]:
         return [f.path for p in self.patients for st in p.studies for se in st.series for f in se.files]
+
+    def expected(self, outcome: str) -> list[str]:
+        """Archive entries (objects, DICOMDIR, sidecars) a run should treat as ``outcome`` (EXPECT_*)."""
+        special = {e.path: e.expected for e in self.extras}
+        listed = [p for p in self._entries() if special.get(p, EXPECT_WRITE) == outcome]
+        return listed + [e.path for e in self.extras if e.expected == outcome and e.path not in listed
+                         and e.what != "zip"]
 
     def planted_paths(self) -> set[str]:
         """Distinct attribute paths (item indices kept) that hold planted values."""
@@ -144,7 +205,7 @@ class AnswerKey:
 
     def search_patterns(self) -> set[bytes]:
         """Every byte string that must not appear in a fully de-identified output."""
-        return {b for p in self.planted for b in p.patterns()}
+        return {b for p in [*self.planted, *self.hidden] for b in p.patterns()}
 
     def save(self, path: Path) -> None:
         """Write the key as indented, key-sorted JSON (byte-identical for a seed)."""
@@ -175,6 +236,8 @@ class AnswerKey:
             references=[Reference(**r) for r in raw["references"]],
             safe_private=[SafePrivate(**s) for s in raw["safe_private"]],
             version=raw.get("version", KEY_VERSION),
+            hidden=[Hidden(**h) for h in raw.get("hidden", [])],
+            extras=[Extra(**e) for e in raw.get("extras", [])],
         )
 
 

@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from deidpipe.synth.answer_key import (
     AnswerKey,
+    Extra,
     FileEntry,
     PatientEntry,
     SeriesEntry,
@@ -40,6 +41,8 @@ from deidpipe.synth.objects import (
 )
 from deidpipe.synth.people import UTF8, Person, fmt_date, fmt_time, make_person
 from deidpipe.synth.plant import FilePlanter, Recorder
+from deidpipe.synth.search import read_member, search_bytes
+from deidpipe.synth.tree import build_fourth, new_fileset, plan_fourth_study, write_dicomdir, write_fourth
 
 KEY_FILE = "answer_key.json"
 # Fixed, so that files do not change with the installed pydicom version.
@@ -106,13 +109,18 @@ def _file_meta(ds: Dataset, fp: FilePlanter, person: Person) -> FileMetaDataset:
 
 
 def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: int = 16, cols: int = 16,
-                     burned_text: bool = False) -> AnswerKey:
+                     burned_text: bool = False, real_world: bool = True) -> AnswerKey:
     """Write a synthetic DICOM archive under ``out_dir`` and its ``answer_key.json``; return the key.
 
     Every UID, date, name and pixel comes from ``seed``: the same arguments give byte-identical files.
-    Layout: ``patient<NNN>/study<N>/series<NN>_<MODALITY>/<NNN>.dcm`` (folders are named by index, never by
-    a name).  Patients cycle through the character sets ISO_IR 100, ISO 2022 IR 87, ISO 2022 IR 149 and
+    Layout: ``patient<NNN>/study<N>/series<NN>_<MODALITY>/<NNN>.dcm`` for the first three studies (folders
+    named by index).  Patients cycle through the character sets ISO_IR 100, ISO 2022 IR 87, ISO 2022 IR 149 and
     ISO_IR 192; SR reports are always UTF-8, so three patients already cover all four.
+
+    With ``real_world`` (the default) each patient also gets a fourth study laid out as real archives are
+    (see :mod:`deidpipe.synth.tree`): JPEG and JPEG 2000 captures indexed by a root ``DICOMDIR``, a GSPS, a
+    segmentation, a 12-lead ECG, an Encapsulated PDF and CDA in a folder named after the patient, sidecar files
+    and a zip within a zip.  The key lists their hidden values (``hidden``) and expected outcomes (``extras``).
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
@@ -121,13 +129,20 @@ def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: i
     rec = Recorder()
     targets: dict[tuple[str, str], list[str]] = defaultdict(list)
     entries: list[PatientEntry] = []
+    people: list[Person] = []
+    extras: list[Extra] = []
+    fileset = new_fileset() if real_world else None
+    in_fileset: dict[str, str] = {}
     for index in range(patients):
         rng = random.Random(f"deidpipe.synth/{seed}/{index}")
         person = make_person(index, rng)
+        people.append(person)
         studies = _plan(person, seed, rng)
+        fourth = plan_fourth_study(person, seed, rng, studies[-1]) if real_world else None
         entry = PatientEntry(index, person.patient_id, person.name, fmt_date(person.birth_date),
                              person.birth_date.isoformat(), _charset_str(person.specific_character_set))
-        for s_index, study in enumerate(studies):
+        late: dict[str, Dataset] = {}  # the fourth study's datasets, written by write_fourth
+        for s_index, study in enumerate([*studies, *([fourth] if fourth else [])]):
             previous = studies[s_index - 1] if s_index else None
             st_entry = StudyEntry(study.uid, fmt_date(study.date), study.date.isoformat(), study.time,
                                   study.accession)
@@ -137,9 +152,14 @@ def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: i
                     ctx = Context(person, study, series, i, random.Random(f"{seed}/{rel}"), seed, rows, cols,
                                   previous)
                     ds, charset = _build(ctx, rec, rel, studies)
-                    path = out_dir / rel
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    ds.save_as(path, enforce_file_format=True)
+                    if study is fourth:
+                        late[rel] = ds
+                        if rel.startswith("PT"):
+                            in_fileset[ds.SOPInstanceUID] = rel
+                    else:
+                        path = out_dir / rel
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        ds.save_as(path, enforce_file_format=True)
                     se_entry.files.append(FileEntry(rel, ds.SOPClassUID, ds.SOPInstanceUID, _charset_str(charset)))
                     targets[("sop", ds.SOPInstanceUID)].append(rel)
                     targets[("series", ds.SeriesInstanceUID)].append(rel)
@@ -148,9 +168,14 @@ def generate_archive(out_dir: Path, *, patients: int = 3, seed: int = 0, rows: i
                         targets[("frame_of_reference", ds.FrameOfReferenceUID)].append(rel)
                 st_entry.series.append(se_entry)
             entry.studies.append(st_entry)
+        if fourth is not None:
+            extras += write_fourth(out_dir, person, fourth, late, rec, fileset)
         entries.append(entry)
+    if fileset is not None:
+        extras.insert(0, write_dicomdir(out_dir, fileset, people, rec, in_fileset))
     key = AnswerKey(seed=seed, rows=rows, cols=cols, patients=entries, planted=rec.planted(),
-                    references=rec.references(targets), safe_private=rec.safe_private())
+                    references=rec.references(targets), safe_private=rec.safe_private(), hidden=rec.hidden(),
+                    extras=extras)
     _self_check(out_dir, key, rec)
     key.save(out_dir / KEY_FILE)
     if burned_text:  # only when asked: the default archive stays byte-identical
@@ -169,11 +194,14 @@ def _build(ctx: Context, rec: Recorder, rel: str, studies: list[StudyPlan]) -> t
     sop_common(ds, fp, ctx, ctx.series.sop_class, ctx.series.sop_uids[ctx.index], charset)
     patient_modules(ds, fp, ctx)
     study_module(ds, fp, ctx)
-    series_module(ds, fp, ctx, image=modality in {"CT", "MR", "US"})
+    series_module(ds, fp, ctx, image=modality in {"CT", "MR", "US", "OT"})
     builders: dict[str, Callable[[Dataset, FilePlanter, Context], None]] = {
         "CT": ct_image, "MR": mr_image, "US": us_image,
     }
-    if modality in builders:
+    syntax = None
+    if ctx.study.number == 4:
+        syntax = build_fourth(ds, fp, ctx)
+    elif modality in builders:
         builders[modality](ds, fp, ctx)
     else:
         ct = next(se for st in studies for se in st.series if se.modality == "CT")
@@ -183,13 +211,16 @@ def _build(ctx: Context, rec: Recorder, rel: str, studies: list[StudyPlan]) -> t
         else:
             rt_structure_set(ds, fp, ctx, ct)
     ds.file_meta = _file_meta(ds, fp, ctx.person)
+    if syntax is not None:
+        ds.file_meta.TransferSyntaxUID = syntax
     ds.preamble = b"\0" * 128
     return ds, charset
 
 
 def _self_check(out_dir: Path, key: AnswerKey, rec: Recorder) -> None:
-    """The key must be right: each planted value, as encoded in each file's charset, is in that file's bytes."""
-    data = {rel: (out_dir / rel).read_bytes() for rel in key.files()}
+    """The key must be right: each planted value, as encoded in each file's charset, is in that file's bytes;
+    each hidden value is found by the leak search in its file (unpacked) or path."""
+    data = {rel: read_member(out_dir, rel) for rel in key.objects()}
     for planted in key.planted:
         for rel in planted.files:
             # OB blobs are written as UTF-8 whatever the dataset's charset, as vendors' blobs are
@@ -197,6 +228,15 @@ def _self_check(out_dir: Path, key: AnswerKey, rec: Recorder) -> None:
             needle = encode_value(planted.value, planted.vr, charset)
             if needle not in data[rel]:
                 raise RuntimeError(f"synth bug: {planted.path} not written as recorded in {rel}")
+    for hidden in key.hidden:
+        for rel in hidden.files:
+            found = hidden.where.startswith("path:") and any(p.lower() in rel.encode().lower()
+                                                             for p in hidden.patterns())
+            if not found:
+                blob = data[rel] if rel in data else (out_dir / rel).read_bytes()
+                found = bool(search_bytes(blob, hidden.patterns()))
+            if not found:
+                raise RuntimeError(f"synth bug: {hidden.where} not written as recorded in {rel}")
     for ref in key.references:
         if not ref.target_files:
             raise RuntimeError(f"synth bug: dangling reference {ref.path} in {ref.file}")

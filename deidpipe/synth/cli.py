@@ -43,9 +43,13 @@ def synth(
     kinds = Counter(p.kind for p in key.planted)
     table = Table(title=f"Synthetic archive in {out}", show_header=False)
     table.add_row("files", str(len(key.files())))
+    table.add_row("DICOM objects", f"{len(key.objects())} ({len(key.members())} inside zips)")
+    table.add_row("other entries", ", ".join(f"{what} {n}" for what, n in sorted(
+        Counter(e.what for e in key.extras if e.what in {"dicomdir", "sidecar", "zip"}).items())) or "none")
     table.add_row("patients", str(len(key.patients)))
     table.add_row("planted values", f"{len(key.planted)} at {len(key.planted_paths())} paths")
     table.add_row("by kind", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    table.add_row("hidden values", f"{len(key.hidden)} in names, documents, stream segments, sidecars")
     table.add_row("references", str(len(key.references)))
     table.add_row("answer key", str(Path(out) / KEY_FILE))
     Console().print(table)

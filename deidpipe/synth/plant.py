@@ -12,7 +12,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from deidpipe.synth.answer_key import Planted, Reference, SafePrivate, is_searchable, search_bytes_for
+from deidpipe.synth.answer_key import Hidden, Planted, Reference, SafePrivate, is_searchable, search_bytes_for
 
 
 def private_step(group: int, creator: str, offset: int) -> str:
@@ -38,11 +38,23 @@ def _iso_of(value: str, vr: str) -> str | None:
     return None
 
 
+@dataclass
+class _HiddenRec:
+    value: str
+    where: str
+    kind: str
+    patient: int | None
+    files: list[str] = field(default_factory=list)
+    written: list[bytes] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
 class Recorder:
     """Collects planted values, safe private elements and references over the whole archive."""
 
     def __init__(self) -> None:
         self._planted: dict[tuple[str, str, int | None], _Rec] = {}
+        self._hidden: dict[tuple[str, str, int | None], _HiddenRec] = {}
         self._safe: dict[tuple[str, str], SafePrivate] = {}
         self._refs: list[tuple[str, str, str, str]] = []
         self.file_charsets: dict[str, str | list[str]] = {}
@@ -61,6 +73,29 @@ class Recorder:
             if c not in rec.contains:
                 rec.contains.append(c)
         rec.names.extend(n for n in names if n not in rec.names)
+
+    def hide(self, rel: str, patient: int | None, where: str, value: str, kind: str,
+             written: list[bytes] | None = None, names: list[str] | None = None) -> None:
+        """Record ``value`` planted outside the DICOM attributes of ``rel`` (a name, a document, a stream
+        segment).  The search looks for it in UTF-8 and Latin-1, for each word of ``names``, and for the exact
+        bytes ``written`` (e.g. a PDF's UTF-16BE string)."""
+        rec = self._hidden.setdefault((where, value, patient), _HiddenRec(value, where, kind, patient))
+        if rel not in rec.files:
+            rec.files.append(rel)
+        rec.written.extend(w for w in written or [] if w not in rec.written)
+        rec.names.extend(n for n in names or [] if n not in rec.names)
+
+    def hidden(self) -> list[Hidden]:
+        """The values planted outside DICOM attributes, with their search bytes."""
+        out: list[Hidden] = []
+        for rec in self._hidden.values():
+            vr = "PN" if rec.kind == "name" and "^" in rec.value else "LO"
+            found = search_bytes_for(rec.value, vr, ["ISO_IR 192"], list(rec.names), list(rec.names))
+            found += [w for w in rec.written if w not in found and is_searchable(w)]
+            out.append(Hidden(value=rec.value, where=rec.where, kind=rec.kind, patient=rec.patient,
+                              files=sorted(rec.files), search_bytes=[b.hex() for b in found],
+                              searchable=bool(found)))
+        return sorted(out, key=lambda h: (h.patient if h.patient is not None else -1, h.where, h.value))
 
     def record_safe(self, rel: str, path: str, creator: str, group: int, offset: int, vr: str, value: str) -> None:
         entry = self._safe.setdefault((path, value), SafePrivate(path, creator, group, offset, vr, value, []))
@@ -138,6 +173,11 @@ class FilePlanter:
         else:
             self.note(path, text if not isinstance(value, bytes) else _ob_text(value), vr, kind, contains, names)
         return path
+
+    def hide(self, where: str, value: str, kind: str, written: list[bytes] | None = None,
+             names: list[str] | None = None) -> None:
+        """Record a value planted in this file outside its DICOM attributes (see :meth:`Recorder.hide`)."""
+        self.recorder.hide(self.rel, self.patient, where, value, kind, written, names)
 
     def ref(self, path: str, uid: str, kind: str) -> None:
         """Record a cross-object reference held at ``path`` in this file."""
