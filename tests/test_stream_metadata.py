@@ -459,3 +459,32 @@ def test_j2k_object_through_the_engine(key, tmp_path):
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(out) - dciodvfy_errors(src) == set()
     assert JPEG2000Lossless and JPEGLSLossless  # the syntaxes the parametrised tests above cover
+
+
+def _with_tlm(stream: bytes) -> bytes:
+    """``stream`` with a TLM segment (tile-part lengths: 8-bit tile index, 32-bit length) before its first SOT."""
+    sot = stream.index(b"\xff\x90\x00\x0a")
+    entries, pos = b"", sot
+    while stream[pos:pos + 2] == b"\xff\x90":
+        psot = struct.unpack(">I", stream[pos + 6:pos + 10])[0]
+        assert psot, "the test needs explicit tile-part lengths"
+        entries += struct.pack(">BI", stream[pos + 5], psot)
+        pos += psot
+    return stream[:sot] + _seg(0x55, b"\x00\x50" + entries) + stream[sot:]
+
+
+def test_j2k_tile_part_lengths_stay_consistent():
+    """Psot of a tile-part that lost a COM is fixed; a TLM index of the old lengths is dropped (optional)."""
+    original = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    code = next(generate_frames(original.PixelData, number_of_frames=1))
+    planted_code = _with_tlm(_j2k_with_comments(code))
+    planted = copy.deepcopy(original)
+    planted.PixelData = encapsulate([planted_code])
+    _assert_same_pixels(original, planted)
+    out = strip_j2k_metadata(planted_code)
+    assert b"\xff\x55" not in out.data[:out.data.index(b"\xff\x90")]
+    sot = out.data.index(b"\xff\x90\x00\x0a")
+    psot = struct.unpack(">I", out.data[sot + 6:sot + 10])[0]
+    assert out.data[sot + psot:sot + psot + 2] == b"\xff\xd9"
+    assert clean_encapsulated(planted) == out.removed
+    _assert_same_pixels(original, planted)
