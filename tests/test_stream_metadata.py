@@ -488,3 +488,13 @@ def test_j2k_tile_part_lengths_stay_consistent():
     assert out.data[sot + psot:sot + psot + 2] == b"\xff\xd9"
     assert clean_encapsulated(planted) == out.removed
     _assert_same_pixels(original, planted)
+
+
+def test_htj2k_capabilities_segment_is_kept():
+    """HTJ2K (15444-15) main headers carry CAP (FF50) and CPF (FF59): kept; a COM beside them is dropped."""
+    code = next(generate_frames(pydicom.dcmread(get_testdata_file("JPEG2000.dcm")).PixelData, number_of_frames=1))
+    siz_end = 4 + struct.unpack(">H", code[4:6])[0]
+    cap, cpf = _seg(0x50, b"\x00\x02\x00\x00\x00\x20"), _seg(0x59, b"\x00\x00")
+    ht = code[:siz_end] + cap + cpf + _seg(0x64, b"\x00\x01" + NAME) + code[siz_end:]
+    out = strip_j2k_metadata(ht)
+    assert cap + cpf in out.data and NAME not in out.data

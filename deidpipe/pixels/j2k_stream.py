@@ -51,15 +51,12 @@ def _segment_end(data: bytes, pos: int) -> int:
 
 
 def _codestream_end(data: bytes) -> int:
-    """Where the codestream ends: after EOC, zero padding after it left out."""
-    end = len(data.rstrip(b"\x00"))
-    if end < 2 or data[end - 2:end] != b"\xff\xd9":
-        # a last tile-part whose data happens to end in 00: EOC must still be the last non-pad marker
-        end = data.rfind(b"\xff\xd9")
-        if end < 0 or data[end + 2:].strip(b"\x00"):
-            raise StreamError("JPEG 2000 codestream does not end with EOC")
-        end += 2
-    return end
+    """Where a codestream whose last tile-part runs to EOC (Psot 0) ends: after the last EOC, which only
+    padding (zero or FF bytes) may follow."""
+    end = data.rfind(b"\xff\xd9")
+    if end < 0 or data[end + 2:].strip(b"\x00\xff"):
+        raise StreamError("JPEG 2000 codestream does not end with EOC")
+    return end + 2
 
 
 def strip_j2k_codestream(data: bytes) -> Stripped:
