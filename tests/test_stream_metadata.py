@@ -498,3 +498,10 @@ def test_htj2k_capabilities_segment_is_kept():
     ht = code[:siz_end] + cap + cpf + _seg(0x64, b"\x00\x01" + NAME) + code[siz_end:]
     out = strip_j2k_metadata(ht)
     assert cap + cpf in out.data and NAME not in out.data
+
+
+def test_compressed_stream_not_encapsulated_fails_closed():
+    ds = _sc(_hostile_jpeg(_image()), JPEGBaseline8Bit, 32, 48)
+    ds["PixelData"].is_undefined_length = False
+    with pytest.raises(StreamError):
+        clean_encapsulated(ds)

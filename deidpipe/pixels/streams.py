@@ -130,11 +130,13 @@ def clean_encapsulated(ds: Dataset, transfer_syntax: str | None = None, *, incom
     if transfer_syntax is None:
         meta = getattr(ds, "file_meta", None)
         transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if str(transfer_syntax) in _NATIVE or not _is_encapsulated(elem):
+    if str(transfer_syntax) in _NATIVE:
         return 0
     kind = stream_kind(transfer_syntax)
     if kind is None:
         return 0
+    if not _is_encapsulated(elem):  # a stream written as one value: no decoder reads it, nor does this module
+        raise StreamError("compressed pixel data is not encapsulated")
     value = _value(ds, _PIXEL_DATA)
     if value is None:
         raise StreamError("encapsulated pixel data is not held as bytes")
