@@ -90,20 +90,13 @@ def _hostile_jpeg(arr: np.ndarray) -> bytes:
 PER_FRAME = 8
 
 
-def _file_meta(ts: str, sop_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ts
-    return meta
-
-
-def _sc(pixel_data: bytes, ts: str, rows: int, cols: int, *, frames: int = 1, colour: bool = False,
-        photometric: str | None = None, bits: int = 8) -> Dataset:
+def _sc(pixel_data: bytes, ts: str, rows: int, cols: int, *, frames: int = 1, colour: bool = False) -> Dataset:
     """A secondary capture object of identity NAME / MRN around encapsulated ``pixel_data``."""
     ds = Dataset()
     sop = generate_uid()
-    ds.file_meta = _file_meta(ts, sop)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, sop
+    ds.file_meta.TransferSyntaxUID = ts
     ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientName, ds.PatientID = NAME.decode() + "^Hiddengiven", MRN.decode()
@@ -112,11 +105,11 @@ def _sc(pixel_data: bytes, ts: str, rows: int, cols: int, *, frames: int = 1, co
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType = "OT", 1, 1, "WSD"
     ds.PatientOrientation = ""
     ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = photometric or ("YBR_FULL_422" if colour else "MONOCHROME2")
+    ds.PhotometricInterpretation = "YBR_FULL_422" if colour else "MONOCHROME2"
     if colour:
         ds.PlanarConfiguration = 0
     ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     if frames > 1:
         ds.NumberOfFrames = frames
     ds.BurnedInAnnotation = "NO"
@@ -127,16 +120,14 @@ def _sc(pixel_data: bytes, ts: str, rows: int, cols: int, *, frames: int = 1, co
     return ds
 
 
-def _roundtrip(ds: Dataset) -> Dataset:
-    buf = io.BytesIO()
-    write_dataset(ds, buf)
-    return read_dataset(buf.getvalue())
-
-
 def _file_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     write_dataset(ds, buf)
     return buf.getvalue()
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    return read_dataset(_file_bytes(ds))
 
 
 def _assert_clean(data: bytes) -> None:
