@@ -153,6 +153,22 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     return meta
 
 
+_NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                              "1.2.840.10008.1.2.1.99"})
+
+
+def clean_pixel_stream(out: Dataset, ts: str, counts: Counter[str]) -> None:
+    """Remove the metadata segments (JPEG COM/APPn, JPEG 2000 COM, JP2 boxes) that compressed Pixel Data can
+    carry, whatever later stages do with the pixels (see :mod:`deidpipe.pixels.streams`). Native pixel data and
+    objects without Pixel Data cost one look-up each; a stream that cannot be parsed raises (quarantine)."""
+    if ts in _NATIVE_SYNTAXES or _PIXEL_DATA not in out._dict:
+        return
+    from deidpipe.pixels.streams import ACTION, clean_encapsulated
+
+    if removed := clean_encapsulated(out, ts, incomplete=INCOMPLETE_ACTION in counts):
+        counts[ACTION] += removed
+
+
 def _text_elements(ds: Dataset, skip: frozenset[str]) -> Iterator[DataElement]:
     """Every non-empty element of a text VR at every level, but coded ones; only those are decoded."""
     for tag in list(ds._dict):
@@ -232,6 +248,7 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
         for _ in result.iterall():
             pass
     result.set_original_encoding(*target, ds.original_character_set)
+    clean_pixel_stream(result, ts, ctx.counts)
     return HeaderResult(dataset=result, actions=ctx.counts)
 
 
