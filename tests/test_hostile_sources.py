@@ -54,6 +54,7 @@ from deidpipe.pipeline.source import (
     detect,
     iter_items,
 )
+from deidpipe.pipeline.state import default_state_dir
 
 SECRET = "hostile-sources-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def check_accounted(dst: Path, key: ProjectKey, listed: list[str], expected: Exp
         if not name.startswith(REJECTED_PREFIX) and any(c in name for c in "._/"):  # "sock" is in "socket"
             assert name not in text
     assert ESCAPE_NAME not in text and "/abs" not in text
-    manifest = pl.read_parquet(dst / "_deidpipe" / "manifest.parquet")
+    manifest = pl.read_parquet(default_state_dir(dst) / "manifest.parquet")
     assert sorted(manifest["path"]) == sorted(listed)
     return audit
 
