@@ -29,8 +29,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from deidpipe.keys import ProjectKey
+from deidpipe.pipeline import items as items_mod
 from deidpipe.pipeline import run
-from deidpipe.pipeline import source as src_mod
 from deidpipe.pipeline.index import object_id
 from deidpipe.pipeline.source import (
     REASON_ABSOLUTE,
@@ -363,9 +363,9 @@ def hostile_tar(path: Path) -> Expected:
 @pytest.fixture
 def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bomb limits a test can reach in a few MB (the listing reads these module constants)."""
-    monkeypatch.setattr(src_mod, "MAX_MEMBER_BYTES", 8 * MiB)
-    monkeypatch.setattr(src_mod, "BOMB_RATIO_FLOOR", 1 * MiB)
-    monkeypatch.setattr(src_mod, "MAX_COMPRESSION_RATIO", 100)
+    monkeypatch.setattr(items_mod, "MAX_MEMBER_BYTES", 8 * MiB)
+    monkeypatch.setattr(items_mod, "BOMB_RATIO_FLOOR", 1 * MiB)
+    monkeypatch.setattr(items_mod, "MAX_COMPRESSION_RATIO", 100)
 
 
 @pytest.mark.parametrize("keep_paths", [False, True], ids=["pseudonym", "keep_paths"])

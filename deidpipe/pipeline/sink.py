@@ -58,7 +58,7 @@ def _component(value: Any, fallback: str) -> str:
 def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
     """The output path (relative to DST) for a de-identified data set."""
     if layout == LAYOUT_KEEP:
-        rel = input_relpath
+        rel = input_relpath.replace("//", "/")  # a member of an archive in the source: under the archive's name
         # The source never lists such a name to be read; checked again here because this path is joined to DST.
         if rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
             raise DeidError("the input path cannot be mirrored inside the destination")
