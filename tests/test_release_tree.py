@@ -126,8 +126,14 @@ def released(src: Path) -> tuple[subprocess.CompletedProcess, Path]:
 
 
 def tree(dst: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file under DST but the audit (whose timings and run numbers differ)."""
     return {p.relative_to(dst).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(dst.rglob("*")) if p.is_file()}
+            for p in sorted(dst.rglob("*")) if p.is_file() and p.name != "audit.parquet"}
+
+
+def audit_rows(dst: Path) -> list[tuple]:
+    cols = ["object_id", "status", "stage", "reason", "output", "bytes_out", "out_hash", "content_hash"]
+    return pl.read_parquet(dst / "_deidpipe" / "audit.parquet").select(cols).sort("object_id").rows()
 
 
 def test_listing_opens_nested_archives_and_stops_one_level_down(src: Path) -> None:
@@ -214,7 +220,7 @@ def test_resume_from_a_named_state_folder(src: Path, tmp_path: Path) -> None:
     first = run(src, dst, POLICY, key=key, workers=1, state_dir=state)
     assert first.written == len(DICOM_INPUTS) and first.quarantined == 0 and first.manifest.parent == state
     assert not default_state_dir(dst).exists()
-    reference = tree(dst)
+    reference, reference_audit = tree(dst), audit_rows(dst)
     # An interrupted run: the last journal lines lost, one output gone.
     journal = state / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
@@ -227,7 +233,7 @@ def test_resume_from_a_named_state_folder(src: Path, tmp_path: Path) -> None:
         run(src, dst, POLICY, key=key, workers=1, resume=True)  # the default state folder is not where it is
     resumed = run(src, dst, POLICY, key=key, workers=1, resume=True, state_dir=state)
     assert resumed.objects == first.objects and 0 < resumed.processed < first.objects
-    assert tree(dst) == reference
+    assert tree(dst) == reference and audit_rows(dst) == reference_audit
 
 
 def test_state_folder_inside_dst_or_src_is_refused(src: Path, tmp_path: Path) -> None:
