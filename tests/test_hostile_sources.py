@@ -89,17 +89,17 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def snapshot(root: Path, exclude: Path) -> dict[str, tuple[int, int, int]]:
-    """Every entry below ``root`` but ``exclude`` (links not followed): kind, size and mtime (not of folders:
+def snapshot(root: Path, excludes: tuple[Path, ...]) -> dict[str, tuple[int, int, int]]:
+    """Every entry below ``root`` but ``excludes`` (links not followed): kind, size and mtime (not of folders:
     making DST changes its parent's; an entry added anywhere shows as a new key)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == exclude or exclude in Path(dirpath).parents:
+        if any(Path(dirpath) == ex or ex in Path(dirpath).parents for ex in excludes):
             dirnames[:] = []
             continue
         for name in dirnames + filenames:
             p = Path(dirpath, name)
-            if p == exclude:
+            if p in excludes:
                 continue
             st = p.lstat()
             kind = stat.S_IFMT(st.st_mode)
@@ -109,9 +109,11 @@ def snapshot(root: Path, exclude: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def outside_state(tmp_path: Path, dst: Path) -> tuple[Any, ...]:
-    """What a write outside DST would change: the test folder, the names beside it, and an absolute target."""
+    """What a write outside DST (and its state folder beside it) would change: the test folder, the names beside
+    it, and an absolute target."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    return snapshot(tmp_path, dst), sorted(p.name for p in tmp_path.parent.iterdir()), Path("/abs").exists()
+    return (snapshot(tmp_path, (dst, default_state_dir(dst))), sorted(p.name for p in tmp_path.parent.iterdir()),
+            Path("/abs").exists())
 
 
 def audit_of(dst: Path) -> dict[str, dict[str, Any]]:

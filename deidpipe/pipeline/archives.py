@@ -229,8 +229,8 @@ def iter_tar(src: str | bytes, with_data: bool, prefix: str, depth: int,
                 if not member.isdir():
                     problem = _tar_problem(member)
                     item = member_item(index, member.name, member.size, problem, seen)
-                    stream = _TarStreamMember(tf.extractfile(member) if item.skip is None else None, member.size)
-                    yield from _member_or_archive(item, prefix, depth, with_data, stream.head, stream.load)
+                    part = _TarStreamMember(tf.extractfile(member) if item.skip is None else None, member.size)
+                    yield from _member_or_archive(item, prefix, depth, with_data, part.head, part.load, stream=True)
                 index += 1
     except Exception:  # noqa: BLE001 - a truncated or corrupt stream: the rest of the archive is one failure
         if fallback is not None and index == 0:
@@ -250,7 +250,7 @@ def expand_archive(kind: str, src: str | bytes, prefix: str, depth: int, with_da
 
 
 def _member_or_archive(item: SourceItem, prefix: str, depth: int, with_data: bool, head: Callable[[], bytes],
-                       load: Callable[[], bytes | None]) -> list[SourceItem]:
+                       load: Callable[[], bytes | None], stream: bool = False) -> list[SourceItem]:
     """An archive member as listed: its item under ``prefix`` (with its bytes when ``with_data``), or, if it is
     an archive itself, its members one level down, or skipped when that level is too deep. ``head`` and
     ``load`` read the member's first bytes and all of it (bounded by the checks the item has passed); a member
@@ -261,7 +261,9 @@ def _member_or_archive(item: SourceItem, prefix: str, depth: int, with_data: boo
     try:
         kind = archive_kind(head())
         data = load() if with_data or kind is not None else None
-    except Exception:  # noqa: BLE001 - a corrupt member: the index reads it again and says so
+    except Exception:  # noqa: BLE001 - a corrupt zip member: the index reads it again and says so
+        if stream:
+            raise  # a tar stream broken here: the rest of the archive is one failure (see iter_tar)
         return [item]
     if kind is None:
         return [dataclasses.replace(item, data=data)]
