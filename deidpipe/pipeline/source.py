@@ -146,9 +146,12 @@ def _iter_folder(root: Path) -> Iterator[SourceItem]:
 def _file_or_archive(path: str, item: SourceItem) -> Iterator[SourceItem]:
     """A readable file of a folder source as it is listed, or, if it is a zip or tar, the members of that
     archive (depth 1), read from the file itself when a worker needs them."""
-    try:
-        with open_regular(path) as fh:
-            head = fh.read(ARCHIVE_HEAD_BYTES)
+    try:  # os-level calls: a buffered file object per file cost 4x more, on every file of every folder source
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            head = os.read(fd, ARCHIVE_HEAD_BYTES)  # a FIFO swapped in since the walk gives nothing, never blocks
+        finally:
+            os.close(fd)
     except OSError:
         head = b""  # the index reports what cannot be read
     kind = archive_kind(head)
