@@ -64,9 +64,9 @@ class StateDir:
         if _inside(self.root, dst):
             raise DeidError("the state folder must not be inside the destination (it holds the input paths, and "
                             "the destination is meant to be shared): choose another with --state")
-        if _inside(self.root, src_root) or _inside(src_root, self.root):
-            raise DeidError("the state folder and the source must not contain one another: choose another "
-                            "state folder with --state")
+        if _inside(self.root, src_root):
+            raise DeidError("the state folder must not be inside the source (nothing is ever written there): "
+                            "choose another with --state")
 
     def read(self) -> dict[str, Any] | None:
         """The run.json of an earlier run, or None when there is none."""
