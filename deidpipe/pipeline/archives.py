@@ -216,7 +216,7 @@ def _tar_file(src: str | bytes, mode: str) -> tarfile.TarFile:
 
 
 def iter_tar(src: str | bytes, with_data: bool, prefix: str, depth: int,
-              fallback: SourceItem | None = None) -> Iterator[SourceItem]:
+             fallback: SourceItem | None = None) -> Iterator[SourceItem]:
     """A tar's members in stream order (at ``depth``, under ``prefix``); an archive among them is opened one
     level. ``fallback``: what to list instead when the stream is a compressed file that holds no tar."""
     # Stream mode ("r|*"): one sequential pass, works for gzip/bz2/xz without seeking. The size in a member's
@@ -240,7 +240,7 @@ def iter_tar(src: str | bytes, with_data: bool, prefix: str, depth: int,
 
 
 def expand_archive(kind: str, src: str | bytes, prefix: str, depth: int, with_data: bool,
-            fallback: SourceItem) -> Iterator[SourceItem]:
+                   fallback: SourceItem) -> Iterator[SourceItem]:
     """The members of an archive (a path, or its bytes) at ``depth``, listed under ``prefix``. ``fallback`` is
     what a compressed stream that holds no tar is listed as (a file like any other)."""
     if kind == KIND_ZIP:
@@ -260,6 +260,8 @@ def _member_or_archive(item: SourceItem, prefix: str, depth: int, with_data: boo
         return [item]
     try:
         kind = archive_kind(head())
+        if kind is not None and depth >= MAX_ARCHIVE_DEPTH:
+            return [skipped_item(item.relpath, REASON_NESTED_TOO_DEEP, item.size)]  # never read further
         data = load() if with_data or kind is not None else None
     except Exception:  # noqa: BLE001 - a corrupt zip member: the index reads it again and says so
         if stream:
@@ -267,21 +269,18 @@ def _member_or_archive(item: SourceItem, prefix: str, depth: int, with_data: boo
         return [item]
     if kind is None:
         return [dataclasses.replace(item, data=data)]
-    if depth >= MAX_ARCHIVE_DEPTH:
-        return [skipped_item(item.relpath, REASON_NESTED_TOO_DEEP, item.size)]
     if data is None:
         return [item]
     return list(expand_archive(kind, data, item.relpath + NEST_SEP, depth + 1, with_data,
-                        dataclasses.replace(item, data=data if with_data else None)))
+                               dataclasses.replace(item, data=data if with_data else None)))
 
 
 # -- reading a member inside a worker ------------------------------------------------------------------------
 #: Per process: each zip archive opened once, with its readable members by relative path (the listing's own rules,
 #: so a duplicate name reads the member the listing kept).
 _ZIP_CACHE: dict[str, tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]] = {}
-#: Per process: the archives inside a source that a worker has opened (see :func:`_read_nested`).
+#: Per process: the archives inside a source that a worker has opened (see :func:`read_nested`).
 _NESTED = ArchiveCache()
-
 
 
 class _Opened:
