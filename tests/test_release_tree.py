@@ -245,3 +245,13 @@ def test_state_folder_inside_dst_or_src_is_refused(src: Path, tmp_path: Path) ->
         assert not state.exists()
     proc = cli("run", str(src), str(tmp_path / "never-run"), "--resume", "-q")
     assert proc.returncode == 2 and b"cannot resume: no run state" in proc.stderr
+
+
+def test_keep_paths_mirrors_a_nested_member_under_its_archive(src: Path, tmp_path: Path) -> None:
+    """``--keep-paths`` mirrors input names by request (the one exception to a shareable DST): a member of an
+    archive goes under the archive's path, as a folder."""
+    report = run(src, tmp_path / "kept", POLICY, key=ProjectKey(SECRET.encode()), workers=1, keep_paths=True)
+    assert report.written == len(DICOM_INPUTS) and report.quarantined == 0
+    written = sorted(p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*")
+                     if p.is_file() and p.name != "audit.parquet")
+    assert written == sorted(rel.replace("//", "/") for rel in DICOM_INPUTS)
