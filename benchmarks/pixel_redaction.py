@@ -180,6 +180,7 @@ def ct_overhead(n: int = 300, workers: int = 1, repeats: int = 9) -> tuple[float
 
     import deidpipe
     from deidpipe.keys import ProjectKey
+    from deidpipe.pipeline.state import default_state_dir
     from deidpipe.policy import Policy
 
     root = Path(tempfile.mkdtemp(prefix="pixbench-ct-"))
@@ -191,6 +192,7 @@ def ct_overhead(n: int = 300, workers: int = 1, repeats: int = 9) -> tuple[float
         for mode in ("off", "auto"):
             out = root / f"out-{mode}"
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(default_state_dir(out), ignore_errors=True)  # the run's state, beside DST
             os.sync()
             t0 = time.perf_counter()
             report = deidpipe.run(root / "src", out, Policy.from_mapping({"pixels": mode}), key=key,

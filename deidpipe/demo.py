@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(argv[0] if argv else "demo-output")
     shutil.rmtree(out / "input", ignore_errors=True)
     shutil.rmtree(out / "deidentified", ignore_errors=True)
+    shutil.rmtree(out / "deidentified.deidpipe-state", ignore_errors=True)  # run's state (input paths), beside DST
     out.mkdir(parents=True, exist_ok=True)
     key_file = out / "demo.key"
     if not key_file.exists():
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row("serve: sent / answered Success / delivered",
                       f"{serve_stats['sent']} / {serve_stats['success']} / {serve_stats['delivered']}")
         table.add_row("[bold]  delivered byte for byte as run wrote them", f"[bold]{serve_stats['same']}")
-    table.add_row("output", str(out / "deidentified"))
+    table.add_row("output (safe to share whole)", str(out / "deidentified"))
+    table.add_row("run state (input paths: keep private)", str(report.state_dir))
     console.print(table)
     ok = found == 0 and kept == resolved and report.written > 0 and got == want
     ok = ok and "error" not in face_stats and face_stats["brain_changed"] == 0 and face_stats["face_removed"] >= 0.98

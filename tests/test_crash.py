@@ -27,6 +27,7 @@ import pytest
 from deidpipe.dicomio import read_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline import run
+from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
 
@@ -43,10 +44,11 @@ import os, signal, sys, threading, time
 from pathlib import Path
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline import iter_run
+from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 
 src, dst, lines, workers, secret = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-journal = dst / "_deidpipe" / "journal.jsonl"
+journal = default_state_dir(dst) / "journal.jsonl"
 
 def kill():
     os.killpg(0, signal.SIGKILL)
@@ -134,7 +136,7 @@ def kill_at(source: Path, dst: Path, lines: int, workers: int) -> list[dict[str,
         proc.wait()
         pytest.fail("the killed run hung")
     assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")[-2000:]
-    journal = dst / "_deidpipe" / "journal.jsonl"
+    journal = default_state_dir(dst) / "journal.jsonl"
     text = journal.read_text() if journal.exists() else ""
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
@@ -143,7 +145,7 @@ def damage(dst: Path, records: list[dict[str, Any]]) -> dict[str, int]:
     """What a careless steward or a power cut leaves: finished outputs deleted and truncated, quarantine records
     deleted and garbled, the journal's last line torn (its object's files present but unrecorded), temporaries
     left behind. Returns what was done, by kind."""
-    journal = dst / "_deidpipe" / "journal.jsonl"
+    journal = default_state_dir(dst) / "journal.jsonl"
     data = journal.read_bytes()
     cut = data.rstrip(b"\n").rfind(b"\n") + 1
     journal.write_bytes(data[: cut + (len(data) - cut) // 2])  # the last line torn in the middle
@@ -202,6 +204,7 @@ def test_kill_9_damage_then_resume_equals_a_clean_run(share, workers, source, ke
     assert tree(dst) == ref_tree
     assert audit_rows(dst) == ref_audit
     assert not any((dst / "_deidpipe" / "tmp").glob("*"))
+    assert not (dst / "_deidpipe" / "tmp").exists()  # the temporary folder goes at the end of a run
 
     again = run(source, dst, POLICY, key=key, workers=1, resume=True)  # nothing left to do
     assert again.resumed == total and tree(dst) == ref_tree
@@ -215,20 +218,21 @@ def test_resume_removes_only_the_recorded_output_inside_dst(source, key, clean, 
     run(source, dst, POLICY, key=key, workers=1)
     outside = tmp_path / "outside.dcm"
     outside.write_bytes(b"keep me")
-    journal = dst / "_deidpipe" / "journal.jsonl"
+    journal = default_state_dir(dst) / "journal.jsonl"
     lines = journal.read_text().splitlines()
     forged = []
     for line in lines:
         rec = json.loads(line)
         if rec["status"] == "written" and len(forged) < 3:
-            rec["output"] = ["../outside.dcm", "_deidpipe/run.json", "/etc/hostname"][len(forged)]
+            rec["output"] = ["../outside.dcm", "_deidpipe/audit.parquet", "/etc/hostname"][len(forged)]
             forged.append(rec["object_id"])
         lines[lines.index(line)] = json.dumps(rec, sort_keys=True)
     journal.write_text("\n".join(lines) + "\n")
     resumed = run(source, dst, POLICY, key=key, workers=1, resume=True)
     assert resumed.processed == 3
     assert outside.read_bytes() == b"keep me"
-    assert json.loads((dst / "_deidpipe" / "run.json").read_text())["complete"] is True
+    assert json.loads((default_state_dir(dst) / "run.json").read_text())["complete"] is True
+    assert (dst / "_deidpipe" / "audit.parquet").is_file()
     assert tree(dst) == ref_tree
     assert audit_rows(dst) == ref_audit
 

@@ -26,6 +26,7 @@ from pydicom.pixels.utils import get_expected_length
 
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.index import object_id
+from deidpipe.pipeline.state import default_state_dir
 from tests.fuzzing import build_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_hostile_batch_leaks_nothing_and_accounts_for_everything(tmp_path, synth
 
     # No marker, no original UID, anywhere.
     leaks = []
-    files = [p for p in dst.rglob("*") if p.is_file()]
+    files = [p for root in (dst, default_state_dir(dst)) for p in root.rglob("*") if p.is_file()]
     texts = {p: _searchable(p) for p in files}
     texts[Path("<terminal>")] = terminal
     for item in inputs:

@@ -29,8 +29,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from deidpipe.keys import ProjectKey
+from deidpipe.pipeline import items as items_mod
 from deidpipe.pipeline import run
-from deidpipe.pipeline import source as src_mod
 from deidpipe.pipeline.index import object_id
 from deidpipe.pipeline.source import (
     REASON_ABSOLUTE,
@@ -54,6 +54,7 @@ from deidpipe.pipeline.source import (
     detect,
     iter_items,
 )
+from deidpipe.pipeline.state import default_state_dir
 
 SECRET = "hostile-sources-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
@@ -88,17 +89,17 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def snapshot(root: Path, exclude: Path) -> dict[str, tuple[int, int, int]]:
-    """Every entry below ``root`` but ``exclude`` (links not followed): kind, size and mtime (not of folders:
+def snapshot(root: Path, excludes: tuple[Path, ...]) -> dict[str, tuple[int, int, int]]:
+    """Every entry below ``root`` but ``excludes`` (links not followed): kind, size and mtime (not of folders:
     making DST changes its parent's; an entry added anywhere shows as a new key)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == exclude or exclude in Path(dirpath).parents:
+        if any(Path(dirpath) == ex or ex in Path(dirpath).parents for ex in excludes):
             dirnames[:] = []
             continue
         for name in dirnames + filenames:
             p = Path(dirpath, name)
-            if p == exclude:
+            if p in excludes:
                 continue
             st = p.lstat()
             kind = stat.S_IFMT(st.st_mode)
@@ -108,9 +109,11 @@ def snapshot(root: Path, exclude: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def outside_state(tmp_path: Path, dst: Path) -> tuple[Any, ...]:
-    """What a write outside DST would change: the test folder, the names beside it, and an absolute target."""
+    """What a write outside DST (and its state folder beside it) would change: the test folder, the names beside
+    it, and an absolute target."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    return snapshot(tmp_path, dst), sorted(p.name for p in tmp_path.parent.iterdir()), Path("/abs").exists()
+    return (snapshot(tmp_path, (dst, default_state_dir(dst))), sorted(p.name for p in tmp_path.parent.iterdir()),
+            Path("/abs").exists())
 
 
 def audit_of(dst: Path) -> dict[str, dict[str, Any]]:
@@ -136,7 +139,7 @@ def check_accounted(dst: Path, key: ProjectKey, listed: list[str], expected: Exp
         if not name.startswith(REJECTED_PREFIX) and any(c in name for c in "._/"):  # "sock" is in "socket"
             assert name not in text
     assert ESCAPE_NAME not in text and "/abs" not in text
-    manifest = pl.read_parquet(dst / "_deidpipe" / "manifest.parquet")
+    manifest = pl.read_parquet(default_state_dir(dst) / "manifest.parquet")
     assert sorted(manifest["path"]) == sorted(listed)
     return audit
 
@@ -362,9 +365,9 @@ def hostile_tar(path: Path) -> Expected:
 @pytest.fixture
 def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bomb limits a test can reach in a few MB (the listing reads these module constants)."""
-    monkeypatch.setattr(src_mod, "MAX_MEMBER_BYTES", 8 * MiB)
-    monkeypatch.setattr(src_mod, "BOMB_RATIO_FLOOR", 1 * MiB)
-    monkeypatch.setattr(src_mod, "MAX_COMPRESSION_RATIO", 100)
+    monkeypatch.setattr(items_mod, "MAX_MEMBER_BYTES", 8 * MiB)
+    monkeypatch.setattr(items_mod, "BOMB_RATIO_FLOOR", 1 * MiB)
+    monkeypatch.setattr(items_mod, "MAX_COMPRESSION_RATIO", 100)
 
 
 @pytest.mark.parametrize("keep_paths", [False, True], ids=["pseudonym", "keep_paths"])

@@ -26,6 +26,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from deidpipe.pipeline.state import default_state_dir
+
 SECRET = "leaks-test-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
 N_FILES = 40
@@ -144,7 +146,7 @@ def deidpipe_run(src: Path, dst: Path, *args: str) -> subprocess.CompletedProces
 def leaks_in_run(proc: subprocess.CompletedProcess, dst: Path, secrets: list[bytes]) -> dict[str, list[str]]:
     """Where the secrets occur: stdout, stderr, each manifest / audit column but the input path, every file."""
     where: dict[str, list[str]] = {"stdout": found(proc.stdout, secrets), "stderr": found(proc.stderr, secrets)}
-    for table in sorted((dst / "_deidpipe").glob("*.parquet")):
+    for table in sorted((dst / "_deidpipe").glob("*.parquet")) + sorted(default_state_dir(dst).glob("*.parquet")):
         df = pl.read_parquet(table)
         for column in df.columns:
             if column != "path":

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline import iter_run, run
+from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
 
@@ -152,7 +153,7 @@ def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_p
     _dicomdir(src / "DICOMDIR")
     # A copy of a good file elsewhere in the tree: the same SOP instance, written once.
     shutil.copy(src / good[1], bad / "copy.dcm")
-    n_bad = 5
+    n_bad = 4  # README.txt is not DICOM: skipped, not quarantined
 
     dst = tmp_path / "out"
     res = cli("run", str(src), str(dst), "--workers", "2")
@@ -165,7 +166,7 @@ def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_p
     records = sorted((dst / "quarantine").glob("*.json"))
     assert len(records) == n_bad
     stages = sorted(json.loads(r.read_text())["stage"] for r in records)
-    assert stages.count("index") >= 3  # not DICOM, empty, garbage, dangling (truncated may fail later)
+    assert stages.count("index") >= 2  # empty, garbage (DICM, no data set); truncated may fail later
     for r in records:
         text = r.read_bytes()
         assert b"Doe_John" not in text and b"README" not in text and b".dcm" not in text
@@ -175,14 +176,16 @@ def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_p
         read_dataset(p)
 
     audit = pl.read_parquet(dst / "_deidpipe" / "audit.parquet")
-    assert audit.height == len(good) + n_bad + 2
+    assert audit.height == len(good) + n_bad + 3
     assert dict(audit["status"].value_counts().iter_rows()) == {
-        "written": len(good), "quarantined": n_bad, "skipped": 1, "duplicate": 1}
+        "written": len(good), "quarantined": n_bad, "skipped": 2, "duplicate": 1}
+    assert set(audit.filter(pl.col("status") == "skipped")["reason"]) >= {"not DICOM"}
     blob = (dst / "_deidpipe" / "audit.parquet").read_bytes() + b"".join(r.read_bytes() for r in records)
     for secret in secrets_of(answer) | {b"Doe_John", b"README"}:
         assert secret not in blob
 
-    manifest = pl.read_parquet(dst / "_deidpipe" / "manifest.parquet")
+    assert not (dst / "_deidpipe" / "manifest.parquet").exists()  # input paths stay out of DST
+    manifest = pl.read_parquet(default_state_dir(dst) / "manifest.parquet")
     assert manifest.height == audit.height
     originals = {st.study_instance_uid for p in answer.patients for st in p.studies}
     assert not originals & set(manifest["study_uid"].drop_nulls())

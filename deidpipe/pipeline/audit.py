@@ -1,11 +1,12 @@
 """The audit: a crash-safe journal while running, one Parquet row per object at the end.
 
-The journal (``DST/_deidpipe/journal.jsonl``) gets one JSON line per finished object, flushed and fsynced per batch
-of results, and written only once the files the line speaks of are durable (the runner's order: output or
-quarantine record synced, then the line). A crash loses at most the lines of the batch in hand, whose objects are
-simply done again; a torn last line is ignored. ``--resume`` reads it to skip finished objects (the runner checks
-their files first). At the end of a run the journal becomes ``DST/_deidpipe/audit.parquet``: the
-latest record of each object, sorted by object id.
+The journal (``journal.jsonl`` in the state folder, outside DST: :mod:`deidpipe.pipeline.state`) gets one JSON line
+per finished object, flushed and fsynced per batch of results, and written only once the files the line speaks of
+are durable (the runner's order: output or quarantine record synced, then the line). A crash loses at most the lines
+of the batch in hand, whose objects are simply done again; a torn last line is ignored. ``--resume`` reads it to
+skip finished objects (the runner checks their files first). At the end of a run the journal becomes
+``DST/_deidpipe/audit.parquet`` (safe to release with the objects): the latest record of each object, sorted by
+object id.
 
 A record holds hashes, pseudonymised output paths, timings, action counts and fixed reasons: no input path and no
 original value.

@@ -25,6 +25,10 @@ def run_command(
         None, "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."
     ),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in DST."),
+    state: Path | None = typer.Option(
+        None, "--state", help="Folder for the run's state (manifest with input paths, journal; not to be shared). "
+        "Default: DST.deidpipe-state beside DST. Never inside DST or SRC."
+    ),
     keep_paths: bool = typer.Option(
         False, "--keep-paths", help="Mirror the input's relative paths (off: names often carry identity)."
     ),
@@ -33,7 +37,8 @@ def run_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """De-identify an archive into DST: pseudonymised tree, quarantine records, manifest and audit tables."""
+    """De-identify an archive into DST (pseudonymised tree, quarantine records, audit table: safe to share); the
+    manifest and journal go to a state folder outside DST."""
     from deidpipe.header.cli import policy_from_cli
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.progress import Reporter, print_summary
@@ -54,6 +59,7 @@ def run_command(
             executor=executor,
             scheduler=scheduler,
             resume=resume,
+            state_dir=state,
             keep_paths=keep_paths,
             progress=Reporter("off") if quiet else Reporter.auto(sys.stderr),
         )

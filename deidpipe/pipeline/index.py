@@ -1,10 +1,10 @@
 """The index pass: every file hashed, its header read, one manifest row per input file, written to Parquet in chunks.
 
-A row holds the input's relative path (the steward's own data: the manifest stays under ``DST/_deidpipe/`` and is
-not part of a release), the file's size and modification time, a keyed content hash, and the facts the plan
-needs: SOP class, modality, study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header
-engine uses), transfer syntax, rows / columns / frames and BurnedInAnnotation. No text of the file goes in as it
-is: SOP class and transfer syntax only when they are UIDs of the standard (else their pseudonyms), Modality and
+A row holds the input's relative path (the steward's own data: the manifest lives in the run's state folder, outside
+DST, and is never part of a release), the file's size and modification time, a keyed content hash, and the facts the
+plan needs: SOP class, modality, study / series / instance UIDs *as pseudonyms* (``key.uid``, the mapping the header
+engine uses), transfer syntax, rows / columns / frames and BurnedInAnnotation. No text of the file goes in as it is:
+SOP class and transfer syntax only when they are UIDs of the standard (else their pseudonyms), Modality and
 BurnedInAnnotation only as defined terms (else ``invalid``). A file that is not DICOM, or whose header cannot be
 read, is listed with a fixed reason and no other values.
 
@@ -57,6 +57,10 @@ KIND_INVALID = "invalid"
 KIND_SKIPPED = "skipped"
 #: ... or an input refused as it stands (a hostile or broken archive member, an unreadable folder).
 KIND_REJECTED = "rejected"
+#: A readable file that is not DICOM and does not look like DICOM (a sidecar: text, JSON, PNG, PDF): skipped,
+#: never copied. A file that looks like DICOM (:func:`looks_like_dicom`) and cannot be read is KIND_INVALID.
+KIND_NOT_DICOM = "not_dicom"
+REASON_NOT_DICOM = "not DICOM"
 
 #: Column -> polars type name (see :mod:`deidpipe.pipeline.tables`).
 MANIFEST_SCHEMA: dict[str, str] = {
@@ -183,8 +187,34 @@ def _header_facts(data: bytes | memoryview, complete: bool) -> dict[str, Any] | 
         return None
 
 
-def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: dict[str, Any]) -> dict[str, Any]:
-    """Fill in size, mtime and content hash; return the header facts. A folder member is streamed."""
+#: Bytes of a file's start that :func:`looks_like_dicom` judges.
+HEAD_BYTES = 512
+_VR_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether a file whose header could not be read was meant to be DICOM (then it is a broken object,
+    quarantined) rather than something else (a sidecar, skipped): "DICM" at offset 128; a preamble of NULs cut
+    before or inside "DICM"; or, without a preamble, a first element of group 0002 or 0008 (File Meta, or the
+    identifying group every data set starts with) with an explicit VR's two capitals or a plausible implicit
+    length."""
+    if len(head) >= 132:
+        if head[128:132] == b"DICM":
+            return True
+    elif not head[:128].strip(b"\0") and b"DICM".startswith(head[128:]):
+        return True
+    if len(head) < 8 or int.from_bytes(head[0:2], "little") not in (0x0002, 0x0008):
+        return False
+    if head[4] in _VR_LETTERS and head[5] in _VR_LETTERS:
+        return True
+    length = int.from_bytes(head[4:8], "little")
+    return length == 0xFFFFFFFF or length < (1 << 24)
+
+
+def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: dict[str, Any],
+                     head_out: bytearray) -> dict[str, Any]:
+    """Fill in size, mtime and content hash; return the header facts. A folder member is streamed. Once the
+    whole file was read, its first :data:`HEAD_BYTES` are put in ``head_out`` (for :func:`looks_like_dicom`)."""
     path = member_path(spec, item)
     if path is None:
         data = read_member(spec, item)
@@ -192,6 +222,7 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
         row["content_hash"] = content_hash(key, data)
         if not data:
             raise InputError(None, "is empty")
+        head_out[:] = data[:HEAD_BYTES]
         return _header_facts(data, complete=True) or _facts_from_dataset(_read_header(io.BytesIO(data),
                                                                                       _is_part10(data)))
     global _hash_buffer
@@ -214,6 +245,7 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             facts = None
             while n := fh.readinto(view):
                 if size == 0:
+                    first = bytes(view[:min(n, HEAD_BYTES)])
                     part10 = _is_part10(view[:n])
                     # The header is read from the first chunk while it is in the buffer.
                     facts = _header_facts(view[:n], complete=False) if part10 else None
@@ -227,6 +259,7 @@ def _hash_and_header(spec: SourceSpec, key: ProjectKey, item: SourceItem, row: d
             row["content_hash"] = h.digest().hex()[:32]
             if not size:
                 raise InputError(None, "is empty")
+            head_out[:] = first
             if facts is None and part10 and len(head) == size:  # the header may end where the file ends
                 facts = _header_facts(head, complete=True)
             if facts is not None:
@@ -357,13 +390,16 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     if item.skip is not None:
         row.update(kind=KIND_REJECTED if item.quarantine else KIND_SKIPPED, reason=item.skip)
         return row
+    head = bytearray()
     try:
-        facts = _hash_and_header(spec, key, item, row)
-    except InputError as exc:
-        row.update(kind=KIND_INVALID, reason=exc.reason)
-        return row
+        facts = _hash_and_header(spec, key, item, row, head)
     except Exception as exc:  # noqa: BLE001 - fail closed: any surprise is a reason, never a crash
-        row.update(kind=KIND_INVALID, reason=f"header cannot be read ({type(exc).__name__})")
+        if head and not looks_like_dicom(bytes(head)):  # read in full, and never meant to be DICOM
+            row.update(kind=KIND_NOT_DICOM, reason=REASON_NOT_DICOM)
+        elif isinstance(exc, InputError):
+            row.update(kind=KIND_INVALID, reason=exc.reason)
+        else:
+            row.update(kind=KIND_INVALID, reason=f"header cannot be read ({type(exc).__name__})")
         return row
     sop_class = facts["sop_class_uid"]
     row["sop_class_uid"] = public_uid(key, sop_class, SOP_CLASS_TYPES)

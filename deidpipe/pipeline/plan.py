@@ -7,7 +7,8 @@ with their own ``needed`` test and a worker function in :mod:`deidpipe.pipeline.
 the pipeline changes.
 
 The plan also settles, before anything runs and so identically for any number of workers:
-  * files the index could not read: quarantined at stage ``index``;
+  * files the index could not read: quarantined at stage ``index``; files that are not DICOM and do not look
+    like it (sidecars: text, JSON, PNG, PDF): skipped there, ``not DICOM``, never copied;
   * entries the source listed but refused (hostile or broken archive members, unreadable folders): quarantined
     at stage ``source``; entries that are no object (links not followed, special files): skipped there;
   * DICOMDIR files: skipped (the output tree is rebuilt, their references would be wrong);
@@ -30,7 +31,14 @@ from deidpipe.pipeline.audit import (
     STATUS_SKIPPED,
     ObjectResult,
 )
-from deidpipe.pipeline.index import KIND_DICOM, KIND_DICOMDIR, KIND_INVALID, KIND_REJECTED, KIND_SKIPPED
+from deidpipe.pipeline.index import (
+    KIND_DICOM,
+    KIND_DICOMDIR,
+    KIND_INVALID,
+    KIND_NOT_DICOM,
+    KIND_REJECTED,
+    KIND_SKIPPED,
+)
 from deidpipe.pipeline.source import SourceItem
 from deidpipe.policy import DEFAULT_DOCUMENTS
 
@@ -141,6 +149,7 @@ class Plan:
         self._decide_invalid(frame.filter(pl.col("kind") == KIND_REJECTED), stage="source")
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_SKIPPED), stage="source")
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_DICOMDIR))
+        self._decide_skipped(frame.filter(pl.col("kind") == KIND_NOT_DICOM), stage="index")
         todo = frame.filter(pl.col("kind") == KIND_DICOM).sort("path")
         if getattr(policy, "documents", DEFAULT_DOCUMENTS) == "skip":
             documents = pl.col("sop_class_uid").is_in(list(DOCUMENT_SOP_CLASSES))

@@ -124,10 +124,10 @@ def summary_table(report: RunReport) -> Table:
         ("objects in source", f"{report.objects:,}"),
         ("written", f"{report.written:,}"),
         ("duplicates (identical copies)", f"{report.duplicates:,}"),
-        ("skipped", f"{report.skipped:,}"),
+        ("skipped (not DICOM, DICOMDIR, links, ...)", f"{report.skipped:,}"),
     ]
-    rows += [(f"  {reason}", f"{n:,}") for reason, n in sorted(report.skipped_by_reason.items(),
-                                                              key=lambda kv: (-kv[1], kv[0]))]
+    for reason, n in sorted(report.skipped_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        rows.append((f"  {reason[:60]}", f"{n:,}"))
     rows += [
         ("finished by an earlier run", f"{report.resumed:,}"),
         ("quarantined", f"{report.quarantined:,}"),

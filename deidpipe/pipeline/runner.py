@@ -1,9 +1,11 @@
 """The batch runner: source -> index -> plan -> execute -> sink -> audit, resumable.
 
 ``Run`` is an iterable of :class:`ObjectResult`, yielded as objects finish (for portals that stream);
-:func:`run` drains it and returns the :class:`RunReport`. Everything under ``DST/_deidpipe/`` is bookkeeping:
-``run.json`` (parameters, the key's fingerprint), ``manifest.parquet`` (input paths: keep it, do not release it),
-``journal.jsonl`` (crash-safe progress) and ``audit.parquet`` (one row per object, hashes only).
+:func:`run` drains it and returns the :class:`RunReport`. DST holds only what is safe to share: the
+de-identified objects, ``quarantine/`` (keyed hashes and fixed reasons) and ``_deidpipe/audit.parquet`` (one row
+per object, keyed hashes and pseudonyms only). What resume needs, the manifest with the input paths above all,
+lives in a state folder outside DST (:mod:`deidpipe.pipeline.state`): ``run.json`` (parameters, the key's
+fingerprint), ``manifest.parquet`` (input paths: keep it, never release it) and ``journal.jsonl`` (progress).
 
 Crash consistency: a journal line is written only after the files it speaks of are durable (:meth:`Run._record`),
 and ``--resume`` trusts a finished line only after checking its files (:meth:`Run._trusted_finished`): an output
@@ -60,10 +62,10 @@ from deidpipe.pipeline.sink import (
     write_quarantine,
 )
 from deidpipe.pipeline.source import SourceItem, SourceSpec, detect, iter_items
+from deidpipe.pipeline.state import StateDir
 
 log = logging.getLogger("deidpipe.pipeline")
 
-RUN_FORMAT = 1
 INDEX_CHUNK = 64
 STREAM_TASK_BYTES = 64 * 1024**2
 #: Resume hashes every finished output; hashlib releases the GIL, so a few threads keep a disk busy. In slices,
@@ -80,6 +82,8 @@ class RunReport:
     source_kind: str
     executor: str
     workers: int
+    #: The state folder (manifest, journal, run.json): outside DST, not to be released.
+    state_dir: Path | None = None
     objects: int = 0
     written: int = 0
     quarantined: int = 0
@@ -113,7 +117,9 @@ class RunReport:
 
     @property
     def manifest(self) -> Path:
-        return self.dst / CONTROL_DIR / "manifest.parquet"
+        """The index, with every input's relative path: in the state folder, never under DST."""
+        assert self.state_dir is not None
+        return StateDir(self.state_dir).manifest
 
     @property
     def audit(self) -> Path:
@@ -129,7 +135,8 @@ class RunReport:
             self.duplicates += 1
         elif r.status == STATUS_SKIPPED:
             self.skipped += 1
-            self.skipped_by_reason[r.reason or ""] = self.skipped_by_reason.get(r.reason or "", 0) + 1
+            reason = r.reason or "skipped"
+            self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
         else:
             self.quarantined += 1
             reason = f"{r.stage}: {r.reason}"
@@ -200,6 +207,7 @@ class Run:
         keep_paths: bool = False,
         progress: Reporter | bool | None = None,
         chunk: int = 32,
+        state_dir: str | Path | None = None,
     ) -> None:
         if policy is None:
             from deidpipe.policy import Policy
@@ -207,6 +215,8 @@ class Run:
             policy = Policy.basic()
         self.src = Path(src)
         self.dst = Path(dst).resolve()
+        #: Outside DST: ``<DST>.deidpipe-state`` beside it unless ``state_dir`` names another folder.
+        self.state = StateDir.locate(self.dst, state_dir)
         self.policy = policy
         self.key = key if key is not None else ProjectKey.load(None)
         self.workers = workers
@@ -224,47 +234,22 @@ class Run:
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _prepare(self, spec: SourceSpec) -> int:
-        """Check SRC and DST, read or write run.json; returns this run's number."""
+        """Check SRC, DST and the state folder, read or write run.json; returns this run's number."""
         root = Path(spec.root)
         if _inside(self.dst, root) or _inside(root, self.dst):
             raise DeidError("source and destination must not contain one another")
-        control = self.dst / CONTROL_DIR
-        state_path = control / "run.json"
-        state: dict[str, Any] = {
-            "format": RUN_FORMAT,
-            "key_fingerprint": self.key.fingerprint(),
-            "policy": _policy_digest(self.policy),
-            "layout": self.layout,
-            "runs": 1,
-        }
-        if state_path.exists():
-            old = json.loads(state_path.read_text())
-            if not self.resume:
-                raise DeidError("the destination already holds a run: pass --resume to complete it, "
-                                "or choose an empty destination")
-            for name in ("key_fingerprint", "policy", "layout"):
-                if old.get(name) != state[name]:
-                    raise DeidError(f"cannot resume: the destination was made with a different {name.split('_')[0]}")
-            state["runs"] = int(old.get("runs", 1)) + 1
-        elif self.dst.exists() and any(self.dst.iterdir()):
+        self.state.check_place(root, self.dst)
+        if (not self.resume and self.state.read() is None and self.dst.exists() and any(self.dst.iterdir())):
             raise DeidError("the destination is not empty and holds no deidpipe run")
-        control.mkdir(parents=True, exist_ok=True)
+        fresh = {"key_fingerprint": self.key.fingerprint(), "policy": _policy_digest(self.policy),
+                 "layout": self.layout}
+        run_number = self.state.begin(resume=self.resume, fresh=fresh,
+                                      old_layout=(self.dst / CONTROL_DIR / "run.json").exists())
+        (self.dst / CONTROL_DIR).mkdir(parents=True, exist_ok=True)
         removed = clean_temporaries(self.dst)
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
-        state["complete"] = False
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-        tmp.replace(state_path)
-        return int(state["runs"])
-
-    def _finish_state(self) -> None:
-        state_path = self.dst / CONTROL_DIR / "run.json"
-        state = json.loads(state_path.read_text())
-        state["complete"] = True
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-        tmp.replace(state_path)
+        return run_number
 
     # -- passes -----------------------------------------------------------------------------------------
     def _index_payloads(self, spec: SourceSpec) -> Iterator[list[SourceItem]]:
@@ -280,7 +265,7 @@ class Run:
             yield batch
 
     def _index(self, spec: SourceSpec, executor: Any) -> Path:
-        writer = ManifestWriter(self.dst / CONTROL_DIR / "manifest.parquet")
+        writer = ManifestWriter(self.state.manifest)
         self.reporter.start("index", None)
         for items, rows, exc in executor.imap(index_task, self._index_payloads(spec)):
             if exc is not None:
@@ -405,13 +390,12 @@ class Run:
         t_start = time.monotonic()
         spec = detect(self.src)
         run_number = self._prepare(spec)
-        control = self.dst / CONTROL_DIR
-        journal_path = control / "journal.jsonl"
+        journal_path = self.state.journal
         finished = self._trusted_finished(journal_path) if self.resume else {}
         ctx = WorkContext(spec, str(self.dst), self.key, self.policy, self.layout)
         executor = make_executor(ctx, self.executor_name, self.workers, self.scheduler)
         _import_in_background("polars")  # the workers are started (forked without it) and index meanwhile
-        report = RunReport(self.dst, spec.kind, executor.name, executor.workers)
+        report = RunReport(self.dst, spec.kind, executor.name, executor.workers, self.state.root)
         journal = Journal(journal_path, run_number)
         try:
             manifest = self._index(spec, executor)
@@ -447,8 +431,9 @@ class Run:
             self.reporter.finish()
             journal.close()
             executor.close()
-        write_audit(journal_path, control / "audit.parquet")
-        self._finish_state()
+        write_audit(journal_path, self.dst / CONTROL_DIR / "audit.parquet")
+        clean_temporaries(self.dst)  # the (empty) temporary folder goes: DST is left as it is to be shared
+        self.state.finish()
         report.elapsed_s = time.monotonic() - t_start
         self.report = report
 

@@ -3,9 +3,11 @@
 * The default layout is ``<patient>/<study>/<series>/<instance>.dcm`` built from the *de-identified* data set
   (PatientID and the three UIDs are pseudonyms by then), never from input values. ``keep`` mirrors the input's
   relative paths instead (off by default: folder and file names often carry names, IDs and dates).
-* A write goes to ``DST/_deidpipe/tmp`` and is linked into place only when complete, so a reader (or a crash)
-  never sees half a file. A finished file is never replaced: when the target exists, identical bytes count as
-  done and different bytes are a conflict that quarantines the newcomer.
+* A write goes to ``DST/_deidpipe/tmp`` and is linked into place only when complete, so a reader (or a crash) never
+  sees half a file. The temporary folder is under DST so that the hard link never crosses file systems; its files
+  are named by the object's keyed id (no input name), and the folder is removed at the end of a run. A finished file
+  is never replaced: when the target exists, identical bytes count as done and different bytes are a conflict that
+  quarantines the newcomer.
 * The quarantine holds a JSON record per failed object (stage, reason, hashes), never a copy of the object.
 * Durability: a file is made durable before it is linked into place (a name in the tree never points at a partial
   file, even after a power cut): a worker stages a task's files, flushes them with one ``syncfs`` (or an fsync
@@ -56,7 +58,7 @@ def _component(value: Any, fallback: str) -> str:
 def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
     """The output path (relative to DST) for a de-identified data set."""
     if layout == LAYOUT_KEEP:
-        rel = input_relpath
+        rel = input_relpath.replace("//", "/")  # a member of an archive in the source: under the archive's name
         # The source never lists such a name to be read; checked again here because this path is joined to DST.
         if rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
             raise DeidError("the input path cannot be mirrored inside the destination")
