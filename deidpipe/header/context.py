@@ -35,25 +35,22 @@ def _strings(ds: Dataset, keyword: str) -> list[str]:
     return [str(v) for v in values if v not in (None, "")]
 
 
-def kept_identity(ds: Dataset, policy: Policy, table: RuleTable) -> frozenset[int]:
-    """The top-level identity attributes (any PN, and those :mod:`~deidpipe.header.identity` collects) that the
-    policy keeps as they are: a keep (or set) override, or a Table E.1-1 row whose action under the enabled
-    options is K (RetainInstitutionIdentity keeps Institution Name). Their values are not looked for, and they
-    are not screened: the policy says they may go out."""
+@lru_cache(maxsize=64)
+def kept_identity(policy: Policy) -> frozenset[int]:
+    """The identity attributes (any PN, and those :mod:`~deidpipe.header.identity` collects) that the policy
+    keeps as they are at the top level: a keep (or set) override, or a Table E.1-1 row whose action under the
+    enabled options is K (RetainInstitutionIdentity keeps Institution Name). Their values are not looked for,
+    and they are not screened: the policy says they may go out. One set per policy."""
     kinds = identity_tags()
-    out = set()
-    for tag, stored in ds._dict.items():
-        t = int(tag)
-        if t not in kinds and (stored.VR or dictionary_vr(t)) != "PN":
-            continue
-        override = policy.override_map.get(t)
-        if override is not None:
-            keeps = override.action in ("K", "set")
-        else:
-            row = table.lookup(t)
-            keeps = row is not None and row.action(policy.option_columns) == "K"
-        if keeps:
-            out.add(t)
+    table = load_table()
+    out = {tag for tag, row in table.by_tag.items()
+           if (tag in kinds or dictionary_vr(tag) == "PN") and row.action(policy.option_columns) == "K"}
+    for tag, override in policy.override_map.items():
+        if tag in kinds or dictionary_vr(tag) == "PN":
+            if override.action in ("K", "set"):
+                out.add(tag)
+            else:
+                out.discard(tag)
     return frozenset(out)
 
 
@@ -96,12 +93,11 @@ class ScrubContext:
     def for_dataset(cls, ds: Dataset, policy: Policy, key: ProjectKey) -> ScrubContext:
         pkey = patient_key(ds)
         sop_class = sop_class_of(ds)
-        table = load_table()
-        exempt = kept_identity(ds, policy, table)
+        exempt = kept_identity(policy)
         return cls(
             key=key,
             policy=policy,
-            table=table,
+            table=load_table(),
             safe_private=load_safe_private(),
             patient_token=key.token("patient", pkey, 16),
             shift_days=key.date_shift_days(pkey),

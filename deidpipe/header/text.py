@@ -150,9 +150,8 @@ class DenyList:
                    common_words: Iterable[str] = ()) -> DenyList:
         """Compile ``terms`` (see :func:`_term_pattern` for what matches what); ``common_words``: single words
         that are never a term on their own (clinical vocabulary that is also a surname)."""
-        folded = frozenset(fold(p.strip()) for p in parts if p and p.strip())
-        return _denylist(frozenset(t.strip() for t in terms if t and t.strip()), folded,
-                         frozenset(fold(w) for w in common_words))
+        common = common_words if isinstance(common_words, frozenset) else frozenset(common_words)
+        return _denylist(frozenset(terms), frozenset(parts), common)
 
     def hits(self, text: str) -> bool:
         """Whether any term occurs in ``text``. Results are remembered per text (kept values repeat from
@@ -199,9 +198,12 @@ _WORD_AFTER = re.compile(r"[\W_]{1,3}([^\W_]+)")
 
 @lru_cache(maxsize=64)
 def _denylist(terms: frozenset[str], parts: frozenset[str], common: frozenset[str]) -> DenyList:
-    """Cached: every object of a patient has the same terms, and shares the deny-list's memory of texts."""
-    pattern = _compile_terms(terms, common) if terms else None
-    return DenyList(pattern, parts | {p[0] for p in parts})  # the parts and their initials
+    """Cached on the raw terms: every object of a patient has the same, and shares the deny-list's memory of
+    texts; nothing is folded or compiled twice."""
+    cleaned = frozenset(t.strip() for t in terms if t and t.strip())
+    pattern = _compile_terms(cleaned, frozenset(fold(w) for w in common)) if cleaned else None
+    folded = {fold(p.strip()) for p in parts if p and p.strip()}
+    return DenyList(pattern, frozenset(folded | {p[0] for p in folded}))  # the parts and their initials
 
 
 @lru_cache(maxsize=256)
