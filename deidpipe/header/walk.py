@@ -12,6 +12,10 @@ The decision for one element, in order:
 
 Sequences are walked item by item; a sequence whose action is D (or C) passes that mode down, so that
 free text the table does not list inside, e.g. an SR Content Sequence, gets a dummy (or is cleaned).
+
+Then every value that survives (kept, cleaned, or a kept private element) passes the identity screen
+(:func:`screened`, :mod:`deidpipe.header.screen`): a value holding the object's own name, ID or birth date goes
+out as a dummy of its VR, or not at all.
 """
 
 from __future__ import annotations
