@@ -14,7 +14,6 @@ import unicodedata
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from deidpipe.dicomio import read_dataset, write_dataset
@@ -163,7 +162,8 @@ def seg() -> Dataset:
 
 def ecg() -> Dataset:
     ds = _base(ECG, "ECG")
-    channels = [_item(ChannelLabel=label, WaveformChannelNumber=i, ChannelSourceSequence=[_code("2:1", "Lead I", "MDC")])
+    channels = [_item(ChannelLabel=label, WaveformChannelNumber=i,
+                      ChannelSourceSequence=[_code("2:1", "Lead I", "MDC")])
                 for i, label in enumerate(["Lead I", "WALKER II", "ab_12345"], start=1)]
     ds.WaveformSequence = [_item(MultiplexGroupLabel="ECG Walker", NumberOfWaveformChannels=3,
                                  ChannelDefinitionSequence=channels)]
@@ -175,15 +175,15 @@ def sr() -> Dataset:
     ds = _base(COMPREHENSIVE_SR, "SR")
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = [_code("11528-7", "Report for Alice Walker", "LN")]
-    ds.VerifyingObserverSequence = [_item(VerifyingObserverName="Quennell^Tobias",
-                                          VerifyingOrganization="Kestrel General Hospital", VerificationDateTime="20200101")]
+    ds.VerifyingObserverSequence = [_item(VerifyingObserverName="Quennell^Tobias", VerificationDateTime="20200101",
+                                          VerifyingOrganization="Kestrel General Hospital")]
     ds.ContentSequence = [
         _item(RelationshipType="CONTAINS", ValueType="TEXT", ConceptNameCodeSequence=[_code("121106", "Comment")],
               TextValue="Seen with Tobias Quennell on 1961-03-05"),
         _item(RelationshipType="CONTAINS", ValueType="CODE", ConceptNameCodeSequence=[_code("121071", "Finding")],
               ConceptCodeSequence=[_code("99X1", "Walker sign, patient AB12345", "99LOCAL")]),
-        _item(RelationshipType="HAS OBS CONTEXT", ValueType="PNAME", ConceptNameCodeSequence=[_code("121008", "Person Observer Name")],
-              PersonName="Quennell^Tobias"),
+        _item(RelationshipType="HAS OBS CONTEXT", ValueType="PNAME", PersonName="Quennell^Tobias",
+              ConceptNameCodeSequence=[_code("121008", "Person Observer Name")]),
         _item(RelationshipType="CONTAINS", ValueType="TEXT", ConceptNameCodeSequence=[_code("121106", "Comment")],
               TextValue=CLINICAL),
     ]
@@ -315,15 +315,18 @@ def test_no_false_positive_on_ordinary_words(key):
     assert result.actions[SCREENED_COUNT] == 0
 
 
-def test_kept_private_element_with_identity_is_removed(key):
+@pytest.mark.parametrize("vr", ["SH", "UN"])
+def test_kept_private_element_with_identity_is_removed(vr, key):
+    """Retain Safe Private keeps (0009,xx01) and (0009,xx04) of GEMS_IDEN_01 (TCIA knowledge base); one holds an
+    ID, as text or as UN bytes that decode as text: that one goes, the other stays."""
     ds = gsps()
     block = ds.private_block(0x0009, "GEMS_IDEN_01", create=True)
-    block.add_new(0x01, "LO", "GE_GENESIS_FF")  # TCIA knowledge base: safe to keep
-    block.add_new(0x02, "SH", "AB12345")  # a suite ID put where a safe value belongs
-    out = _run(ds, Policy.basic(options=("RetainSafePrivate",), text_screening="denylist"), key).dataset
-    kept = {e.tag: e.value for e in out if e.tag.group == 0x0009}
-    assert "GE_GENESIS_FF" in kept.values()
-    _assert_clean(out)
+    block.add_new(0x01, vr, b"scan AB12345 " if vr == "UN" else "scan AB12345")
+    block.add_new(0x04, "SH", "GE_GENESIS_FF")
+    result = _run(ds, Policy.basic(options=("RetainSafePrivate",), text_screening="denylist"), key)
+    kept = {int(e.tag): e.value for e in result.dataset if e.tag.group == 0x0009}
+    assert kept[0x00091004] == "GE_GENESIS_FF" and 0x00091001 not in kept
+    _assert_clean(result.dataset)
 
 
 def test_what_the_policy_keeps_is_neither_collected_nor_screened(key):
@@ -383,3 +386,14 @@ def test_scan_of_a_clean_object_changes_nothing(key):
     result = _run(ds, key=key)
     assert result.actions[SCREENED_COUNT] == 0
     assert result.dataset.ContentLabel == "SEGMENTATION"
+
+
+def test_ids_from_nested_sequences(key):
+    """An ID found only inside the Other Patient IDs Sequence (which the profile removes) is still looked for in
+    the values that are kept."""
+    ds = seg()
+    ds.SegmentSequence[1].SegmentLabel = "Liver xz40417"
+    ds.Manufacturer = "ACME XZ 40417"
+    out = _run(ds, key=key).dataset
+    assert not _leaks(out.SegmentSequence[1].SegmentLabel) and out.Manufacturer.startswith("ANON")
+    _assert_clean(out)
