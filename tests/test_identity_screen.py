@@ -397,3 +397,17 @@ def test_ids_from_nested_sequences(key):
     out = _run(ds, key=key).dataset
     assert not _leaks(out.SegmentSequence[1].SegmentLabel) and out.Manufacturer.startswith("ANON")
     _assert_clean(out)
+
+
+def test_iso_2022_text_is_decoded_with_its_character_set(key):
+    """Japanese in ISO 2022 is 7-bit: the screen reads it with the object's character set, not as ASCII."""
+    ds = gsps()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=山田^太郎"
+    ds.ReferringPhysicianName = ds.OperatorsName = ""
+    ds.ContentDescription = "x"
+    ds.Manufacturer = "山田 scanner"
+    raw = _roundtrip(ds)
+    assert b"\x1b" in raw._dict[0x00080070].value  # stored with escape sequences
+    out = deidentify(raw, DENYLIST, key).dataset
+    assert out.Manufacturer.startswith("ANON")

@@ -78,11 +78,12 @@ def screen_values(values: list[str], vr: str, deny: DenyList, counts: dict[str, 
 
 
 def text_of_bytes(raw: bytes, vr: str) -> str | None:
-    """A raw value as text where that is cheap and certain: ASCII (every character set's common part), and for
-    UN, bytes that decode as UTF-8 to printable text; None otherwise (the caller decodes with the object's
-    character set, or, for UN, treats the value as binary)."""
+    """A raw value as text where that is cheap and certain: ASCII (every character set's common part; but not
+    ISO 2022 text, whose escape sequences switch to other sets in 7-bit bytes), and for UN, bytes that decode as
+    UTF-8 to printable text; None otherwise (the caller decodes with the object's character set, or, for UN,
+    treats the value as binary)."""
     data = raw.rstrip(b"\x00 ")
-    if data.isascii():
+    if data.isascii() and b"\x1b" not in data:
         text = data.decode("ascii")
     elif vr == "UN":
         try:

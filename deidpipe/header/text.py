@@ -32,6 +32,9 @@ SCORE_THRESHOLD = 0.5
 MIN_TERM_LENGTH = 3
 #: Shortest term with digits (an ID, a date), counted in letters and digits: "CT1" or "A12" are everywhere.
 MIN_TOKEN_LENGTH = 4
+#: Shortest term in a script written without spaces between words (Han, kana, Hangul), where names are short.
+MIN_WIDE_LENGTH = 2
+_WIDE_SCRIPTS = 0x2E80  # CJK radicals and everything above: Han, kana, Hangul
 #: Shortest term of digits only: shorter numbers are counts, sizes and years (presidio's ID pattern starts at 5).
 MIN_NUMBER_LENGTH = 5
 
@@ -98,6 +101,7 @@ def _term_pattern(term: str, common: frozenset[str]) -> tuple[str, str] | None:
     """The (first character, rest) of one term's pattern over folded text, or None for a term too short to
     match safely.
 
+    A term in a script written without spaces (Han, kana, Hangul: "山田") matches wherever it occurs.
     A term of letters (a name, an institution) matches on word boundaries, whatever separates its words
     (spaces, ^, -, _, ., /, commas, or nothing: "JohnSmith"); digits may touch it ("smith01").
     A term with digits (an ID, a date) matches inside longer text ("scanAB-12345x" holds "AB12345"), with at
@@ -109,6 +113,12 @@ def _term_pattern(term: str, common: frozenset[str]) -> tuple[str, str] | None:
     chars = "".join(runs)
     if not chars:
         return None
+    if any(ord(c) >= _WIDE_SCRIPTS for c in chars):  # Han, kana, Hangul: no spaces between words, short names
+        if len(chars) < MIN_WIDE_LENGTH:
+            return None
+        body = _SEP_WORD.join(re.escape(r) for r in runs)
+        first = re.escape(chars[0])
+        return first, body[len(first):]
     if not any(c.isdigit() for c in chars):
         if len(chars) < MIN_TERM_LENGTH or (len(runs) == 1 and chars in common):
             return None
