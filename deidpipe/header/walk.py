@@ -107,11 +107,6 @@ def identifier_kinds() -> dict[str, str]:
     return out
 
 
-def never_screened_keywords() -> frozenset[str]:
-    """Coded attributes (Code Sequence Macro and the like) that carry vocabulary, not identity."""
-    return _free_text_rules()[2]
-
-
 def is_free_text(elem: Head) -> bool:
     """Whether an element is free text that may name a person (text VR, keyword pattern, not a coded one)."""
     text_vrs, pattern, never = _free_text_rules()
