@@ -411,3 +411,18 @@ def test_iso_2022_text_is_decoded_with_its_character_set(key):
     assert b"\x1b" in raw._dict[0x00080070].value  # stored with escape sequences
     out = deidentify(raw, DENYLIST, key).dataset
     assert out.Manufacturer.startswith("ANON")
+
+
+def test_an_object_naming_thousands_of_people_is_refused_quickly(key):
+    """A hostile file with thousands of names: refused with a reason that quotes none, not compiled for minutes."""
+    import time
+
+    from deidpipe.errors import InvalidValueError
+    from deidpipe.header.identity import TOO_MANY_TERMS
+
+    ds = gsps()
+    ds.OtherPatientNames = [f"Name{i:05d}x^Given{i:05d}y" for i in range(2000)]
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidValueError) as info:
+        _run(ds, key=key)
+    assert info.value.reason == TOO_MANY_TERMS and time.perf_counter() - t0 < 5

@@ -29,11 +29,15 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from deidpipe.errors import InvalidValueError
 from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList, date_variants
 from deidpipe.plainread import dictionary_vr
 
 _ID, _PLACE, _DATE = "id", "place", "date"
+#: Most distinct identifying strings an object may hold (an SR naming 300 people has about 2,000).
+MAX_TERMS = 4096
+TOO_MANY_TERMS = "object holds more identifying values than the identity screen takes"
 _PARTS = re.compile(r"[,;\r\n]+")  # the lines of an address
 _WORDS = re.compile(r"[\s,;]+")  # the words of an ID value ("MRN 12345, NHS 9434765919")
 
@@ -128,9 +132,15 @@ def identity_terms(ds: Dataset) -> list[str]:
 
 
 def identity_denylist(ds: Dataset, skip: Iterable[int] = ()) -> DenyList:
-    """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it)."""
+    """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it).
+
+    An object that names more than :data:`MAX_TERMS` distinct identifying strings (a hostile file with thousands
+    of PN values) is refused rather than screened: compiling them would take seconds to minutes."""
     terms, parts = collect_identity(ds, skip)
-    return DenyList.from_terms(terms, parts, identity_rules().common_words)
+    distinct = frozenset(terms)
+    if len(distinct) > MAX_TERMS:
+        raise InvalidValueError(None, TOO_MANY_TERMS)
+    return DenyList.from_terms(distinct, parts, identity_rules().common_words)
 
 
 @cache
