@@ -10,6 +10,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from deidpipe.header.identity import identity_denylist, identity_tags, identity_terms  # noqa: F401 - re-exported
 from deidpipe.header.rules import (
     IODAttributes,
     RuleTable,
@@ -18,19 +19,10 @@ from deidpipe.header.rules import (
     load_safe_private,
     load_table,
 )
-from deidpipe.header.text import DenyList, date_variants
+from deidpipe.header.text import DenyList
 from deidpipe.keys import ProjectKey
+from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import Policy
-
-# Attributes whose original values make up the object's deny-list (screening) and residual check.
-IDENTITY_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
-    "PatientMotherBirthName", "AccessionNumber", "IssuerOfPatientID", "PatientAddress",
-    "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
-    "RequestingPhysician", "StudyID", "MedicalRecordLocator", "PatientBirthDate",
-)
-RESIDUAL_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthName")
 
 
 def _strings(ds: Dataset, keyword: str) -> list[str]:
@@ -43,25 +35,23 @@ def _strings(ds: Dataset, keyword: str) -> list[str]:
     return [str(v) for v in values if v not in (None, "")]
 
 
-def identity_terms(ds: Dataset, keywords: tuple[str, ...] = IDENTITY_KEYWORDS, *, words: bool = True) -> list[str]:
-    """The object's identifying strings: whole values, name components (and, with ``words``, each word of a
-    component), and the usual spellings of dates."""
-    terms: list[str] = []
-    for kw in keywords:
-        for s in _strings(ds, kw):
-            if kw == "PatientBirthDate":
-                terms += date_variants(s)
-                continue
-            terms.append(s)
-            if "^" in s or "=" in s:  # PN: each group, each component, each word of a component
-                for group in s.split("="):
-                    comps = [c for c in group.split("^") if c.strip()]
-                    terms += comps
-                    if words:
-                        terms += [w for c in comps for w in c.split()]
-                    if len(comps) >= 2:
-                        terms += [f"{comps[1]} {comps[0]}", f"{comps[0]} {comps[1]}", f"{comps[0]}, {comps[1]}"]
-    return terms
+@lru_cache(maxsize=64)
+def kept_identity(policy: Policy) -> frozenset[int]:
+    """The identity attributes (any PN, and those :mod:`~deidpipe.header.identity` collects) that the policy
+    keeps as they are at the top level: a keep (or set) override, or a Table E.1-1 row whose action under the
+    enabled options is K (RetainInstitutionIdentity keeps Institution Name). Their values are not looked for,
+    and they are not screened: the policy says they may go out. One set per policy."""
+    kinds = identity_tags()
+    table = load_table()
+    out = {tag for tag, row in table.by_tag.items()
+           if (tag in kinds or dictionary_vr(tag) == "PN") and row.action(policy.option_columns) == "K"}
+    for tag, override in policy.override_map.items():
+        if tag in kinds or dictionary_vr(tag) == "PN":
+            if override.action in ("K", "set"):
+                out.add(tag)
+            else:
+                out.discard(tag)
+    return frozenset(out)
 
 
 def sop_class_of(ds: Dataset) -> str:
@@ -89,9 +79,11 @@ class ScrubContext:
     safe_private: SafePrivate
     patient_token: str
     shift_days: int
-    denylist: DenyList
+    denylist: DenyList  # the object's identity (:func:`~deidpipe.header.identity.identity_denylist`)
     use_model: bool
     iod: IODAttributes | None = None  # the object's IOD, when the SOP class is known
+    #: top-level identity attributes the policy keeps as they are: not screened (see :func:`kept_identity`)
+    exempt: frozenset[int] = frozenset()
     counts: Counter[str] = field(default_factory=Counter)
     #: (element head, walk mode, top level) -> (action, set value, identifier kind). The decision is a pure
     #: function of those, the policy and the IOD, so objects of one SOP class under one policy share it.
@@ -101,6 +93,7 @@ class ScrubContext:
     def for_dataset(cls, ds: Dataset, policy: Policy, key: ProjectKey) -> ScrubContext:
         pkey = patient_key(ds)
         sop_class = sop_class_of(ds)
+        exempt = kept_identity(policy)
         return cls(
             key=key,
             policy=policy,
@@ -108,10 +101,11 @@ class ScrubContext:
             safe_private=load_safe_private(),
             patient_token=key.token("patient", pkey, 16),
             shift_days=key.date_shift_days(pkey),
-            denylist=DenyList.from_terms(identity_terms(ds)),
+            denylist=identity_denylist(ds, exempt),
             use_model=policy.text_screening == "presidio",
             iod=iod_for_sop_class(sop_class),
             decisions=_shared_decisions(policy, sop_class),
+            exempt=exempt,
         )
 
 

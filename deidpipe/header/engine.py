@@ -5,18 +5,17 @@
     result.actions          # Counter of actions taken, by Table E.1-1 code (P = keyed pseudonym)
 
 Fail closed: anything unexpected raises a :class:`~deidpipe.errors.DeidError` naming the tag and the kind of
-failure, never a value, and no partial result is returned. A last check searches every text element of the
-output for the object's own identifying values (name, IDs, birth date) and refuses the object if one survived.
+failure, never a value, and no partial result is returned. Every value the policy keeps or cleans is screened
+for the object's own identity as the walk passes it (:mod:`deidpipe.header.screen`): a value that holds a name,
+an ID or the birth date goes out as a dummy, or not at all.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -32,10 +31,9 @@ from deidpipe.dicomio import quiet_pydicom
 from deidpipe.documents import is_document, redact_into, skip_document
 from deidpipe.errors import DeidError, InputError
 from deidpipe.header.actions import clean_character_set, is_uid_text
-from deidpipe.header.context import RESIDUAL_KEYWORDS, ScrubContext, identity_terms, sop_class_of
+from deidpipe.header.context import ScrubContext, sop_class_of
 from deidpipe.header.rules import load_rule_file
-from deidpipe.header.text import DenyList
-from deidpipe.header.walk import decoded, head_of, never_screened_keywords, scrub_dataset
+from deidpipe.header.walk import scrub_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.pixelcheck import INCOMPLETE_ACTION, pixel_data_problem
 from deidpipe.policy import Policy, is_known_tag
@@ -43,15 +41,9 @@ from deidpipe.policy import Policy, is_known_tag
 #: Implementation Class UID (0002,0012) of files written by deidpipe: 2.25 + a fixed 128-bit number.
 IMPLEMENTATION_CLASS_UID = "2.25.215806209617355374052498211498738711649"
 IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{deidpipe.__version__.replace('.', '_')}"[:16]
-# CS is left out: 16 upper-case characters of a defined term cannot carry a name in practice.
-_RESIDUAL_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE"})
 NO_SOP_INSTANCE_UID = "object has no SOP Instance UID"
 NO_SOP_CLASS_UID = "object has no SOP Class UID"
 BAD_SOP_CLASS_UID = "SOP Class UID is not a UID"
-
-
-class ResidualIdentityError(DeidError):
-    """An identifying value of the object survived de-identification (the object must not be released)."""
 
 
 @dataclass
@@ -61,7 +53,9 @@ class HeaderResult:
     Attributes:
         dataset: the de-identified data set, with new File Meta Information.
         actions: how often each action was applied (D, Z, X, K, C, U, P for pseudonym, set; and
-            ``C:spans``, the number of text spans replaced while cleaning).
+            ``C:spans``, the number of text spans replaced while cleaning; ``identity_screened``, elements
+            whose surviving value held the object's identity and was replaced or removed; ``uri_cleaned``, URIs
+            that lost a query, fragment or identifying path segment).
     """
 
     dataset: FileDataset
@@ -169,36 +163,6 @@ def clean_pixel_stream(out: Dataset, ts: str, counts: Counter[str]) -> None:
         counts[ACTION] += removed
 
 
-def _text_elements(ds: Dataset, skip: frozenset[str]) -> Iterator[DataElement]:
-    """Every non-empty element of a text VR at every level, but coded ones; only those are decoded."""
-    for tag in list(ds._dict):
-        head = head_of(ds._dict[tag])
-        if head.VR == "SQ":
-            for item in decoded(ds, tag).value:
-                yield from _text_elements(item, skip)
-        elif head.VR in _RESIDUAL_VRS and not head.is_empty and head.keyword not in skip:
-            yield decoded(ds, tag)
-
-
-def check_residual_identity(out: Dataset, deny: DenyList) -> None:
-    """Refuse the object if its Patient's Name, IDs or Accession Number still appear in a text element."""
-    if deny.pattern is None:
-        return
-    for elem in _text_elements(out, never_screened_keywords()):
-        values = elem.value if elem.VM > 1 else [elem.value]
-        if any(deny.spans(str(v)) for v in values):
-            raise ResidualIdentityError(
-                f"an identifying value of the object survived in {elem.tag} ({elem.keyword or 'private'})")
-
-
-def residual_denylist(src: Dataset, policy: Policy) -> DenyList:
-    """The object's name, IDs and accession number (whole values and name components), minus what the
-    policy explicitly keeps."""
-    keep = {o.tag for o in policy.overrides if o.action in ("K", "set")}
-    keywords = tuple(kw for kw in RESIDUAL_KEYWORDS if tag_for_keyword(kw) not in keep)
-    return DenyList.from_terms(identity_terms(src, keywords, words=False))
-
-
 def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     """De-identify the header of one object under ``policy``; ``ds`` itself is not modified.
 
@@ -233,7 +197,6 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
             out.add_new(add.tag, dictionary_VR(add.tag), add.value)
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)
-    check_residual_identity(out, residual_denylist(ds, policy))
     if policy.recipients:
         from deidpipe.header.reversible import add_encrypted_attributes, load_certificate, originals_from_diff
 

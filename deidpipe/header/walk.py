@@ -12,6 +12,10 @@ The decision for one element, in order:
 
 Sequences are walked item by item; a sequence whose action is D (or C) passes that mode down, so that
 free text the table does not list inside, e.g. an SR Content Sequence, gets a dummy (or is cleaned).
+
+Then every value that survives (kept, cleaned, or a kept private element) passes the identity screen
+(:func:`screened`, :mod:`deidpipe.header.screen`): a value holding the object's own name, ID or birth date goes
+out as a dummy of its VR, or not at all.
 """
 
 from __future__ import annotations
@@ -24,18 +28,22 @@ from typing import NamedTuple
 from pydicom.datadict import dictionary_is_retired, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
+from deidpipe.header.identity import identity_rules
 from deidpipe.header.rules import load_rule_file, resolve_compound
+from deidpipe.header.screen import SCREENED_COUNT, screen_values, split_values, text_of_bytes
 from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
 from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import is_known_tag
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
+_SPECIFIC_CHARACTER_SET = 0x00080005  # kept, and checked against the defined terms (actions.clean_character_set)
 _TEXTUAL_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
                           "UI", "UR", "UT"})
 
@@ -97,11 +105,6 @@ def identifier_kinds() -> dict[str, str]:
     out = {kw: kind for kw, kind in data["patient"].items()}
     out.update({kw: "value" for kw in data["value"]})
     return out
-
-
-def never_screened_keywords() -> frozenset[str]:
-    """Coded attributes (Code Sequence Macro and the like) that carry vocabulary, not identity."""
-    return _free_text_rules()[2]
 
 
 def is_free_text(elem: Head) -> bool:
@@ -200,11 +203,11 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             if isinstance(stored, RawDataElement) and (stored.VR is not None or src.original_encoding[0]):
                 if head.VR in CHECKED_VRS and not raw_value_is_valid(tag, head.VR, stored.value):
                     return _invalid_kept(tag, head.VR, ctx)
-                return stored
+                return screened(src, stored, head, ctx, top_level)
             elem = copy.copy(decoded(src, tag))
             if head.VR in CHECKED_VRS and not value_is_valid(tag, head.VR, elem.value):
                 return _invalid_kept(tag, head.VR, ctx)
-            return elem
+            return screened(src, elem, head, ctx, top_level)
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         value = actions.clean_value(elem, ctx)
@@ -225,10 +228,54 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     if action == "P":
         return DataElement(elem.tag, elem.VR, actions.pseudonym(elem, ctx, kind or "value"))
     if action == "C":
-        return DataElement(elem.tag, elem.VR, value)
+        return screened(src, DataElement(elem.tag, elem.VR, value), head, ctx, top_level)
     if action == "set":
         return DataElement(elem.tag, elem.VR, set_value)
     raise ValueError(f"action {action}")
+
+
+def screened(src: Dataset, elem: DataElement | RawDataElement, head: Head, ctx: ScrubContext, top_level: bool,
+             private: bool = False) -> DataElement | RawDataElement | None:
+    """A kept or cleaned element after the identity screen (:mod:`deidpipe.header.screen`): as it came (raw stays
+    raw) when no value holds the object's identity; else removed where it may be (a private element, an UN
+    element, an attribute of Type 3 at the top of a known IOD), or each value that held one replaced by a dummy
+    of the VR (a URI by its cleaned form). Counted as ``identity_screened`` and ``uri_cleaned``."""
+    vr = head.VR
+    if (vr not in identity_rules().screened_vrs or head.is_empty or head.tag == _SPECIFIC_CHARACTER_SET
+            or (top_level and head.tag in ctx.exempt)):
+        return elem
+    texts = _texts(src, elem, vr)
+    if texts is None:
+        return elem
+    result = screen_values(texts, vr, ctx.denylist, ctx.counts)
+    if not result.changed:
+        return elem
+    tag = head.tag
+    if result.hits:
+        ctx.counts[SCREENED_COUNT] += 1
+        type_ = ctx.iod.top.get(tag, "3") if top_level and ctx.iod is not None else None
+        if private or vr == "UN" or type_ == "3":
+            return None
+    values = [v if v is not None else actions.dummy_value(DataElement(tag, vr, text), ctx)
+              for v, text in zip(result.values, texts, strict=True)]
+    return DataElement(tag, vr, values if len(values) > 1 else values[0])
+
+
+def _texts(src: Dataset, elem: DataElement | RawDataElement, vr: str) -> list[str] | None:
+    """The values of a text element as strings (raw ASCII read without pydicom's decoders); None for an UN
+    value that is not text."""
+    value = elem.value
+    if isinstance(value, bytes):
+        text = text_of_bytes(value, vr)
+        if text is not None:
+            return split_values(text, vr)
+        if vr == "UN" or isinstance(elem, DataElement):
+            return None
+        value = decoded(src, elem.tag).value  # another character set: pydicom knows it
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return ["" if v is None else str(v) for v in values]
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:
@@ -270,7 +317,7 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     elem = decoded(src, tag)
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
-    return copy.copy(elem)
+    return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True)
 
 
 def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level: bool = True) -> Dataset:

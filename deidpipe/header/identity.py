@@ -1,0 +1,149 @@
+"""The object's own identity, collected from the ORIGINAL data set at every nesting level.
+
+What the free-text cleaning (action C) masks and the identity screen (:mod:`deidpipe.header.screen`) looks for
+in every value that survives the policy:
+
+- every person name anywhere (any PN value: Patient's Name, Other Patient Names, physicians, Operators' Name,
+  observers, Verifying Observer Name, Person Name (0040,A123) of content-tree PNAME items, private PN elements):
+  the whole name, each component group, each component and each word of a component;
+- the whole values of the identifiers (Patient ID, Other Patient IDs, Issuer of Patient ID, telephone numbers...)
+  and of the identifiers ``rules/identifiers.yaml`` lists (Accession Number, Study ID, Requested Procedure ID...),
+  wherever they occur (an Other Patient IDs Sequence item, a Request Attributes Sequence item), and each word of
+  four characters or more of them;
+- institution names and addresses (whole values, and each comma- or line-separated part of an address);
+- Patient's Birth Date in its common written forms (:func:`~deidpipe.header.text.date_variants`).
+
+Which attributes these are is data: ``identity`` in ``rules/free_text.yaml``. A top-level attribute that the policy
+keeps as it is (a keep override, or the option column that keeps it) is not collected: the policy says its value
+may be released.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from deidpipe.errors import InvalidValueError
+from deidpipe.header.rules import load_rule_file
+from deidpipe.header.text import DenyList, date_variants
+from deidpipe.plainread import dictionary_vr
+
+_ID, _PLACE, _DATE = "id", "place", "date"
+#: Most distinct identifying strings an object may hold (an SR naming 300 people has about 2,000).
+MAX_TERMS = 4096
+TOO_MANY_TERMS = "object holds more identifying values than the identity screen takes"
+_PARTS = re.compile(r"[,;\r\n]+")  # the lines of an address
+_WORDS = re.compile(r"[\s,;]+")  # the words of an ID value ("MRN 12345, NHS 9434765919")
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """``identity`` of ``rules/free_text.yaml``, with the identifiers of ``rules/identifiers.yaml``."""
+
+    kinds: dict[int, str]  # tag -> id, place or date
+    screened_vrs: frozenset[str]
+    common_words: frozenset[str]
+
+
+@cache
+def identity_rules() -> IdentityRules:
+    data = load_rule_file("free_text.yaml")["identity"]
+    ids = load_rule_file("identifiers.yaml")
+    kinds: dict[int, str] = {}
+    for kind, keywords in ((_ID, data["ids"]), (_ID, list(ids["patient"]) + list(ids["value"])),
+                           (_PLACE, data["places"]), (_DATE, data["dates"])):
+        for kw in keywords:
+            tag = tag_for_keyword(kw)
+            if tag is not None and dictionary_vr(int(tag)) != "PN":  # PN values are names, whatever the keyword
+                kinds[int(tag)] = kind
+    return IdentityRules(kinds, frozenset(data["screened_vrs"]), frozenset(data["common_words"]))
+
+
+def _strings(value: object) -> list[str]:
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return [str(v).strip() for v in values if v not in (None, "", b"") and str(v).strip()]
+
+
+def name_terms(value: str) -> tuple[list[str], list[str]]:
+    """The terms of one PN value (whole name, groups, components, words, given-family orders) and its parts
+    (every word of every component, however short)."""
+    terms, parts = [value], []
+    for group in value.split("="):
+        comps = [c.strip() for c in group.split("^") if c.strip()]
+        words = [w for c in comps for w in c.split()]
+        terms += comps + words
+        parts += words
+        if len(comps) >= 2:
+            terms += [" ".join(comps), f"{comps[1]} {comps[0]}", " ".join(comps[1:] + comps[:1])]
+    return terms, parts
+
+
+def _value_terms(kind: str, value: str) -> list[str]:
+    if kind == _DATE:
+        return date_variants(value)
+    if kind == _PLACE:
+        return [value, *(p.strip() for p in _PARTS.split(value) if p.strip())]
+    return [value, *(w for w in _WORDS.split(value) if len(w) >= 4)]
+
+
+def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], terms: list[str], parts: list[str]) -> None:
+    for tag, stored in ds._dict.items():
+        t = int(tag)
+        vr = stored.VR or dictionary_vr(t)
+        kind = kinds.get(t)
+        if (vr != "SQ" and vr != "PN" and kind is None) or t in skip:
+            continue
+        try:
+            value = ds[tag].value
+        except Exception:  # noqa: BLE001 - an undecodable value: the walk refuses the object where it matters
+            continue
+        if vr == "SQ":
+            for item in value or ():
+                _collect(item, frozenset(), kinds, terms, parts)
+        elif vr == "PN":
+            for s in _strings(value):
+                t_, p_ = name_terms(s)
+                terms += t_
+                parts += p_
+        elif kind is not None:
+            for s in _strings(value):
+                terms += _value_terms(kind, s)
+
+
+def collect_identity(ds: Dataset, skip: Iterable[int] = ()) -> tuple[list[str], list[str]]:
+    """The identifying terms and name parts of ``ds`` at every level, but those of the top-level attributes
+    ``skip`` (the ones the policy keeps)."""
+    terms: list[str] = []
+    parts: list[str] = []
+    _collect(ds, frozenset(skip), identity_rules().kinds, terms, parts)
+    return terms, parts
+
+
+def identity_terms(ds: Dataset) -> list[str]:
+    """The identifying terms of ``ds`` (all of them, whatever a policy keeps): for screens outside the header,
+    such as a document's text; :func:`identity_denylist` compiles them with the name parts."""
+    return collect_identity(ds)[0]
+
+
+def identity_denylist(ds: Dataset, skip: Iterable[int] = ()) -> DenyList:
+    """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it).
+
+    An object that names more than :data:`MAX_TERMS` distinct identifying strings (a hostile file with thousands
+    of PN values) is refused rather than screened: compiling them would take seconds to minutes."""
+    terms, parts = collect_identity(ds, skip)
+    distinct = frozenset(terms)
+    if len(distinct) > MAX_TERMS:
+        raise InvalidValueError(None, TOO_MANY_TERMS)
+    return DenyList.from_terms(distinct, parts, identity_rules().common_words)
+
+
+@cache
+def identity_tags() -> frozenset[int]:
+    """The tags whose values are collected by kind (names are collected from any PN)."""
+    return frozenset(identity_rules().kinds)

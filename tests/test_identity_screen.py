@@ -1,0 +1,428 @@
+"""Issue 17 section 2: every value that survives the policy is screened against the object's own identity.
+
+Objects are built here, of the kinds real archives carry (a presentation state with text annotations, a
+segmentation, a waveform, an SR content tree, URIs), with the patient's name written with accents and other
+separators, letter-digit IDs inside longer words, and the birth date in several written forms. Each test reads
+its object back from bytes first, so that kept elements are raw as they are in a real run.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from deidpipe.dicomio import read_dataset, write_dataset
+from deidpipe.header.engine import deidentify
+from deidpipe.header.screen import SCREENED_COUNT, URI_COUNT
+from deidpipe.header.text import DenyList, date_variants, screen_text
+from deidpipe.policy import Override, Policy
+
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+DENYLIST = Policy.basic(text_screening="denylist")  # the object's own identity only: fast, and what is tested
+
+# The planted identity; every word here must be gone from the output (a word of 1-2 letters only where it
+# stands beside the rest of its name).
+NAME = "Wälker^Álice^Marie"
+ID = "AB12345"
+ACCESSION = "ACC998877"
+BIRTH = "19610305"
+PHYSICIAN = "O'Brien^Seán"
+OPERATOR = "Li^Wei"
+OBSERVER = "Quennell^Tobias"
+INSTITUTION = "Kestrel General Hospital"
+OTHER_ID = "XZ-40417"
+CLINICAL = "Measured 12 mm at the liver dome, no change since 2019"  # ordinary words: must survive as it is
+
+
+def _item(**kw) -> Dataset:
+    ds = Dataset()
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
+
+
+def _base(sop_class: str, modality: str) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the accented names
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, ID, BIRTH
+    ds.AccessionNumber = ACCESSION
+    ds.ReferringPhysicianName = PHYSICIAN
+    ds.OperatorsName = OPERATOR
+    ds.InstitutionName = INSTITUTION
+    ds.OtherPatientIDsSequence = [_item(PatientID=OTHER_ID, IssuerOfPatientID="KESTREL_MRN")]
+    ds.Manufacturer = "ACME"
+    return ds
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    """``ds`` as a file gives it back: kept elements raw, as in a run."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return read_dataset(buf.getvalue())
+
+
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"[\W_]+", "", _fold(text))
+
+
+#: Words of the planted identity (folded), and the IDs and dates letters-and-digits only.
+NAME_WORDS = {_fold(w) for n in (NAME, PHYSICIAN, OPERATOR, OBSERVER) for w in re.split(r"[\^' ]+", n) if w}
+TOKENS = {_flat(t) for t in (ID, ACCESSION, OTHER_ID, *date_variants(BIRTH)) if len(_flat(t)) >= 6}
+
+
+def _leaks(text: str) -> list[str]:
+    """The planted words (as whole words, any case, accents or separators) and IDs (inside anything) in text."""
+    words = set(re.findall(r"[^\W_]+", _fold(text)))
+    found = sorted(words & NAME_WORDS)
+    flat = _flat(text)
+    found += sorted(t for t in TOKENS if t in flat)
+    if _flat(INSTITUTION) in flat:
+        found.append("institution")
+    return found
+
+
+def _all_values(ds: Dataset, path: str = "") -> list[tuple[str, str]]:
+    """(path, text) of every text value of ``ds`` at every level, private elements and binary UN included."""
+    out = []
+    for elem in ds:
+        where = f"{path}{elem.keyword or elem.tag}"
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                out += _all_values(item, f"{where}[{i}].")
+        elif isinstance(elem.value, bytes):
+            out.append((where, elem.value.decode("latin-1")))
+        elif elem.VR not in ("OB", "OW", "OF", "OD", "OL", "OV", "US", "SS", "UL", "SL", "FL", "FD", "AT"):
+            values = elem.value if elem.VM > 1 else [elem.value]
+            out += [(where, str(v)) for v in values if v is not None]
+    return out
+
+
+def _assert_clean(ds: Dataset) -> None:
+    leaks = [(where, found) for where, text in _all_values(ds) if (found := _leaks(text))]
+    assert not leaks, leaks  # names of places and planted words only, never an original value in a message
+
+
+def _run(ds: Dataset, policy: Policy = DENYLIST, key=None):
+    return deidentify(_roundtrip(ds), policy, key)
+
+
+# -- objects ------------------------------------------------------------------------------------------------------
+def gsps() -> Dataset:
+    """A Grayscale Softcopy Presentation State with the identity in its labels, layers and text annotations."""
+    ds = _base(GSPS, "PR")
+    ds.ContentLabel = "WALKER_ALICE"  # CS: upper case, underscores
+    ds.ContentDescription = "Annotations, patient alice-walker"
+    ds.ContentCreatorName = OBSERVER
+    ds.GraphicLayerSequence = [
+        _item(GraphicLayer="LAYER1", GraphicLayerOrder=1, GraphicLayerDescription="for Dr. O'Brien, Seán"),
+        _item(GraphicLayer="MEASURE", GraphicLayerOrder=2, GraphicLayerDescription="Measurements"),
+    ]
+    texts = ["scanAB-12345x", "born 05.03.1961", "DOB 03/05/1961", "b. 5 March 1961", "WALKER, Alice M.", CLINICAL]
+    ds.GraphicAnnotationSequence = [_item(GraphicLayer="LAYER1", TextObjectSequence=[
+        _item(UnformattedTextValue=t, BoundingBoxAnnotationUnits="PIXEL", BoundingBoxTopLeftHandCorner=[1, 1],
+              BoundingBoxBottomRightHandCorner=[20, 10], BoundingBoxTextHorizontalJustification="LEFT")
+        for t in texts])]
+    return ds
+
+
+def seg() -> Dataset:
+    ds = _base(SEG, "SEG")
+    ds.ContentLabel = "ALICEWALKER"
+    ds.SegmentSequence = [
+        _item(SegmentNumber=1, SegmentLabel="Wälker liver", SegmentDescription="Tumour of AB12345",
+              SegmentAlgorithmType="MANUAL", SegmentedPropertyCategoryCodeSequence=[_code("T-D0050", "Tissue", "SRT")]),
+        _item(SegmentNumber=2, SegmentLabel="Liver", SegmentDescription="Whole liver, portal phase",
+              SegmentAlgorithmType="MANUAL", SegmentedPropertyCategoryCodeSequence=[_code("T-D0050", "Tissue", "SRT")]),
+    ]
+    return ds
+
+
+def ecg() -> Dataset:
+    ds = _base(ECG, "ECG")
+    channels = [_item(ChannelLabel=label, WaveformChannelNumber=i,
+                      ChannelSourceSequence=[_code("2:1", "Lead I", "MDC")])
+                for i, label in enumerate(["Lead I", "WALKER II", "ab_12345"], start=1)]
+    ds.WaveformSequence = [_item(MultiplexGroupLabel="ECG Walker", NumberOfWaveformChannels=3,
+                                 ChannelDefinitionSequence=channels)]
+    return ds
+
+
+def sr() -> Dataset:
+    """A Comprehensive SR whose content tree names the patient, the physician and another person (PNAME)."""
+    ds = _base(COMPREHENSIVE_SR, "SR")
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code("11528-7", "Report for Alice Walker", "LN")]
+    ds.VerifyingObserverSequence = [_item(VerifyingObserverName="Quennell^Tobias", VerificationDateTime="20200101",
+                                          VerifyingOrganization="Kestrel General Hospital")]
+    ds.ContentSequence = [
+        _item(RelationshipType="CONTAINS", ValueType="TEXT", ConceptNameCodeSequence=[_code("121106", "Comment")],
+              TextValue="Seen with Tobias Quennell on 1961-03-05"),
+        _item(RelationshipType="CONTAINS", ValueType="CODE", ConceptNameCodeSequence=[_code("121071", "Finding")],
+              ConceptCodeSequence=[_code("99X1", "Walker sign, patient AB12345", "99LOCAL")]),
+        _item(RelationshipType="HAS OBS CONTEXT", ValueType="PNAME", PersonName="Quennell^Tobias",
+              ConceptNameCodeSequence=[_code("121008", "Person Observer Name")]),
+        _item(RelationshipType="CONTAINS", ValueType="TEXT", ConceptNameCodeSequence=[_code("121106", "Comment")],
+              TextValue=CLINICAL),
+    ]
+    ds.DocumentTitle = "Report of Alice Walker"
+    return ds
+
+
+# -- tests --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", [gsps, seg, ecg, sr])
+@pytest.mark.parametrize("options", [(), ("CleanDescriptors", "CleanStructuredContent", "CleanGraphics")])
+def test_no_identity_survives_anywhere(build, options, key):
+    result = _run(build(), Policy.basic(options=options, text_screening="denylist"), key)
+    _assert_clean(result.dataset)
+
+
+def test_presentation_state_labels_and_annotations(key):
+    # Clean Graphics keeps the text annotations, cleaned (the Basic Profile replaces them by dummies)
+    result = _run(gsps(), Policy.basic(options=("CleanGraphics",), text_screening="denylist"), key)
+    out = result.dataset
+    assert out.ContentLabel.startswith("ANON") and re.fullmatch(r"[A-Z0-9_ ]{1,16}", out.ContentLabel)  # valid CS
+    assert result.actions[SCREENED_COUNT] >= 1
+    layers = out.GraphicLayerSequence
+    assert layers[1].GraphicLayerDescription == "Measurements"  # nothing identifying: as it came
+    texts = [t.UnformattedTextValue for t in out.GraphicAnnotationSequence[0].TextObjectSequence]
+    assert texts[-1] == CLINICAL
+    assert all(_leaks(t) == [] for t in texts), texts
+    # No part of the name is left beside its masked neighbour: "WALKER, Alice M." goes whole.
+    assert "M." not in texts[4] and "Alice" not in texts[4]
+
+
+def test_segment_labels(key):
+    out = _run(seg(), key=key).dataset
+    labels = [s.SegmentLabel for s in out.SegmentSequence]
+    descriptions = [s.SegmentDescription for s in out.SegmentSequence]
+    assert labels[1] == "Liver" and descriptions[1] == "Whole liver, portal phase"
+    assert not _leaks(labels[0]) and not _leaks(descriptions[0])
+    assert out.ContentLabel != "ALICEWALKER"
+
+
+def test_waveform_labels(key):
+    out = _run(ecg(), key=key).dataset
+    group = out.WaveformSequence[0]
+    assert not _leaks(group.MultiplexGroupLabel)
+    labels = [c.ChannelLabel for c in group.ChannelDefinitionSequence]
+    assert labels[0] == "Lead I" and not _leaks(labels[1]) and not _leaks(labels[2])
+
+
+def test_content_tree_code_meanings_and_text_values(key):
+    out = _run(sr(), key=key).dataset
+    _assert_clean(out)
+    meaning = out.ConceptNameCodeSequence[0].CodeMeaning  # the document's title concept: a kept code meaning
+    assert meaning != "Report for Alice Walker" and not _leaks(meaning)
+    code = out.ContentSequence[1].ConceptCodeSequence[0].CodeMeaning
+    assert code.startswith("ANON")  # a hit replaces the whole value, never "*** sign, patient ***"
+    assert out.ContentSequence[1].ConceptNameCodeSequence[0].CodeMeaning == "Finding"  # no hit: kept
+    assert "DocumentTitle" not in out or not _leaks(out.DocumentTitle)
+
+
+def test_person_named_only_in_the_content_tree_is_collected(key):
+    """Tobias Quennell is named only by a PNAME item and the Verifying Observer: still found in free text."""
+    ds = sr()
+    del ds.VerifyingObserverSequence
+    out = _run(ds, Policy.basic(options=("CleanStructuredContent",), text_screening="denylist"), key).dataset
+    text = out.ContentSequence[0].TextValue
+    assert "Tobias" not in text and "Quennell" not in text and text.startswith("Seen with")
+
+
+def test_uris_lose_query_fragment_and_identifying_path(key):
+    ds = gsps()
+    ds.RetrieveURL = "https://pacs.example.org/wado/AB12345/studies?patient=Walker&dob=19610305#top"
+    ds.ReferencedSeriesSequence = [_item(
+        SeriesInstanceUID=generate_uid(), RetrieveURL="https://pacs.example.org/wado/studies/7?token=s3cr3t")]
+    ds.StudyComments = "https://viewer.example.org/open/alice.walker"  # LO holding one URL
+    ds.RetrieveURI = "https://alice-walker.example.org/archive"  # the host itself holds the name
+    result = _run(ds, key=key)
+    out = result.dataset
+    assert "RetrieveURL" not in out or out.RetrieveURL == "https://pacs.example.org/wado/studies"
+    assert out.ReferencedSeriesSequence[0].RetrieveURL == "https://pacs.example.org/wado/studies/7"
+    assert "RetrieveURI" not in out or out.RetrieveURI == "urn:deidpipe:removed"
+    assert result.actions[URI_COUNT] >= 2
+    _assert_clean(out)
+
+
+@pytest.mark.parametrize("written", ["1961-03-05", "05.03.1961", "03/05/1961", "5 March 1961", "March 5, 1961",
+                                     "19610305", "5.3.1961"])
+def test_birth_date_in_its_written_forms(written, key):
+    ds = gsps()
+    ds.ContentLabel = "DOB"
+    ds.GraphicLayerSequence[1].GraphicLayerDescription = f"born {written} here"
+    out = _run(ds, key=key).dataset
+    assert written not in out.GraphicLayerSequence[1].GraphicLayerDescription
+
+
+@pytest.mark.parametrize("text", ["ALICE WALKER", "alice_walker", "Walker^Alice", "WALKER,ALICE", "Alice.Walker",
+                                  "a.walker@example.org", "Walker-Alice", "WÄLKER", "walkér"])
+def test_names_with_accents_and_separators(text, key):
+    ds = gsps()
+    ds.ContentDescription = "x"
+    ds.GraphicLayerSequence[1].GraphicLayer = "L2"
+    ds.GraphicLayerSequence[1].GraphicLayerDescription = text
+    out = _run(ds, key=key).dataset
+    assert not _leaks(out.GraphicLayerSequence[1].GraphicLayerDescription)
+
+
+@pytest.mark.parametrize("text", ["scanAB-12345x", "ab 12345", "AB_12345_v2", "id:ab12345"])
+def test_letter_digit_ids_inside_words(text, key):
+    ds = gsps()
+    ds.ContentLabel = "X"
+    ds.Manufacturer = text  # a kept LO: whole value replaced
+    out = _run(ds, key=key).dataset
+    assert out.Manufacturer.startswith("ANON")
+
+
+def test_no_false_positive_on_ordinary_words(key):
+    """A patient called Long^Bo (a common word and a two-letter name), ID 12345: ordinary values stay as they are."""
+    ds = gsps()
+    ds.PatientName, ds.PatientID, ds.OperatorsName = "Long^Bo", "12345", "Head^Li"
+    ds.AccessionNumber, ds.OtherPatientIDsSequence = "A77", []
+    ds.ContentLabel = "LONG_AXIS"
+    ds.ContentDescription = "Long axis, 123456 frames, series 12, bone window, head first"
+    ds.GraphicLayerSequence[1].GraphicLayerDescription = "Bolus tracking in the liver, Lt 5 mm"
+    ds.Manufacturer = "BOSTON LONGITUDINAL 1234"
+    result = _run(ds, key=key)
+    out = result.dataset
+    assert out.ContentLabel == "LONG_AXIS"
+    assert out.ContentDescription == "Long axis, 123456 frames, series 12, bone window, head first"
+    assert out.GraphicLayerSequence[1].GraphicLayerDescription == "Bolus tracking in the liver, Lt 5 mm"
+    assert out.Manufacturer == "BOSTON LONGITUDINAL 1234"
+    assert result.actions[SCREENED_COUNT] == 0
+
+
+@pytest.mark.parametrize("vr", ["SH", "UN"])
+def test_kept_private_element_with_identity_is_removed(vr, key):
+    """Retain Safe Private keeps (0009,xx01) and (0009,xx04) of GEMS_IDEN_01 (TCIA knowledge base); one holds an
+    ID, as text or as UN bytes that decode as text: that one goes, the other stays."""
+    ds = gsps()
+    block = ds.private_block(0x0009, "GEMS_IDEN_01", create=True)
+    block.add_new(0x01, vr, b"scan AB12345 " if vr == "UN" else "scan AB12345")
+    block.add_new(0x04, "SH", "GE_GENESIS_FF")
+    result = _run(ds, Policy.basic(options=("RetainSafePrivate",), text_screening="denylist"), key)
+    kept = {int(e.tag): e.value for e in result.dataset if e.tag.group == 0x0009}
+    assert kept[0x00091004] == "GE_GENESIS_FF" and 0x00091001 not in kept
+    _assert_clean(result.dataset)
+
+
+def test_what_the_policy_keeps_is_neither_collected_nor_screened(key):
+    """RetainInstitutionIdentity keeps Institution Name: its words are no identity then."""
+    ds = gsps()
+    ds.GraphicLayerSequence[1].GraphicLayerDescription = "Kestrel General Hospital layer"
+    policy = Policy.basic(options=("RetainInstitutionIdentity",), text_screening="denylist")
+    out = _run(ds, policy, key).dataset
+    assert out.InstitutionName == INSTITUTION
+    assert out.GraphicLayerSequence[1].GraphicLayerDescription == "Kestrel General Hospital layer"
+    kept = Policy.basic(text_screening="denylist", overrides=(Override(0x00180015, "K"),))  # BodyPartExamined
+    ds.BodyPartExamined = "WALKER"
+    out = _run(ds, kept, key).dataset
+    assert out.get("BodyPartExamined") != "WALKER"  # a keep of another attribute does not protect a name in it
+
+
+def test_short_name_part_beside_a_hit_is_masked_too():
+    """The free-text clean masks the whole name: never "*** Li" after masking the given name."""
+    deny = DenyList.from_terms(["Li^Wei^Ming", "Li", "Wei", "Ming", "Wei Li"], parts=["Li", "Wei", "Ming"])
+    for text in ["Seen by Wei Ming Li today", "Seen by Wei M. Li today", "Seen by LI, Wei today"]:
+        cleaned, n = screen_text(text, deny, use_model=False)
+        assert cleaned == "Seen by *** today", cleaned
+    assert screen_text("Li-Fraumeni syndrome", deny, use_model=False) == ("Li-Fraumeni syndrome", 0)
+
+
+def test_the_model_path_masks_the_whole_name(key):
+    """With presidio on (the default): a name the model finds takes the object's short surname with it."""
+    ds = gsps()
+    ds.PatientName = "Li^Jonathan"
+    ds.GraphicLayerSequence[1].GraphicLayerDescription = "Reviewed with Jonathan Li yesterday"
+    out = _run(ds, Policy.basic(), key).dataset
+    text = out.GraphicLayerSequence[1].GraphicLayerDescription
+    assert "Jonathan" not in text and not re.search(r"\bLi\b", text), text
+
+
+def test_written_output_reads_back_clean(key, tmp_path):
+    result = _run(gsps(), key=key)
+    path = tmp_path / "o.dcm"
+    write_dataset(result.dataset, path)
+    _assert_clean(read_dataset(path))
+
+
+def test_one_matcher_per_patient():
+    """The compiled matcher is shared by a patient's objects (built from the same terms)."""
+    from deidpipe.header.identity import identity_denylist
+
+    a, b = _roundtrip(gsps()), _roundtrip(gsps())
+    assert identity_denylist(a) is identity_denylist(b)
+
+
+def test_scan_of_a_clean_object_changes_nothing(key):
+    """An object with no identity in its text: the screen replaces nothing."""
+    ds = seg()
+    ds.SegmentSequence[0].SegmentLabel = "Lesion"
+    ds.SegmentSequence[0].SegmentDescription = "Lesion 1"
+    ds.ContentLabel = "SEGMENTATION"
+    result = _run(ds, key=key)
+    assert result.actions[SCREENED_COUNT] == 0
+    assert result.dataset.ContentLabel == "SEGMENTATION"
+
+
+def test_ids_from_nested_sequences(key):
+    """An ID found only inside the Other Patient IDs Sequence (which the profile removes) is still looked for in
+    the values that are kept."""
+    ds = seg()
+    ds.SegmentSequence[1].SegmentLabel = "Liver xz40417"
+    ds.Manufacturer = "ACME XZ 40417"
+    out = _run(ds, key=key).dataset
+    assert not _leaks(out.SegmentSequence[1].SegmentLabel) and out.Manufacturer.startswith("ANON")
+    _assert_clean(out)
+
+
+def test_iso_2022_text_is_decoded_with_its_character_set(key):
+    """Japanese in ISO 2022 is 7-bit: the screen reads it with the object's character set, not as ASCII."""
+    ds = gsps()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=山田^太郎"
+    ds.ReferringPhysicianName = ds.OperatorsName = ""
+    ds.ContentDescription = "x"
+    ds.Manufacturer = "山田 scanner"
+    raw = _roundtrip(ds)
+    assert b"\x1b" in raw._dict[0x00080070].value  # stored with escape sequences
+    out = deidentify(raw, DENYLIST, key).dataset
+    assert out.Manufacturer.startswith("ANON")
+
+
+def test_an_object_naming_thousands_of_people_is_refused_quickly(key):
+    """A hostile file with thousands of names: refused with a reason that quotes none, not compiled for minutes."""
+    import time
+
+    from deidpipe.errors import InvalidValueError
+    from deidpipe.header.identity import TOO_MANY_TERMS
+
+    ds = gsps()
+    ds.OtherPatientNames = [f"Name{i:05d}x^Given{i:05d}y" for i in range(2000)]
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidValueError) as info:
+        _run(ds, key=key)
+    assert info.value.reason == TOO_MANY_TERMS and time.perf_counter() - t0 < 5
