@@ -10,7 +10,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 import zlib
 from dataclasses import replace
@@ -139,7 +138,7 @@ def test_unknown_items_are_skipped_not_aborted(scp_factory):
 # -- connections and slots ---------------------------------------------------------------------------------------
 def test_trickling_sender_is_closed_by_the_artim_timer(scp_factory):
     """A request sent a byte at a time never completes within the ARTIM timer: the node closes the connection
-    when it expires, however steadily the bytes come."""
+    (no A-ABORT: PS3.8 action AA-2) when it expires, however steadily the bytes come."""
     node_scp, _ = scp_factory(artim_timeout_s=1.0)
     pdu = associate_rq()
     s = socket.create_connection(("127.0.0.1", node_scp.port), timeout=10)
@@ -154,9 +153,10 @@ def test_trickling_sender_is_closed_by_the_artim_timer(scp_factory):
                 break
             s.settimeout(0.3)  # one byte every 0.3 s; the node's close shows as EOF (or a reset) in between
             try:
-                if s.recv(64) == b"":
-                    closed_after = time.monotonic() - t0
-                    break
+                answer = s.recv(64)
+                assert answer == b"", "PS3.8 AA-2: the connection is closed, nothing sent"
+                closed_after = time.monotonic() - t0
+                break
             except TimeoutError:
                 continue
             except OSError:
@@ -260,7 +260,8 @@ def test_deflated_object_is_charged_inflated(scp_factory):
     inflates, the node's peak memory rising by less than the budget; nothing queued, the budget given back. One
     that fits (20 MB inflated) is stored; over ``max_inflated_mb`` it is refused for good (0xC000)."""
     node_scp, queue = scp_factory(memory_budget_mb=64, max_inflated_mb=256)
-    big, small = deflated_object("1.2.826.0.1.3680043.10.999.81", 80), deflated_object("1.2.826.0.1.3680043.10.999.82", 20)
+    big = deflated_object("1.2.826.0.1.3680043.10.999.81", 80)
+    small = deflated_object("1.2.826.0.1.3680043.10.999.82", 20)
     assert 1.5e6 < len(big) < 3e6
     sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=30)
     sender.open([(SECONDARY_CAPTURE, [DEFLATED])])

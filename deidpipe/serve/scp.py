@@ -240,6 +240,13 @@ class StorageSCP:
                     return
                 self._links.add(link)
             self._associate_and_serve(link, ticket, artim)
+        except ul.NetworkTimeout as exc:
+            if not ticket.associated:  # the ARTIM timer expired (PS3.8 AA-2): the connection is closed, no A-ABORT
+                log.warning("connection closed: no A-ASSOCIATE-RQ within the ARTIM timer")
+            else:
+                log.warning("association ended: %s", exc)
+                if link is not None:
+                    link.abort()
         except ul.ProtocolError as exc:
             log.warning("association ended: %s", exc)
             if link is not None:

@@ -76,6 +76,10 @@ class ProtocolError(Exception):
     """The peer broke the protocol, or the connection ended; the message names no value."""
 
 
+class NetworkTimeout(ProtocolError):
+    """The peer sent nothing (or not enough) in time."""
+
+
 class PeerReleased(Exception):
     """The peer asked for release (A-RELEASE-RQ)."""
 
@@ -171,12 +175,12 @@ class Link:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ProtocolError("network timeout")
+                    raise NetworkTimeout("network timeout")
                 self.sock.settimeout(left)
             try:
                 k = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
-                raise ProtocolError("network timeout") from None
+                raise NetworkTimeout("network timeout") from None
             except (OSError, ssl.SSLError) as exc:
                 raise PeerAborted(f"connection lost ({type(exc).__name__})") from None
             if k == 0:
@@ -209,7 +213,7 @@ class Link:
             self.sock.sendall(data)
         except TimeoutError:
             self.broken = True
-            raise ProtocolError("network timeout") from None
+            raise NetworkTimeout("network timeout") from None
         except (OSError, ssl.SSLError) as exc:
             self.broken = True
             raise PeerAborted(f"connection lost ({type(exc).__name__})") from None
