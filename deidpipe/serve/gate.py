@@ -97,6 +97,13 @@ class Gate:
             elif not ticket.evicted:
                 self._drop(ticket)
 
+    def close_pending(self) -> None:
+        """Shut every pending connection down (the node stops): their threads end at once, TLS handshakes too."""
+        with self._lock:
+            socks = [t.sock for t in self._pending.values()]
+        for sock in socks:
+            _shutdown(sock)
+
     def _drop(self, ticket: Ticket) -> None:
         if self._pending.pop(ticket.number, None) is not None:
             self._per_address[ticket.address] -= 1

@@ -178,6 +178,7 @@ class StorageSCP:
                 link.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.gate.close_pending()
         end = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
