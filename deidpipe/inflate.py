@@ -9,6 +9,11 @@ Here the data set is inflated in chunks and the inflated size is capped:
 * but never below :data:`FLOOR` (a small file of a blank image can deflate at several hundred to one, and a
   few tens of megabytes are harmless), and never above :data:`HARD_CAP` (1 GiB), whatever the file's size.
 
+A process may lower the 1 GiB cap (``DEIDPIPE_INFLATE_MAX_BYTES``: ``deidpipe serve`` sets it for its processing
+processes), and a caller that holds data sets of many senders at once (the node's SCP) charges every inflated
+chunk to its memory budget as it comes (:func:`charging`): over the budget, inflating stops at once with
+:class:`InflateBudgetExceeded`, not an error of the object's making.
+
 A data set that runs over its ceiling is refused with a fixed reason; one that is cut short is truncated. What
 inflates within bounds is handed to pydicom's own data set reader as Explicit VR Little Endian, with the File Meta
 Information as read (its transfer syntax stays Deflated, so the output is written deflated again), which is what
@@ -17,9 +22,13 @@ Information as read (its transfer syntax stays Deflated, so the output is writte
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset, FileDataset
@@ -40,22 +49,73 @@ _INPUT_CHUNK = 256 << 10
 #: pydicom's ``stop_when``: (tag, VR, length) -> stop before this element.
 StopWhen = Callable[[BaseTag, str | None, int], bool]
 DEFLATE_BOMB_REASON = "deflated data set inflates beyond the size limit"
+#: Sets a lower cap than :data:`HARD_CAP` for this process and those it starts (bytes).
+CAP_ENV = "DEIDPIPE_INFLATE_MAX_BYTES"
+#: Copies of its inflated bytes a data set holds while it is read: the inflated buffer, and the values pydicom's
+#: reader copies out of it. A budget is charged this many times each inflated byte.
+PARSE_COPIES = 2
 
 
 class InflateLimitError(InputError):
     """A deflated data set inflates to more than its ceiling (a deflate bomb, or a file this tool refuses)."""
 
 
+class InflateBudgetExceeded(BaseException):  # noqa: N818 - not an error of the object's making
+    """The memory budget of :func:`charging` cannot hold more inflated bytes: the caller answers "out of
+    resources" and may try again later. A ``BaseException`` (like ``ObjectTimeout``): the readers' ``except
+    Exception`` must not turn it into an error of the object."""
+
+
+@dataclass
+class Charge:
+    """What :func:`charging` has taken from a budget so far (the caller gives it back), and the cap it sets."""
+
+    take: Callable[[int], bool]
+    cap: int | None = None
+    taken: int = 0
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def charging(take: Callable[[int], bool], cap: int | None = None) -> Iterator[Charge]:
+    """Within the block, in this thread, every deflated data set read charges ``take`` (a budget's: True if it
+    could take that many bytes) with :data:`PARSE_COPIES` times each chunk as it is inflated, and inflates to at
+    most ``cap`` bytes. The yielded :class:`Charge` says how much was taken: give it back after the block."""
+    charge = Charge(take, cap)
+    previous = getattr(_local, "charge", None)
+    _local.charge = charge
+    try:
+        yield charge
+    finally:
+        _local.charge = previous
+
+
+def process_cap() -> int:
+    """:data:`HARD_CAP`, or the lower cap ``DEIDPIPE_INFLATE_MAX_BYTES`` sets for this process."""
+    raw = os.environ.get(CAP_ENV, "")
+    try:
+        value = int(raw) if raw else HARD_CAP
+    except ValueError:
+        return HARD_CAP
+    return min(HARD_CAP, value) if value > 0 else HARD_CAP
+
+
 def inflate_limit(compressed: int) -> int:
     """The most bytes a deflated data set of ``compressed`` bytes may inflate to (see the module docstring)."""
-    return min(HARD_CAP, max(FLOOR, RATIO * compressed))
+    charge: Charge | None = getattr(_local, "charge", None)
+    cap = process_cap() if charge is None or charge.cap is None else min(process_cap(), charge.cap)
+    return min(cap, max(FLOOR, RATIO * compressed))
 
 
 def inflate_bounded(data: bytes | memoryview, label: str | None = None, limit: int | None = None) -> io.BytesIO:
     """The raw deflate stream ``data`` inflated into a buffer (positioned at 0), at most ``limit`` bytes
     (default: :func:`inflate_limit`). Raises :class:`InflateLimitError` beyond it and :class:`TruncatedError`
-    when the stream ends early or is corrupt; memory never exceeds the ceiling plus one chunk."""
+    when the stream ends early or is corrupt; memory never exceeds the ceiling plus one chunk. Within
+    :func:`charging`, each chunk is charged before it is kept (:class:`InflateBudgetExceeded` if it cannot be)."""
     ceiling = inflate_limit(len(data)) if limit is None else limit
+    charge: Charge | None = getattr(_local, "charge", None)
     out = DicomBytesIO()
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     view = memoryview(data)
@@ -69,6 +129,10 @@ def inflate_bounded(data: bytes | memoryview, label: str | None = None, limit: i
             total += len(chunk)
             if total > ceiling:
                 raise InflateLimitError(label, DEFLATE_BOMB_REASON)
+            if charge is not None and chunk:
+                if not charge.take(PARSE_COPIES * len(chunk)):
+                    raise InflateBudgetExceeded
+                charge.taken += PARSE_COPIES * len(chunk)
             out.write(chunk)
             tail = inflater.unconsumed_tail
             if not chunk and not tail and pos >= len(view):

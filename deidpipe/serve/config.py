@@ -12,6 +12,10 @@ allow:
   addresses: [10.1.0.0/16, 127.0.0.1]    # empty or absent: any address
 tls: {cert: node.crt, key: node.key, ca: ca.crt, require_client_cert: true}
 quiet_period_s: 30                       # a series counts as complete after this many seconds without a new object
+artim_timeout_s: 5                       # seconds from connect to a complete A-ASSOCIATE-RQ
+max_associations: 64                     # associations at once (then A-ASSOCIATE-RJ, transient)
+max_pending: 128                         # connections not yet associated (16 per peer address)
+memory_budget_mb: 0                      # data sets in memory, inflated size (0: a quarter of the RAM)
 retry: {initial_s: 2, max_interval_s: 300, max_attempts: 50, max_age_s: 86400}
 destinations:
   - {name: pacs, dicom: "PACS@10.1.2.3:104", calling_ae: DEIDPIPE, tls: {ca: pacs-ca.crt}}
@@ -154,6 +158,19 @@ class ServeConfig:
     batch: int = 32
     #: Seconds a peer may stay silent on an association before the node drops it.
     network_timeout_s: float = 60.0
+    #: The ARTIM timer (PS3.8 section 9.1.2): seconds from a connection's accept until its whole A-ASSOCIATE-RQ
+    #: (and TLS handshake) is in; a connection that takes longer is closed.
+    artim_timeout_s: float = 5.0
+    #: Associations served at once; one more is rejected (transient, local limit exceeded).
+    max_associations: int = 64
+    #: Connections not yet associated, in all and per peer address (over a bound the oldest is closed).
+    max_pending: int = 128
+    max_pending_per_address: int = 16
+    #: Bytes of data sets the node holds in memory at once, received and inflated (0: a quarter of the RAM).
+    memory_budget_mb: int = 0
+    #: The most a deflated data set may inflate to, in the node and in each processing process (0: the budget
+    #: shared among the processing processes, at most 1 GiB).
+    max_inflated_mb: int = 0
     #: Run the processing stage in its own process (the SCP keeps an interpreter to itself).
     process_in_child: bool = True
     #: Processes that de-identify (the processing stage hands them its objects a few at a time); 1: the
@@ -167,6 +184,12 @@ class ServeConfig:
             raise ConfigError("port must be 0 to 65535")
         if not self.network_timeout_s > 0:
             raise ConfigError("network_timeout_s must be more than 0")
+        if not self.artim_timeout_s > 0:
+            raise ConfigError("artim_timeout_s must be more than 0")
+        if min(self.max_associations, self.max_pending, self.max_pending_per_address) < 1:
+            raise ConfigError("max_associations, max_pending and max_pending_per_address must be at least 1")
+        if self.memory_budget_mb < 0 or self.max_inflated_mb < 0:
+            raise ConfigError("memory_budget_mb and max_inflated_mb must be 0 (automatic) or more")
         if not 0 <= self.workers <= 256:
             raise ConfigError("workers must be 0 (one per CPU core) to 256")
         names = [d.name for d in self.destinations]
@@ -191,6 +214,30 @@ class ServeConfig:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, min(8, cores))
 
+    @property
+    def memory_budget_bytes(self) -> int:
+        """``memory_budget_mb``, with 0 (auto) resolved to a quarter of the machine's memory."""
+        if self.memory_budget_mb:
+            return self.memory_budget_mb << 20
+        import os
+
+        try:
+            ram = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            ram = 8 << 30
+        return ram // 4
+
+    @property
+    def max_inflated_bytes(self) -> int:
+        """``max_inflated_mb``, with 0 (auto) resolved to the memory budget shared among the processing processes
+        (each holds about two copies of what it inflates), at most 1 GiB, at least 16 MiB."""
+        if self.max_inflated_mb:
+            return self.max_inflated_mb << 20
+        from deidpipe.inflate import HARD_CAP, PARSE_COPIES
+
+        share = self.memory_budget_bytes // (PARSE_COPIES * self.worker_processes)
+        return max(16 << 20, min(HARD_CAP, share))
+
     def address_allowed(self, address: str) -> bool:
         if not self.allowed_addresses:
             return True
@@ -204,7 +251,8 @@ class ServeConfig:
     def from_mapping(cls, data: dict[str, Any], base: Path = Path(".")) -> ServeConfig:
         known = {"queue", "ae_title", "host", "port", "allow", "tls", "destinations", "policy", "key_file",
                  "quiet_period_s", "retry", "batch", "network_timeout_s", "process_in_child",
-                 "workers"}
+                 "workers", "artim_timeout_s", "max_associations", "max_pending", "max_pending_per_address",
+                 "memory_budget_mb", "max_inflated_mb"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -232,6 +280,12 @@ class ServeConfig:
             network_timeout_s=float(data.get("network_timeout_s", 60.0)),
             process_in_child=bool(data.get("process_in_child", True)),
             workers=int(data.get("workers", 0)),
+            artim_timeout_s=float(data.get("artim_timeout_s", 5.0)),
+            max_associations=int(data.get("max_associations", 64)),
+            max_pending=int(data.get("max_pending", 128)),
+            max_pending_per_address=int(data.get("max_pending_per_address", 16)),
+            memory_budget_mb=int(data.get("memory_budget_mb", 0)),
+            max_inflated_mb=int(data.get("max_inflated_mb", 0)),
         )
 
     @classmethod

@@ -91,7 +91,7 @@ class Node:
             # same (PR_SET_PDEATHSIG, and stop() joins or kills it).
             self.child = ctx.Process(target=process_main, name="deidpipe-process", daemon=False, args=(
                 str(self.queue.root), self.queue.destinations, self.key, self.policy, self.config.quiet_period_s,
-                self.config.batch, os.getpid(), self.config.worker_processes))
+                self.config.batch, os.getpid(), self.config.worker_processes, self.config.max_inflated_bytes))
             self.child.start()
             for d in self.deliverers.values():
                 d.poll_outbox = True

@@ -222,16 +222,20 @@ class Processor(LoopThread):
 
 
 def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Any, quiet_period_s: float,
-                 batch: int, parent: int, workers: int = 1) -> None:
+                 batch: int, parent: int, workers: int = 1, max_inflated: int = 0) -> None:
     """The processing stage in its own process (the node's SCP keeps the interpreter to itself): polls
     ``incoming/`` and leaves tickets in the outboxes, which the delivery threads pick up. SIGTERM ends it after
-    its round; it dies with the node (PR_SET_PDEATHSIG)."""
+    its round; it dies with the node (PR_SET_PDEATHSIG). ``max_inflated``: the most bytes a deflated data set may
+    inflate to here and in the worker processes it starts (they inherit the setting), as the SCP checked."""
     import os
     import signal
 
+    from deidpipe.inflate import CAP_ENV
     from deidpipe.pipeline.executors import die_with_parent
 
     die_with_parent(parent)
+    if max_inflated > 0:
+        os.environ[CAP_ENV] = str(max_inflated)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops this process in order

@@ -11,15 +11,22 @@ Statuses a sender may get:
 * ``0x0122`` SOP class not supported: the request's SOP class is not the one of its presentation context.
 
 A caller whose address is not allowed is disconnected before its association is read; one whose calling AE
-title is not allowed gets an A-ASSOCIATE-RJ (calling AE title not recognised). Every accepted socket has
-``TCP_NODELAY`` set (Nagle's algorithm stalls each small PDU by tens of milliseconds on loopback). Associations
-are served by :mod:`deidpipe.serve.ul`, one thread each (its docstring says why not pynetdicom's reactors).
+title is not allowed gets an A-ASSOCIATE-RJ (calling AE title not recognised); one that finds every association
+slot taken gets an A-ASSOCIATE-RJ (transient, local limit exceeded). A connection must bring its whole
+A-ASSOCIATE-RQ within the ARTIM timer (``artim_timeout_s``), and connections not yet associated are bounded
+apart from association slots (:mod:`deidpipe.serve.gate`); the request is checked as PS3.8 has it
+(:mod:`deidpipe.serve.acceptor`). Every accepted socket has ``TCP_NODELAY`` set (Nagle's algorithm stalls each
+small PDU by tens of milliseconds on loopback). Associations are served by :mod:`deidpipe.serve.ul`, one thread
+each (its docstring says why not pynetdicom's reactors).
+
+Memory: the data sets being received, node-wide, are charged to one budget (``memory_budget_mb``): their bytes as
+they arrive and, for Deflated Explicit VR Little Endian, their inflated bytes as they are inflated
+(:func:`deidpipe.inflate.charging`). One the budget cannot hold is answered 0xA700 and kept nowhere.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import struct
@@ -32,9 +39,12 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import build_context
 
 from deidpipe.errors import InputError
+from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
 from deidpipe.serve import ul
+from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
 from deidpipe.serve.config import ServeConfig, TlsConfig
+from deidpipe.serve.gate import Gate, Ticket
 from deidpipe.serve.net import nodelay
 from deidpipe.serve.queue import Queue, object_id
 
@@ -45,9 +55,6 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
-
-#: At most this many associations at once; one more is rejected (transient, local limit exceeded).
-MAX_ASSOCIATIONS = 64
 
 #: Transfer syntaxes the SCP accepts, in its order of preference (the acceptor takes the first of its own list
 #: that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for one context
@@ -131,12 +138,11 @@ class StorageSCP:
         self._closing = False
         self._ssl: ssl.SSLContext | None = None
         self._supported: list[Any] = []
-        #: Connections served at once (associations, plus a few being turned away): a flood of connections
-        #: must not start a thread each.
-        self._slots = threading.BoundedSemaphore(MAX_ASSOCIATIONS + 16)
-        #: Data sets being received, node-wide: a quarter of the machine's memory (each is copied about twice
-        #: more while it is checked and written).
-        self.budget = ul.ByteBudget(_memory_bytes() // 4)
+        #: Connections not yet associated, and association slots (one thread each: both bounded).
+        self.gate = Gate(config.max_associations, config.max_pending, config.max_pending_per_address)
+        #: Data sets being received and checked, node-wide, their inflated size included (default: a quarter of
+        #: the machine's memory).
+        self.budget = ul.ByteBudget(config.memory_budget_bytes)
 
     @property
     def port(self) -> int:
@@ -172,6 +178,7 @@ class StorageSCP:
                 link.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.gate.close_pending()
         end = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
@@ -195,14 +202,12 @@ class StorageSCP:
                     self.stats["refused"] += 1
                 sock.close()
                 continue
-            if not self._slots.acquire(blocking=False):
-                log.warning("connection refused: too many connections open")
-                sock.close()
-                continue
-            t = threading.Thread(target=self._serve, args=(sock,), name="deidpipe-assoc", daemon=True)
+            ticket = self.gate.admit(sock, address[0])  # over a bound, the oldest pending connection is closed
+            t = threading.Thread(target=self._serve, args=(ticket, time.monotonic() + self.config.artim_timeout_s),
+                                 name="deidpipe-assoc", daemon=True)
             with self._lock:
                 if self._closing:
-                    self._slots.release()
+                    self.gate.leave(ticket)
                     sock.close()
                     return
                 self._threads.add(t)
@@ -211,28 +216,38 @@ class StorageSCP:
             except RuntimeError:  # no thread to be had: the connection is closed, the port stays open
                 with self._lock:
                     self._threads.discard(t)
-                self._slots.release()
+                self.gate.leave(ticket)
                 sock.close()
                 log.error("connection refused: no thread could be started")
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _serve(self, ticket: Ticket, artim: float) -> None:
+        """One connection, from accept to close; ``artim``: when the ARTIM timer expires (``time.monotonic()``)."""
         link: ul.Link | None = None
+        sock = ticket.sock
         try:
             nodelay(sock)
             if self._ssl is not None:
-                sock.settimeout(30)  # a handshake that never comes must not hold a thread for ever
+                sock.settimeout(max(artim - time.monotonic(), 0.001))  # the handshake is within the ARTIM timer
                 try:
                     sock = self._ssl.wrap_socket(sock, server_side=True)
                 except (OSError, ssl.SSLError):
-                    log.warning("TLS handshake failed: connection closed")
+                    log.warning("TLS handshake failed or took too long: connection closed")
+                    return
+                if not self.gate.rewrap(ticket, sock):
                     return
             link = ul.Link(sock, self.config.network_timeout_s)
             with self._lock:
                 if self._closing:
                     return
                 self._links.add(link)
-                busy = len(self._links) > MAX_ASSOCIATIONS
-            self._associate_and_serve(link, busy)
+            self._associate_and_serve(link, ticket, artim)
+        except ul.NetworkTimeout as exc:
+            if not ticket.associated:  # the ARTIM timer expired (PS3.8 AA-2): the connection is closed, no A-ABORT
+                log.warning("connection closed: no A-ASSOCIATE-RQ within the ARTIM timer")
+            else:
+                log.warning("association ended: %s", exc)
+                if link is not None:
+                    link.abort()
         except ul.ProtocolError as exc:
             log.warning("association ended: %s", exc)
             if link is not None:
@@ -252,22 +267,18 @@ class StorageSCP:
             with self._lock:
                 self._links.discard(link)  # type: ignore[arg-type]
                 self._threads.discard(threading.current_thread())
-            self._slots.release()
+            self.gate.leave(ticket)
 
-    def _associate_and_serve(self, link: ul.Link, busy: bool) -> None:
-        if busy:
-            link.read_pdu()  # the request, unread: the answer is a transient rejection
-            link.send_last_pdu(ul.ASSOCIATE_RJ, bytes([0, 0x02, 0x03, 0x02]))
-            log.warning("association rejected: %d associations already open", MAX_ASSOCIATIONS)
-            return
+    def _associate_and_serve(self, link: ul.Link, ticket: Ticket, artim: float) -> None:
         allowed = {a.strip() for a in self.config.allowed_ae_titles}
-        accepted = ul.accept_association(
+        accepted = accept_association(
             link, self._supported,
-            calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True))
-        if accepted is None:
+            calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
+            deadline=artim, take_slot=lambda: self.gate.take_slot(ticket))
+        if isinstance(accepted, Rejected):
             with self._lock:
                 self.stats["refused"] += 1
-            log.warning("association rejected: calling AE title not on the allow-list (or nothing to accept)")
+            log.warning("association rejected: %s", accepted.reason)
             return
         while True:
             try:
@@ -283,7 +294,7 @@ class StorageSCP:
                 self.budget.give(msg.reserved)
             link.send_message(msg.context_id, ul.store_response(msg, status))
 
-    def _answer(self, accepted: ul.Accepted, msg: ul.Message) -> int:
+    def _answer(self, accepted: Accepted, msg: ul.Message) -> int:
         """The status for one request: C-ECHO on the Verification context, C-STORE of the context's SOP class."""
         context = accepted.contexts.get(msg.context_id)
         if context is None:
@@ -339,14 +350,22 @@ class StorageSCP:
         while the sender can still be told."""
         from deidpipe.dicomio import read_dataset
 
-        try:
-            ds = read_dataset(data)
-            inner = str(ds.get("SOPInstanceUID", "") or "")
-        except InputError as exc:
-            return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", exc.reason, data)
-        except Exception as exc:  # noqa: BLE001 - fail closed; the reason is the type only
-            return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", f"cannot be read ({type(exc).__name__})",
-                              data)
+        # A deflated data set is charged to the budget as it inflates, and inflates no further than the
+        # processing processes will let it (so nothing answered Success fails there for its size).
+        with charging(self.budget.take, self.config.max_inflated_bytes) as charge:
+            try:
+                ds = read_dataset(data)
+                inner = str(ds.get("SOPInstanceUID", "") or "")
+                del ds
+            except InflateBudgetExceeded:
+                return self._out_of_resources(oid, MemoryError())
+            except InputError as exc:
+                return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", exc.reason, data)
+            except Exception as exc:  # noqa: BLE001 - fail closed; the reason is the type only
+                return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", f"cannot be read ({type(exc).__name__})",
+                                  data)
+            finally:
+                self.budget.give(charge.taken)
         if inner.strip().rstrip("\x00") != sop_uid.strip().rstrip("\x00"):
             return self._fail(oid, STATUS_MISMATCH, "receive",
                               "SOP Instance UID of the data set differs from the request's", data)
@@ -368,9 +387,3 @@ class StorageSCP:
         log.warning("object %s refused with 0x%04X at %s: %s", oid[:12], status, stage, reason)
         return status
 
-
-def _memory_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 8 * 1024**3

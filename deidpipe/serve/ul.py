@@ -9,7 +9,8 @@ once.
 
 What is still pynetdicom's: the A-ASSOCIATE-RQ/AC codecs (:mod:`pynetdicom.pdu`) and presentation context
 negotiation (:func:`pynetdicom.presentation.negotiate_as_acceptor` and ``negotiate_as_requestor``), which run once
-per association. The C-STORE SCU on top of it is :mod:`deidpipe.serve.scu`.
+per association. The C-STORE SCU on top of it is :mod:`deidpipe.serve.scu`; the acceptor side of association
+establishment (the A-ASSOCIATE-RQ checked as PS3.8 has it) is :mod:`deidpipe.serve.acceptor`.
 Written here: P-DATA-TF framing (PS3.8 section 9.3.5), the four command sets the node uses
 (C-STORE-RQ/RSP, C-ECHO-RQ/RSP, PS3.7 section 9.3), and the release and abort PDUs. ``tests/test_serve_ul.py``
 checks them against pynetdicom's encoders and against pynetdicom and dcmtk peers.
@@ -23,7 +24,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -73,6 +74,10 @@ def implementation() -> tuple[str, str]:
 
 class ProtocolError(Exception):
     """The peer broke the protocol, or the connection ended; the message names no value."""
+
+
+class NetworkTimeout(ProtocolError):
+    """The peer sent nothing (or not enough) in time."""
 
 
 class PeerReleased(Exception):
@@ -170,12 +175,12 @@ class Link:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ProtocolError("network timeout")
+                    raise NetworkTimeout("network timeout")
                 self.sock.settimeout(left)
             try:
                 k = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
-                raise ProtocolError("network timeout") from None
+                raise NetworkTimeout("network timeout") from None
             except (OSError, ssl.SSLError) as exc:
                 raise PeerAborted(f"connection lost ({type(exc).__name__})") from None
             if k == 0:
@@ -183,16 +188,21 @@ class Link:
             got += k
         return buf
 
-    def read_pdu(self, timeout: float | None = None) -> tuple[int, bytearray]:
+    def read_pdu(self, timeout: float | None = None, deadline: float | None = None) -> tuple[int, bytearray]:
         """The next PDU's type and its variable part (after the 6-byte header); the whole PDU within ``timeout``
-        (default: the link's) once its first byte is there."""
+        (default: the link's) once its first byte is there, or, given a ``deadline`` (``time.monotonic()``), all
+        of it, its first byte included, by then (the ARTIM timer: a peer that trickles gains nothing)."""
         limit = self.timeout if timeout is None else timeout
-        self.sock.settimeout(limit)
-        head = self._recv_exactly(6, None)  # waiting for a PDU to begin: one timeout
+        if deadline is None:
+            self.sock.settimeout(limit)
+            head = self._recv_exactly(6, None)  # waiting for a PDU to begin: one timeout
+            deadline = None if limit is None else time.monotonic() + limit
+        else:
+            head = self._recv_exactly(6, deadline)
         pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
         if length > PDU_HARD_LIMIT + 6:
             raise ProtocolError("PDU longer than the node accepts")
-        body = self._recv_exactly(length, None if limit is None else time.monotonic() + limit)
+        body = self._recv_exactly(length, deadline)
         self.sock.settimeout(self.timeout)
         return pdu_type, body
 
@@ -203,7 +213,7 @@ class Link:
             self.sock.sendall(data)
         except TimeoutError:
             self.broken = True
-            raise ProtocolError("network timeout") from None
+            raise NetworkTimeout("network timeout") from None
         except (OSError, ssl.SSLError) as exc:
             self.broken = True
             raise PeerAborted(f"connection lost ({type(exc).__name__})") from None
@@ -381,21 +391,7 @@ class ByteBudget:
             self.used = max(0, self.used - n)
 
 
-# -- acceptor side -----------------------------------------------------------------------------------------------
-@dataclass
-class Accepted:
-    """An association the node accepted: who called, and the accepted contexts by id (abstract syntax, transfer
-    syntax)."""
-
-    calling_ae_title: str
-    called_ae_title: str
-    contexts: dict[int, tuple[str, str]]
-
-
-def _reject_pdu(result: int, source: int, reason: int) -> bytes:
-    return bytes([0, result, source, reason])
-
-
+# -- association PDUs (both sides; the acceptor is :mod:`deidpipe.serve.acceptor`) -----------------------------
 def user_information() -> list[Any]:
     """The node's A-ASSOCIATE user information, as requestor and as acceptor: the largest PDU it receives
     (:data:`MAX_PDU_RECEIVE`) and its implementation class UID and version name."""
@@ -432,50 +428,6 @@ def peer_max_pdu(info: list[Any]) -> int:
         if isinstance(item, MaximumLengthNotification):
             return int(item.maximum_length_received or 0)
     return 0
-
-
-def accept_association(link: Link, supported: list[Any],
-                       calling_allowed: Callable[[str], bool] = lambda aet: True,
-                       acse_timeout: float = 30.0) -> Accepted | None:
-    """Read the A-ASSOCIATE-RQ, negotiate against ``supported`` (pynetdicom ``PresentationContext`` items) and
-    answer AC, or RJ (``None`` returned, the connection closed) when the calling AE title is not allowed or nothing
-    can be accepted."""
-    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
-    from pynetdicom.presentation import negotiate_as_acceptor
-
-    pdu_type, body = link.read_pdu(timeout=acse_timeout)
-    if pdu_type != ASSOCIATE_RQ:
-        raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-    prim = decode_associate(A_ASSOCIATE_RQ, ASSOCIATE_RQ, body)
-    calling = str(prim.calling_ae_title or "").strip()
-    if str(prim.application_context_name or "") != APPLICATION_CONTEXT:
-        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x02))
-        return None
-    if not calling_allowed(calling):
-        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x03))
-        return None
-    link.peer_max_pdu = peer_max_pdu(prim.user_information)
-    roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in prim.user_information
-             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid}
-    results, reply_roles = negotiate_as_acceptor(prim.presentation_context_definition_list, supported,
-                                                 roles or None)
-    accepted = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                for cx in results if cx.result == 0x00}
-    if not accepted:  # no context: PS3.8 lets us accept with none, but nothing could ever be sent
-        link.send_last_pdu(ASSOCIATE_RJ, _reject_pdu(0x01, 0x01, 0x01))
-        return None
-    ac = A_ASSOCIATE()
-    ac.application_context_name = APPLICATION_CONTEXT
-    ac.calling_ae_title = prim.calling_ae_title
-    ac.called_ae_title = prim.called_ae_title
-    ac.result, ac.result_source = 0x00, 0x01
-    ac.presentation_context_definition_results_list = results
-    ac.user_information = user_information() + list(reply_roles)
-    pdu = A_ASSOCIATE_AC()
-    pdu.from_primitive(ac)
-    link.send(pdu.encode())
-    return Accepted(calling, str(prim.called_ae_title or "").strip(), accepted)
 
 
 def store_response(request: Message, status: int) -> bytes:
