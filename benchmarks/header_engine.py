@@ -44,7 +44,7 @@ def corpus() -> list[tuple[str, bytes]]:
             continue  # refused by the engine, or not writable by plain pydicom: not comparable
         files.append((p.name, p.read_bytes()))
     tmp = Path(tempfile.mkdtemp())
-    answer = generate_archive(tmp / "synth", patients=4, seed=1)
+    answer = generate_archive(tmp / "synth", patients=4, seed=1, real_world=False)
     files += [(f, (tmp / "synth" / f).read_bytes()) for f in answer.files()]
     return files
 

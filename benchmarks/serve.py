@@ -94,7 +94,8 @@ def build(root: Path, objects: int, size: int) -> tuple[Path, int, int]:
     from deidpipe.synth import generate_archive
 
     src = root / f"corpus-{size}"
-    generate_archive(src, patients=max(1, round(objects / 10)), rows=size, cols=size, seed=size)
+    generate_archive(src, patients=max(1, round(objects / 10)), rows=size, cols=size, seed=size,
+                         real_world=False)
     (src / "answer_key.json").unlink(missing_ok=True)
     files = list(src.rglob("*.dcm"))
     return src, len(files), sum(f.stat().st_size for f in files)
@@ -105,7 +106,7 @@ def warm_object(root: Path) -> Path:
 
     src = root / "warm"
     if not src.exists():
-        generate_archive(src, patients=1, seed=99)
+        generate_archive(src, patients=1, seed=99, real_world=False)
         (src / "answer_key.json").unlink(missing_ok=True)
     return src
 

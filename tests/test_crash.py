@@ -84,7 +84,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cut inside Pixel Data (read or pixel checks), a different object under a SOP Instance UID already used
     (write conflict)."""
     src = tmp_path_factory.mktemp("crash") / "src"
-    answer = generate_archive(src, patients=5, seed=11)
+    answer = generate_archive(src, patients=5, seed=11, real_world=False)
     (src / "answer_key.json").unlink()
     files = sorted(answer.files())
     bad = src / "zz_bad"

@@ -31,7 +31,7 @@ GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "
 def template(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """The first MR slice of a synthetic archive, with a DeidentificationMethodCodeSequence of one item."""
     root = tmp_path_factory.mktemp("archive")
-    generate_archive(root, patients=1)
+    generate_archive(root, patients=1, real_world=False)
     ds = read_dataset(next(p for p in sorted(root.rglob("*.dcm")) if "_MR" in p.parent.name))
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator = "113100", "DCM"

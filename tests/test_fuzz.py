@@ -95,7 +95,7 @@ def _check_pixels(path: Path) -> str | None:
 @pytest.mark.slow
 def test_hostile_batch_leaks_nothing_and_accounts_for_everything(tmp_path, synth_archive):
     synth_root, _ = synth_archive
-    synth_files = sorted(synth_root.rglob("*.dcm"))[:6]
+    synth_files = sorted(synth_root.glob("patient*/**/*.dcm"))[:6]  # the plain objects, as before the real-world study
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     inputs = build_inputs(src, SEED, COUNT, synth_files)

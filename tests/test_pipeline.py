@@ -40,7 +40,7 @@ def key() -> ProjectKey:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("synth")
-    answer = generate_archive(root / "src", patients=2, seed=3)
+    answer = generate_archive(root / "src", patients=2, seed=3, real_world=False)
     (root / "src" / "answer_key.json").replace(root / "answer_key.json")
     return root / "src", answer
 
@@ -138,7 +138,7 @@ def _dicomdir(path: Path) -> None:
 
 
 def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_path):
-    answer = generate_archive(tmp_path / "src", patients=1, seed=9)
+    answer = generate_archive(tmp_path / "src", patients=1, seed=9, real_world=False)
     (tmp_path / "src" / "answer_key.json").replace(tmp_path / "answer_key.json")
     src = tmp_path / "src"
     good = answer.files()

@@ -151,7 +151,7 @@ def pynetdicom_store(port: int, files: list[Path], aet: str = "SENDER", tls_args
 def small(tmp_path_factory):
     """A 2-patient synth archive (20 objects), its answer key and ``run``'s output for both policies."""
     root = tmp_path_factory.mktemp("small")
-    answer = generate_archive(root / "archive", patients=2)
+    answer = generate_archive(root / "archive", patients=2, real_world=False)
     (root / "archive" / "answer_key.json").unlink(missing_ok=True)
     return root / "archive", answer, reference(root / "archive", root / "hdr", HEADER_POLICY)
 
@@ -237,7 +237,7 @@ def test_default_policy_pixel_stage_same_bytes_as_run(tmp_path, small):
 def test_bulk_objects_all_arrive(tmp_path):
     """The issue's volume: BULK objects (default 200; DEIDPIPE_SERVE_OBJECTS=1000) from storescu to storescp."""
     archive = tmp_path / "archive"
-    generate_archive(archive, patients=max(1, BULK // 10))
+    generate_archive(archive, patients=max(1, BULK // 10), real_world=False)
     (archive / "answer_key.json").unlink(missing_ok=True)
     expected = reference(archive, tmp_path, HEADER_POLICY)
     assert len(expected) == BULK
@@ -332,7 +332,7 @@ def test_statuses_from_destination(tmp_path, small):
 
 def test_sigkill_mid_stream_then_restart_delivers_every_acknowledged_object(tmp_path):
     archive = tmp_path / "archive"
-    answer = generate_archive(archive, patients=8)
+    answer = generate_archive(archive, patients=8, real_world=False)
     (archive / "answer_key.json").unlink(missing_ok=True)
     files = sorted(archive.rglob("*.dcm"))
     keyfile = tmp_path / "key"

@@ -128,7 +128,8 @@ def load_table() -> RuleTable:
 
 def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool,
                      iod_type: str | None = None, in_known_iod: bool = False) -> str:
-    """Choose one action for a compound code so that the output stays valid for its IOD.
+    """Choose one action for a compound code (or a plain X on a required attribute) so that the output stays
+    valid for its IOD.
 
     The standard's rule: X where the attribute is Type 3 in the object's IOD, Z where Type 2, D where Type 1.
     For a top-level attribute of a SOP class that ``rules/iod_attributes.json`` knows, that is what happens
@@ -144,6 +145,14 @@ def resolve_compound(code: str, *, present_and_nonempty: bool, is_sequence: bool
     - an empty input value stays empty -> ``Z``;
     - a non-empty value becomes a dummy when the code allows ``D`` (valid even for Type 1), else empty (``Z``).
     """
+    if code == "X" and in_known_iod and iod_type is not None and not is_sequence:
+        # A plain X on an attribute the object's own IOD requires (e.g. Presentation Creation Date, Type 1 in
+        # every presentation state) would leave an invalid object: it gets a dummy (Type 1) or an empty value
+        # (Type 2) instead. Neither carries anything of the original; Type 3 attributes are removed as listed.
+        if iod_type in ("1", "1C"):
+            return "D"
+        if iod_type in ("2", "2C"):
+            return "Z"
     if code not in COMPOUND_CODES:
         return code
     if code == "X/Z/U*":

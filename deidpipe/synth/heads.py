@@ -207,7 +207,7 @@ def head_slice_template(seed: int = 0) -> Any:
     from deidpipe.synth.archive import generate_archive
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate_archive(Path(tmp), patients=1, seed=seed)
+        generate_archive(Path(tmp), patients=1, seed=seed, real_world=False)
         ds = read_dataset(next(p for p in sorted(Path(tmp).rglob("*.dcm")) if "_MR" in p.parent.name))
     for keyword in ("ReferencedImageSequence", "SourceImageSequence"):
         if keyword in ds:
