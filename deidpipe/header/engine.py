@@ -89,22 +89,55 @@ def set_method_attributes(ds: Dataset, policy: Policy) -> None:
         "full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}[policy.temporal]
 
 
-def check_storable(ds: Dataset) -> None:
-    """Refuse what is not a composite object: a DICOMDIR, or a data set without SOP Class/Instance UIDs.
+#: Audit action: the output's SOP Class / Instance UID taken from the File Meta's copy (the data set lacked it).
+UID_FROM_FILE_META = "sop_uid_from_file_meta"
+#: Data set keyword -> the File Meta's copy of it (PS3.10 7.1: Media Storage SOP Class / Instance UID "uniquely
+#: identifies the SOP Class / Instance associated with the Data Set").
+_META_COPIES = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
 
-    Both UIDs are Type 1 in the SOP Common module: the File Meta's copies do not stand in for them (an output
-    without SOP Instance UID could not even be named), so an object missing either is refused here, at the
-    header stage, rather than at write time."""
+
+def _sop_uid(ds: Dataset, keyword: str) -> str | None:
+    """The data set's SOP Class / Instance UID, or else the File Meta's copy of it; None where neither has one."""
+    value = ds.get(keyword)
+    if not value:
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        value = meta.get(_META_COPIES[keyword])
+    return str(value) if value else None
+
+
+def check_storable(ds: Dataset) -> None:
+    """Refuse what is not a composite object: a DICOMDIR, or an object without SOP Class/Instance UIDs.
+
+    Both UIDs are Type 1 in the SOP Common module. Where the data set lacks one, the File Meta's copy stands in
+    (a header-only test object, a partial export: the File Meta names the object it carries, and the output gets
+    the UID from there, the instance as its pseudonym, see :func:`restore_sop_uids`); an object with neither is
+    refused here, at the header stage, rather than at write time (its output could not even be named)."""
     meta = getattr(ds, "file_meta", None) or Dataset()
     if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise InputError(getattr(ds, "filename", None),
                          "is a DICOMDIR (Media Storage Directory): rebuild it from the de-identified files")
-    if not ds.get("SOPInstanceUID"):
+    if not _sop_uid(ds, "SOPInstanceUID"):
         raise InputError(getattr(ds, "filename", None), NO_SOP_INSTANCE_UID)
-    if not ds.get("SOPClassUID"):
+    sop_class = _sop_uid(ds, "SOPClassUID")
+    if not sop_class:
         raise InputError(getattr(ds, "filename", None), NO_SOP_CLASS_UID)
-    if not is_uid_text(str(ds.SOPClassUID).strip().rstrip("\0")):
+    if not is_uid_text(sop_class.strip().rstrip("\0")):
         raise InputError(getattr(ds, "filename", None), BAD_SOP_CLASS_UID)
+
+
+def restore_sop_uids(src: Dataset, out: Dataset, key: ProjectKey, counts: Counter[str]) -> None:
+    """Give ``out`` the SOP Class / Instance UID that ``src``'s data set lacks, from its File Meta (checked by
+    :func:`check_storable`): the class as it is (a UID), the instance as its keyed pseudonym, the one every UI
+    value of it gets. Counted under :data:`UID_FROM_FILE_META`."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if src.get(keyword) or out.get(keyword):
+            continue
+        value = _sop_uid(src, keyword)
+        if value is None:
+            continue
+        value = value.strip().rstrip("\0")
+        setattr(out, keyword, key.uid(value) if keyword == "SOPInstanceUID" else value)
+        counts[UID_FROM_FILE_META] += 1
 
 
 def check_pixels(ds: Dataset, policy: Policy, counts: Counter[str]) -> None:
@@ -144,7 +177,7 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     meta = FileMetaDataset()
     old = getattr(src, "file_meta", None) or Dataset()
     ts = _output_syntax(src, old.get("TransferSyntaxUID"))
-    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or src.SOPClassUID  # checked by check_storable
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or _sop_uid(src, "SOPClassUID")  # check_storable
     meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or key.uid(old.MediaStorageSOPInstanceUID)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
@@ -201,6 +234,7 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     ctx = ScrubContext.for_dataset(ds, policy, key)
     check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
+    restore_sop_uids(ds, out, key, ctx.counts)
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:
