@@ -44,6 +44,7 @@ from deidpipe.pipeline import run
 from deidpipe.pipeline.budget import BUDGET_ENV, BUDGET_REASON, Budget, ObjectTimeout
 from deidpipe.pixelcheck import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION, PIXELS_MISSING, PIXELS_SHORT
 from deidpipe.pixels.codecs import PixelDecodeError, decode
+from deidpipe.plainread import TRUNCATED_IN_HEADER
 from deidpipe.policy import Policy
 from tests.helpers import dciodvfy_errors
 
@@ -120,7 +121,8 @@ def _truncated_cases() -> dict[str, tuple[bytes, str]]:
     rle.PixelData = encapsulate([first])  # two frames declared, one fragment: as if cut at a fragment's end
     return {
         "native_cut_in_value": (ct[: ct_at + 1000], PIXELS_SHORT),
-        "native_cut_after_the_tag": (mr[: _pixel_offset(mr) - 8], PIXELS_MISSING),
+        # Cut exactly on the boundary before Pixel Data (issue 17: inside its header is a truncated file instead).
+        "native_cut_before_the_tag": (mr[: _pixel_offset(mr) - 12], PIXELS_MISSING),
         "multiframe_cut_in_value": (dose[: dose_at + (len(dose) - dose_at) // 2], PIXELS_SHORT),
         "encapsulated_frames_missing": (_encode(rle), FRAMES_MISSING),
     }
@@ -135,6 +137,13 @@ def _unterminated_cases() -> dict[str, bytes]:
             "j2k_cut_after_header": j2k[: _pixel_offset(j2k)]}
 
 
+def _cut_header_cases() -> dict[str, bytes]:
+    """Files that end inside Pixel Data's element header (issue 17, byte accounting): truncated files, refused
+    when read whatever the policy (pydicom alone returned the data set without Pixel Data)."""
+    mr = _bytes("MR_small.dcm")
+    return {"native_cut_after_the_tag": mr[: _pixel_offset(mr) - 8]}
+
+
 def test_incomplete_pixels_are_refused_by_the_header_engine(key):
     for name, (data, reason) in _truncated_cases().items():
         ds = read_dataset(data)  # the file reads: what is missing is pixel data, judged with the header
@@ -147,6 +156,10 @@ def test_incomplete_pixels_are_refused_by_the_header_engine(key):
         with pytest.raises(TruncatedError) as err:
             read_dataset(data)
         assert err.value.reason == FRAGMENTS_CUT, name
+    for name, data in _cut_header_cases().items():
+        with pytest.raises(TruncatedError) as err:
+            read_dataset(data)
+        assert err.value.reason == TRUNCATED_IN_HEADER, name
 
 
 def _truncated_tree(src: Path) -> list[str]:
@@ -158,6 +171,9 @@ def _truncated_tree(src: Path) -> list[str]:
     for name, data in _unterminated_cases().items():
         _write(src, f"{name}.dcm", data)
         reasons.append(FRAGMENTS_CUT)
+    for name, data in _cut_header_cases().items():
+        _write(src, f"{name}.dcm", data)
+        reasons.append(TRUNCATED_IN_HEADER)
     return sorted(reasons)
 
 
@@ -423,18 +439,36 @@ def test_big_endian_image_with_burned_in_text_is_written_little_endian(key, tmp_
         assert dciodvfy_errors(out) <= dciodvfy_errors(src / "be.dcm")
 
 
+def _encode_loose(ds: Dataset) -> bytes:
+    """A Part 10 file whose File Meta is written as it is (pydicom would refuse one without its UIDs)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
 def test_object_without_sop_instance_uid_is_refused_at_the_header_stage(key, tmp_path):
+    """Refused where neither the data set nor the File Meta names the object; where only the File Meta has the
+    UID, its copy stands in (issue 17: a complete header-only object is written, the instance UID pseudonymised)."""
     no_instance = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    del no_instance.SOPInstanceUID  # the File Meta still has its copy
+    del no_instance.SOPInstanceUID
+    del no_instance.file_meta.MediaStorageSOPInstanceUID
     no_class = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del no_class.SOPClassUID
+    del no_class.file_meta.MediaStorageSOPClassUID
+    meta_only = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del meta_only.SOPInstanceUID, meta_only.SOPClassUID  # the File Meta still has its copies
     src = tmp_path / "src"
-    _write(src, "no_instance.dcm", _encode(no_instance))
-    _write(src, "no_class.dcm", _encode(no_class))
+    _write(src, "no_instance.dcm", _encode_loose(no_instance))
+    _write(src, "no_class.dcm", _encode_loose(no_class))
+    _write(src, "meta_only.dcm", _encode(meta_only))
     with pytest.raises(InputError, match=NO_SOP_INSTANCE_UID):
         deidentify(read_dataset(src / "no_instance.dcm"), Policy.basic(), key)
     dst = tmp_path / "out"
     report = run(src, dst, Policy.basic(pixels="off"), key=key, workers=1)
-    assert report.quarantined == 2 and report.written == 0
+    assert report.quarantined == 2 and report.written == 1
     rows = _audit(dst).filter(pl.col("status") == "quarantined").select("stage", "reason").rows()
     assert sorted(rows) == sorted([("header", NO_SOP_INSTANCE_UID), ("header", NO_SOP_CLASS_UID)])
+    (out,) = _outputs(dst)
+    written = pydicom.dcmread(out)
+    assert written.SOPInstanceUID == key.uid(meta_only.file_meta.MediaStorageSOPInstanceUID)
+    assert written.SOPClassUID == meta_only.file_meta.MediaStorageSOPClassUID

@@ -132,18 +132,42 @@ def _slice_view(frame: Any, ds: Dataset) -> Any:
     return cv2.equalizeHist(grey)
 
 
+def _short_native(ds: Dataset) -> Any:
+    """The frames of native grey pixel data shorter than its header declares (written only under the policy's
+    ``allow_incomplete_pixels``), the missing bytes as zeros: what a viewer shows of it. None for any other."""
+    import numpy as np
+
+    from deidpipe.pixelcheck import PIXELS_SHORT, declared_native_size, pixel_data_problem
+
+    try:
+        if pixel_data_problem(ds) != PIXELS_SHORT or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            return None
+        bits, declared = int(ds.BitsAllocated), declared_native_size(ds)
+        if bits not in (8, 16) or declared is None or declared > 1 << 28 or ds.file_meta.TransferSyntaxUID not in (
+                "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+            return None
+        data = bytes(ds.PixelData).ljust(declared, b"\0")[:declared]
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        return np.frombuffer(data, f"<u{bits // 8}").reshape(frames, int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def _face_on_images(datasets: list[Dataset]) -> bool:
     """Whether the QC face detector sees a face on any image (any frame) of the series, as stored. An image that
-    cannot be decoded within the pixel stage's bounds is treated as showing one (fail closed)."""
+    cannot be decoded within the pixel stage's bounds is treated as showing one (fail closed), but short native
+    pixel data, which is looked at as a viewer shows it."""
     from deidpipe.deface.qc import detect_faces
     from deidpipe.deface.series import SeriesError, _pixels
 
     for ds in datasets:
         try:
             pixels = _pixels(ds)
+            frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [pixels]
         except SeriesError:
-            return True
-        frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [pixels]
+            frames = _short_native(ds)
+            if frames is None:
+                return True
         if any(detect_faces(_slice_view(frame, ds)) for frame in frames):
             return True
     return False
