@@ -126,6 +126,17 @@ def test_pydicom_files_without_pixel_data_are_written(tmp_path):
         assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID
 
 
+def test_a_data_set_without_sop_common_is_named_by_its_file_meta_never_half(tmp_path):
+    """Neither UID in the data set: the File Meta's copies stand in. One of them in the data set and the other
+    only in the File Meta: a broken SOP Common module, refused (test_hostile_objects has those)."""
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ct.SOPInstanceUID, ct.SOPClassUID
+    result = deidentify(read_dataset(_encode(ct)), Policy.basic(), KEY)
+    assert result.dataset.SOPInstanceUID == KEY.uid(ct.file_meta.MediaStorageSOPInstanceUID)
+    assert result.dataset.SOPClassUID == ct.file_meta.MediaStorageSOPClassUID == CTImageStorage
+    assert result.actions[UID_FROM_FILE_META] == 2
+
+
 def test_sop_uids_from_the_file_meta_are_pseudonymised(tmp_path):
     original = pydicom.dcmread(get_testdata_file("no_meta_group_length.dcm"))
     assert "SOPInstanceUID" not in original

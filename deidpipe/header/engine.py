@@ -97,9 +97,10 @@ _META_COPIES = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "Med
 
 
 def _sop_uid(ds: Dataset, keyword: str) -> str | None:
-    """The data set's SOP Class / Instance UID, or else the File Meta's copy of it; None where neither has one."""
+    """The data set's SOP Class / Instance UID; where the data set has neither (no SOP Common module at all),
+    the File Meta's copy. None where that gives none."""
     value = ds.get(keyword)
-    if not value:
+    if not value and not any(ds.get(k) for k in _META_COPIES):
         meta = getattr(ds, "file_meta", None) or Dataset()
         value = meta.get(_META_COPIES[keyword])
     return str(value) if value else None
@@ -108,10 +109,11 @@ def _sop_uid(ds: Dataset, keyword: str) -> str | None:
 def check_storable(ds: Dataset) -> None:
     """Refuse what is not a composite object: a DICOMDIR, or an object without SOP Class/Instance UIDs.
 
-    Both UIDs are Type 1 in the SOP Common module. Where the data set lacks one, the File Meta's copy stands in
-    (a header-only test object, a partial export: the File Meta names the object it carries, and the output gets
-    the UID from there, the instance as its pseudonym, see :func:`restore_sop_uids`); an object with neither is
-    refused here, at the header stage, rather than at write time (its output could not even be named)."""
+    Both UIDs are Type 1 in the SOP Common module. A data set without that module at all (neither UID: a
+    header-only test object, a partial export) is named by its File Meta, whose copies then stand in (the output
+    gets the class as it is and the instance's pseudonym, see :func:`restore_sop_uids`). A data set that has one
+    and lacks the other has a broken SOP Common module: refused, the sources are not mixed. An object named
+    nowhere is refused too, here at the header stage rather than at write time (its output could not be named)."""
     meta = getattr(ds, "file_meta", None) or Dataset()
     if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise InputError(getattr(ds, "filename", None),
@@ -126,11 +128,13 @@ def check_storable(ds: Dataset) -> None:
 
 
 def restore_sop_uids(src: Dataset, out: Dataset, key: ProjectKey, counts: Counter[str]) -> None:
-    """Give ``out`` the SOP Class / Instance UID that ``src``'s data set lacks, from its File Meta (checked by
+    """Give ``out`` the SOP Class and Instance UID of a data set that has neither, from its File Meta (checked by
     :func:`check_storable`): the class as it is (a UID), the instance as its keyed pseudonym, the one every UI
     value of it gets. Counted under :data:`UID_FROM_FILE_META`."""
+    if any(src.get(k) for k in _META_COPIES):
+        return
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if src.get(keyword) or out.get(keyword):
+        if out.get(keyword):
             continue
         value = _sop_uid(src, keyword)
         if value is None:
