@@ -97,8 +97,9 @@ def _cut(size: int, pos: int) -> Truncated:
 
 
 def _header(data: bytes | memoryview, pos: int, implicit: bool) -> Element:
-    """The element at ``pos``, item and delimiter tags included (they have no VR in either encoding); it lies
-    inside a sequence of undefined length, whose delimiter is due where the bytes end."""
+    """The element at ``pos``, item and delimiter tags included (they have no VR in either encoding). Bytes that
+    run out raise :class:`Truncated` as :func:`_cut` names it (inside a sequence of undefined length, the end of
+    the bytes is where a delimiter was due)."""
     if pos + 8 > len(data):
         raise _cut(len(data), pos)
     group, element, vr, length = _HEADER.unpack_from(data, pos)
@@ -203,7 +204,7 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
             if pos == size and complete and not first:
                 return
             if pos == size:
-                raise GiveUp  # File Meta and no data set: pydicom's to judge
+                raise GiveUp  # File Meta and no data set (pydicom's to judge), or the end of a file's first bytes
             raise Truncated(TRUNCATED_IN_HEADER)
         group, element, vr, length = unpack(data, pos)
         tag = group << 16 | element
