@@ -26,7 +26,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from deidpipe.dicomio import read_dataset
+from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import TruncatedError
 from deidpipe.header.engine import UID_FROM_FILE_META, deidentify
 from deidpipe.keys import ProjectKey
@@ -122,8 +122,9 @@ def test_pydicom_files_without_pixel_data_are_written(tmp_path):
     assert from_meta.height == 3
     for out in _outputs(dst):
         ds = pydicom.dcmread(out)
-        assert ds.SOPInstanceUID.startswith("2.25.") and ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
-        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID
+        assert ds.file_meta.MediaStorageSOPInstanceUID.startswith("2.25.") and ds.PatientIdentityRemoved == "YES"
+        assert ds.get("SOPInstanceUID", ds.file_meta.MediaStorageSOPInstanceUID) == \
+            ds.file_meta.MediaStorageSOPInstanceUID
 
 
 def test_a_data_set_without_sop_common_is_named_by_its_file_meta_never_half(tmp_path):
@@ -132,19 +133,21 @@ def test_a_data_set_without_sop_common_is_named_by_its_file_meta_never_half(tmp_
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del ct.SOPInstanceUID, ct.SOPClassUID
     result = deidentify(read_dataset(_encode(ct)), Policy.basic(), KEY)
-    assert result.dataset.SOPInstanceUID == KEY.uid(ct.file_meta.MediaStorageSOPInstanceUID)
-    assert result.dataset.SOPClassUID == ct.file_meta.MediaStorageSOPClassUID == CTImageStorage
-    assert result.actions[UID_FROM_FILE_META] == 2
+    meta = result.dataset.file_meta
+    assert meta.MediaStorageSOPInstanceUID == KEY.uid(ct.file_meta.MediaStorageSOPInstanceUID)
+    assert meta.MediaStorageSOPClassUID == CTImageStorage
+    assert "SOPInstanceUID" not in result.dataset and "SOPClassUID" not in result.dataset  # as delivered
+    assert result.actions[UID_FROM_FILE_META] == 1
 
 
 def test_sop_uids_from_the_file_meta_are_pseudonymised(tmp_path):
     original = pydicom.dcmread(get_testdata_file("no_meta_group_length.dcm"))
     assert "SOPInstanceUID" not in original
     result = deidentify(read_dataset(_bytes("no_meta_group_length.dcm")), Policy.basic(), KEY)
-    out = result.dataset
-    assert out.SOPInstanceUID == KEY.uid(original.file_meta.MediaStorageSOPInstanceUID)
-    assert out.SOPClassUID == original.file_meta.MediaStorageSOPClassUID
-    assert result.actions[UID_FROM_FILE_META] == 2
+    meta = result.dataset.file_meta
+    assert meta.MediaStorageSOPInstanceUID == KEY.uid(original.file_meta.MediaStorageSOPInstanceUID)
+    assert meta.MediaStorageSOPClassUID == original.file_meta.MediaStorageSOPClassUID
+    assert original.file_meta.MediaStorageSOPInstanceUID.encode() not in b"".join(encode_dataset(result.dataset))
 
 
 # -- truncation by byte accounting ------------------------------------------------------------------------------

@@ -110,8 +110,8 @@ def check_storable(ds: Dataset) -> None:
     """Refuse what is not a composite object: a DICOMDIR, or an object without SOP Class/Instance UIDs.
 
     Both UIDs are Type 1 in the SOP Common module. A data set without that module at all (neither UID: a
-    header-only test object, a partial export) is named by its File Meta, whose copies then stand in (the output
-    gets the class as it is and the instance's pseudonym, see :func:`restore_sop_uids`). A data set that has one
+    header-only test object, a partial export) is named by its File Meta, whose copies then stand in (the output's
+    File Meta gets the class as it is and the instance's pseudonym). A data set that has one
     and lacks the other has a broken SOP Common module: refused, the sources are not mixed. An object named
     nowhere is refused too, here at the header stage rather than at write time (its output could not be named)."""
     meta = getattr(ds, "file_meta", None) or Dataset()
@@ -127,20 +127,12 @@ def check_storable(ds: Dataset) -> None:
         raise InputError(getattr(ds, "filename", None), BAD_SOP_CLASS_UID)
 
 
-def restore_sop_uids(src: Dataset, out: Dataset, key: ProjectKey, counts: Counter[str]) -> None:
-    """Give ``out`` the SOP Class and Instance UID of a data set that has neither, from its File Meta (checked by
-    :func:`check_storable`): the class as it is (a UID), the instance as its keyed pseudonym, the one every UI
-    value of it gets. Counted under :data:`UID_FROM_FILE_META`."""
-    if any(src.get(k) for k in _META_COPIES):
-        return
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if out.get(keyword):
-            continue
-        value = _sop_uid(src, keyword)
-        if value is None:
-            continue
-        value = value.strip().rstrip("\0")
-        setattr(out, keyword, key.uid(value) if keyword == "SOPInstanceUID" else value)
+def count_sop_uids_from_file_meta(src: Dataset, counts: Counter[str]) -> None:
+    """Count under :data:`UID_FROM_FILE_META` an object whose data set has no SOP Common module: its output is
+    named by the File Meta (the class as it is, the instance's keyed pseudonym, see :func:`_file_meta`) and its
+    data set stays as delivered, without the UIDs (adding them would declare an IOD the data set does not
+    fulfil)."""
+    if not any(src.get(k) for k in _META_COPIES):
         counts[UID_FROM_FILE_META] += 1
 
 
@@ -238,7 +230,7 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     ctx = ScrubContext.for_dataset(ds, policy, key)
     check_pixels(ds, policy, ctx.counts)
     out = scrub_dataset(ds, ctx)
-    restore_sop_uids(ds, out, key, ctx.counts)
+    count_sop_uids_from_file_meta(ds, ctx.counts)
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:
