@@ -99,7 +99,7 @@ def _is_scout(datasets: list[Dataset]) -> bool:
 
     from deidpipe.deface.series import MIN_SLICES
 
-    orientations: Counter[tuple[float, ...] | None] = Counter()
+    orientations: Counter[tuple[float, ...]] = Counter()
     for ds in datasets:
         try:
             orientations[tuple(round(float(v), 3) for v in ds.ImageOrientationPatient)] += 1
@@ -158,11 +158,11 @@ def _face_on_images(datasets: list[Dataset]) -> bool:
     cannot be decoded within the pixel stage's bounds is treated as showing one (fail closed), but short native
     pixel data, which is looked at as a viewer shows it."""
     from deidpipe.deface.qc import detect_faces
-    from deidpipe.deface.series import SeriesError, _pixels
+    from deidpipe.deface.series import SeriesError, stored_pixels
 
     for ds in datasets:
         try:
-            pixels = _pixels(ds)
+            pixels = stored_pixels(ds)
             frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [pixels]
         except SeriesError:
             frames = _short_native(ds)
