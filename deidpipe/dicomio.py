@@ -4,6 +4,10 @@ pydicom parses lazily and warns (through ``warnings`` and its logger) with attri
 read checks the whole structure (lengths, VRs, every sequence) so that a truncated or malformed file fails at
 read time with an :class:`InputError`; values are decoded only where de-identification needs them. pydicom's
 own messages are kept out of the logs.
+
+Truncation is judged by byte accounting (:func:`deidpipe.plainread.truncation`): a file that ends inside an
+element header or value, or before a delimiter that is due, is a :class:`TruncatedError`, wherever the cut falls
+(pydicom alone returns the elements before a cut element header as if the file ended there).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
 from deidpipe.inflate import check_read_to_end, read_deflated
-from deidpipe.plainread import dictionary_vr, parse_plain
+from deidpipe.plainread import dictionary_vr, parse_plain, truncation
 from deidpipe.quiet import install as install_quiet
 from deidpipe.quiet import quiet
 
@@ -113,13 +117,14 @@ def read_dataset(
 
     Files without the 128-byte preamble and File Meta Information are accepted when what follows parses as a
     plausible data set. ``source`` may be the file's bytes: a plain file (see :mod:`deidpipe.plainread`) is
-    then read without pydicom's per-element reader, to the same data set.
+    then read without pydicom's per-element reader, to the same data set. A whole read (not
+    ``stop_before_pixels``) accounts for the file's bytes first: a file cut inside an element is refused.
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
     if isinstance(source, bytes):
         with quiet_pydicom():  # parse_plain decodes the File Meta and the character set
             ds = None if stop_before_pixels else parse_plain(source)
-            if ds is not None:
+            if ds is not None:  # its walk accounted for every byte of the top level
                 try:
                     _check_structure(ds, label, checked=True)  # its sequences: parse_plain checked the rest
                 except InputError:
@@ -127,6 +132,8 @@ def read_dataset(
                 except Exception as exc:  # noqa: BLE001 - as below
                     raise InputError(label, _describe(exc)) from None
                 return ds
+        if not stop_before_pixels and (cut := truncation(source)) is not None:
+            raise TruncatedError(label, cut)
         return read_dataset(io.BytesIO(source), stop_before_pixels=stop_before_pixels, name=name)
     if isinstance(source, str | Path):
         p = Path(source)
@@ -136,6 +143,14 @@ def read_dataset(
             raise InputError(label, "does not exist")
         if p.stat().st_size == 0:
             raise NotDicomError(label, "is empty")
+        if not stop_before_pixels:  # as bytes: accounted for, and read by plainread where it is plain
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                raise InputError(label, f"cannot be read ({type(exc).__name__})") from None
+            ds = read_dataset(data, name=label)
+            ds.filename = str(p)  # as pydicom's read of the path names it
+            return ds
         try:
             fh = open(p, "rb")  # noqa: SIM115 - read below as a file object: where pydicom stopped is asked
         except OSError as exc:

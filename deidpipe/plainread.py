@@ -18,6 +18,12 @@ Both give up (None) wherever pydicom would judge more than lengths: no preamble,
 endian, deflate, private), an unknown VR or a switch between implicit and explicit VR, a value running past the
 bytes given, a group 0000 command set. The caller then uses pydicom, so an odd file costs the old price and is
 never guessed at. Tests compare both ways on every file pydicom bundles.
+
+A third use is byte accounting (:func:`truncation`): the same walk, sequences of undefined length, their items
+and encapsulated Pixel Data followed to their delimiters, says whether a whole file ends on an element boundary
+with everything closed, or where it was cut (inside an element header, inside a value, before a delimiter that
+is due). pydicom stops silently at a file that ends inside an element header, and returns the elements read so
+far: without this, a file cut before its image attributes read as a complete header-only object.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_val
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
+from deidpipe.pixelcheck import FRAGMENTS_CUT
+
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 #: Transfer syntaxes with encapsulated pixel data: the data set is Explicit VR Little Endian (PS3.5 A.4).
@@ -45,6 +53,8 @@ UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _ITEM_BYTES, _SEQUENCE_END_BYTES = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
 _PIXEL_DATA = 0x7FE00010
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: a value cut short there is short pixels, not a cut header.
+_PIXEL_VALUE_TAGS = frozenset({_PIXEL_DATA, 0x7FE00008, 0x7FE00009})
 _HEADER = struct.Struct("<HH2sH")
 _UINT32 = struct.Struct("<I")
 
@@ -56,19 +66,53 @@ class GiveUp(Exception):
     """The bytes are not plain enough for this module: use pydicom."""
 
 
+#: Why a file's bytes do not account for a whole data set (:func:`truncation`): fixed words, never a value.
+TRUNCATED_IN_HEADER = "file is truncated (it ends inside an element header)"
+TRUNCATED_IN_VALUE = "file is truncated (it ends inside an element value)"
+TRUNCATED_UNDELIMITED = "file is truncated (a sequence or item of undefined length does not end)"
+TRUNCATED_IN_META = "file is truncated (it ends inside the File Meta Information)"
+TRUNCATED_NO_DATA_SET = "file is truncated (no data set after the File Meta Information)"
+
+
+class Truncated(GiveUp):
+    """The bytes run out inside an element: cut short, or (bytes given are a file's first ones) not all read.
+    ``reason``: one of the fixed texts above, or :data:`~deidpipe.pixelcheck.FRAGMENTS_CUT`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _PixelsCut(GiveUp):
+    """The bytes end inside the value of top-level native Pixel Data: the header is whole, the pixels are short
+    (:mod:`deidpipe.pixelcheck` judges that, and the policy's ``allow_incomplete_pixels`` may write it)."""
+
+
+def _cut(size: int, pos: int) -> Truncated:
+    """What it means that an element header, or a delimiter, is due at ``pos`` of ``size`` bytes: the previous
+    value ran past the end, the end came where a delimiter was due, or the end is inside the header."""
+    if pos > size:
+        return Truncated(TRUNCATED_IN_VALUE)
+    return Truncated(TRUNCATED_UNDELIMITED if pos == size else TRUNCATED_IN_HEADER)
+
+
 def _header(data: bytes | memoryview, pos: int, implicit: bool) -> Element:
-    """The element at ``pos``, item and delimiter tags included (they have no VR in either encoding)."""
+    """The element at ``pos``, item and delimiter tags included (they have no VR in either encoding). Bytes that
+    run out raise :class:`Truncated` as :func:`_cut` names it (inside a sequence of undefined length, the end of
+    the bytes is where a delimiter was due)."""
     if pos + 8 > len(data):
-        raise GiveUp
+        raise _cut(len(data), pos)
     group, element, vr, length = _HEADER.unpack_from(data, pos)
     tag = group << 16 | element
     if implicit or tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
         return tag, None, _UINT32.unpack_from(data, pos + 4)[0], pos + 8
     if vr in _SHORT_VRS:
         return tag, vr, length, pos + 8
-    if vr in _LONG_VRS and pos + 12 <= len(data):
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            raise Truncated(TRUNCATED_IN_HEADER)
         return tag, vr, _UINT32.unpack_from(data, pos + 8)[0], pos + 12
-    raise GiveUp  # not a VR (pydicom would switch to implicit VR), one it would guess at, or cut short
+    raise GiveUp  # not a VR (pydicom would switch to implicit VR), or one it would guess at
 
 
 def _skip_undefined(data: bytes | memoryview, pos: int, implicit: bool) -> int:
@@ -99,9 +143,9 @@ def _encapsulated_end(data: bytes | memoryview, pos: int) -> int:
         if tag_bytes == _SEQUENCE_END_BYTES:
             return pos
         if tag_bytes != _ITEM_BYTES:
-            break
+            raise GiveUp
         pos += 8 + _UINT32.unpack_from(data, pos + 4)[0]
-    raise GiveUp
+    raise Truncated(FRAGMENTS_CUT)  # the end came inside a fragment, or where the next item or delimiter was due
 
 
 def meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
@@ -112,8 +156,10 @@ def meta_elements(data: bytes | memoryview) -> tuple[dict[int, Element], int]:
     while pos + 8 <= len(data) and _HEADER.unpack_from(data, pos)[0] == 0x0002:
         element = _header(data, pos, implicit=False)
         tag, _, length, value_pos = element
-        if length == UNDEFINED or value_pos + length > len(data):
+        if length == UNDEFINED:
             raise GiveUp
+        if value_pos + length > len(data):
+            raise Truncated(TRUNCATED_IN_VALUE)
         found[tag] = element
         pos = value_pos + length
     return found, pos
@@ -147,7 +193,9 @@ def _is_implicit(syntax: bytes) -> bool:
 def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, complete: bool,
               skip_sequences: bool) -> Iterator[Element]:
     """The top-level elements from ``pos`` up to tag ``last``. Undefined-length sequences are skipped when
-    ``skip_sequences`` (else GiveUp). ``complete``: ``data`` is the whole file, so it may end here."""
+    ``skip_sequences`` (else GiveUp). ``complete``: ``data`` is the whole file, so it may end here. Bytes that run
+    out inside an element raise :class:`Truncated` (a GiveUp: a caller that only wants plain files need not tell
+    them apart), inside the value of top-level Pixel Data of a defined length :class:`_PixelsCut`."""
     size = len(data)
     unpack, uint32 = _HEADER.unpack_from, _UINT32.unpack_from
     first = True
@@ -155,7 +203,9 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
         if pos + 8 > size:
             if pos == size and complete and not first:
                 return
-            raise GiveUp
+            if pos == size:
+                raise GiveUp  # File Meta and no data set (pydicom's to judge), or the end of a file's first bytes
+            raise Truncated(TRUNCATED_IN_HEADER)
         group, element, vr, length = unpack(data, pos)
         tag = group << 16 | element
         if tag > last:
@@ -168,7 +218,9 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
             vr, length, value_pos = None, uint32(data, pos + 4)[0], pos + 8
         elif vr in _SHORT_VRS:
             value_pos = pos + 8
-        elif vr in _LONG_VRS and pos + 12 <= size:
+        elif vr in _LONG_VRS:
+            if pos + 12 > size:
+                raise Truncated(TRUNCATED_IN_HEADER)
             length, value_pos = uint32(data, pos + 8)[0], pos + 12
         else:
             raise GiveUp
@@ -186,7 +238,7 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
             pos = after
             continue
         if value_pos + length > size:
-            raise GiveUp
+            raise _PixelsCut if tag in _PIXEL_VALUE_TAGS else Truncated(TRUNCATED_IN_VALUE)
         yield tag, vr, length, value_pos
         pos = value_pos + length
 
@@ -211,6 +263,46 @@ def scan_elements(data: bytes | memoryview, wanted: frozenset[int], last: int, *
         return meta, found
     except (GiveUp, struct.error):
         return None
+
+
+def truncation(data: bytes | memoryview) -> str | None:
+    """Why a whole Part 10 file's bytes do not account for a whole data set, in fixed words, or None.
+
+    Byte accounting: every element header and value of the data set must lie within the file, every sequence
+    and item of undefined length must reach its delimiter (at any depth), encapsulated Pixel Data its Sequence
+    Delimitation Item, and the last element must end where the file does. A file that ends on a top-level
+    element boundary is complete: DICOM records no length of the data set, so that is all the bytes can say.
+    Values of a defined length are not entered: a cut inside one runs past its length at the level above.
+
+    None also where this walker cannot tell (not a file with preamble and File Meta, not Little Endian, an odd
+    VR or element: pydicom reads those and :mod:`deidpipe.dicomio` checks what it read), and where the file ends
+    inside the value of top-level native Pixel Data: the header is then whole and the pixels short, which
+    :mod:`deidpipe.pixelcheck` names (``allow_incomplete_pixels`` may write it). The walk is the one
+    :func:`parse_plain` makes; callers ask only for files that it gave up on."""
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        return None
+    try:
+        found_meta, pos = meta_elements(data)
+        if not found_meta and len(data) < 132 + 12:
+            return TRUNCATED_IN_META  # the end comes inside the File Meta's first element, its group length
+        group_length = found_meta.get(0x00020000)
+        if group_length is not None and group_length[2] == 4:  # where the File Meta says it ends
+            meta_end = group_length[3] + 4 + _UINT32.unpack_from(data, group_length[3])[0]
+            if len(data) < meta_end:
+                return TRUNCATED_IN_META
+        if pos == len(data):
+            return TRUNCATED_NO_DATA_SET
+        syntax = found_meta.get(0x00020010)
+        if syntax is None:
+            return None
+        implicit = _is_implicit(bytes(data[syntax[3]:syntax[3] + syntax[2]]))
+        for _ in _elements(data, pos, implicit, UNDEFINED, True, skip_sequences=True):
+            pass
+    except Truncated as cut:
+        return cut.reason
+    except (GiveUp, struct.error):
+        return None
+    return None
 
 
 def _raw(data: bytes, element: Element, implicit: bool) -> RawDataElement:

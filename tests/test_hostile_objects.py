@@ -44,6 +44,7 @@ from deidpipe.pipeline import run
 from deidpipe.pipeline.budget import BUDGET_ENV, BUDGET_REASON, Budget, ObjectTimeout
 from deidpipe.pixelcheck import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION, PIXELS_MISSING, PIXELS_SHORT
 from deidpipe.pixels.codecs import PixelDecodeError, decode
+from deidpipe.plainread import TRUNCATED_IN_HEADER
 from deidpipe.policy import Policy
 from tests.helpers import dciodvfy_errors
 
@@ -120,7 +121,8 @@ def _truncated_cases() -> dict[str, tuple[bytes, str]]:
     rle.PixelData = encapsulate([first])  # two frames declared, one fragment: as if cut at a fragment's end
     return {
         "native_cut_in_value": (ct[: ct_at + 1000], PIXELS_SHORT),
-        "native_cut_after_the_tag": (mr[: _pixel_offset(mr) - 8], PIXELS_MISSING),
+        # Cut exactly on the boundary before Pixel Data (issue 17: inside its header is a truncated file instead).
+        "native_cut_before_the_tag": (mr[: _pixel_offset(mr) - 12], PIXELS_MISSING),
         "multiframe_cut_in_value": (dose[: dose_at + (len(dose) - dose_at) // 2], PIXELS_SHORT),
         "encapsulated_frames_missing": (_encode(rle), FRAMES_MISSING),
     }
@@ -135,6 +137,13 @@ def _unterminated_cases() -> dict[str, bytes]:
             "j2k_cut_after_header": j2k[: _pixel_offset(j2k)]}
 
 
+def _cut_header_cases() -> dict[str, bytes]:
+    """Files that end inside Pixel Data's element header (issue 17, byte accounting): truncated files, refused
+    when read whatever the policy (pydicom alone returned the data set without Pixel Data)."""
+    mr = _bytes("MR_small.dcm")
+    return {"native_cut_after_the_tag": mr[: _pixel_offset(mr) - 8]}
+
+
 def test_incomplete_pixels_are_refused_by_the_header_engine(key):
     for name, (data, reason) in _truncated_cases().items():
         ds = read_dataset(data)  # the file reads: what is missing is pixel data, judged with the header
@@ -147,6 +156,10 @@ def test_incomplete_pixels_are_refused_by_the_header_engine(key):
         with pytest.raises(TruncatedError) as err:
             read_dataset(data)
         assert err.value.reason == FRAGMENTS_CUT, name
+    for name, data in _cut_header_cases().items():
+        with pytest.raises(TruncatedError) as err:
+            read_dataset(data)
+        assert err.value.reason == TRUNCATED_IN_HEADER, name
 
 
 def _truncated_tree(src: Path) -> list[str]:
@@ -158,6 +171,9 @@ def _truncated_tree(src: Path) -> list[str]:
     for name, data in _unterminated_cases().items():
         _write(src, f"{name}.dcm", data)
         reasons.append(FRAGMENTS_CUT)
+    for name, data in _cut_header_cases().items():
+        _write(src, f"{name}.dcm", data)
+        reasons.append(TRUNCATED_IN_HEADER)
     return sorted(reasons)
 
 

@@ -33,6 +33,8 @@ SCALE_RANGE = (0.7, 1.45)
 MIN_TISSUE_INSIDE = 0.85  # share of the subject's tissue voxels that must fall inside the fitted template head
 FACE_IN_VIEW_MIN = 0.05  # share of the template's face tissue that must be present for "face in view"
 QC_FAILED = "QC: the face detector still finds a face after defacing: refused"
+#: The registration's refusal of a volume with no tissue above its background (nothing to deface, no face).
+NO_TISSUE = "no head found in the volume (no tissue above the background)"
 
 
 @dataclass
@@ -69,7 +71,7 @@ def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.
     figures = {"scale_min": float(scales.min()), "scale_max": float(scales.max()),
                "tissue_inside_template_head": inside, "face_brain_overlap": overlap}
     if not tissue.any():
-        raise RegistrationError("no head found in the volume (no tissue above the background)")
+        raise RegistrationError(NO_TISSUE)
     if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
         raise RegistrationError("registration failed: implausible head scale")
     if inside < MIN_TISSUE_INSIDE:
@@ -105,7 +107,7 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     finest = float(np.linalg.norm(can.affine[:3, :3], axis=0).min())
     tissue = head_outline(can.data, step=2 if finest <= 1.25 else 1)  # 1 mm volumes: outline on 2 mm blocks
     if not tissue.any():  # before the costly fit: an empty or constant volume has no head to deface
-        raise RegistrationError("no head found in the volume (no tissue above the background)")
+        raise RegistrationError(NO_TISSUE)
     template = load_template()
     fit = register(subject, template.sitk("image"), resolution_mm=resolution_mm)
     face = pull_back(template.sitk("face"), subject, fit.transform)

@@ -152,7 +152,7 @@ def _geometry(iops: np.ndarray, ipps: np.ndarray, spacings: np.ndarray) -> tuple
     return order, _LPS_RAS @ lps
 
 
-def _pixels(ds: Dataset) -> np.ndarray:
+def stored_pixels(ds: Dataset) -> np.ndarray:
     """The stored values, after the pixel stage's own bounds (declared size against the bytes, a size cap):
     a hostile header must not make a decoder allocate gigabytes."""
     from deidpipe.pixels.codecs import PixelDecodeError, check_decodable
@@ -195,7 +195,7 @@ def _enhanced_to_volume(ds: Dataset) -> SeriesVolume:
     if len(rescale) != 1:
         raise SeriesError(DIFFERING_RESCALE)
     order, affine = _geometry(iops, ipps, spacings)
-    pixels = _pixels(ds)
+    pixels = stored_pixels(ds)
     if pixels.shape != (frames, int(ds.Rows), int(ds.Columns)):
         raise SeriesError(UNDECODABLE)
     return SeriesVolume(np.stack([pixels[n].T for n in order], axis=2), affine, [ds], order, multiframe=True)
@@ -233,7 +233,7 @@ def series_to_volume(datasets: list[Dataset]) -> SeriesVolume:
     order, affine = _geometry(iops, ipps, spacings)
     slices = []
     for n in order:
-        pixels = _pixels(datasets[n])
+        pixels = stored_pixels(datasets[n])
         if pixels.shape != (int(datasets[n].Rows), int(datasets[n].Columns)):
             raise SeriesError(UNDECODABLE)
         slices.append(pixels.T)

@@ -84,22 +84,51 @@ def set_method_attributes(ds: Dataset, policy: Policy) -> None:
         "full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"}[policy.temporal]
 
 
-def check_storable(ds: Dataset) -> None:
-    """Refuse what is not a composite object: a DICOMDIR, or a data set without SOP Class/Instance UIDs.
+#: Audit action: the output's SOP Class / Instance UID taken from the File Meta's copy (the data set lacked it).
+UID_FROM_FILE_META = "sop_uid_from_file_meta"
+#: Data set keyword -> the File Meta's copy of it (PS3.10 7.1: Media Storage SOP Class / Instance UID "uniquely
+#: identifies the SOP Class / Instance associated with the Data Set").
+_META_COPIES = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
 
-    Both UIDs are Type 1 in the SOP Common module: the File Meta's copies do not stand in for them (an output
-    without SOP Instance UID could not even be named), so an object missing either is refused here, at the
-    header stage, rather than at write time."""
+
+def _sop_uid(ds: Dataset, keyword: str) -> str | None:
+    """The data set's SOP Class / Instance UID; where the data set has neither (no SOP Common module at all),
+    the File Meta's copy. None where that gives none."""
+    value = ds.get(keyword)
+    if not value and not any(ds.get(k) for k in _META_COPIES):
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        value = meta.get(_META_COPIES[keyword])
+    return str(value) if value else None
+
+
+def check_storable(ds: Dataset) -> None:
+    """Refuse what is not a composite object: a DICOMDIR, or an object without SOP Class/Instance UIDs.
+
+    Both UIDs are Type 1 in the SOP Common module. A data set without that module at all (neither UID: a
+    header-only test object, a partial export) is named by its File Meta, whose copies then stand in (the output's
+    File Meta gets the class as it is and the instance's pseudonym). A data set that has one
+    and lacks the other has a broken SOP Common module: refused, the sources are not mixed. An object named
+    nowhere is refused too, here at the header stage rather than at write time (its output could not be named)."""
     meta = getattr(ds, "file_meta", None) or Dataset()
     if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise InputError(getattr(ds, "filename", None),
                          "is a DICOMDIR (Media Storage Directory): rebuild it from the de-identified files")
-    if not ds.get("SOPInstanceUID"):
+    if not _sop_uid(ds, "SOPInstanceUID"):
         raise InputError(getattr(ds, "filename", None), NO_SOP_INSTANCE_UID)
-    if not ds.get("SOPClassUID"):
+    sop_class = _sop_uid(ds, "SOPClassUID")
+    if not sop_class:
         raise InputError(getattr(ds, "filename", None), NO_SOP_CLASS_UID)
-    if not is_uid_text(str(ds.SOPClassUID).strip().rstrip("\0")):
+    if not is_uid_text(sop_class.strip().rstrip("\0")):
         raise InputError(getattr(ds, "filename", None), BAD_SOP_CLASS_UID)
+
+
+def count_sop_uids_from_file_meta(src: Dataset, counts: Counter[str]) -> None:
+    """Count under :data:`UID_FROM_FILE_META` an object whose data set has no SOP Common module: its output is
+    named by the File Meta (the class as it is, the instance's keyed pseudonym, see :func:`_file_meta`) and its
+    data set stays as delivered, without the UIDs (adding them would declare an IOD the data set does not
+    fulfil)."""
+    if not any(src.get(k) for k in _META_COPIES):
+        counts[UID_FROM_FILE_META] += 1
 
 
 def check_pixels(ds: Dataset, policy: Policy, counts: Counter[str]) -> None:
@@ -139,7 +168,7 @@ def _file_meta(src: Dataset, out: Dataset, key: ProjectKey) -> FileMetaDataset:
     meta = FileMetaDataset()
     old = getattr(src, "file_meta", None) or Dataset()
     ts = _output_syntax(src, old.get("TransferSyntaxUID"))
-    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or src.SOPClassUID  # checked by check_storable
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or _sop_uid(src, "SOPClassUID")  # check_storable
     meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or key.uid(old.MediaStorageSOPInstanceUID)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
@@ -190,6 +219,7 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     out = scrub_dataset(ds, ctx)
     if document:
         ctx.counts.update(redact_into(ds, out, sop_class, ctx))
+    count_sop_uids_from_file_meta(ds, ctx.counts)
     if dropped := clean_character_set(out):
         ctx.counts["charset_cleaned"] += dropped
     for add in policy.additions:

@@ -154,7 +154,9 @@ _DEFACE_ACTIONS = {
     "deface_no_face_in_view": "unchanged: no face in the field of view",
     "deface_no_tissue_to_remove": "unchanged: no tissue in the face region",
     "deface_field_too_small": "unchanged: field of view too small for a face",
-    "deface_too_few_slices": "unchanged: too few slices for a volume",
+    "deface_too_few_slices": "unchanged: too few slices for a volume, no face seen",
+    "deface_scout": "unchanged: a scout (no stack of slices), no face seen",
+    "deface_no_tissue": "unchanged: no tissue in the volume, no face seen",
     "deface_not_a_volume": "unchanged: region unknown and no clean volume",
     "deface_no_head_found": "unchanged: region unknown, no head found, no face seen",
 }

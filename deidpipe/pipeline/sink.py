@@ -65,7 +65,8 @@ def output_relpath(ds: Dataset, layout: str, input_relpath: str) -> str:
         if rel.split("/", 1)[0] in (CONTROL_DIR, QUARANTINE_DIR):
             rel = "_" + rel
         return rel
-    sop = ds.get("SOPInstanceUID")
+    # A data set without SOP Common module is named by its File Meta (see header.engine.check_storable).
+    sop = ds.get("SOPInstanceUID") or (getattr(ds, "file_meta", None) or {}).get("MediaStorageSOPInstanceUID")
     if not sop:
         raise DeidError("the de-identified object has no SOP Instance UID to name its file")
     return "/".join(
