@@ -82,7 +82,7 @@ def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
     """Candidate text boxes in one 8-bit frame (grey or RGB), largest first."""
     h, w = img8.shape[:2]
     boxes: list[Box] = []
-    for grey in stroke_maps(img8):
+    for grey in stroke_maps(without_fills(img8)):
         for kernel in (7, 15):
             if kernel * 2 > min(h, w):
                 continue
@@ -115,6 +115,8 @@ class StrokeMaps:
 
     @classmethod
     def of(cls, img8: np.ndarray) -> StrokeMaps:
+        """The maps of one 8-bit frame, with its fills' edges taken out (see :func:`without_fills`)."""
+        img8 = without_fills(img8)
         maps = stroke_maps(img8)
         kernels = [k for k in (7, 15) if k * 2 <= min(img8.shape[:2])] or [3]
         light: list[list[np.ndarray]] = [[] for _ in maps]
@@ -275,3 +277,80 @@ def text_screen(frame: np.ndarray) -> bool:
         if len(small) >= 3:
             return True
     return False
+
+
+#: A straight edge of a solid fill is at least this long (pixels) to be taken as one.
+FILL_EDGE = 7  # odd: an opening with an even kernel shifts by a pixel
+#: ... and what lies beyond it at least this deep: a letter's stroke on a black ground is thinner.
+FILL_CONTENT = 3
+#: How far into a fill its neighbour is mirrored: more than the widest top-hat kernel (15).
+FILL_REACH = 16
+
+
+def darkest_mask(img8: np.ndarray) -> np.ndarray:
+    """Pixels at the frame's darkest value (what a fill is drawn in: the image minimum, black for colour),
+    in solid patches of at least 3 x 3 (isolated dark pixels of noise or speckle are not fills)."""
+    v = img8 if img8.ndim == 2 else img8.max(axis=2)
+    m = (v == v.min()).astype(np.uint8)
+    return cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def _mirror_down(img: np.ndarray, fill: np.ndarray, out: np.ndarray, dist: np.ndarray) -> None:
+    """Where a fill lies above a long straight horizontal edge, mirror what lies below the edge up into it.
+
+    ``out`` and ``dist`` (the distance of each written pixel from its edge) are updated in place; a pixel
+    nearer another edge keeps that edge's mirror."""
+    h = fill.shape[0]
+    if h < 2:
+        return
+    edge = (fill[:-1] & ~fill[1:]).astype(np.uint8)  # row y is fill, row y + 1 is not
+    edge = cv2.morphologyEx(edge, cv2.MORPH_OPEN, np.ones((1, FILL_EDGE), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(edge)
+    if not len(ys):
+        return
+    # how deep the content below the edge goes (not fill), and how deep the fill above it is
+    content = np.zeros(len(ys), np.int32)
+    alive = np.ones(len(ys), bool)
+    for j in range(1, FILL_REACH + 1):
+        yy = ys + j
+        ok = alive & (yy < h)
+        ok[ok] = ~fill[yy[ok], xs[ok]]
+        content += ok
+        alive &= ok
+    depth = np.zeros(len(ys), np.int32)
+    alive = np.ones(len(ys), bool)
+    for j in range(FILL_REACH):
+        yy = ys - j
+        ok = alive & (yy >= 0)
+        ok[ok] = fill[yy[ok], xs[ok]]
+        depth += ok
+        alive &= ok
+    reach = np.where(content >= FILL_CONTENT, np.minimum(content, depth), 0)
+    for j in range(int(reach.max(initial=0))):
+        sel = reach > j
+        ty, tx, sy = ys[sel] - j, xs[sel], ys[sel] + 1 + j
+        nearer = dist[ty, tx] > j
+        ty, tx, sy = ty[nearer], tx[nearer], sy[nearer]
+        out[ty, tx] = img[sy, tx]
+        dist[ty, tx] = j
+
+
+def without_fills(img8: np.ndarray) -> np.ndarray:
+    """The frame with every solid fill's border band replaced by the mirror image of what lies beyond its
+    straight edges, so that a fill (a box blacked by the pixel stage, a black bar) and its edges never look like
+    strokes: a thin fill no longer stands out as a dark stroke, nor a strip of anatomy between two fills as a
+    light one, while text cut by a fill (a descender below the box) still stands out from its own ground.
+
+    A fill is a solid patch of the frame's darkest value; an edge counts when it is straight for at least
+    :data:`FILL_EDGE` pixels and what lies beyond it is at least :data:`FILL_CONTENT` pixels deep (the edges of
+    a black ground around the thin strokes of letters are not mirrored). Returns ``img8`` itself when the frame
+    has no such edge."""
+    fill = darkest_mask(img8)
+    if not fill.any() or fill.all():
+        return img8
+    out = img8.copy()
+    dist = np.full(fill.shape, FILL_REACH + 1, np.int32)
+    views = [(lambda a: a), (lambda a: a[::-1]), (lambda a: a.swapaxes(0, 1)), (lambda a: a.swapaxes(0, 1)[::-1])]
+    for view in views:  # edges below, above, right of and left of a fill: each as "below" in its own view
+        _mirror_down(view(img8), view(fill), view(out), view(dist))
+    return out
