@@ -353,4 +353,25 @@ def without_fills(img8: np.ndarray) -> np.ndarray:
     views = [(lambda a: a), (lambda a: a[::-1]), (lambda a: a.swapaxes(0, 1)), (lambda a: a.swapaxes(0, 1)[::-1])]
     for view in views:  # edges below, above, right of and left of a fill: each as "below" in its own view
         _mirror_down(view(img8), view(fill), view(out), view(dist))
+    seams = _seams(fill & (dist > FILL_REACH), dist <= FILL_REACH)
+    if seams.any():  # where two mirrors did not quite meet (their reach was cut short): no dark line between them
+        out = cv2.inpaint(out, seams.astype(np.uint8), 2, cv2.INPAINT_TELEA)
+    return out
+
+
+def _seams(left: np.ndarray, mirrored: np.ndarray, reach: int = 8) -> np.ndarray:
+    """Pixels of ``left`` with ``mirrored`` pixels within ``reach`` on both sides along a row or a column."""
+    out = np.zeros_like(left)
+    for axis in (0, 1):
+        before = np.zeros_like(left)
+        after = np.zeros_like(left)
+        n = left.shape[axis]
+        for s in range(1, min(reach, n - 1) + 1):
+            if axis == 0:
+                before[s:] |= mirrored[:-s]
+                after[:-s] |= mirrored[s:]
+            else:
+                before[:, s:] |= mirrored[:, :-s]
+                after[:, :-s] |= mirrored[:, s:]
+        out |= left & before & after
     return out
