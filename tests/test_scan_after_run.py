@@ -58,7 +58,19 @@ def test_a_black_fill_is_never_text(ground, where):
     if where == "colour":
         img = np.stack([img, (img * 0.8).astype(np.uint8), (img * 0.6).astype(np.uint8)], axis=-1)
     assert _texts(img) == []
-    assert (without_fills(img) == 0).sum() < (img == 0).sum()  # the fills' borders are mirrored away
+
+
+def test_without_fills_mirrors_a_box_away(ground):
+    """A box on anatomy without black pixels of its own is replaced by the mirror image of its surroundings
+    (16 pixels deep from every side: a 30-pixel box disappears); a black ground around letters is left alone."""
+    img = np.clip(ground.astype(np.int16) + 30, 0, 255).astype(np.uint8)
+    img[50:80, 30:200] = 0
+    out = without_fills(img)
+    assert out.min() > 0 and np.array_equal(out[:50], img[:50]) and np.array_equal(out[80:], img[80:])
+    assert np.array_equal(out[55, 40:190], img[44, 40:190])  # row 55 mirrors row 44 across the top edge
+    letters = np.zeros((60, 200), np.uint8)
+    cv2.putText(letters, "DOE JANE 1961", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 250, 2, cv2.LINE_8)
+    assert np.array_equal(without_fills(letters), letters)
 
 
 def test_text_beside_a_fill_is_still_text(ground):

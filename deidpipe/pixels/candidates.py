@@ -279,8 +279,8 @@ def text_screen(frame: np.ndarray) -> bool:
     return False
 
 
-#: A straight edge of a solid fill is at least this long (pixels) to be taken as one.
-FILL_EDGE = 7  # odd: an opening with an even kernel shifts by a pixel
+#: A fill rectangle is at least this wide along the edge where it is mirrored (pixels).
+FILL_EDGE = 9
 #: ... and what lies beyond it at least this deep: a letter's stroke on a black ground is thinner.
 FILL_CONTENT = 3
 #: How far into a fill its neighbour is mirrored: more than the widest top-hat kernel (15).
@@ -295,21 +295,62 @@ def darkest_mask(img8: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
 
 
-def _mirror_down(img: np.ndarray, fill: np.ndarray, out: np.ndarray, dist: np.ndarray) -> None:
-    """Where a fill lies above a long straight horizontal edge, mirror what lies below the edge up into it.
+def _depths(fill: np.ndarray) -> np.ndarray:
+    """For every pixel, how many fill pixels lie at and above it in its column without a gap (0 off the fill)."""
+    up = np.zeros(fill.shape, np.int32)
+    up[0] = fill[0]
+    for y in range(1, fill.shape[0]):
+        up[y] = (up[y - 1] + 1) * fill[y]
+    return up
 
-    ``out`` and ``dist`` (the distance of each written pixel from its edge) are updated in place; a pixel
-    nearer another edge keeps that edge's mirror."""
+
+def _rectangle_edges(depth: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Edge pixels (``depth`` >= 0: the fill's depth above an edge pixel, -1 elsewhere) where the fill is a
+    rectangle: at least :data:`FILL_EDGE` pixels along a row with one depth (its far side is straight and parallel)
+    and, at one end at least, a straight side: the column beyond that end is not fill over most of the depth
+    nearest the edge, or is off the frame (so a dark ground over the equal tops of a line of letters is not a
+    rectangle)."""
+    h, w = depth.shape
+    flat = np.concatenate([depth, np.full((h, 1), -1, depth.dtype)], axis=1).ravel()
+    starts = np.ones(flat.shape, bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    label = np.cumsum(starts) - 1
+    sizes = np.bincount(label)
+    first = np.nonzero(starts)[0]
+    keep = np.zeros(len(sizes), bool)
+    for lab in np.nonzero(sizes >= FILL_EDGE)[0]:
+        pos = int(first[lab])
+        d = int(flat[pos])
+        if d < 0:
+            continue
+        y, x0 = divmod(pos, w + 1)
+        x1 = x0 + int(sizes[lab])
+        rows = slice(max(y - min(d, FILL_REACH) + 1, 0), y + 1)
+        for x in (x0 - 1, x1):  # the frame's border is a side too (a box across the whole frame)
+            if not 0 <= x < w or np.count_nonzero(~fill[rows, x]) >= 0.8 * (rows.stop - rows.start):
+                keep[lab] = True
+                break
+    return keep[label].reshape(h, w + 1)[:, :w]
+
+
+def _mirror_down(img: np.ndarray, fill: np.ndarray, out: np.ndarray, dist: np.ndarray) -> None:
+    """Where a fill rectangle lies above a straight horizontal edge, mirror what lies below the edge up into it.
+
+    A rectangle, not any dark ground: along at least :data:`FILL_EDGE` pixels of the edge the fill is equally
+    deep (its far side is straight and parallel too: a blacked box, or a black bar), and what lies below is at
+    least :data:`FILL_CONTENT` pixels deep. ``out`` and ``dist`` (each written pixel's distance from its edge) are
+    updated in place; a pixel nearer another edge keeps that edge's mirror."""
     h = fill.shape[0]
     if h < 2:
         return
-    edge = (fill[:-1] & ~fill[1:]).astype(np.uint8)  # row y is fill, row y + 1 is not
-    edge = cv2.morphologyEx(edge, cv2.MORPH_OPEN, np.ones((1, FILL_EDGE), np.uint8)).astype(bool)
-    ys, xs = np.nonzero(edge)
+    edge = fill[:-1] & ~fill[1:]  # row y is fill, row y + 1 is not
+    if np.count_nonzero(edge) < FILL_EDGE:
+        return
+    depth = np.where(edge, _depths(fill)[:-1], -1)
+    ys, xs = np.nonzero(_rectangle_edges(depth, fill[:-1]))
     if not len(ys):
         return
-    # how deep the content below the edge goes (not fill), and how deep the fill above it is
-    content = np.zeros(len(ys), np.int32)
+    content = np.zeros(len(ys), np.int32)  # how deep what lies below the edge goes before the next fill pixel
     alive = np.ones(len(ys), bool)
     for j in range(1, FILL_REACH + 1):
         yy = ys + j
@@ -317,15 +358,7 @@ def _mirror_down(img: np.ndarray, fill: np.ndarray, out: np.ndarray, dist: np.nd
         ok[ok] = ~fill[yy[ok], xs[ok]]
         content += ok
         alive &= ok
-    depth = np.zeros(len(ys), np.int32)
-    alive = np.ones(len(ys), bool)
-    for j in range(FILL_REACH):
-        yy = ys - j
-        ok = alive & (yy >= 0)
-        ok[ok] = fill[yy[ok], xs[ok]]
-        depth += ok
-        alive &= ok
-    reach = np.where(content >= FILL_CONTENT, np.minimum(content, depth), 0)
+    reach = np.where(content >= FILL_CONTENT, np.minimum(content, np.minimum(depth[ys, xs], FILL_REACH)), 0)
     for j in range(int(reach.max(initial=0))):
         sel = reach > j
         ty, tx, sy = ys[sel] - j, xs[sel], ys[sel] + 1 + j
@@ -341,9 +374,10 @@ def without_fills(img8: np.ndarray) -> np.ndarray:
     strokes: a thin fill no longer stands out as a dark stroke, nor a strip of anatomy between two fills as a
     light one, while text cut by a fill (a descender below the box) still stands out from its own ground.
 
-    A fill is a solid patch of the frame's darkest value; an edge counts when it is straight for at least
-    :data:`FILL_EDGE` pixels and what lies beyond it is at least :data:`FILL_CONTENT` pixels deep (the edges of
-    a black ground around the thin strokes of letters are not mirrored). Returns ``img8`` itself when the frame
+    A fill is a solid patch of the frame's darkest value; an edge counts where the fill is a rectangle along at
+    least :data:`FILL_EDGE` pixels of it (equally deep: a dark ground of irregular shape, around letters or an
+    ultrasound sector, is not mirrored) and what lies beyond is at least :data:`FILL_CONTENT` pixels deep (the
+    thin strokes of letters on a black ground are not mirrored). Returns ``img8`` itself when the frame
     has no such edge."""
     fill = darkest_mask(img8)
     if not fill.any() or fill.all():
