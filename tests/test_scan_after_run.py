@@ -17,7 +17,8 @@ from pydicom.data import get_testdata_file
 
 from deidpipe.keys import ProjectKey
 from deidpipe.pixels import PixelOptions, TextRemainsError, detect_text, redact_dataset
-from deidpipe.pixels.candidates import StrokeMaps, without_fills
+from deidpipe.pixels.candidates import StrokeMaps
+from deidpipe.pixels.fills import without_fills
 from deidpipe.pixels.lines import text_lines
 from deidpipe.policy import Policy
 from deidpipe.synth.burned import anatomy, generate_burned_set

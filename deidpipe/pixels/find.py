@@ -8,7 +8,7 @@ both call, with one set of thresholds.
 Known device regions come from the original header; the line finder (:mod:`deidpipe.pixels.lines`) or the cheap
 screen (:mod:`deidpipe.pixels.candidates`) proposes text and the OCR engine confirms (and, in ``phi`` mode,
 reads) what is in doubt. Every detector sees the frame with its solid fills taken out
-(:func:`deidpipe.pixels.candidates.without_fills`): a blacked box and its edges are never text. In a multi-frame
+(:func:`deidpipe.pixels.fills.without_fills`): a blacked box and its edges are never text. In a multi-frame
 object a later frame sends to OCR only candidates that are not already covered by text whose pixels are verified
 unchanged, and crops seen before (the same banner on every image of a series) are answered from a per-process
 cache.
