@@ -21,11 +21,17 @@ FILL_CONTENT = 3
 FILL_REACH = 16
 
 
-def darkest_mask(img8: np.ndarray) -> np.ndarray:
-    """Pixels at the frame's darkest value (what a fill is drawn in: the image minimum, black for colour),
-    in solid patches of at least 3 x 3 (isolated dark pixels of noise or speckle are not fills)."""
+def darkest(img8: np.ndarray) -> np.ndarray:
+    """Pixels at the frame's darkest value: what a fill is drawn in (the image minimum, black for colour, the
+    darkest palette entry as displayed)."""
     v = img8 if img8.ndim == 2 else img8.max(axis=2)
-    m = (v == v.min()).astype(np.uint8)
+    return v == v.min()
+
+
+def darkest_mask(img8: np.ndarray) -> np.ndarray:
+    """:func:`darkest` pixels in solid patches of at least 3 x 3 (isolated dark pixels of noise or speckle are
+    not fills)."""
+    m = darkest(img8).astype(np.uint8)
     return cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
 
 

@@ -36,6 +36,7 @@ from deidpipe.pixels.candidates import (
 )
 from deidpipe.pixels.codecs import Decoded, PixelDecodeError, decode, has_pixels, native_view
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
+from deidpipe.pixels.fills import darkest
 from deidpipe.pixels.lines import text_lines
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
@@ -229,6 +230,9 @@ class _Finder:
                 found += _place(boxes, pad, cand)
         fitted = [_kept_letters(_fit(b, _along(b, shape), maps, shape), b) for b in lines]
         fitted += [t for t in (_fit(b, c, maps, shape) for b, c in found) if t is not None]
+        # the detector sees fills with their borders mirrored in: a box wholly inside a fill is no text
+        fill = darkest(img)
+        fitted = [b for b in fitted if not fill[b.y0:b.y1, b.x0:b.x1].all()]
         for b in fitted:
             self.known.append(_Known(b, k))
         return fitted

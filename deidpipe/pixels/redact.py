@@ -43,7 +43,7 @@ __all__ = ["ANNOTATED_MODALITIES", "CLEAN_PIXEL_CODE", "CROP_PAD", "MAX_REDACTIO
 
 CLEAN_PIXEL_CODE = ("113101", "DCM", "Clean Pixel Data Option")
 #: How many times one object's frames are blacked (the first time and after each re-check that found text).
-MAX_REDACTIONS = 3
+MAX_REDACTIONS = 5
 
 
 class TextRemainsError(DeidError):
