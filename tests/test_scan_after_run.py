@@ -156,6 +156,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scan_after_run_reports_nothing_high(archive, tmp_path):
+    """``run`` (default policy) then ``scan``: no high finding, exit 0. Before one detector and the fill rule the
+    scan reported the edges of ``run``'s boxes on examples_rgb_color and pieces of letters on GDCMJ2K_TextGBR."""
     from deidpipe.pipeline.runner import run
     from deidpipe.scan import scan
 
