@@ -27,7 +27,7 @@ from deidpipe.synth.burned import BurnedKey, generate_burned_set
 
 
 def _deidpipe(selection: str, detector: str = "lines") -> Callable[[pydicom.Dataset], pydicom.Dataset]:
-    from deidpipe.pixels.redact import _CROP_CACHE
+    from deidpipe.pixels.find import _CROP_CACHE
 
     _CROP_CACHE.clear()  # no tool sees answers another run computed on the same files
 
@@ -82,7 +82,7 @@ def _deid() -> Callable[[pydicom.Dataset], pydicom.Dataset]:
 
 
 def _clear_cache() -> None:
-    from deidpipe.pixels.redact import _CROP_CACHE
+    from deidpipe.pixels.find import _CROP_CACHE
 
     _CROP_CACHE.clear()
 
@@ -217,12 +217,12 @@ def pydicom_bundled() -> None:
     from pydicom.data import get_testdata_file
 
     from deidpipe.pixels.candidates import to_uint8
-    from deidpipe.pixels.redact import _displayed
+    from deidpipe.pixels.find import displayed_frames
 
     ocr = easyocr_reader()
 
     def read(ds: pydicom.Dataset) -> list[str]:
-        frame = _displayed(ds, decode(ds))[0]  # palette images through their LUT, as a viewer shows them
+        frame = displayed_frames(ds, decode(ds))[0]  # palette images through their LUT, as a viewer shows them
         img = frame if frame.dtype == np.uint8 else to_uint8(frame)
         return [_norm(t) for _, t, c in ocr.readtext(img) if c >= 0.3 and len(_norm(t)) >= 2]
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from deidpipe.pixels.fills import without_fills
+
 #: Top-hat response (0-255 scale) above which a pixel may belong to a stroke.
 MIN_CONTRAST = 28
 
@@ -82,7 +84,7 @@ def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
     """Candidate text boxes in one 8-bit frame (grey or RGB), largest first."""
     h, w = img8.shape[:2]
     boxes: list[Box] = []
-    for grey in stroke_maps(img8):
+    for grey in stroke_maps(without_fills(img8)):
         for kernel in (7, 15):
             if kernel * 2 > min(h, w):
                 continue
@@ -115,6 +117,8 @@ class StrokeMaps:
 
     @classmethod
     def of(cls, img8: np.ndarray) -> StrokeMaps:
+        """The maps of one 8-bit frame, with its fills' edges taken out (see :func:`without_fills`)."""
+        img8 = without_fills(img8)
         maps = stroke_maps(img8)
         kernels = [k for k in (7, 15) if k * 2 <= min(img8.shape[:2])] or [3]
         light: list[list[np.ndarray]] = [[] for _ in maps]
@@ -275,3 +279,4 @@ def text_screen(frame: np.ndarray) -> bool:
         if len(small) >= 3:
             return True
     return False
+

@@ -1,8 +1,9 @@
 """Pixel rules: burned-in text found by the pixel stage's own detector, with its frame, box and a thumbnail.
 
-The pixel stage finds text and blacks it out in one call (:func:`deidpipe.pixels.redact.redact_dataset`); the
-scan runs it on the object it has just read (never written anywhere) and keeps only what it *found*: the text
-boxes (known device regions are left out: they say where text may be, not that there is any). With
+The scan calls the detector the pixel stage calls (:func:`deidpipe.pixels.find.detect_text`, same selection and
+thresholds, the pixel stage's default options) on the object it has just read, changes nothing, and reports what
+it *found*: the text boxes (known device regions are left out: they say where text may be, not that there is
+any). A solid fill and its edges are never text to that detector, so the boxes ``run`` blacked are not findings. With
 ``--known-identities`` every box is read by the OCR engine and matched against the steward's terms (one edit
 allowed, as the pixel stage's ``phi`` mode does); a match is DP-P002. The thumbnail is the image as a viewer shows
 it, before anything was blacked, with the boxes outlined in red; it goes only into the HTML report.
@@ -20,14 +21,6 @@ from deidpipe.scan.core import Finding
 
 THUMB_SIDE = 256
 MAX_BOXES = 50
-
-
-def _frames8(ds: Any) -> np.ndarray | None:
-    from deidpipe.pixels.codecs import decode
-    from deidpipe.pixels.redact import _displayed
-
-    dec = decode(ds)
-    return _displayed(ds, dec)
 
 
 def thumbnail(frame8: np.ndarray, boxes: list[Any], side: int = THUMB_SIDE, reveal: bool = False) -> str:
@@ -48,7 +41,7 @@ def thumbnail(frame8: np.ndarray, boxes: list[Any], side: int = THUMB_SIDE, reve
 
 def _read_boxes(frame8: np.ndarray, boxes: list[Any]) -> list[str]:
     """The text the OCR engine reads in each box (one string per box; '' when it reads nothing)."""
-    from deidpipe.pixels.redact import CROP_PAD, default_engine
+    from deidpipe.pixels.find import CROP_PAD, default_engine
 
     h, w = frame8.shape[:2]
     crops = []
@@ -66,24 +59,23 @@ def pixel_findings(ds: Any, path: str, known: list[str], reveal: bool = False) -
     be decoded (the pipeline quarantines such objects); [] for objects without pixel data."""
     from deidpipe.errors import DeidError
     from deidpipe.pixels.codecs import has_pixels
-    from deidpipe.pixels.redact import PixelOptions, redact_dataset
+    from deidpipe.pixels.find import PixelOptions, detect_text
 
     if not has_pixels(ds):
         return []
     try:
-        frames = _frames8(ds)
-        result = redact_dataset(ds, PixelOptions(selection="auto", mode="all-text"))
+        found = detect_text(ds, PixelOptions(selection="auto", mode="all-text"))
     except Exception as exc:  # noqa: BLE001 - DeidError or a decoder's own: the pixels were not checked
         why = "cannot be decoded" if isinstance(exc, DeidError) else f"could not be checked ({type(exc).__name__})"
         return [Finding(path, "DP-P003", "medium", "pixels", f"the pixel data {why}: burned-in text was not "
                                                              "looked for")]
-    boxes = list(result.boxes[result.region_boxes:])[:MAX_BOXES]
-    if not boxes or frames is None:
+    boxes = found.text[:MAX_BOXES]
+    if not boxes or found.frames8 is None:
         return []
-    first = frames[0]
+    first = found.frames8[0]
     thumb = thumbnail(first, boxes, reveal=reveal)
     out = [Finding(path, "DP-P001", "high", f"pixels:frame 0 box {b.x0},{b.y0},{b.width},{b.height}",
-                   f"burned-in text in the pixel data ({result.frames} frame(s); the box is blacked in every "
+                   f"burned-in text in the pixel data ({found.result.frames} frame(s); the box is blacked in every "
                    "frame by the pixel stage)", thumb) for b in boxes]
     if known:
         from deidpipe.pixels.phi import any_terms
