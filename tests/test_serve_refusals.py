@@ -7,17 +7,23 @@ pynetdicom on 127.0.0.1; every node is stopped after its test."""
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from deidpipe.keys import ProjectKey
+from deidpipe.plainread import TRUNCATED_IN_HEADER, TRUNCATED_IN_VALUE, dataset_truncation
 from deidpipe.policy import Policy
+from deidpipe.serve import scu
 from deidpipe.serve.config import Destination, ServeConfig
 from deidpipe.serve.node import Node
-from deidpipe.serve.scp import STATUS_CANNOT_UNDERSTAND, STATUS_MISMATCH, refusal
+from deidpipe.serve.queue import Queue
+from deidpipe.serve.scp import STATUS_CANNOT_UNDERSTAND, STATUS_MISMATCH, StorageSCP, refusal
 
 KEY = ProjectKey(b"serve-refusals-test-key-0123456789abcdef")
 HEADER_POLICY = Policy(pixels="off", deface="off")
@@ -25,6 +31,7 @@ CT_SMALL = get_testdata_file("CT_small.dcm")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ROOT = "1.2.826.0.1.3680043.10.999.21."
 PIXEL_HEADER = b"\xe0\x7f\x10\x00OW\x00\x00"  # Pixel Data (7FE0,0010), OW, in CT_small's Explicit VR Little Endian
+IMPLICIT, EXPLICIT, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"
 
 
 def _ct(path: Path, uid: str | None, meta_uid: str | None = None, *, cut_in_pixels: int | None = None,
@@ -162,3 +169,66 @@ def test_refusal_rules(change, expected):
         assert answer.comment and request_uid not in answer.comment
     if "Rows" in change:
         assert refusal(ds, request_uid, allow_incomplete_pixels=True) is None
+
+
+def _bare(implicit: bool) -> bytes:
+    """CT_small's data set, no File Meta, in Implicit or Explicit VR Little Endian (what a sender puts in P-DATA)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    write_dataset(fp, pydicom.dcmread(CT_SMALL))
+    return fp.getvalue()
+
+
+def _cuts(body: bytes, implicit: bool) -> dict[str, int]:
+    """Where to cut a bare data set: inside Pixel Data, inside an element header, inside a value."""
+    pixels = body.index(b"\xe0\x7f\x10\x00") + (8 if implicit else 12)
+    study = body.index(b"\x20\x00\x0d\x00")  # Study Instance UID (0020,000D)
+    return {"pixels": pixels + 1000, "header": study + 4, "value": study + 12}
+
+
+def test_bare_data_set_byte_accounting():
+    """:func:`dataset_truncation` on the data set alone, as received or once inflated: a cut inside an element
+    header or value is named; inside top-level Pixel Data it is the pixel check's; a whole one is whole."""
+    for implicit in (True, False):
+        body = _bare(implicit)
+        cuts = _cuts(body, implicit)
+        assert dataset_truncation(body, implicit) is None
+        assert dataset_truncation(body[:cuts["pixels"]], implicit) is None  # pixelcheck names it
+        assert dataset_truncation(body[:cuts["header"]], implicit) == TRUNCATED_IN_HEADER
+        assert dataset_truncation(body[:cuts["value"]], implicit) == TRUNCATED_IN_VALUE
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT, DEFLATED])
+def test_cut_data_sets_refused_in_every_transfer_syntax(tmp_path, syntax):
+    """Implicit, Explicit and Deflated Explicit VR Little Endian, sent by deidpipe's own requestor: cut inside
+    Pixel Data, inside an element header, inside a value: 0xC000, nothing queued; whole: Success. Deflated, the
+    bytes are accounted for once inflated (pydicom alone reads a data set cut inside an element header as one
+    that ends before it)."""
+    body = _bare(syntax == IMPLICIT)
+    cuts = _cuts(body, syntax == IMPLICIT)
+
+    def encode(data: bytes) -> bytes:
+        if syntax != DEFLATED:
+            return data
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        out = deflater.compress(data) + deflater.flush()
+        return out + b"\x00" * (len(out) % 2)  # PS3.5 A.5: padded to even length
+
+    cfg = ServeConfig(queue=tmp_path / "queue", port=0, workers=1, network_timeout_s=10)
+    queue = Queue(cfg.queue)
+    node_scp = StorageSCP(cfg, queue, KEY)
+    node_scp.start()
+    try:
+        sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=20)
+        sender.open([(CT_IMAGE, [syntax])])
+        uid = str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).SOPInstanceUID)
+        try:
+            for where, cut in cuts.items():
+                assert sender.store(CT_IMAGE, uid, syntax, encode(body[:cut])) == STATUS_CANNOT_UNDERSTAND, where
+            assert not list(queue.path("incoming").glob("*.dcm"))
+            assert sender.store(CT_IMAGE, uid, syntax, encode(body)) == 0x0000
+        finally:
+            sender.release()
+    finally:
+        node_scp.stop()
+    assert len(list(queue.path("incoming").glob("*.dcm"))) == 1
