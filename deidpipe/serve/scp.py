@@ -49,12 +49,12 @@ from pynetdicom.presentation import build_context
 from deidpipe.errors import InputError
 from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
+from deidpipe.pixelcheck import pixel_data_problem
 from deidpipe.serve import ul
 from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
 from deidpipe.serve.config import ServeConfig, TlsConfig
 from deidpipe.serve.gate import Gate, Ticket
 from deidpipe.serve.net import nodelay
-from deidpipe.pixelcheck import pixel_data_problem
 from deidpipe.serve.queue import Queue, object_id
 
 log = logging.getLogger("deidpipe.serve")
@@ -73,39 +73,6 @@ class Answer(NamedTuple):
     status: int
     comment: str | None = None
 
-
-def _uid(value: object) -> str:
-    return str(value or "").strip().rstrip("\x00")
-
-
-def refusal(ds: Any, request_uid: str, allow_incomplete_pixels: bool = False) -> Answer | None:
-    """What the SCP answers, before Success, for a data set read whole (:func:`deidpipe.dicomio.read_dataset`,
-    which refuses what is cut short or malformed): the checks ``run`` makes before its stages, on what the read
-    holds (lengths and a few top-level attributes, nothing decoded but the UIDs), or None when it may be queued.
-
-    * Pixel Data (7FE0,0010) missing or shorter than Rows (0028,0010), Columns (0028,0011), Bits Allocated
-      (0028,0100) and the frames declare (:func:`deidpipe.pixelcheck.pixel_data_problem`): 0xC000, unless
-      ``allow_incomplete_pixels`` (the policy's: ``run`` then writes it, the reason audited).
-    * Not a storable object (:func:`deidpipe.header.engine.check_storable`: a DICOMDIR, no SOP Class UID
-      (0008,0016), no SOP Instance UID (0008,0018), a class that is not a UID): 0xA900.
-    * SOP Instance UID (0008,0018) of the data set missing, empty, or not the request's Affected SOP Instance UID
-      (0000,1000): 0xA900. Stricter than ``check_storable``, whose File Meta fallback would name a data set
-      without SOP Common module by the File Meta the SCP writes from the request: a C-STORE data set carries
-      its own UID (PS3.4 B.4.1)."""
-    from deidpipe.header.engine import NO_SOP_INSTANCE_UID, check_storable  # imported once the node receives
-
-    if not allow_incomplete_pixels and (problem := pixel_data_problem(ds)) is not None:
-        return Answer(STATUS_CANNOT_UNDERSTAND, problem)
-    try:
-        check_storable(ds)
-    except InputError as exc:
-        return Answer(STATUS_MISMATCH, exc.reason)
-    inner = _uid(ds.get("SOPInstanceUID"))
-    if not inner:
-        return Answer(STATUS_MISMATCH, NO_SOP_INSTANCE_UID)
-    if inner != _uid(request_uid):
-        return Answer(STATUS_MISMATCH, UID_MISMATCH)
-    return None
 
 #: Transfer syntaxes the SCP accepts, in its order of preference (the acceptor takes the first of its own list
 #: that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for one context
@@ -170,6 +137,40 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> 
         _meta_element(0x0013, b"SH", _even(version_name, b" ")),
     ))
     return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def _uid(value: object) -> str:
+    return str(value or "").strip().rstrip("\x00")
+
+
+def refusal(ds: Any, request_uid: str, allow_incomplete_pixels: bool = False) -> Answer | None:
+    """What the SCP answers, before Success, for a data set read whole (:func:`deidpipe.dicomio.read_dataset`,
+    which refuses what is cut short or malformed): the checks ``run`` makes before its stages, on what the read
+    holds (lengths and a few top-level attributes, nothing decoded but the UIDs), or None when it may be queued.
+
+    * Pixel Data (7FE0,0010) missing or shorter than Rows (0028,0010), Columns (0028,0011), Bits Allocated
+      (0028,0100) and the frames declare (:func:`deidpipe.pixelcheck.pixel_data_problem`): 0xC000, unless
+      ``allow_incomplete_pixels`` (the policy's: ``run`` then writes it, the reason audited).
+    * Not a storable object (:func:`deidpipe.header.engine.check_storable`: a DICOMDIR, no SOP Class UID
+      (0008,0016), no SOP Instance UID (0008,0018), a class that is not a UID): 0xA900.
+    * SOP Instance UID (0008,0018) of the data set missing, empty, or not the request's Affected SOP Instance UID
+      (0000,1000): 0xA900. Stricter than ``check_storable``, whose File Meta fallback would name a data set
+      without SOP Common module by the File Meta the SCP writes from the request: a C-STORE data set carries
+      its own UID (PS3.4 B.4.1)."""
+    from deidpipe.header.engine import NO_SOP_INSTANCE_UID, check_storable  # imported once the node receives
+
+    if not allow_incomplete_pixels and (problem := pixel_data_problem(ds)) is not None:
+        return Answer(STATUS_CANNOT_UNDERSTAND, problem)
+    try:
+        check_storable(ds)
+    except InputError as exc:
+        return Answer(STATUS_MISMATCH, exc.reason)
+    inner = _uid(ds.get("SOPInstanceUID"))
+    if not inner:
+        return Answer(STATUS_MISMATCH, NO_SOP_INSTANCE_UID)
+    if inner != _uid(request_uid):
+        return Answer(STATUS_MISMATCH, UID_MISMATCH)
+    return None
 
 
 class StorageSCP:
