@@ -39,6 +39,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from deidpipe.errors import InputError, TruncatedError
 from deidpipe.pixelcheck import FRAGMENTS_CUT
+from deidpipe.plainread import dataset_truncation
 
 RATIO = 50
 FLOOR = 64 << 20
@@ -180,6 +181,13 @@ def _read_deflated(fp: BinaryIO, *, force: bool, stop_when: StopWhen | None,
         return None
     inflated = inflate_bounded(fp.read(), label)
     inflated.name = getattr(fp, "name", None)
+    if stop_when is None and specific_tags is None:
+        # Byte accounting of the inflated data set, as for any plain file (pydicom returns the elements before a
+        # cut element header as if the data set ended there, and check_read_to_end cannot tell).
+        with inflated.parent.getbuffer() as view:  # the inflated bytes, not copied
+            cut = dataset_truncation(view, implicit=False)
+        if cut is not None:
+            raise TruncatedError(label, cut)
     dataset = read_dataset(inflated, False, True, stop_when=stop_when, specific_tags=specific_tags)
     if stop_when is None:
         check_read_to_end(inflated, label, dataset)

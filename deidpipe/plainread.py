@@ -296,7 +296,20 @@ def truncation(data: bytes | memoryview) -> str | None:
         if syntax is None:
             return None
         implicit = _is_implicit(bytes(data[syntax[3]:syntax[3] + syntax[2]]))
-        for _ in _elements(data, pos, implicit, UNDEFINED, True, skip_sequences=True):
+    except Truncated as cut:
+        return cut.reason
+    except (GiveUp, struct.error):
+        return None
+    return dataset_truncation(data, implicit, pos)
+
+
+def dataset_truncation(data: bytes | memoryview, implicit: bool, start: int = 0) -> str | None:
+    """:func:`truncation` for a bare data set in Little Endian (``implicit`` or explicit VR) from ``start``:
+    the bytes after a file's File Meta, or a Deflated Explicit VR Little Endian data set once inflated (which
+    the file's bytes cannot account for). Why its bytes do not account for a whole data set, or None (as
+    :func:`truncation`: a walk that gives up, a cut inside top-level native Pixel Data, an empty data set)."""
+    try:
+        for _ in _elements(data, start, implicit, UNDEFINED, True, skip_sequences=True):
             pass
     except Truncated as cut:
         return cut.reason

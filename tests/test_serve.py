@@ -122,8 +122,14 @@ def pynetdicom_store(port: int, files: list[Path], aet: str = "SENDER", tls_args
 
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for sop in {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID) for f in files}:
-        ae.add_requested_context(sop, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    native = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    contexts = set()
+    for f in files:
+        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+        ts = str(meta.TransferSyntaxUID)  # a compressed file is sent as it is, on a context of its own syntax
+        contexts.add((str(meta.MediaStorageSOPClassUID), native if ts in native else (ts,)))
+    for sop, syntaxes in sorted(contexts):
+        ae.add_requested_context(sop, list(syntaxes))
     assoc = ae.associate("127.0.0.1", port, ae_title="DEIDPIPE", tls_args=tls_args)
     statuses = []
     try:
@@ -616,16 +622,18 @@ def test_head_series_defaced_after_quiet_period(tmp_path):
     assert all("deface" in json.loads(a["timings_ms"]) for a in audit if a.get("event") == "processed")
 
 
-def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tmp_path, small):
-    """Fail closed: an object that parses (so it is queued, Success) but that a stage refuses (here: no SOP
-    Class UID in the data set) gets a quarantine record like run's and never reaches a destination."""
+def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tmp_path):
+    """Fail closed: an object that passes every check made before the answer (so it is queued, Success) but that
+    a stage refuses (here: a JPEG Baseline frame that is not a JPEG stream, found when the header stage cleans
+    the stream's metadata) gets a quarantine record like run's and never reaches a destination. What the SCP
+    refuses for what the object is (no SOP Class UID, short Pixel Data) is tested in test_serve_refusals.py."""
     import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
 
-    archive, _, _ = small
-    src = sorted(archive.rglob("*.dcm"))[0]
-    ds = pydicom.dcmread(src)
-    del ds.SOPClassUID
-    bad = tmp_path / "no-class.dcm"
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xfe\x00\x10" + b"not a JPEG stream" * 5 + b"\x00"])
+    bad = tmp_path / "bad-stream.dcm"
     ds.save_as(bad)
     cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"))
     with Node(cfg, KEY, HEADER_POLICY) as node:
@@ -634,6 +642,6 @@ def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tm
     assert not list((tmp_path / "copy").rglob("*.dcm"))
     records = [json.loads(p.read_text()) for p in (cfg.queue / "quarantine").glob("*.json")]
     assert len(records) == 1
-    assert records[0]["stage"] in ("index", "header") and "SOP Class" in records[0]["reason"]
+    assert records[0]["stage"] == "header" and "JPEG" in records[0]["reason"]
     assert set(records[0]) >= {"object_id", "input_path_hash", "content_hash", "stage", "reason"}
     assert not list((cfg.queue / "out").rglob("*.dcm"))

@@ -67,6 +67,13 @@ def test_command_sets_agree_with_pynetdicom():
     prim.DataSet = None
     assert rsp == _pynetdicom_command(prim, C_STORE_RSP)
 
+    # A refusal's Error Comment (0000,0902), LO: padded with a space, as pynetdicom encodes it.
+    rsp = ul.store_response(request, 0xC000, "pixel data is shorter than its header declares")
+    prim.Status = 0xC000
+    prim.ErrorComment = "pixel data is shorter than its header declares"
+    assert rsp == _pynetdicom_command(prim, C_STORE_RSP)
+    assert len(decode(io.BytesIO(ul.store_response(request, 0xC000, "x" * 80)), True, True).ErrorComment) == 64
+
 
 def test_cut_command_set_is_a_protocol_error():
     good = ul.encode_command([(ul.COMMAND_FIELD, ul.C_ECHO_RQ)])

@@ -6,9 +6,17 @@ Statuses a sender may get:
 * ``0x0000`` Success: the object is on disk in the queue and will be delivered (at least once) or quarantined.
 * ``0xA700`` Out of resources: the queue could not store it (disk full, I/O error), or the node holds too many
   data sets in memory at once: the sender should retry.
-* ``0xC000`` Cannot understand: the data set cannot be parsed; a quarantine record names the reason.
-* ``0xA900`` Data set does not match SOP class: its SOP Instance UID is not the one the request names.
+* ``0xC000`` Cannot understand: the data set cannot be parsed (cut short, malformed), or its Pixel Data is
+  shorter than its header declares (unless the policy's ``allow_incomplete_pixels``); a quarantine record names
+  the reason.
+* ``0xA900`` Data set does not match SOP class: it is not a storable object as ``run`` judges it (no SOP Instance
+  or SOP Class UID, a DICOMDIR), or its SOP Instance UID is missing, empty or not the one the request names.
 * ``0x0122`` SOP class not supported: the request's SOP class is not the one of its presentation context.
+
+A failure status (0xA900, 0xC000) comes with an Error Comment (0000,0902) that names the reason in fixed words,
+never a value. Every check that refuses an object for what it is runs before the answer (:func:`refusal`): what
+can still be quarantined after Success is only what the processing stages find (a decoder, burned-in text,
+defacing, the time budget).
 
 A caller whose address is not allowed is disconnected before its association is read; one whose calling AE
 title is not allowed gets an A-ASSOCIATE-RJ (calling AE title not recognised); one that finds every association
@@ -33,7 +41,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import build_context
@@ -41,6 +49,7 @@ from pynetdicom.presentation import build_context
 from deidpipe.errors import InputError
 from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
+from deidpipe.pixelcheck import pixel_data_problem
 from deidpipe.serve import ul
 from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
 from deidpipe.serve.config import ServeConfig, TlsConfig
@@ -55,6 +64,15 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
+UID_MISMATCH = "SOP Instance UID of the data set differs from the request's"
+
+
+class Answer(NamedTuple):
+    """A C-STORE's status and, for a failure, its Error Comment (fixed words, never a value)."""
+
+    status: int
+    comment: str | None = None
+
 
 #: Transfer syntaxes the SCP accepts, in its order of preference (the acceptor takes the first of its own list
 #: that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for one context
@@ -121,12 +139,49 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> 
     return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
+def _uid(value: object) -> str:
+    return str(value or "").strip().rstrip("\x00")
+
+
+def refusal(ds: Any, request_uid: str, allow_incomplete_pixels: bool = False) -> Answer | None:
+    """What the SCP answers, before Success, for a data set read whole (:func:`deidpipe.dicomio.read_dataset`,
+    which refuses what is cut short or malformed): the checks ``run`` makes before its stages, on what the read
+    holds (lengths and a few top-level attributes, nothing decoded but the UIDs), or None when it may be queued.
+
+    * Pixel Data (7FE0,0010) missing or shorter than Rows (0028,0010), Columns (0028,0011), Bits Allocated
+      (0028,0100) and the frames declare (:func:`deidpipe.pixelcheck.pixel_data_problem`): 0xC000, unless
+      ``allow_incomplete_pixels`` (the policy's: ``run`` then writes it, the reason audited).
+    * Not a storable object (:func:`deidpipe.header.engine.check_storable`: a DICOMDIR, no SOP Class UID
+      (0008,0016), no SOP Instance UID (0008,0018), a class that is not a UID): 0xA900.
+    * SOP Instance UID (0008,0018) of the data set missing, empty, or not the request's Affected SOP Instance UID
+      (0000,1000): 0xA900. Stricter than ``check_storable``, whose File Meta fallback would name a data set
+      without SOP Common module by the File Meta the SCP writes from the request: a C-STORE data set carries
+      its own UID (PS3.4 B.4.1)."""
+    from deidpipe.header.engine import NO_SOP_INSTANCE_UID, check_storable  # imported once the node receives
+
+    if not allow_incomplete_pixels and (problem := pixel_data_problem(ds)) is not None:
+        return Answer(STATUS_CANNOT_UNDERSTAND, problem)
+    try:
+        check_storable(ds)
+    except InputError as exc:
+        return Answer(STATUS_MISMATCH, exc.reason)
+    inner = _uid(ds.get("SOPInstanceUID"))
+    if not inner:
+        return Answer(STATUS_MISMATCH, NO_SOP_INSTANCE_UID)
+    if inner != _uid(request_uid):
+        return Answer(STATUS_MISMATCH, UID_MISMATCH)
+    return None
+
+
 class StorageSCP:
     """The node's listening side; :meth:`start` binds, :meth:`stop` closes the port and every association."""
 
     def __init__(self, config: ServeConfig, queue: Queue, key: ProjectKey,
-                 on_stored: Callable[[], None] = lambda: None) -> None:
+                 on_stored: Callable[[], None] = lambda: None, *, allow_incomplete_pixels: bool = False) -> None:
         self.config = config
+        #: The policy's ``allow_incomplete_pixels``: an object with short Pixel Data is then queued, as ``run``
+        #: writes it.
+        self.allow_incomplete_pixels = allow_incomplete_pixels
         self.queue = queue
         self.key = key
         self.on_stored = on_stored
@@ -289,35 +344,35 @@ class StorageSCP:
             except ul.PeerAborted:
                 return
             try:
-                status = self._answer(accepted, msg)
+                status, comment = self._answer(accepted, msg)
             finally:
                 self.budget.give(msg.reserved)
-            link.send_message(msg.context_id, ul.store_response(msg, status))
+            link.send_message(msg.context_id, ul.store_response(msg, status, comment))
 
-    def _answer(self, accepted: Accepted, msg: ul.Message) -> int:
+    def _answer(self, accepted: Accepted, msg: ul.Message) -> Answer:
         """The status for one request: C-ECHO on the Verification context, C-STORE of the context's SOP class."""
         context = accepted.contexts.get(msg.context_id)
         if context is None:
             raise ul.ProtocolError("message on a presentation context that was not accepted")
         sop_class = ul.command_ui(msg.command, ul.AFFECTED_SOP_CLASS_UID)
         if msg.command_field == ul.C_ECHO_RQ and context[0] == ul.VERIFICATION:
-            return STATUS_SUCCESS
+            return Answer(STATUS_SUCCESS)
         if msg.command_field != ul.C_STORE_RQ or context[0] == ul.VERIFICATION:
             raise ul.ProtocolError("a request the node does not serve on that presentation context")
         if sop_class != context[0]:
-            return STATUS_SOP_CLASS_NOT_SUPPORTED  # PS3.7 C.4.2.1.4: the class is the context's
+            return Answer(STATUS_SOP_CLASS_NOT_SUPPORTED)  # PS3.7 C.4.2.1.4: the class is the context's
         if msg.dropped:
             with self._lock:
                 self.stats["failed"] += 1
             log.error("object not stored: the node holds too many data sets in memory; answered out of resources")
-            return STATUS_OUT_OF_RESOURCES
+            return Answer(STATUS_OUT_OF_RESOURCES)
         if msg.data is None:
             raise ul.ProtocolError("C-STORE without a data set")
         return self.store(sop_class, ul.command_ui(msg.command, ul.AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
 
     # -- objects -------------------------------------------------------------------------------------------------
-    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> int:
-        """Check and queue one received data set; returns the C-STORE status to answer."""
+    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> Answer:
+        """Check and queue one received data set; returns the C-STORE status (and Error Comment) to answer."""
         t0 = time.perf_counter()
         oid = object_id(self.key, sop_uid or f"no-uid/{time.time_ns()}")
         try:
@@ -326,9 +381,9 @@ class StorageSCP:
             return self._fail(oid, STATUS_CANNOT_UNDERSTAND, "receive", f"request cannot be read "
                               f"({type(exc).__name__})", b"")
         data = head + body
-        status = self._check(oid, sop_uid, data)
-        if status != STATUS_SUCCESS:
-            return status
+        refused = self._check(oid, sop_uid, data)
+        if refused is not None:
+            return refused
         try:
             self.queue.put(oid, [data])
         except OSError as exc:
@@ -337,17 +392,18 @@ class StorageSCP:
             self.stats["received"] += 1
         log.debug("object %s queued in %.1f ms", oid[:12], (time.perf_counter() - t0) * 1e3)
         self.on_stored()
-        return STATUS_SUCCESS
+        return Answer(STATUS_SUCCESS)
 
-    def _out_of_resources(self, oid: str, exc: BaseException) -> int:
+    def _out_of_resources(self, oid: str, exc: BaseException) -> Answer:
         with self._lock:
             self.stats["failed"] += 1
         log.error("object %s not stored (%s): answered out of resources", oid[:12], type(exc).__name__)
-        return STATUS_OUT_OF_RESOURCES
+        return Answer(STATUS_OUT_OF_RESOURCES)
 
-    def _check(self, oid: str, sop_uid: str, data: bytes) -> int:
-        """Parse the whole object as the pipeline will (the same reader): what it cannot read is refused now,
-        while the sender can still be told."""
+    def _check(self, oid: str, sop_uid: str, data: bytes) -> Answer | None:
+        """Parse the whole object as the pipeline will (the same reader) and make the checks ``run`` makes
+        before its stages (:func:`refusal`): what they refuse is refused now, while the sender can still be told.
+        None: it may be queued."""
         from deidpipe.dicomio import read_dataset
 
         # A deflated data set is charged to the budget as it inflates, and inflates no further than the
@@ -355,7 +411,7 @@ class StorageSCP:
         with charging(self.budget.take, self.config.max_inflated_bytes) as charge:
             try:
                 ds = read_dataset(data)
-                inner = str(ds.get("SOPInstanceUID", "") or "")
+                refused = refusal(ds, sop_uid, self.allow_incomplete_pixels)
                 del ds
             except InflateBudgetExceeded:
                 return self._out_of_resources(oid, MemoryError())
@@ -366,12 +422,11 @@ class StorageSCP:
                                   data)
             finally:
                 self.budget.give(charge.taken)
-        if inner.strip().rstrip("\x00") != sop_uid.strip().rstrip("\x00"):
-            return self._fail(oid, STATUS_MISMATCH, "receive",
-                              "SOP Instance UID of the data set differs from the request's", data)
-        return STATUS_SUCCESS
+        if refused is not None:
+            return self._fail(oid, refused.status, "receive", refused.comment or "refused", data)
+        return None
 
-    def _fail(self, oid: str, status: int, stage: str, reason: str, data: bytes) -> int:
+    def _fail(self, oid: str, status: int, stage: str, reason: str, data: bytes) -> Answer:
         from deidpipe.pipeline.index import content_hash
 
         with self._lock:
@@ -385,5 +440,5 @@ class StorageSCP:
         except OSError:
             pass
         log.warning("object %s refused with 0x%04X at %s: %s", oid[:12], status, stage, reason)
-        return status
+        return Answer(status, reason)
 

@@ -56,6 +56,8 @@ MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
 PRIORITY = 0x00000700
 COMMAND_DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
+#: Error Comment (LO, at most 64 characters): the node's reason for a failure status, fixed words, never a value.
+ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE_UID = 0x00001000
 
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
@@ -95,7 +97,8 @@ class AssociationRejected(ProtocolError):
 # -- command sets (implicit VR little endian, group 0000) -----------------------------------------------------
 def encode_command(elements: Iterable[tuple[int, int | str]]) -> bytes:
     """A command set from ``(tag, value)`` pairs in ascending tag order: unsigned shorts for the US elements,
-    UIDs (padded with NUL to even length) for the rest; Command Group Length (0000,0000) first."""
+    the Error Comment as text (padded with a space), UIDs (padded with NUL to even length) for the rest; Command
+    Group Length (0000,0000) first."""
     body = bytearray()
     for tag, value in elements:
         if tag in _US_TAGS:
@@ -103,7 +106,7 @@ def encode_command(elements: Iterable[tuple[int, int | str]]) -> bytes:
         else:
             raw = str(value).encode("latin-1", "replace")
             if len(raw) % 2:
-                raw += b"\x00"
+                raw += b" " if tag == ERROR_COMMENT else b"\x00"
         body += struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(raw)) + raw
     return struct.pack("<HHII", 0, 0, 4, len(body)) + bytes(body)
 
@@ -430,15 +433,18 @@ def peer_max_pdu(info: list[Any]) -> int:
     return 0
 
 
-def store_response(request: Message, status: int) -> bytes:
-    """The C-STORE-RSP (or C-ECHO-RSP) command set answering ``request`` with ``status``."""
+def store_response(request: Message, status: int, comment: str | None = None) -> bytes:
+    """The C-STORE-RSP (or C-ECHO-RSP) command set answering ``request`` with ``status``, and for a C-STORE
+    ``comment`` as its Error Comment (0000,0902; PS3.7 C.4.2: a related field of the failure statuses), cut to
+    the 64 ASCII characters of an LO."""
     cmd = request.command
     message_id = command_us(cmd, MESSAGE_ID) or 0
     if request.command_field == C_ECHO_RQ:
         return encode_command([(AFFECTED_SOP_CLASS_UID, command_ui(cmd, AFFECTED_SOP_CLASS_UID) or VERIFICATION),
                                (COMMAND_FIELD, C_ECHO_RSP), (MESSAGE_ID_BEING_RESPONDED_TO, message_id),
                                (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status)])
+    error = [(ERROR_COMMENT, comment.encode("ascii", "replace").decode()[:64].rstrip())] if comment else []
     return encode_command([(AFFECTED_SOP_CLASS_UID, command_ui(cmd, AFFECTED_SOP_CLASS_UID)),
                            (COMMAND_FIELD, C_STORE_RSP), (MESSAGE_ID_BEING_RESPONDED_TO, message_id),
-                           (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status),
+                           (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status), *error,
                            (AFFECTED_SOP_INSTANCE_UID, command_ui(cmd, AFFECTED_SOP_INSTANCE_UID))])
