@@ -32,7 +32,7 @@ def src(tmp_path_factory: pytest.TempPathFactory):
     from deidpipe.synth import generate_archive
 
     root = tmp_path_factory.mktemp("scan-src")
-    answer = generate_archive(root, patients=2, seed=5, burned_text=True)
+    answer = generate_archive(root, patients=2, seed=5, burned_text=True, real_world=False)
     return root, answer
 
 
@@ -402,3 +402,24 @@ def test_an_unlisted_private_creator_is_not_printed():
     unlisted = private_name(0x00111001, private_creator(ds, 0x00111001))
     assert "DOE" not in unlisted and unlisted.startswith("(0011,1001)")
     assert private_name(0x00291010, private_creator(ds, 0x00291010)) == '(0029,1010) "SIEMENS CSA HEADER"'
+
+
+def test_report_paths_never_show_patient_named_folders(tmp_path):
+    """An archive laid out by patient (name, MRN, study date in folder names): no report format shows them,
+    and findings of one folder still share one keyed token."""
+    from deidpipe.synth import generate_archive
+    from deidpipe.synth.answer_key import MEMBER_SEP
+
+    answer = generate_archive(tmp_path / "src", patients=1, seed=4)
+    report = scan(tmp_path / "src", pixels=False, faces=False, workers=1, key=KEY)
+    values = {p.name.split("=")[0] for p in answer.patients} | {p.patient_id for p in answer.patients}
+    values |= {h.value for h in answer.hidden if h.where.startswith("path") and len(h.value) >= 6}
+    assert values
+    for fmt, text in _texts(report, tmp_path).items():
+        assert not [v for v in values if v in text], fmt
+    folders = {f.path.split("/")[0] for f in report.findings if f.path.endswith("SEG.dcm")}
+    assert len(folders) == 1 and next(iter(folders)).startswith("~")
+    assert any(f.path.startswith("patient000/") for f in report.findings)  # plain folders stay readable
+    assert MEMBER_SEP not in "".join(f.path for f in report.findings)
+    shown = scan(tmp_path / "src", pixels=False, faces=False, workers=1, key=KEY, show_values=True)
+    assert any(answer.patients[0].patient_id in f.path for f in shown.findings)  # show_values: paths as they are

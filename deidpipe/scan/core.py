@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class ObjectResult:
     qi: dict[str, Any] | None = None
     pixel_findings: list[Finding] = field(default_factory=list)
     series: tuple[str, str, str] | None = None  # (keyed series token, modality, head hint) for face checks
+    shown: str | None = None  # the path the report shows (identifying components keyed); None: ``path``
 
 
 _CHECKERS: dict[tuple[Any, ...], Any] = {}
@@ -148,10 +149,15 @@ def scan_item(job: _Job, item: Any) -> ObjectResult:
         return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
                                                      f"the object could not be checked ({type(exc).__name__})")])
     result = ObjectResult(item.relpath, "dicom", hits, qi)
+    if not job.show_values:
+        from deidpipe.scan.paths import shown_path
+
+        result.shown = shown_path(item.relpath, ds, checker.key)
     if need_pixels:
         from deidpipe.scan.pixels import pixel_findings
 
-        result.pixel_findings = pixel_findings(ds, item.relpath, list(job.known), reveal=job.show_values)
+        result.pixel_findings = pixel_findings(ds, result.shown or item.relpath, list(job.known),
+                                               reveal=job.show_values)
     if job.faces:
         from deidpipe.scan.faces import series_of
 
@@ -245,7 +251,10 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
     qi_rows: list[dict[str, Any]] = []
     objects = skipped = errors = 0
     face_series: dict[str, list[str]] = {}
+    shown: dict[str, str] = {}  # input path -> the path the report shows
     for r in _run(job, items, workers):
+        if r.shown is not None:
+            shown[r.path] = r.shown
         if r.kind == "skipped":
             skipped += 1
             continue
@@ -257,12 +266,13 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
                 qi_rows.append(r.qi)
             if r.series is not None:
                 face_series.setdefault(r.series[0], []).append(r.path)
-        findings += [Finding(r.path, rule, sev, loc, msg) for rule, sev, loc, msg in r.hits]
+        findings += [Finding(shown.get(r.path, r.path), rule, sev, loc, msg) for rule, sev, loc, msg in r.hits]
         findings += r.pixel_findings
     if faces and face_series:
         from deidpipe.scan.faces import face_findings
 
-        findings += face_findings(spec, face_series, reveal=show_values)
+        findings += [replace(f, path=shown.get(f.path, f.path))
+                     for f in face_findings(spec, face_series, reveal=show_values)]
     risk = table = None
     if qi_rows:
         from deidpipe.risk import assess
