@@ -153,7 +153,7 @@ class _SpawnContext(mpcontext.SpawnContext):
 
 
 #: Imported once by the fork server, so that each worker it forks starts with deidpipe loaded.
-FORKSERVER_PRELOAD = ["deidpipe.pipeline.execute"]
+FORKSERVER_PRELOAD = ["deidpipe.pipeline.execute", "deidpipe.pipeline.index", "deidpipe.header.engine"]
 
 
 def worker_context(method: str | None = None) -> multiprocessing.context.BaseContext:
