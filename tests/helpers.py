@@ -24,6 +24,22 @@ def deidentify_tree(src: Path, files: list[str], dst: Path, policy: Policy, key:
     return out
 
 
+def bundled_bytes(name: str) -> bytes:
+    """The bytes of one of pydicom's bundled test files."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+def encode(ds) -> bytes:
+    """``ds`` as a DICOM file (preamble and File Meta), in memory."""
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def dciodvfy_errors(path: Path) -> set[str]:
     """dciodvfy's error lines, with values and UIDs taken out so that input and output can be compared."""
     proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)

@@ -34,6 +34,7 @@ from deidpipe.pipeline import run
 from deidpipe.pixelcheck import FRAGMENTS_CUT, PIXELS_MISSING, PIXELS_SHORT, pixel_data_problem
 from deidpipe.plainread import TRUNCATED_IN_HEADER, TRUNCATED_UNDELIMITED, truncation
 from deidpipe.policy import Policy
+from tests.helpers import bundled_bytes, encode
 
 KEY = ProjectKey(b"complete-objects-test-secret-0123456789")
 MARKER_NAME = "COMPLETE^MARKER"
@@ -41,14 +42,8 @@ MARKER_ID = "CMPL-7731"
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
 
-def _bytes(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+_bytes = bundled_bytes
+_encode = encode
 
 
 def _audit(dst: Path) -> pl.DataFrame:

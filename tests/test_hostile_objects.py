@@ -46,7 +46,7 @@ from deidpipe.pixelcheck import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION
 from deidpipe.pixels.codecs import PixelDecodeError, decode
 from deidpipe.plainread import TRUNCATED_IN_HEADER
 from deidpipe.policy import Policy
-from tests.helpers import dciodvfy_errors
+from tests.helpers import bundled_bytes, dciodvfy_errors, encode
 
 SECRET = b"hostile-objects-test-secret-0123456789"
 REPO = Path(__file__).resolve().parents[1]
@@ -59,14 +59,8 @@ def key() -> ProjectKey:
     return ProjectKey(SECRET)
 
 
-def _bytes(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+_bytes = bundled_bytes
+_encode = encode
 
 
 def _pixel_offset(data: bytes) -> int:
