@@ -205,6 +205,11 @@ def _elements(data: bytes | memoryview, pos: int, implicit: bool, last: int, com
                 return
             if pos == size:
                 raise GiveUp  # File Meta and no data set (pydicom's to judge), or the end of a file's first bytes
+            if complete and not first and not any(data[pos:size]):
+                # 1-7 zero bytes after the last element: padding some writers add. No element header starts
+                # with them all zero (no tag is (0000,0000) in a data set), so at worst this is a cut on the
+                # boundary before them, which is complete as DICOM has it.
+                return
             raise Truncated(TRUNCATED_IN_HEADER)
         group, element, vr, length = unpack(data, pos)
         tag = group << 16 | element

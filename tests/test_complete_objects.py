@@ -241,6 +241,18 @@ def test_a_cut_before_the_image_attributes_is_truncated_not_a_header_only_object
     assert "Rows" not in ds and pixel_data_problem(ds) is None
 
 
+def test_trailing_zero_padding_is_not_truncation():
+    """1 to 7 zero bytes after the last element (padding some writers add) leave a complete object; the same
+    count of other bytes is the start of a cut element header."""
+    data = _bytes("CT_small.dcm")
+    for n in range(1, 8):
+        padded = data + b"\x00" * n
+        assert truncation(padded) is None, n
+        assert read_dataset(padded).PixelData == read_dataset(data).PixelData
+        with pytest.raises(TruncatedError):
+            read_dataset(data + b"\x08" + b"\x00" * (n - 1))
+
+
 def test_undefined_length_sequence_cut_on_an_inner_boundary_is_truncated():
     """A cut exactly where an item or element inside a sequence of undefined length ends (an element boundary,
     but not at the top level) leaves the sequence without its delimiter."""
