@@ -164,7 +164,7 @@ def test_trickling_sender_is_closed_by_the_artim_timer(scp_factory):
                 break
     finally:
         s.close()
-    assert closed_after is not None and 0.8 < closed_after < 3.0
+    assert closed_after is not None and 0.8 < closed_after < 10.0  # 1 s, and slack for a loaded machine
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")

@@ -85,7 +85,10 @@ def test_cut_command_set_is_a_protocol_error():
 
 @pytest.fixture
 def scp(tmp_path):
-    cfg = ServeConfig(queue=tmp_path / "queue", port=0, allowed_ae_titles=("SENDER",), network_timeout_s=5)
+    # A long ARTIM timer: these tests are about the upper layer, not the timer (tests/test_serve_limits.py), and a
+    # requestor thread starved by a parallel test (2 cores) must not have its connection closed under it.
+    cfg = ServeConfig(queue=tmp_path / "queue", port=0, allowed_ae_titles=("SENDER",), network_timeout_s=5,
+                      artim_timeout_s=30)
     queue = Queue(cfg.queue)
     node_scp = StorageSCP(cfg, queue, KEY)
     node_scp.start()
@@ -241,7 +244,8 @@ def test_many_concurrent_associations(scp):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(180)
+    assert not [t for t in threads if t.is_alive()], "a sender did not finish"
     assert not errors
     assert len(_stored(queue)) == 40
 
