@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.documents import ENCAPSULATED_CDA, ENCAPSULATED_DOCUMENT, ENCAPSULATED_PDF, NO_EXTRACTABLE_TEXT
+from deidpipe.documents.pdf import assemble_pdf
 from deidpipe.errors import PolicyError, SkippedError
 from deidpipe.header.engine import deidentify
 from deidpipe.pipeline import run
@@ -40,17 +41,7 @@ REDACT = Policy(documents="redact")
 # -- building the documents ------------------------------------------------------------------------------------
 def _pdf(objects: list[bytes], info: int | None = None) -> bytes:
     """A PDF from object bodies (object n is objects[n - 1]; object 1 is the catalog) with a correct xref."""
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for n, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{n} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    extra = f" /Info {info} 0 R" if info else ""
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{extra} >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
+    return assemble_pdf(objects, f"/Info {info} 0 R".encode() if info else b"")
 
 
 def _stream(data: bytes, extra: str = "", flate: bool = False) -> bytes:

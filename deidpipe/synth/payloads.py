@@ -21,6 +21,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from deidpipe.documents.pdf import assemble_pdf
+
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 
 
@@ -77,18 +79,9 @@ def make_pdf(*, title: str, author: str, plain_lines: list[str], compressed_line
         b"<< /Title " + pdf_string(title) + b" /Author " + pdf_string(author)
         + b" /Producer (deidpipe synth) /CreationDate (D:20200101000000Z) >>",
     ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for n, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    doc_id = zlib.crc32(bytes(out)).to_bytes(4, "big").hex().encode() * 4
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 8 0 R /ID [<%s> <%s>] >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, doc_id, doc_id, xref)
-    return bytes(out)
+    # A fixed /ID from the content (deterministic for a seed), as writers derive it.
+    doc_id = zlib.crc32(b"".join(objects)).to_bytes(4, "big").hex().encode() * 4
+    return assemble_pdf(objects, b"/Info 8 0 R /ID [<%s> <%s>]" % (doc_id, doc_id))
 
 
 def make_cda(*, doc_id: str, family: str, given: str, mrn: str, birth: str, sex: str, author_family: str,
