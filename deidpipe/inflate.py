@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from deidpipe.errors import InputError, TruncatedError
 from deidpipe.pixelcheck import FRAGMENTS_CUT
 from deidpipe.plainread import dataset_truncation
+from deidpipe.settings import positive_env
 
 RATIO = 50
 FLOOR = 64 << 20
@@ -95,12 +95,7 @@ def charging(take: Callable[[int], bool], cap: int | None = None) -> Iterator[Ch
 
 def process_cap() -> int:
     """:data:`HARD_CAP`, or the lower cap ``DEIDPIPE_INFLATE_MAX_BYTES`` sets for this process."""
-    raw = os.environ.get(CAP_ENV, "")
-    try:
-        value = int(raw) if raw else HARD_CAP
-    except ValueError:
-        return HARD_CAP
-    return min(HARD_CAP, value) if value > 0 else HARD_CAP
+    return min(HARD_CAP, positive_env(CAP_ENV, HARD_CAP, int))
 
 
 def inflate_limit(compressed: int) -> int:

@@ -18,12 +18,13 @@ How a running stage is interrupted depends on the thread it runs in:
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+
+from deidpipe.settings import positive_env
 
 OBJECT_BUDGET_S = 120.0
 BUDGET_ENV = "DEIDPIPE_OBJECT_BUDGET_S"
@@ -32,12 +33,7 @@ BUDGET_REASON = "took longer than the per-object time budget"
 
 def default_object_budget() -> float:
     """The budget in seconds: ``DEIDPIPE_OBJECT_BUDGET_S`` when it is a positive number, else 120."""
-    raw = os.environ.get(BUDGET_ENV, "")
-    try:
-        value = float(raw) if raw else OBJECT_BUDGET_S
-    except ValueError:
-        return OBJECT_BUDGET_S
-    return value if value > 0 else OBJECT_BUDGET_S
+    return positive_env(BUDGET_ENV, OBJECT_BUDGET_S, float)
 
 
 class ObjectTimeout(BaseException):  # noqa: N818 - it is not an error of the object's making
