@@ -168,7 +168,7 @@ def test_refusal_rules(change, expected):
     if answer:
         assert answer.comment and request_uid not in answer.comment
     if "Rows" in change:
-        assert refusal(ds, request_uid, allow_incomplete_pixels=True) is None
+        assert refusal(ds, request_uid, Policy(allow_incomplete_pixels=True)) is None
 
 
 def _bare(implicit: bool) -> bytes:

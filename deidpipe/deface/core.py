@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deidpipe.deface.errors import DefaceError, RegistrationError
+from deidpipe.deface.errors import DefaceError, NoTissueError, RegistrationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.deface.qc import QCResult
@@ -71,7 +71,7 @@ def _checks(tissue: np.ndarray, head_t: np.ndarray, face: np.ndarray, brain: np.
     figures = {"scale_min": float(scales.min()), "scale_max": float(scales.max()),
                "tissue_inside_template_head": inside, "face_brain_overlap": overlap}
     if not tissue.any():
-        raise RegistrationError(NO_TISSUE)
+        raise NoTissueError(NO_TISSUE)
     if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
         raise RegistrationError("registration failed: implausible head scale")
     if inside < MIN_TISSUE_INSIDE:
@@ -107,7 +107,7 @@ def deface_volume(image: Any, *, brain_mask: np.ndarray | None = None, margin_mm
     finest = float(np.linalg.norm(can.affine[:3, :3], axis=0).min())
     tissue = head_outline(can.data, step=2 if finest <= 1.25 else 1)  # 1 mm volumes: outline on 2 mm blocks
     if not tissue.any():  # before the costly fit: an empty or constant volume has no head to deface
-        raise RegistrationError(NO_TISSUE)
+        raise NoTissueError(NO_TISSUE)
     template = load_template()
     fit = register(subject, template.sitk("image"), resolution_mm=resolution_mm)
     face = pull_back(template.sitk("face"), subject, fit.transform)

@@ -24,3 +24,8 @@ class VolumeError(DefaceError):
 
 class RegistrationError(DefaceError):
     """The template did not land on the head: the face mask cannot be trusted, so nothing is cut."""
+
+
+class NoTissueError(RegistrationError):
+    """No head in the volume at all (nothing above the background): a series that is no volume of a head, which
+    the pipeline's defacing stage may pass unchanged (unless a face detector sees a face on it)."""

@@ -191,8 +191,8 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None,
     plan made the selection; of ``policy``, ``deface`` and ``deface_ears`` are read here."""
     import numpy as np
 
-    from deidpipe.deface.core import NO_TISSUE, deface_volume
-    from deidpipe.deface.errors import RegistrationError
+    from deidpipe.deface.core import deface_volume
+    from deidpipe.deface.errors import NoTissueError, RegistrationError
     from deidpipe.deface.series import MIN_SLICES, SeriesError, series_to_volume, volume_to_series
 
     fields = [_field_mm(ds) for ds in datasets]
@@ -211,10 +211,14 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None,
         return _unchanged(datasets, "deface_not_a_volume")
     try:
         result = deface_volume(series.image(), ears=getattr(policy, "deface_ears", True))
-    except RegistrationError as exc:
-        if (strict and exc.reason != NO_TISSUE) or _face_seen(series.image()):
+    except NoTissueError:
+        if _face_seen(series.image()):
             raise
-        return _unchanged(datasets, "deface_no_tissue" if exc.reason == NO_TISSUE else "deface_no_head_found")
+        return _unchanged(datasets, "deface_no_tissue")
+    except RegistrationError:
+        if strict or _face_seen(series.image()):
+            raise
+        return _unchanged(datasets, "deface_no_head_found")
     if not result.face_in_view:
         return _unchanged(datasets, "deface_no_face_in_view")
     if not result.changed:

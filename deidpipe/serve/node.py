@@ -39,8 +39,7 @@ class Node:
         #: The processing stage runs in its own process (default), so that receiving is never held up by
         #: de-identification in the same interpreter; in a thread when ``process_in_child`` is False.
         self.child: Any = None
-        self.scp = StorageSCP(config, self.queue, key, on_stored=self.processor.wake.set,
-                              allow_incomplete_pixels=bool(getattr(policy, "allow_incomplete_pixels", False)))
+        self.scp = StorageSCP(config, self.queue, key, on_stored=self.processor.wake.set, policy=policy)
         self.started_at = 0.0
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None

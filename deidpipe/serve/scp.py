@@ -40,6 +40,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -49,7 +50,7 @@ from pynetdicom.presentation import build_context
 from deidpipe.errors import InputError
 from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
-from deidpipe.pixelcheck import pixel_data_problem
+from deidpipe.policy import Policy
 from deidpipe.serve import ul
 from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
 from deidpipe.serve.config import ServeConfig, TlsConfig
@@ -143,28 +144,31 @@ def _uid(value: object) -> str:
     return str(value or "").strip().rstrip("\x00")
 
 
-def refusal(ds: Any, request_uid: str, allow_incomplete_pixels: bool = False) -> Answer | None:
+def refusal(ds: Any, request_uid: str, policy: Policy | None = None) -> Answer | None:
     """What the SCP answers, before Success, for a data set read whole (:func:`deidpipe.dicomio.read_dataset`,
     which refuses what is cut short or malformed): the checks ``run`` makes before its stages, on what the read
     holds (lengths and a few top-level attributes, nothing decoded but the UIDs), or None when it may be queued.
 
     * Pixel Data (7FE0,0010) missing or shorter than Rows (0028,0010), Columns (0028,0011), Bits Allocated
       (0028,0100) and the frames declare (:func:`deidpipe.pixelcheck.pixel_data_problem`): 0xC000, unless
-      ``allow_incomplete_pixels`` (the policy's: ``run`` then writes it, the reason audited).
+      the policy's ``allow_incomplete_pixels`` (``run`` then writes it, the reason audited).
     * Not a storable object (:func:`deidpipe.header.engine.check_storable`: a DICOMDIR, no SOP Class UID
       (0008,0016), no SOP Instance UID (0008,0018), a class that is not a UID): 0xA900.
     * SOP Instance UID (0008,0018) of the data set missing, empty, or not the request's Affected SOP Instance UID
       (0000,1000): 0xA900. Stricter than ``check_storable``, whose File Meta fallback would name a data set
       without SOP Common module by the File Meta the SCP writes from the request: a C-STORE data set carries
       its own UID (PS3.4 B.4.1)."""
-    from deidpipe.header.engine import NO_SOP_INSTANCE_UID, check_storable  # imported once the node receives
+    # The header stage's own checks, in its order (imported once the node receives): what run refuses, refused.
+    from deidpipe.header.engine import NO_SOP_INSTANCE_UID, check_pixels, check_storable
 
-    if not allow_incomplete_pixels and (problem := pixel_data_problem(ds)) is not None:
-        return Answer(STATUS_CANNOT_UNDERSTAND, problem)
     try:
         check_storable(ds)
     except InputError as exc:
         return Answer(STATUS_MISMATCH, exc.reason)
+    try:
+        check_pixels(ds, policy or Policy.basic(), Counter())
+    except InputError as exc:
+        return Answer(STATUS_CANNOT_UNDERSTAND, exc.reason)
     inner = _uid(ds.get("SOPInstanceUID"))
     if not inner:
         return Answer(STATUS_MISMATCH, NO_SOP_INSTANCE_UID)
@@ -177,11 +181,11 @@ class StorageSCP:
     """The node's listening side; :meth:`start` binds, :meth:`stop` closes the port and every association."""
 
     def __init__(self, config: ServeConfig, queue: Queue, key: ProjectKey,
-                 on_stored: Callable[[], None] = lambda: None, *, allow_incomplete_pixels: bool = False) -> None:
+                 on_stored: Callable[[], None] = lambda: None, *, policy: Policy | None = None) -> None:
         self.config = config
-        #: The policy's ``allow_incomplete_pixels``: an object with short Pixel Data is then queued, as ``run``
-        #: writes it.
-        self.allow_incomplete_pixels = allow_incomplete_pixels
+        #: The node's policy (default the Basic Profile): refusals before the answer follow it as ``run`` does
+        #: (``allow_incomplete_pixels``: an object with short Pixel Data is then queued, as ``run`` writes it).
+        self.policy = policy
         self.queue = queue
         self.key = key
         self.on_stored = on_stored
@@ -411,7 +415,7 @@ class StorageSCP:
         with charging(self.budget.take, self.config.max_inflated_bytes) as charge:
             try:
                 ds = read_dataset(data)
-                refused = refusal(ds, sop_uid, self.allow_incomplete_pixels)
+                refused = refusal(ds, sop_uid, self.policy)
                 del ds
             except InflateBudgetExceeded:
                 return self._out_of_resources(oid, MemoryError())
