@@ -95,6 +95,7 @@ CDA = b"""<?xml version="1.0" encoding="UTF-8"?>
 <ClinicalDocument xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
   <id root="2.16.840.1.113883.19.5" extension="DOC-PID884422X"/>
+  <setId root="2.16.840.1.113883.19.5" extension="SET-77123409"/>
   <code code="11488-4" codeSystem="2.16.840.1.113883.6.1" displayName="Consult note"/>
   <title>Consultation for Bartholomew Wojciechowski</title>
   <effectiveTime value="20240314"/>
@@ -287,6 +288,7 @@ def test_redacted_cda_holds_no_participant_and_a_screened_narrative(redacted):
     # the document's id and HL7 Instance Identifier: one keyed pseudonym, so that they still match
     assert root.find(f"{v3}id").attrib == {"root": ds.HL7InstanceIdentifier}
     assert ds.HL7InstanceIdentifier.startswith("2.25.")
+    assert b"SET-77123409" not in xml  # the document set's id (setId) is masked like every other id
     narrative = "".join(root.find(f".//{v3}section/{v3}text").itertext())
     assert "no acute findings" in narrative and "***" in narrative
 

@@ -343,6 +343,19 @@ def test_what_the_policy_keeps_is_neither_collected_nor_screened(key):
     assert out.get("BodyPartExamined") != "WALKER"  # a keep of another attribute does not protect a name in it
 
 
+def test_a_set_override_does_not_let_the_original_name_out(key):
+    """``set`` on Patient's Name replaces its value: the original is still the object's identity, screened
+    wherever else it appears (only a keep lets it go out)."""
+    ds = gsps()
+    family = str(ds.PatientName).split("^")[0]
+    ds.SeriesDescription = f"{family} head"
+    policy = Policy.basic(text_screening="denylist",
+                          overrides=(Override(0x00100010, "set", "ANON^PATIENT"), Override(0x0008103E, "K")))
+    out = _run(ds, policy, key).dataset
+    assert out.PatientName == "ANON^PATIENT"
+    assert family.lower() not in str(out.get("SeriesDescription", "")).lower()
+
+
 def test_short_name_part_beside_a_hit_is_masked_too():
     """The free-text clean masks the whole name: never "*** Li" after masking the given name."""
     deny = DenyList.from_terms(["Li^Wei^Ming", "Li", "Wei", "Ming", "Wei Li"], parts=["Li", "Wei", "Ming"])

@@ -40,7 +40,7 @@ PARTICIPATIONS = frozenset({
     "subject", "specimen",
 })
 #: Data types that identify by themselves: masked wherever they remain.
-MASKED = frozenset({"id", "name", "addr", "telecom", "birthTime", "effectiveTime", "time"})
+MASKED = frozenset({"id", "setId", "name", "addr", "telecom", "birthTime", "effectiveTime", "time"})
 #: Maximum document size parsed (characters of XML).
 MAX_XML_BYTES = 32 * 1024 * 1024
 
@@ -138,7 +138,7 @@ def _screen_tree(root: ET.Element, screen: Screen, denylist: DenyList,
                 setattr(el, attr, clean)
                 spans += n
         for name, value in list(el.attrib.items()):
-            if denylist.spans(value):
+            if denylist.hits(value):
                 clean, n = screen(value)
                 el.set(name, clean)
                 spans += n
@@ -150,7 +150,7 @@ def _check(xml: bytes, denylist: DenyList) -> None:
     root = parse(xml)
     for el in root.iter():
         values = [el.text or "", el.tail or "", *el.attrib.values()]
-        if any(denylist.spans(v) for v in values):
+        if any(denylist.hits(v) for v in values):
             raise DeidError("an identifying value of the object survived in the rewritten CDA")
 
 

@@ -166,7 +166,7 @@ def check_rewritten(pdf: bytes, pages: list[list[str]], denylist: DenyList) -> N
         raise DocumentCheckError("rewritten PDF has other content than its pages of text")
     if _letters(text) != expected:
         raise DocumentCheckError("rewritten PDF does not read back as the screened text")
-    if denylist.spans(text):
+    if denylist.hits(text):
         raise DocumentCheckError("an identifying value of the object survived in the rewritten PDF")
 
 

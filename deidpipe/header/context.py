@@ -38,7 +38,7 @@ def _strings(ds: Dataset, keyword: str) -> list[str]:
 @lru_cache(maxsize=64)
 def kept_identity(policy: Policy) -> frozenset[int]:
     """The identity attributes (any PN, and those :mod:`~deidpipe.header.identity` collects) that the policy
-    keeps as they are at the top level: a keep (or set) override, or a Table E.1-1 row whose action under the
+    keeps as they are at the top level: a keep override, or a Table E.1-1 row whose action under the
     enabled options is K (RetainInstitutionIdentity keeps Institution Name). Their values are not looked for,
     and they are not screened: the policy says they may go out. One set per policy."""
     kinds = identity_tags()
@@ -47,7 +47,7 @@ def kept_identity(policy: Policy) -> frozenset[int]:
            if (tag in kinds or dictionary_vr(tag) == "PN") and row.action(policy.option_columns) == "K"}
     for tag, override in policy.override_map.items():
         if tag in kinds or dictionary_vr(tag) == "PN":
-            if override.action in ("K", "set"):
+            if override.action == "K":  # a set replaces the value: the original never goes out, so it is screened
                 out.add(tag)
             else:
                 out.discard(tag)
