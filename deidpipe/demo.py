@@ -37,6 +37,7 @@ from rich.table import Table
 from deidpipe.dicomio import read_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.runner import run
+from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import AnswerKey, generate_archive
 from deidpipe.synth.answer_key import (
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(argv[0] if argv else "demo-output")
     shutil.rmtree(out / "input", ignore_errors=True)
     shutil.rmtree(out / "deidentified", ignore_errors=True)
-    shutil.rmtree(out / "deidentified.deidpipe-state", ignore_errors=True)  # run's state (input paths), beside DST
+    shutil.rmtree(default_state_dir(out / "deidentified"), ignore_errors=True)  # run's state (input paths), beside DST
     out.mkdir(parents=True, exist_ok=True)
     key_file = out / "demo.key"
     if not key_file.exists():

@@ -243,6 +243,11 @@ def test_state_folder_inside_dst_or_src_is_refused(src: Path, tmp_path: Path) ->
         assert proc.returncode == 2, proc.stderr
         assert b"state folder" in proc.stderr and b"Traceback" not in proc.stderr
         assert not state.exists()
+    linked = tmp_path / "linked"  # the default state folder beside DST is a link into SRC: refused the same
+    (tmp_path / "linked.deidpipe-state").symlink_to(src / "not-there")
+    proc = cli("run", str(src), str(linked), "-q")
+    assert proc.returncode == 2 and b"state folder" in proc.stderr
+    assert not (src / "not-there").exists()
     proc = cli("run", str(src), str(tmp_path / "never-run"), "--resume", "-q")
     assert proc.returncode == 2 and b"cannot resume: no run state" in proc.stderr
 

@@ -411,7 +411,11 @@ def test_report_paths_never_show_patient_named_folders(tmp_path):
     from deidpipe.synth.answer_key import MEMBER_SEP
 
     answer = generate_archive(tmp_path / "src", patients=1, seed=4)
+    seg = next((tmp_path / "src").rglob("SEG.dcm"))
+    (seg.parent / "cut.dcm").write_bytes(seg.read_bytes()[:400])  # unreadable, in the patient's folder
     report = scan(tmp_path / "src", pixels=False, faces=False, workers=1, key=KEY)
+    cut = [f.path for f in report.findings if f.path.endswith("cut.dcm")]
+    assert cut and all(p.startswith("~") for p in cut)  # keyed like its readable neighbours
     values = {p.name.split("=")[0] for p in answer.patients} | {p.patient_id for p in answer.patients}
     values |= {h.value for h in answer.hidden if h.where.startswith("path") and len(h.value) >= 6}
     assert values

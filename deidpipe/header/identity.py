@@ -131,13 +131,14 @@ def identity_terms(ds: Dataset) -> list[str]:
     return collect_identity(ds)[0]
 
 
-def identity_denylist(ds: Dataset, skip: Iterable[int] = ()) -> DenyList:
+def identity_denylist(ds: Dataset, skip: Iterable[int] = (), extra_terms: Iterable[str] = ()) -> DenyList:
     """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it).
 
     An object that names more than :data:`MAX_TERMS` distinct identifying strings (a hostile file with thousands
-    of PN values) is refused rather than screened: compiling them would take seconds to minutes."""
+    of PN values) is refused rather than screened: compiling them would take seconds to minutes. ``extra_terms``:
+    more of the object's values to match (scan's report paths add its dates)."""
     terms, parts = collect_identity(ds, skip)
-    distinct = frozenset(terms)
+    distinct = frozenset(terms).union(extra_terms)
     if len(distinct) > MAX_TERMS:
         raise InvalidValueError(None, TOO_MANY_TERMS)
     return DenyList.from_terms(distinct, parts, identity_rules().common_words)

@@ -62,7 +62,7 @@ from deidpipe.pipeline.sink import (
     write_quarantine,
 )
 from deidpipe.pipeline.source import SourceItem, SourceSpec, detect, iter_items
-from deidpipe.pipeline.state import StateDir
+from deidpipe.pipeline.state import StateDir, inside
 
 log = logging.getLogger("deidpipe.pipeline")
 
@@ -175,10 +175,6 @@ def _import_in_background(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), name=f"import-{module}", daemon=True).start()
 
 
-def _inside(a: Path, b: Path) -> bool:
-    return a == b or b in a.parents
-
-
 def _quarantine_record(r: ObjectResult) -> dict[str, Any]:
     """A quarantined object's record: every field comes from its journal line, so resume can rebuild it."""
     return {
@@ -236,7 +232,7 @@ class Run:
     def _prepare(self, spec: SourceSpec) -> int:
         """Check SRC, DST and the state folder, read or write run.json; returns this run's number."""
         root = Path(spec.root)
-        if _inside(self.dst, root) or _inside(root, self.dst):
+        if inside(self.dst, root) or inside(root, self.dst):
             raise DeidError("source and destination must not contain one another")
         self.state.check_place(root, self.dst)
         if (not self.resume and self.state.read() is None and self.dst.exists() and any(self.dst.iterdir())):

@@ -33,7 +33,8 @@ def default_state_dir(dst: Path) -> Path:
     return dst.parent / (dst.name + STATE_SUFFIX)
 
 
-def _inside(a: Path, b: Path) -> bool:
+def inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies below it (paths as given: resolve them first)."""
     return a == b or b in a.parents
 
 
@@ -60,11 +61,13 @@ class StateDir:
         return self.root / "journal.jsonl"
 
     def check_place(self, src_root: Path, dst: Path) -> None:
-        """Refuse a state folder inside DST (it would be released with the objects) or inside SRC."""
-        if _inside(self.root, dst):
+        """Refuse a state folder inside DST (it would be released with the objects) or inside SRC. Compared
+        resolved: a state folder that is a link into either is refused too."""
+        root, dst, src_root = self.root.resolve(), Path(dst).resolve(), Path(src_root).resolve()
+        if inside(root, dst):
             raise DeidError("the state folder must not be inside the destination (it holds the input paths, and "
                             "the destination is meant to be shared): choose another with --state")
-        if _inside(self.root, src_root):
+        if inside(root, src_root):
             raise DeidError("the state folder must not be inside the source (nothing is ever written there): "
                             "choose another with --state")
 

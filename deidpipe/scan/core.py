@@ -97,7 +97,7 @@ class ObjectResult:
     qi: dict[str, Any] | None = None
     pixel_findings: list[Finding] = field(default_factory=list)
     series: tuple[str, str, str] | None = None  # (keyed series token, modality, head hint) for face checks
-    shown: str | None = None  # the path the report shows (identifying components keyed); None: ``path``
+    identifying: frozenset[str] = frozenset()  # components of ``path`` that name the object (keyed in reports)
 
 
 _CHECKERS: dict[tuple[Any, ...], Any] = {}
@@ -150,14 +150,13 @@ def scan_item(job: _Job, item: Any) -> ObjectResult:
                                                      f"the object could not be checked ({type(exc).__name__})")])
     result = ObjectResult(item.relpath, "dicom", hits, qi)
     if not job.show_values:
-        from deidpipe.scan.paths import shown_path
+        from deidpipe.scan.paths import identifying_components
 
-        result.shown = shown_path(item.relpath, ds, checker.key)
+        result.identifying = identifying_components(item.relpath, ds)
     if need_pixels:
         from deidpipe.scan.pixels import pixel_findings
 
-        result.pixel_findings = pixel_findings(ds, result.shown or item.relpath, list(job.known),
-                                               reveal=job.show_values)
+        result.pixel_findings = pixel_findings(ds, item.relpath, list(job.known), reveal=job.show_values)
     if job.faces:
         from deidpipe.scan.faces import series_of
 
@@ -251,10 +250,9 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
     qi_rows: list[dict[str, Any]] = []
     objects = skipped = errors = 0
     face_series: dict[str, list[str]] = {}
-    shown: dict[str, str] = {}  # input path -> the path the report shows
+    identifying: set[str] = set()  # path components that name some object: keyed in every path shown
     for r in _run(job, items, workers):
-        if r.shown is not None:
-            shown[r.path] = r.shown
+        identifying |= r.identifying
         if r.kind == "skipped":
             skipped += 1
             continue
@@ -266,13 +264,17 @@ def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities
                 qi_rows.append(r.qi)
             if r.series is not None:
                 face_series.setdefault(r.series[0], []).append(r.path)
-        findings += [Finding(shown.get(r.path, r.path), rule, sev, loc, msg) for rule, sev, loc, msg in r.hits]
+        findings += [Finding(r.path, rule, sev, loc, msg) for rule, sev, loc, msg in r.hits]
         findings += r.pixel_findings
     if faces and face_series:
         from deidpipe.scan.faces import face_findings
 
-        findings += [replace(f, path=shown.get(f.path, f.path))
-                     for f in face_findings(spec, face_series, reveal=show_values)]
+        findings += face_findings(spec, face_series, reveal=show_values)
+    if not show_values and identifying:
+        from deidpipe.scan.paths import mask_path
+
+        known = frozenset(identifying)
+        findings = [replace(f, path=mask_path(f.path, known, key)) for f in findings]
     risk = table = None
     if qi_rows:
         from deidpipe.risk import assess
