@@ -80,11 +80,12 @@ def stroke_maps(img8: np.ndarray) -> list[np.ndarray]:
     return [img8]
 
 
-def text_candidates(img8: np.ndarray, *, max_boxes: int = 64) -> list[Box]:
-    """Candidate text boxes in one 8-bit frame (grey or RGB), largest first."""
+def text_candidates(img8: np.ndarray, *, max_boxes: int = 64, seen: np.ndarray | None = None) -> list[Box]:
+    """Candidate text boxes in one 8-bit frame (grey or RGB), largest first. ``seen``: the frame as the
+    detector sees it (:func:`without_fills` of it), when the caller has it already."""
     h, w = img8.shape[:2]
     boxes: list[Box] = []
-    for grey in stroke_maps(without_fills(img8)):
+    for grey in stroke_maps(without_fills(img8) if seen is None else seen):
         for kernel in (7, 15):
             if kernel * 2 > min(h, w):
                 continue
@@ -116,9 +117,10 @@ class StrokeMaps:
     sources: tuple[tuple[np.ndarray, np.ndarray, bool], ...] = ()
 
     @classmethod
-    def of(cls, img8: np.ndarray) -> StrokeMaps:
-        """The maps of one 8-bit frame, with its fills' edges taken out (see :func:`without_fills`)."""
-        img8 = without_fills(img8)
+    def of(cls, img8: np.ndarray, seen: np.ndarray | None = None) -> StrokeMaps:
+        """The maps of one 8-bit frame, with its fills' edges taken out (see :func:`without_fills`; ``seen``:
+        that frame, when the caller has it already: the fill step is the costly part)."""
+        img8 = without_fills(img8) if seen is None else seen
         maps = stroke_maps(img8)
         kernels = [k for k in (7, 15) if k * 2 <= min(img8.shape[:2])] or [3]
         light: list[list[np.ndarray]] = [[] for _ in maps]

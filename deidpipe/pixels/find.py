@@ -36,7 +36,7 @@ from deidpipe.pixels.candidates import (
 )
 from deidpipe.pixels.codecs import Decoded, PixelDecodeError, decode, has_pixels, native_view
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
-from deidpipe.pixels.fills import darkest
+from deidpipe.pixels.fills import darkest, without_fills
 from deidpipe.pixels.lines import text_lines
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
@@ -194,12 +194,13 @@ class _Finder:
     def frame(self, k: int, skip: list[Box]) -> list[Box]:
         img = self.frames8[k]
         shape = img.shape[:2]
-        maps = StrokeMaps.of(img)
+        seen = without_fills(img)  # once per frame: the stroke maps and the candidates both look at it
+        maps = StrokeMaps.of(img, seen)
         crops, todo, found = [], [], []
         lines: list[Box] = []
         detector = self.options.detector if self.options.mode == "all-text" else "ocr"
         if detector == "ocr":
-            cands = _candidates(img)
+            cands = _candidates(img, seen)
         else:  # lines of letters are text; OCR judges only the short chains
             findings = text_lines(maps)
             lines = findings.text_boxes()
@@ -275,12 +276,12 @@ def _uniform(frame: np.ndarray) -> bool:
     return bool(frame.size == 0 or (frame == frame.flat[0]).all())
 
 
-def _candidates(img: np.ndarray) -> list[Box]:
+def _candidates(img: np.ndarray, seen: np.ndarray | None = None) -> list[Box]:
     """Where to look for text: the screen's candidates, or a whole small image unless it is uniform (too
     small for the screen's kernels, it is handed to the OCR engine, which upscales it)."""
     h, w = img.shape[:2]
     if min(h, w) >= MIN_SIDE:
-        return text_candidates(img)
+        return text_candidates(img, seen=seen)
     return [] if _uniform(img) else [Box(0, 0, w, h)]
 
 

@@ -20,13 +20,9 @@ from pydicom.dataset import Dataset
 
 from deidpipe.errors import DeidError
 from deidpipe.pixels.candidates import Box
-from deidpipe.pixels.codecs import Decoded, encode, fill_value
+from deidpipe.pixels.codecs import Decoded, encode, fill_value, has_pixels
 from deidpipe.pixels.detect import OcrEngine
-from deidpipe.pixels.find import (  # re-exported: the pixel stage's public names
-    ANNOTATED_MODALITIES,
-    CROP_PAD,
-    MIN_SIDE,
-    TEXT_MODALITIES,
+from deidpipe.pixels.find import (
     Detection,
     PixelOptions,
     PixelResult,
@@ -34,12 +30,10 @@ from deidpipe.pixels.find import (  # re-exported: the pixel stage's public name
     detect_text,
     displayed_frames,
     find_text,
-    text_likely,
 )
 
-__all__ = ["ANNOTATED_MODALITIES", "CLEAN_PIXEL_CODE", "CROP_PAD", "MAX_REDACTIONS", "MIN_SIDE", "TEXT_MODALITIES",
-           "Detection", "PixelOptions", "PixelResult", "TextRemainsError", "default_engine", "detect_text",
-           "displayed_frames", "mark_cleaned", "redact_dataset", "remove_overlays_and_icons", "text_likely"]
+__all__ = ["CLEAN_PIXEL_CODE", "MAX_REDACTIONS", "TextRemainsError", "mark_cleaned", "redact_dataset",
+           "remove_overlays_and_icons"]
 
 CLEAN_PIXEL_CODE = ("113101", "DCM", "Clean Pixel Data Option")
 #: How many times one object's frames are blacked (the first time and after each re-check that found text).
@@ -115,7 +109,7 @@ def redact_dataset(ds: Dataset, options: PixelOptions | None = None, *, source: 
     engine = engine or default_engine()
     found: Detection = detect_text(ds, options, source=source, engine=engine)
     result = found.result
-    if result.reason == "no pixel data":
+    if not has_pixels(ds):  # no image: overlays and an icon may still carry text
         remove_overlays_and_icons(ds, result)
     if not result.selected:
         return result

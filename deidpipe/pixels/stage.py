@@ -6,7 +6,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from deidpipe.pixels.redact import PixelOptions, redact_dataset
+from deidpipe.pixels.find import PixelOptions
+from deidpipe.pixels.redact import redact_dataset
 
 
 def options_from_policy(policy: Any) -> PixelOptions:
