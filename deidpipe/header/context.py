@@ -10,7 +10,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from deidpipe.header.identity import identity_denylist, identity_tags, identity_terms  # noqa: F401 - re-exported
+from deidpipe.header.identity import identity_denylist, identity_tags
 from deidpipe.header.rules import (
     IODAttributes,
     RuleTable,

@@ -125,12 +125,6 @@ def collect_identity(ds: Dataset, skip: Iterable[int] = ()) -> tuple[list[str], 
     return terms, parts
 
 
-def identity_terms(ds: Dataset) -> list[str]:
-    """The identifying terms of ``ds`` (all of them, whatever a policy keeps): for screens outside the header,
-    such as a document's text; :func:`identity_denylist` compiles them with the name parts."""
-    return collect_identity(ds)[0]
-
-
 def identity_denylist(ds: Dataset, skip: Iterable[int] = (), extra_terms: Iterable[str] = ()) -> DenyList:
     """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it).
 

@@ -216,7 +216,6 @@ def _denylist(terms: frozenset[str], parts: frozenset[str], common: frozenset[st
     return DenyList(pattern, frozenset(folded | {p[0] for p in folded}))  # the parts and their initials
 
 
-@lru_cache(maxsize=256)
 def _compile_terms(terms: frozenset[str], common: frozenset[str]) -> re.Pattern[str] | None:
     """One pattern for a set of terms; cached, since every object of a patient has the same terms."""
     groups: dict[str, list[str]] = {}
