@@ -6,6 +6,7 @@ encoder and decoder, pynetdicom's SCU against the node's Storage SCP, and the no
 
 from __future__ import annotations
 
+import copy
 import io
 import socket
 import threading
@@ -234,7 +235,7 @@ def test_many_concurrent_associations(scp):
             errors.append("not established")
             return
         for i in range(5):
-            ds = ds0.copy()
+            ds = copy.deepcopy(ds0)  # not ds0.copy(): a shallow copy shares its elements among the threads
             ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{k}.{i}"
             if assoc.send_c_store(ds).Status != 0:
                 errors.append("status")
