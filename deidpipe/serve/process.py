@@ -240,8 +240,16 @@ def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, poli
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops this process in order
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch,
-                     workers=workers)
+    proc = None
+    while proc is None and not stop.is_set():
+        try:  # the queue's folders are made here: a disk failing as the process starts must not end processing
+            proc = Processor(Queue(root, destinations), key, policy, quiet_period_s=quiet_period_s, batch=batch,
+                             workers=workers)
+        except OSError as exc:
+            log.error("processing cannot open the queue (%s); retrying", type(exc).__name__)
+            stop.wait(2.0)
+    if proc is None:
+        return
     try:
         while not stop.is_set() and os.getppid() == parent:
             if not proc.guarded_step(stop):
