@@ -319,16 +319,20 @@ def test_declared_size_far_beyond_the_file_fails_at_once(key):
 
 
 def _slow_header(seconds: float):
-    from deidpipe.pipeline import execute
+    """The registry's header stage, slowed down for the object named MARKER: (the registry's stages by name, the
+    slow stage to put there)."""
+    import dataclasses
 
-    original = execute.STAGE_FUNCS["header"]
+    from deidpipe.pipeline import registry
 
-    def slow(ds, ctx):
+    original = registry.stage_named("header")
+
+    def slow(ds, policy, key, source):
         if str(ds.get("PatientName", "")) == MARKER:
             time.sleep(seconds)  # interrupted by the alarm
-        return original(ds, ctx)
+        return original.run(ds, policy, key, source)
 
-    return execute, original, slow
+    return registry._BY_NAME, dataclasses.replace(original, run=slow)
 
 
 def test_object_over_its_time_budget_is_quarantined_and_the_batch_goes_on(key, tmp_path, monkeypatch):
@@ -337,8 +341,8 @@ def test_object_over_its_time_budget_is_quarantined_and_the_batch_goes_on(key, t
     slow_ds.PatientName = MARKER
     _write(src, "a_slow.dcm", _encode(slow_ds))
     _write(src, "b_next.dcm", _bytes("MR_small.dcm"))
-    execute, _, slow = _slow_header(30)
-    monkeypatch.setitem(execute.STAGE_FUNCS, "header", slow)
+    stages, slow = _slow_header(30)
+    monkeypatch.setitem(stages, "header", slow)
     monkeypatch.setenv(BUDGET_ENV, "1")
     t0 = time.perf_counter()
     report = run(src, tmp_path / "out", Policy.basic(pixels="off"), key=key, workers=1)

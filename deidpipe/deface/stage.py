@@ -34,9 +34,15 @@ stored value of air for CT, see :func:`~deidpipe.deface.volume.background_value`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+
+from deidpipe.pipeline.contract import SCOPE_SERIES, SeriesFacts, Stage, StageOutput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.keys import ProjectKey
+    from deidpipe.policy import Policy
 
 #: In-plane field of view (mm) under which an image cannot hold a face: an adult face is about 120 mm wide
 #: and 180 mm high, and a child's about 90 mm; a field of view narrower than 60 mm on both axes shows a small
@@ -53,15 +59,15 @@ def _field_mm(ds: Dataset) -> float | None:
         return None
 
 
-def _unchanged(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict[str, int]]]:
-    return [(ds, {action: 1}) for ds in datasets]
+def _unchanged(datasets: list[Dataset], action: str) -> list[StageOutput]:
+    return [StageOutput(ds, {action: 1}) for ds in datasets]
 
 
-def _known_head(policy: Any, sources: list[Dataset | None] | None) -> bool:
+def _known_head(policy: Policy, sources: list[Dataset | None] | None) -> bool:
     """Whether a failure must quarantine: policy ``all``, or the series as read says it is a head."""
     from deidpipe.deface.select import HEAD, dataset_head_hint, series_hint
 
-    if getattr(policy, "deface", "auto") == "all":
+    if policy.deface == "all":
         return True
     hints = [dataset_head_hint(src) for src in sources or [] if src is not None]
     # no source at all (a caller without them): treat as a head, fail closed
@@ -173,7 +179,7 @@ def _face_on_images(datasets: list[Dataset]) -> bool:
     return False
 
 
-def _no_volume(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict[str, int]]]:
+def _no_volume(datasets: list[Dataset], action: str) -> list[StageOutput]:
     """A series that is no volume: unchanged with ``action``, unless a face is seen on one of its images."""
     from deidpipe.deface.errors import DefaceError
 
@@ -182,8 +188,8 @@ def _no_volume(datasets: list[Dataset], action: str) -> list[tuple[Dataset, dict
     return _unchanged(datasets, action)
 
 
-def deface_series_stage(datasets: list[Dataset], policy: Any = None,
-                        sources: list[Dataset | None] | None = None) -> list[tuple[Dataset, dict[str, int]]]:
+def deface_series_stage(datasets: list[Dataset], policy: Policy, key: ProjectKey | None = None,
+                        sources: list[Dataset | None] | None = None) -> list[StageOutput]:
     """Deface one series (its objects in any order); returns (object, audit counts) in the same order.
     ``sources``: the same objects as read (their Body Part Examined and descriptions, which the header stage may
     have removed, say whether the series is known to be a head). Raises a
@@ -210,7 +216,7 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None,
             raise
         return _unchanged(datasets, "deface_not_a_volume")
     try:
-        result = deface_volume(series.image(), ears=getattr(policy, "deface_ears", True))
+        result = deface_volume(series.image(), ears=policy.deface_ears)
     except NoTissueError:
         if _face_seen(series.image()):
             raise
@@ -225,10 +231,20 @@ def deface_series_stage(datasets: list[Dataset], policy: Any = None,
         return _unchanged(datasets, "deface_no_tissue_to_remove")
     written = volume_to_series(np.asarray(result.image.dataobj), series)
     if series.multiframe:
-        return [(written[0], {"defaced": 1})]
-    out: list[tuple[Dataset, dict[str, int]] | None] = [None] * len(datasets)
+        return [StageOutput(written[0], {"defaced": 1})]
+    out: list[StageOutput | None] = [None] * len(datasets)
     for k, ds in enumerate(written):
-        out[series.order[k]] = (ds, {"defaced": 1})
+        out[series.order[k]] = StageOutput(ds, {"defaced": 1})
     if any(entry is None for entry in out):  # cannot happen: every input slice has its place in the volume
         raise SeriesError("a slice was lost between the series and its volume")
     return [entry for entry in out if entry is not None]
+
+
+def deface_needed(facts: SeriesFacts, policy: Policy) -> bool:
+    """MR and CT image series the policy's ``deface`` selection takes (:mod:`deidpipe.deface.select`)."""
+    from deidpipe.deface.select import series_needs_deface
+
+    return series_needs_deface(policy.deface, facts.modalities, facts.head_hints, facts.rows, facts.columns)
+
+
+DEFACE = Stage("deface", SCOPE_SERIES, needs_source=True, needed=deface_needed, run=deface_series_stage)

@@ -23,10 +23,13 @@ from pydicom.dataset import Dataset
 from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import DeidError, InputError, SkippedError
 from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
 from deidpipe.pipeline.index import content_hash, index_batch
-from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
+from deidpipe.pipeline.contract import SCOPE_SERIES
+from deidpipe.pipeline.plan import ExecItem, ExecTask
+from deidpipe.pipeline.registry import stage_named
 from deidpipe.pipeline.sink import discard_staged, flush_staged, output_digest, output_relpath, publish, stage_output
 from deidpipe.pipeline.source import (
     MAX_MEMBER_BYTES,
@@ -46,7 +49,7 @@ class WorkContext:
     source: SourceSpec
     dst: str
     key: ProjectKey
-    policy: Any
+    policy: Policy
     layout: str
     #: Seconds each object may take to read and de-identify (see :mod:`deidpipe.pipeline.budget`).
     object_budget_s: float = field(default_factory=default_object_budget)
@@ -61,34 +64,6 @@ def reason_of(exc: BaseException) -> str:
     if isinstance(exc, DeidError):
         return str(exc) or type(exc).__name__
     return f"unexpected error ({type(exc).__name__})"
-
-
-# -- stages on the worker side ----------------------------------------------------------------------------------
-def _header_stage(ds: Dataset, ctx: WorkContext) -> tuple[Dataset, dict[str, int]]:
-    from deidpipe.header.engine import deidentify
-
-    result = deidentify(ds, ctx.policy, ctx.key)
-    return result.dataset, dict(result.actions)
-
-
-def _pixel_text_stage(ds: Dataset, ctx: WorkContext, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
-    from deidpipe.pixels.stage import pixel_text_stage
-
-    return pixel_text_stage(ds, ctx.policy, source)
-
-
-def _deface_stage(datasets: list[Dataset], ctx: WorkContext,
-                  sources: list[Dataset | None] | None = None) -> list[tuple[Dataset, dict[str, int]]]:
-    from deidpipe.deface.stage import deface_series_stage
-
-    return deface_series_stage(datasets, ctx.policy, sources)
-
-
-#: name -> fn(dataset, ctx) for object-scope stages; fn(list of datasets, ctx) for series-scope ones.
-STAGE_FUNCS: dict[str, Callable[..., Any]] = {"header": _header_stage, "pixel_text": _pixel_text_stage,
-                                              "deface": _deface_stage}
-#: Stages that also get the datasets as read (before any stage changed them).
-NEEDS_SOURCE = frozenset({"pixel_text", "deface"})
 
 
 @dataclass
@@ -192,8 +167,7 @@ def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
 def _apply_object_stage(w: _Work, name: str, ctx: WorkContext) -> None:
     t0 = time.perf_counter()
     try:
-        fn = STAGE_FUNCS[name]
-        w.ds, actions = fn(w.ds, ctx, w.source) if name in NEEDS_SOURCE else fn(w.ds, ctx)
+        w.ds, actions = stage_named(name).run(w.ds, ctx.policy, ctx.key, w.source)
         for code, n in actions.items():
             w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
     except Exception as exc:  # noqa: BLE001
@@ -205,9 +179,7 @@ def _apply_series_stage(works: list[_Work], name: str, ctx: WorkContext) -> None
     live = [w for w in works if w.ds is not None]
     t0 = time.perf_counter()
     try:
-        fn = STAGE_FUNCS[name]
-        outputs = (fn([w.ds for w in live], ctx, [w.source for w in live]) if name in NEEDS_SOURCE
-                   else fn([w.ds for w in live], ctx))
+        outputs = stage_named(name).run([w.ds for w in live], ctx.policy, ctx.key, [w.source for w in live])
         for w, (ds, actions) in zip(live, outputs, strict=True):
             w.ds = ds
             for code, n in actions.items():
@@ -282,10 +254,10 @@ def _new_work(item: ExecItem, ctx: WorkContext) -> _Work:
 
 def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     """Run one series task; never raises for a bad object (it is quarantined)."""
-    scope = {s.name: s.scope for s in STAGES}
-    keep_source = not NEEDS_SOURCE.isdisjoint(task.stages)
+    stages = [stage_named(name) for name in task.stages]
+    keep_source = any(stage.needs_source for stage in stages)
     prefetch(ctx.source, [i.item for i in task.items])
-    if not any(scope[s] == SCOPE_SERIES for s in task.stages):
+    if all(stage.scope != SCOPE_SERIES for stage in stages):
         out, pending = [], []
         for item in task.items:  # one object in memory at a time
             w = _new_work(item, ctx)
@@ -302,13 +274,13 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     works = [_new_work(item, ctx) for item in task.items]
     for w in works:
         _within_budget(w, "read", _read, w, ctx, keep_source)
-    for name in task.stages:
-        if scope[name] == SCOPE_SERIES:
-            _series_within_budget(works, name, ctx)
+    for stage in stages:
+        if stage.scope == SCOPE_SERIES:
+            _series_within_budget(works, stage.name, ctx)
         else:
             for w in works:
                 if w.ds is not None:
-                    _within_budget(w, name, _apply_object_stage, w, name, ctx)
+                    _within_budget(w, stage.name, _apply_object_stage, w, stage.name, ctx)
     _publish([staged for w in works if w.ds is not None and (staged := _stage(w, ctx)) is not None], ctx)
     return [w.result for w in works]
 

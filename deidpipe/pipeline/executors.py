@@ -334,13 +334,3 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def make_executor(ctx: WorkContext, executor: str = "local", workers: int | None = None,
-                  scheduler: str | None = None) -> SerialExecutor | PoolExecutor | DaskExecutor:
-    n = workers or default_workers()
-    if executor == "dask" or scheduler:
-        return DaskExecutor(ctx, n, scheduler)
-    if executor != "local":
-        raise ValueError(f"unknown executor {executor!r} (local or dask)")
-    return SerialExecutor(ctx) if n == 1 else PoolExecutor(ctx, n)

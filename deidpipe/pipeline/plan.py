@@ -1,10 +1,9 @@
 """The plan: from the manifest, what each series needs, cut into tasks.
 
-Every stage declares, by manifest columns, whether a series needs it, and whether it works on one object at a
-time (``object``) or on a whole series (``series``, e.g. defacing, which needs the volume). Header
-de-identification is needed by every object; the pixel-text and defacing stages of later issues register here
-with their own ``needed`` test and a worker function in :mod:`deidpipe.pipeline.execute`, and nothing else in
-the pipeline changes.
+Every stage (:mod:`deidpipe.pipeline.registry`) says, from the facts the index recorded of a series
+(:class:`~deidpipe.pipeline.contract.SeriesFacts`), whether the series needs it, and whether it works on one object
+at a time (``object``) or on a whole series (``series``, e.g. defacing, which needs the volume). Header
+de-identification is needed by every object.
 
 The plan also settles, before anything runs and so identically for any number of workers:
   * files the index could not read: quarantined at stage ``index``; files that are not DICOM and do not look
@@ -19,10 +18,10 @@ The plan also settles, before anything runs and so identically for any number of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deidpipe.documents import DOCUMENT_SOP_CLASSES, ENCAPSULATED_DOCUMENT
 from deidpipe.pipeline.audit import (
@@ -39,44 +38,14 @@ from deidpipe.pipeline.index import (
     KIND_REJECTED,
     KIND_SKIPPED,
 )
+from deidpipe.pipeline.contract import SeriesFacts
+from deidpipe.pipeline.registry import needed_stages, needs_whole_series
 from deidpipe.pipeline.source import SourceItem
-from deidpipe.policy import DEFAULT_DOCUMENTS
 
 if TYPE_CHECKING:  # pragma: no cover - polars is imported where a table is read (see pipeline/tables.py)
     import polars as pl
 
-SCOPE_OBJECT = "object"
-SCOPE_SERIES = "series"
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    scope: str
-    needed: Callable[[pl.DataFrame, Any], bool]  # (manifest rows of one series, policy) -> run this stage?
-
-
-#: In execution order: header, burned-in text, then defacing (a whole series at once, on the scrubbed objects).
-def _pixel_text_needed(rows: pl.DataFrame, policy: Any) -> bool:
-    """Series with an image, unless the policy turns pixels off; per object the stage decides the rest
-    (policy selection, header, cheap screen)."""
-    return getattr(policy, "pixels", "auto") != "off" and bool(rows["rows"].is_not_null().any())
-
-
-def _deface_needed(rows: pl.DataFrame, policy: Any) -> bool:
-    """MR and CT image series the policy's ``deface`` selection takes (:mod:`deidpipe.deface.select`)."""
-    from deidpipe.deface.select import series_needs_deface
-
-    return series_needs_deface(getattr(policy, "deface", "auto"), rows["modality"], rows["head_hint"],
-                               rows["rows"], rows["columns"])
-
-
-STAGES: list[Stage] = [
-    Stage("header", SCOPE_OBJECT, lambda rows, policy: True),
-    Stage("pixel_text", SCOPE_OBJECT, _pixel_text_needed),
-    Stage("deface", SCOPE_SERIES, _deface_needed),
-]
-
+    from deidpipe.policy import Policy
 
 @dataclass(frozen=True)
 class ExecItem:
@@ -132,7 +101,7 @@ class Plan:
         *,
         dedupe_instances: bool = True,
         chunk: int = 32,
-        policy: Any = None,
+        policy: Policy,
     ) -> None:
         self.policy = policy
         import polars as pl
@@ -151,7 +120,7 @@ class Plan:
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_DICOMDIR))
         self._decide_skipped(frame.filter(pl.col("kind") == KIND_NOT_DICOM), stage="index")
         todo = frame.filter(pl.col("kind") == KIND_DICOM).sort("path")
-        if getattr(policy, "documents", DEFAULT_DOCUMENTS) == "skip":
+        if policy.documents == "skip":
             documents = pl.col("sop_class_uid").is_in(list(DOCUMENT_SOP_CLASSES))
             self._decide_skipped(todo.filter(documents).with_columns(reason=pl.lit(ENCAPSULATED_DOCUMENT)))
             todo = todo.filter(~documents.fill_null(False))
@@ -169,10 +138,10 @@ class Plan:
         )
         self.stages_by_series: dict[str | None, tuple[str, ...]] = {}
         for (series,), rows in self._todo.group_by(["series_uid"], maintain_order=True):
-            self.stages_by_series[series] = tuple(s.name for s in STAGES if s.needed(rows, self.policy))
+            self.stages_by_series[series] = needed_stages(SeriesFacts.from_columns(rows), policy)
         for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
             if group not in self.stages_by_series:
-                self.stages_by_series[group] = tuple(s.name for s in STAGES if s.needed(rows, self.policy))
+                self.stages_by_series[group] = needed_stages(SeriesFacts.from_columns(rows), policy)
 
     # -- outcomes decided without running anything ------------------------------------------------------
     def _decide_invalid(self, rows: pl.DataFrame, stage: str = "index") -> None:
@@ -237,18 +206,12 @@ class Plan:
         t = self._todo.join(ids, on="object_id", how="semi")
         return dict(zip(t["object_id"], t["_instance"], strict=True))
 
-    @staticmethod
-    def needs_whole_series(stages: tuple[str, ...]) -> bool:
-        """Whether a task with these stages must hold its whole series (a series-scope stage among them)."""
-        scope = {s.name: s.scope for s in STAGES}
-        return any(scope[s] == SCOPE_SERIES for s in stages)
-
     def tasks(self) -> Iterator[ExecTask]:
         """Series tasks for a random-access source: a whole series when a series-scope stage is needed, else
         chunks of about ``chunk`` objects of one series (never splitting the copies of one SOP instance)."""
         for (group,), rows in self._todo.group_by(["_group"], maintain_order=True):
             stages = self.stages_by_series[group]
-            whole = self.needs_whole_series(stages)
+            whole = needs_whole_series(stages)
             task = ExecTask(group, stages)
             last_instance = None
             cols = ("object_id", "path", "size", "content_hash", "series_uid", "_instance", "mtime_ns")

@@ -43,11 +43,12 @@ from deidpipe.pipeline.audit import (
     finished_objects,
     write_audit,
 )
-from deidpipe.pipeline.execute import WorkContext, exec_task, index_task, reason_of
-from deidpipe.pipeline.executors import make_executor
+from deidpipe.pipeline.execute import WorkContext, index_task, reason_of
+from deidpipe.pipeline.batch import deidentify, open_pool
 from deidpipe.pipeline.index import KIND_INVALID, KIND_REJECTED, MANIFEST_SCHEMA, ManifestWriter, object_id
 from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
 from deidpipe.pipeline.progress import Reporter
+from deidpipe.pipeline.registry import needs_whole_series
 from deidpipe.pipeline.sink import (
     CONTROL_DIR,
     LAYOUT_KEEP,
@@ -63,6 +64,7 @@ from deidpipe.pipeline.sink import (
 )
 from deidpipe.pipeline.source import SourceItem, SourceSpec, detect, iter_items
 from deidpipe.pipeline.state import StateDir, inside
+from deidpipe.policy import Policy
 
 log = logging.getLogger("deidpipe.pipeline")
 
@@ -160,7 +162,7 @@ def _canonical(obj: Any) -> Any:
     return repr(obj)
 
 
-def _policy_digest(policy: Any) -> str:
+def _policy_digest(policy: Policy) -> str:
     """A fingerprint of everything in the policy (a resume must use the very same one)."""
     try:
         text = json.dumps(_canonical(dataclasses.asdict(policy)), sort_keys=True, default=str)
@@ -193,7 +195,7 @@ class Run:
         self,
         src: str | Path,
         dst: str | Path,
-        policy: Any = None,
+        policy: Policy | None = None,
         *,
         key: ProjectKey | None = None,
         workers: int | None = None,
@@ -206,14 +208,12 @@ class Run:
         state_dir: str | Path | None = None,
     ) -> None:
         if policy is None:
-            from deidpipe.policy import Policy
-
             policy = Policy.basic()
         self.src = Path(src)
         self.dst = Path(dst).resolve()
         #: Outside DST: ``<DST>.deidpipe-state`` beside it unless ``state_dir`` names another folder.
         self.state = StateDir.locate(self.dst, state_dir)
-        self.policy = policy
+        self.policy: Policy = policy
         self.key = key if key is not None else ProjectKey.load(None)
         self.workers = workers
         self.executor_name = executor
@@ -284,7 +284,7 @@ class Run:
         held: dict[str, tuple[str | None, list[ExecItem]]] = {}
         # A series-scope stage (defacing) needs the whole series in one task, wherever its members lie in the
         # stream: they are gathered and the task goes out when the last one has come.
-        whole = {group for group, stages in plan.stages_by_series.items() if plan.needs_whole_series(stages)}
+        whole = {group for group, stages in plan.stages_by_series.items() if needs_whole_series(stages)}
         missing = Counter(group for group, _, _ in todo.values() if group in whole)
         gathered: dict[str | None, list[ExecItem]] = {}
         task: ExecTask | None = None
@@ -389,7 +389,7 @@ class Run:
         journal_path = self.state.journal
         finished = self._trusted_finished(journal_path) if self.resume else {}
         ctx = WorkContext(spec, str(self.dst), self.key, self.policy, self.layout)
-        executor = make_executor(ctx, self.executor_name, self.workers, self.scheduler)
+        executor = open_pool(ctx, self.executor_name, self.workers, self.scheduler)
         _import_in_background("polars")  # the workers are started (forked without it) and index meanwhile
         report = RunReport(self.dst, spec.kind, executor.name, executor.workers, self.state.root)
         journal = Journal(journal_path, run_number)
@@ -411,11 +411,7 @@ class Run:
                 yield r
             self.reporter.start("de-identify", plan.todo_count)
             tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
-            for task, results, exc in executor.imap(exec_task, tasks):
-                if exc is not None:
-                    results = [ObjectResult(i.object_id, STATUS_QUARANTINED, i.content_hash, stage="execute",
-                                            reason=f"worker failed ({reason_of(exc)})", series_uid=i.series_uid,
-                                            bytes_in=max(i.item.size, 0)) for i in task.items]
+            for _, results in deidentify(tasks, executor):
                 self._record(journal, results)
                 self.reporter.advance(len(results), sum(r.status == STATUS_QUARANTINED for r in results))
                 for r in results:
@@ -434,12 +430,12 @@ class Run:
         self.report = report
 
 
-def iter_run(src: str | Path, dst: str | Path, policy: Any = None, **kwargs: Any) -> Run:
+def iter_run(src: str | Path, dst: str | Path, policy: Policy | None = None, **kwargs: Any) -> Run:
     """An iterable of :class:`ObjectResult` as objects finish; its ``report`` is set when it is exhausted."""
     return Run(src, dst, policy, **kwargs)
 
 
-def run(src: str | Path, dst: str | Path, policy: Any = None, **kwargs: Any) -> RunReport:
+def run(src: str | Path, dst: str | Path, policy: Policy | None = None, **kwargs: Any) -> RunReport:
     """De-identify the archive ``src`` into ``dst``; see :class:`Run` for the options."""
     r = Run(src, dst, policy, **kwargs)
     for _ in r:

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
+from deidpipe.pipeline.contract import SCOPE_OBJECT, SeriesFacts, Stage, StageOutput
 
-from deidpipe.pixels.find import PixelOptions
-from deidpipe.pixels.redact import redact_dataset
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
 
+    from deidpipe.pixels.find import PixelOptions
 
-def options_from_policy(policy: Any) -> PixelOptions:
-    """The pixel options a :class:`~deidpipe.policy.Policy` asks for (``auto`` / ``all-text`` by default)."""
-    return PixelOptions(selection=getattr(policy, "pixels", "auto"),
-                        mode=getattr(policy, "pixel_redaction", "all-text"),
-                        detector=getattr(policy, "pixel_detector", "lines"))
+    from deidpipe.keys import ProjectKey
+    from deidpipe.policy import Policy
 
 
-def pixel_text_stage(ds: Dataset, policy: Any, source: Dataset | None = None) -> tuple[Dataset, dict[str, int]]:
+def options_from_policy(policy: Policy) -> PixelOptions:
+    """The pixel options a :class:`~deidpipe.policy.Policy` asks for."""
+    from deidpipe.pixels.find import PixelOptions
+
+    return PixelOptions(selection=policy.pixels, mode=policy.pixel_redaction, detector=policy.pixel_detector)
+
+
+def pixel_text_needed(facts: SeriesFacts, policy: Policy) -> bool:
+    """Series with an image, unless the policy turns pixels off; per object the stage decides the rest
+    (policy selection, header, cheap screen)."""
+    return policy.pixels != "off" and facts.has_image
+
+
+def pixel_text_stage(ds: Dataset, policy: Policy, key: ProjectKey | None = None,
+                     source: Dataset | None = None) -> StageOutput:
     """Redact burned-in text of ``ds`` (the header-scrubbed object) using ``source`` (the object as read)
     for known regions and identifiers. Raises a typed error (the object is quarantined) on any failure."""
+    from deidpipe.pixels.redact import redact_dataset
+
     result = redact_dataset(ds, options_from_policy(policy), source=source)
-    return ds, {k: v for k, v in result.actions().items() if v}
+    return StageOutput(ds, {k: v for k, v in result.actions().items() if v})
+
+
+PIXEL_TEXT = Stage("pixel_text", SCOPE_OBJECT, needs_source=True, needed=pixel_text_needed, run=pixel_text_stage)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -169,11 +168,9 @@ def _reason(exc: Any) -> str:
     return str(getattr(exc, "reason", "") or type(exc).__name__)[:120]
 
 
-def _scan_batch(job: _Job, items: list[Any]) -> list[ObjectResult]:
-    from deidpipe.quiet import quiet
-
-    with quiet():
-        return [scan_item(job, it) for it in items]
+def _scan_batch(job: _Job, numbered: tuple[int, list[Any]]) -> list[ObjectResult]:
+    """A task on the pipeline's pool (which runs it inside :func:`deidpipe.quiet.quiet`): one batch of items."""
+    return [scan_item(job, it) for it in numbered[1]]
 
 
 def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -188,25 +185,28 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectResult]:
-    n = workers or _default_workers()
-    if n <= 1 or len(items) <= SERIAL_LIMIT:
-        for batch in _batches(iter(items), BATCH):
-            yield from _scan_batch(job, batch)
-        return
-    from deidpipe.pipeline.executors import worker_context
+    """Scan ``items`` on the pipeline's pool (:func:`deidpipe.pipeline.batch.open_pool`): in this process for a
+    small archive or one worker. Results come in the order of ``items`` (the report's order does not depend on
+    which worker finished first); a batch that fails as a whole fails the scan."""
+    from deidpipe.pipeline.batch import open_pool
+    from deidpipe.pipeline.executors import default_workers
 
-    size = max(4, min(BATCH, len(items) // (n * 4) or 4))
-    with ProcessPoolExecutor(max_workers=n, mp_context=worker_context()) as pool:
-        futures = [pool.submit(_scan_batch, job, b) for b in _batches(iter(items), size)]
-        for fut in futures:
-            yield from fut.result()
-
-
-def _default_workers() -> int:
+    n = workers or default_workers()
+    serial = n <= 1 or len(items) <= SERIAL_LIMIT
+    size = BATCH if serial else max(4, min(BATCH, len(items) // (n * 4) or 4))
+    pool = open_pool(job, workers=1 if serial else n)
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        done: dict[int, list[ObjectResult]] = {}
+        due = 0
+        for (index, _), results, exc in pool.imap(_scan_batch, enumerate(_batches(iter(items), size))):
+            if exc is not None:
+                raise exc
+            done[index] = results
+            while due in done:
+                yield from done.pop(due)
+                due += 1
+    finally:
+        pool.close()
 
 
 def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,

@@ -2,9 +2,9 @@
 
 Nothing here de-identifies anything itself. The queue's ``processing/`` folder is a folder source to the
 pipeline: each claimed object is indexed by :func:`deidpipe.pipeline.index.index_batch` (the manifest row
-``run`` makes), each series gets the stages :data:`deidpipe.pipeline.plan.STAGES` give it for the policy, and
-:func:`deidpipe.pipeline.execute.exec_task` reads, de-identifies, encodes and writes the objects into
-``QUEUE/out/`` with the pipeline's sink. The bytes are therefore those ``deidpipe run`` writes for the same
+``run`` makes), each series gets the stages of :mod:`deidpipe.pipeline.registry` its facts need under the
+policy, and the batch entry :func:`deidpipe.pipeline.batch.deidentify` reads, de-identifies, encodes and writes
+the objects into ``QUEUE/out/`` with the pipeline's sink. The bytes are therefore those ``deidpipe run`` writes for the same
 object, key and policy.
 
 A series that needs a series-scope stage (defacing) is held until no object of it has arrived for
@@ -22,11 +22,15 @@ from typing import Any
 
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
-from deidpipe.pipeline.execute import WorkContext, exec_task
-from deidpipe.pipeline.index import KIND_DICOM, MANIFEST_SCHEMA, index_batch
-from deidpipe.pipeline.plan import SCOPE_SERIES, STAGES, ExecItem, ExecTask
+from deidpipe.pipeline.batch import Pool, deidentify, open_pool, series_tasks
+from deidpipe.pipeline.contract import SeriesFacts
+from deidpipe.pipeline.execute import WorkContext
+from deidpipe.pipeline.index import KIND_DICOM, index_batch
+from deidpipe.pipeline.plan import ExecItem, ExecTask
+from deidpipe.pipeline.registry import needed_stages, needs_whole_series
 from deidpipe.pipeline.sink import LAYOUT_PSEUDONYM
 from deidpipe.pipeline.source import SourceItem, SourceSpec
+from deidpipe.policy import Policy
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.worker import LoopThread
 
@@ -39,14 +43,9 @@ class _Held:
     last_seen: float = 0.0
 
 
-def stages_for(rows: list[dict[str, Any]], policy: Any) -> tuple[str, ...]:
-    """The stages the plan gives a series with these manifest rows (the plan's own ``needed`` tests)."""
-    import polars as pl
-
-    from deidpipe.pipeline.tables import polars_schema
-
-    frame = pl.DataFrame(rows, schema=polars_schema(MANIFEST_SCHEMA), orient="row")
-    return tuple(s.name for s in STAGES if s.needed(frame, policy))
+def stages_for(rows: list[dict[str, Any]], policy: Policy) -> tuple[str, ...]:
+    """The stages the plan gives a series with these manifest rows (the stages' own ``needed`` tests)."""
+    return needed_stages(SeriesFacts.from_rows(rows), policy)
 
 
 class Processor(LoopThread):
@@ -55,7 +54,7 @@ class Processor(LoopThread):
 
     thread_name = "deidpipe-process"
 
-    def __init__(self, queue: Queue, key: ProjectKey, policy: Any, *, quiet_period_s: float = 30.0,
+    def __init__(self, queue: Queue, key: ProjectKey, policy: Policy, *, quiet_period_s: float = 30.0,
                  batch: int = 32, workers: int = 1,
                  on_ready: Callable[[list[dict[str, Any]]], None] = lambda tickets: None) -> None:
         super().__init__()
@@ -66,7 +65,7 @@ class Processor(LoopThread):
         self.batch = batch
         #: Processes that run the stages: 1 runs them in this process.
         self.workers = max(1, workers)
-        self._executor: Any = None
+        self._executor: Pool | None = None
         self.on_ready = on_ready
         self.ctx = WorkContext(SourceSpec("folder", str(queue.path("processing"))), str(queue.path("out")),
                                key, policy, LAYOUT_PSEUDONYM)
@@ -129,7 +128,7 @@ class Processor(LoopThread):
             held = self.held.get(series)
             all_rows = srows + (list(held.rows.values()) if held else [])
             stages = stages_for(all_rows, self.policy)
-            if any(s.scope == SCOPE_SERIES and s.name in stages for s in STAGES):
+            if needs_whole_series(stages):
                 h = self.held.setdefault(series, _Held())
                 h.rows.update({r["object_id"]: r for r in srows})
                 h.last_seen = now
@@ -140,11 +139,9 @@ class Processor(LoopThread):
     def _tasks(self, series: str | None, rows: list[dict[str, Any]], stages: tuple[str, ...]) -> list[ExecTask]:
         """A whole series as one task when a series-scope stage is in ``stages``; else small tasks, so that the
         workers share a round."""
-        whole = any(s.scope == SCOPE_SERIES and s.name in stages for s in STAGES)
-        step = len(rows) if whole else (32 if self.workers == 1 else 4)
-        return [ExecTask(series, stages, [
-            ExecItem(r["object_id"], SourceItem(r["path"], r["size"]), r["content_hash"], r["series_uid"],
-                     r["mtime_ns"]) for r in rows[i:i + step]]) for i in range(0, len(rows), max(step, 1))]
+        items = [ExecItem(r["object_id"], SourceItem(r["path"], r["size"]), r["content_hash"], r["series_uid"],
+                          r["mtime_ns"]) for r in rows]
+        return list(series_tasks(series, items, stages, chunk=32 if self.workers == 1 else 4))
 
     def _execute(self, tasks: list[ExecTask]) -> int:
         """Run a round's tasks (in this process, or on the pool of ``workers`` processes) and finish each as it
@@ -152,14 +149,9 @@ class Processor(LoopThread):
         if not tasks:
             return 0
         if self._executor is None:
-            from deidpipe.pipeline.executors import PoolExecutor, SerialExecutor
-
-            self._executor = SerialExecutor(self.ctx) if self.workers == 1 else PoolExecutor(self.ctx, self.workers)
+            self._executor = open_pool(self.ctx, workers=self.workers)
         n = 0
-        for task, results, exc in self._executor.imap(exec_task, tasks):
-            if exc is not None:  # exec_task quarantines per object; this is a bug, a crash or I/O
-                results = [ObjectResult(it.object_id, STATUS_QUARANTINED, it.content_hash, stage="execute",
-                                        reason=f"unexpected error ({type(exc).__name__})") for it in task.items]
+        for _, results in deidentify(tasks, self._executor):
             n += self._finish(results)
         return n
 
@@ -221,7 +213,7 @@ class Processor(LoopThread):
                     pass
 
 
-def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Any, quiet_period_s: float,
+def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, policy: Policy, quiet_period_s: float,
                  batch: int, parent: int, workers: int = 1, max_inflated: int = 0) -> None:
     """The processing stage in its own process (the node's SCP keeps the interpreter to itself): polls
     ``incoming/`` and leaves tickets in the outboxes, which the delivery threads pick up. SIGTERM ends it after
