@@ -23,11 +23,10 @@ from pydicom.dataset import Dataset
 from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import DeidError, InputError, SkippedError
 from deidpipe.keys import ProjectKey
-from deidpipe.policy import Policy
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
-from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.contract import SCOPE_SERIES
+from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import ExecItem, ExecTask
 from deidpipe.pipeline.registry import stage_named
 from deidpipe.pipeline.sink import discard_staged, flush_staged, output_digest, output_relpath, publish, stage_output
@@ -40,6 +39,7 @@ from deidpipe.pipeline.source import (
     prefetch,
     read_member,
 )
+from deidpipe.policy import Policy
 
 log = logging.getLogger("deidpipe.pipeline")
 

@@ -30,6 +30,7 @@ from deidpipe.pipeline.audit import (
     STATUS_SKIPPED,
     ObjectResult,
 )
+from deidpipe.pipeline.contract import SeriesFacts
 from deidpipe.pipeline.index import (
     KIND_DICOM,
     KIND_DICOMDIR,
@@ -38,7 +39,6 @@ from deidpipe.pipeline.index import (
     KIND_REJECTED,
     KIND_SKIPPED,
 )
-from deidpipe.pipeline.contract import SeriesFacts
 from deidpipe.pipeline.registry import needed_stages, needs_whole_series
 from deidpipe.pipeline.source import SourceItem
 

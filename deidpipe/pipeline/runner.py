@@ -43,8 +43,8 @@ from deidpipe.pipeline.audit import (
     finished_objects,
     write_audit,
 )
-from deidpipe.pipeline.execute import WorkContext, index_task, reason_of
 from deidpipe.pipeline.batch import deidentify, open_pool
+from deidpipe.pipeline.execute import WorkContext, index_task, reason_of
 from deidpipe.pipeline.index import KIND_INVALID, KIND_REJECTED, MANIFEST_SCHEMA, ManifestWriter, object_id
 from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
 from deidpipe.pipeline.progress import Reporter

@@ -9,9 +9,8 @@ from deidpipe.pipeline.contract import SCOPE_OBJECT, SeriesFacts, Stage, StageOu
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
 
-    from deidpipe.pixels.find import PixelOptions
-
     from deidpipe.keys import ProjectKey
+    from deidpipe.pixels.find import PixelOptions
     from deidpipe.policy import Policy
 
 

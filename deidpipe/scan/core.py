@@ -13,9 +13,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deidpipe.scan.rules import RANK, SEVERITIES
+
+if TYPE_CHECKING:  # pragma: no cover - the policy and key are loaded where a scan starts
+    from deidpipe.keys import ProjectKey
+    from deidpipe.policy import Policy
 
 #: Below this many listed members the scan runs in this process (a pool's start-up costs more than it saves).
 SERIAL_LIMIT = 64
@@ -79,7 +83,7 @@ class _Job:
     """What a worker needs: picklable, small."""
 
     spec: Any  # SourceSpec
-    policy: Any
+    policy: Policy
     secret: bytes
     known: tuple[str, ...]
     pixels: bool
@@ -209,8 +213,9 @@ def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectRes
         pool.close()
 
 
-def scan(path: str | Path, policy: Any = None, key: Any = None, known_identities: str | Path | list[str] | None = None,
-         qi: list[str] | str | None = None, population: int | None = None, fraction: float | None = None,
+def scan(path: str | Path, policy: Policy | None = None, key: ProjectKey | None = None,
+         known_identities: str | Path | list[str] | None = None, qi: list[str] | str | None = None,
+         population: int | None = None, fraction: float | None = None,
          workers: int | None = None, *, threshold: float = 0.2, pixels: bool = True, faces: bool = True,
          show_values: bool = False, presidio: bool = False, unit: str = "patient") -> ScanReport:
     """Scan the archive at ``path`` (folder, zip, tar) under ``policy`` (default: the Basic Profile).

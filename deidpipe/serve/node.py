@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy
 from deidpipe.serve.config import ServeConfig
 from deidpipe.serve.deliver import Deliverer
 from deidpipe.serve.process import Processor
@@ -23,10 +24,8 @@ class Node:
     """``Node(config, key, policy).start()``; :meth:`stop` closes the port, then lets the threads finish their
     round. Everything not delivered stays in the queue for the next start."""
 
-    def __init__(self, config: ServeConfig, key: ProjectKey, policy: Any = None) -> None:
+    def __init__(self, config: ServeConfig, key: ProjectKey, policy: Policy | None = None) -> None:
         if policy is None:
-            from deidpipe.policy import Policy
-
             policy = Policy.load(config.policy_file) if config.policy_file else Policy.basic()
         self.config = config
         self.key = key
@@ -145,6 +144,6 @@ class Node:
         return False
 
 
-def serve(config: ServeConfig, key: ProjectKey | None = None, policy: Any = None) -> Node:
+def serve(config: ServeConfig, key: ProjectKey | None = None, policy: Policy | None = None) -> Node:
     """Start a node and return it (running in background threads); ``node.stop()`` ends it."""
     return Node(config, key if key is not None else ProjectKey.load(config.key_file), policy).start()

@@ -4,8 +4,8 @@ Nothing here de-identifies anything itself. The queue's ``processing/`` folder i
 pipeline: each claimed object is indexed by :func:`deidpipe.pipeline.index.index_batch` (the manifest row
 ``run`` makes), each series gets the stages of :mod:`deidpipe.pipeline.registry` its facts need under the
 policy, and the batch entry :func:`deidpipe.pipeline.batch.deidentify` reads, de-identifies, encodes and writes
-the objects into ``QUEUE/out/`` with the pipeline's sink. The bytes are therefore those ``deidpipe run`` writes for the same
-object, key and policy.
+the objects into ``QUEUE/out/`` with the pipeline's sink. The bytes are therefore those ``deidpipe run`` writes
+for the same object, key and policy.
 
 A series that needs a series-scope stage (defacing) is held until no object of it has arrived for
 ``quiet_period_s`` seconds, then run whole. Held objects stay in ``processing/`` (a restart takes them up again).
