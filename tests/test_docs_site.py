@@ -25,14 +25,19 @@ needs_chromium = pytest.mark.skipif(chromium is None,
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site, built as ``make docs`` builds it, with every proxy pointing at a closed port: a build that tried
-    to fetch a font or an asset would fail instead of quietly using the network."""
+    """The site, built as ``make docs`` builds it, without a network: in a network namespace of its own where
+    ``unshare`` may make one, and with every proxy pointing at a closed port in any case. A build that tried to
+    fetch a font or an asset would fail instead of quietly using the network."""
     out = tmp_path_factory.mktemp("site")
     closed = "http://127.0.0.1:9"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
            "http_proxy": closed, "https_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", "mkdocs.yml",
-                           "--site-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    unshare = shutil.which("unshare")
+    offline = [unshare, "-rn"] if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True,
+                                                             timeout=30).returncode == 0 else []
+    proc = subprocess.run([*offline, sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+                           "mkdocs.yml", "--site-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" not in proc.stderr, proc.stderr[-3000:]
     return out
