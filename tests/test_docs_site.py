@@ -99,7 +99,7 @@ def test_api_page_renders_signatures_and_docstrings(site: Path, tmp_path: Path) 
 
     import deidpipe
 
-    text = _text(_chromium(site / "api" / "run" / "index.html", tmp_path / "profile", "--dump-dom").stdout)
+    text = _text(_chromium(site / "api" / "run.html", tmp_path / "profile", "--dump-dom").stdout)
     for name in ("deidentify_dataset", "deidentify", "run", "iter_run"):
         fn = getattr(deidpipe, name)
         assert f"deidpipe.{name}" in text, name
