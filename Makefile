@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium orthanc orthanc-dicomweb
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean apt
+.PHONY: install demo test lint bench docs clean apt
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(MAKE) apt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,bench,docs]'
 	$(BIN)/pip install -q --no-deps presidio-image-redactor==0.0.62
 	# pycanon (benchmarks/scan.py's k-anonymity comparison) pins numpy 2.0 and scipy 1.15: --no-deps, its
 	# pandas and beartype come from the bench extra.
@@ -41,8 +41,13 @@ test: install
 lint: install
 	$(BIN)/ruff check deidpipe tests benchmarks
 
+# The documentation site (mkdocs.yml): Material theme, API pages from the docstrings, into site/. --strict: a
+# broken link, anchor or API reference fails the build. Offline: no font or asset is fetched.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo-output
+	rm -rf $(VENV) build dist *.egg-info demo-output site
