@@ -205,11 +205,12 @@ def test_library_refuses_a_document_under_skip(src, key):
 
 def test_serve_audits_a_skipped_document(src, key, tmp_path):
     """The node's processing stage: the object is audited as skipped; no ticket, no quarantine record."""
+    from deidpipe.pipeline.index import received_object_id
     from deidpipe.serve.process import Processor
-    from deidpipe.serve.queue import Queue, object_id
+    from deidpipe.serve.queue import Queue
 
     queue = Queue(tmp_path / "queue", ["copy"])
-    queue.put(object_id(key, "1.2.3.4"), [(src / "note.dcm").read_bytes()])
+    queue.put(received_object_id(key, "1.2.3.4"), [(src / "note.dcm").read_bytes()])
     proc = Processor(queue, key, Policy.basic())
     try:
         assert proc.step() == 1

@@ -114,8 +114,18 @@ _hash_buffer: bytearray | None = None
 
 
 def object_id(key: ProjectKey, relpath: str) -> str:
-    """The keyed hash of an input's relative path: how audit and quarantine records name an object."""
+    """An object's id, read from a source: the keyed hash of its relative path.
+
+    The object id is the one name under which the manifest, the journal, the audit table and the quarantine
+    records (``run``'s and ``serve``'s alike) track one input object; it holds no original value. An object that
+    came over the network has no path: its id is :func:`received_object_id`."""
     return key.digest("input-path", relpath).hex()[:32]
+
+
+def received_object_id(key: ProjectKey, sop_instance_uid: str) -> str:
+    """The id of an object ``deidpipe serve`` received (see :func:`object_id`): a keyed hash of its SOP Instance
+    UID (0008,0018), trailing padding ignored."""
+    return key.digest("serve-instance", sop_instance_uid.strip().rstrip("\x00")).hex()[:32]
 
 
 def content_hash(key: ProjectKey, data: bytes) -> str:
@@ -383,10 +393,11 @@ def defined_term(value: str | None, terms: frozenset[str]) -> str | None:
     return value if value in terms else INVALID_TERM
 
 
-def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str, Any]:
-    """One manifest row for one source member (never raises for a bad input: the row says why)."""
+def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem, oid: str | None = None) -> dict[str, Any]:
+    """One manifest row for one source member (never raises for a bad input: the row says why). ``oid``: the
+    object's id where the caller has one (:func:`received_object_id`), else :func:`object_id` of its path."""
     row: dict[str, Any] = dict.fromkeys(MANIFEST_SCHEMA)
-    row.update(path=item.relpath, object_id=object_id(key, item.relpath), size=item.size)
+    row.update(path=item.relpath, object_id=oid or object_id(key, item.relpath), size=item.size)
     if item.skip is not None:
         row.update(kind=KIND_REJECTED if item.quarantine else KIND_SKIPPED, reason=item.skip)
         return row
@@ -424,9 +435,11 @@ def index_item(spec: SourceSpec, key: ProjectKey, item: SourceItem) -> dict[str,
     return row
 
 
-def index_batch(spec: SourceSpec, key: ProjectKey, items: list[SourceItem]) -> list[dict[str, Any]]:
+def index_batch(spec: SourceSpec, key: ProjectKey, items: list[SourceItem],
+                oids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Manifest rows for ``items``; ``oids``: their object ids where the caller has them (see :func:`index_item`)."""
     prefetch(spec, items)
-    return [index_item(spec, key, item) for item in items]
+    return [index_item(spec, key, item, oids[n] if oids else None) for n, item in enumerate(items)]
 
 
 class ManifestWriter:

@@ -105,18 +105,18 @@ class Processor(LoopThread):
     def _index_claimed(self, oids: list[str], now: float, tasks: list[ExecTask]) -> int:
         """Index claimed objects; unreadable ones are finished (quarantined) here, series that need a
         series-scope stage are held, the rest become ``tasks``. Returns how many objects finished."""
-        items = []
+        items, present = [], []
         for oid in oids:
             path = self.queue.path("processing", f"{oid}.dcm")
             try:
                 items.append(SourceItem(path.name, path.stat().st_size))
             except FileNotFoundError:
                 continue
-        rows = index_batch(self.ctx.source, self.key, items)
+            present.append(oid)
+        rows = index_batch(self.ctx.source, self.key, items, present)
         by_series: dict[str | None, list[dict[str, Any]]] = {}
         finished: list[ObjectResult] = []
         for row in rows:
-            row["object_id"] = row["path"][:-4]
             if row["kind"] != KIND_DICOM:
                 finished.append(ObjectResult(row["object_id"], STATUS_QUARANTINED, row["content_hash"],
                                              stage="index", reason=row["reason"] or "unreadable",

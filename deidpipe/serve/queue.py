@@ -28,14 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deidpipe.keys import ProjectKey
-
 DIRS = ("tmp", "incoming", "processing", "out", "outbox", "delivered", "quarantine")
-
-
-def object_id(key: ProjectKey, sop_instance_uid: str) -> str:
-    """The queue's name for an object: a keyed hash of its SOP Instance UID (no original value)."""
-    return key.digest("serve-instance", sop_instance_uid.strip().rstrip("\x00")).hex()[:32]
 
 
 def fsync_dir(path: Path) -> None:

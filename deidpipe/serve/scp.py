@@ -50,13 +50,14 @@ from pynetdicom.presentation import build_context
 from deidpipe.errors import InputError
 from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.index import received_object_id
 from deidpipe.policy import Policy
 from deidpipe.serve import ul
 from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
 from deidpipe.serve.config import ServeConfig, TlsConfig
 from deidpipe.serve.gate import Gate, Ticket
 from deidpipe.serve.net import nodelay
-from deidpipe.serve.queue import Queue, object_id
+from deidpipe.serve.queue import Queue
 
 log = logging.getLogger("deidpipe.serve")
 
@@ -378,7 +379,7 @@ class StorageSCP:
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> Answer:
         """Check and queue one received data set; returns the C-STORE status (and Error Comment) to answer."""
         t0 = time.perf_counter()
-        oid = object_id(self.key, sop_uid or f"no-uid/{time.time_ns()}")
+        oid = received_object_id(self.key, sop_uid or f"no-uid/{time.time_ns()}")
         try:
             head = file_meta_bytes(sop_class, sop_uid, transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - UIDs that cannot be written as File Meta
