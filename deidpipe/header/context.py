@@ -10,6 +10,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.header.identity import identity_denylist, identity_tags
 from deidpipe.header.rules import (
     IODAttributes,
@@ -21,7 +22,6 @@ from deidpipe.header.rules import (
 )
 from deidpipe.header.text import DenyList
 from deidpipe.keys import ProjectKey
-from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import Policy
 
 

@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
@@ -39,7 +40,6 @@ from deidpipe.header.identity import identity_rules
 from deidpipe.header.rules import load_rule_file, resolve_compound
 from deidpipe.header.screen import SCREENED_COUNT, screen_values, split_values, text_of_bytes
 from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
-from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import is_known_tag
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"

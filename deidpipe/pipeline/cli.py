@@ -67,7 +67,7 @@ def run_command(
         typer.echo(f"deidpipe run: {exc}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - a bug: where it happened, never its message (it may quote a value)
-        from deidpipe.quiet import crash_report
+        from deidpipe.dicomio.quiet import crash_report
 
         typer.echo(f"deidpipe run: internal error\n{crash_report(exc)}", err=True)
         raise typer.Exit(3) from None

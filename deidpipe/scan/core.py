@@ -170,7 +170,7 @@ def _reason(exc: Any) -> str:
 
 
 def _scan_batch(job: _Job, items: list[Any]) -> list[ObjectResult]:
-    from deidpipe.quiet import quiet
+    from deidpipe.dicomio.quiet import quiet
 
     with quiet():
         return [scan_item(job, it) for it in items]

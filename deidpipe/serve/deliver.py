@@ -72,10 +72,10 @@ class Sender:
 def file_head(path: Path) -> tuple[str, str, str, int]:
     """A Part 10 file's SOP Class UID, SOP Instance UID, Transfer Syntax UID and the offset of its data set.
 
-    Read from the file's first 4 KiB by :func:`deidpipe.plainread.meta_elements` (pydicom's
+    Read from the file's first 4 KiB by :func:`deidpipe.dicomio.plainread.meta_elements` (pydicom's
     ``read_file_meta_info`` took about 0.8 ms an object, on the delivery thread's path); a File Meta group that
     does not end where its group length says within those bytes is read with pydicom."""
-    from deidpipe.plainread import GiveUp, meta_elements
+    from deidpipe.dicomio.plainread import GiveUp, meta_elements
 
     with open(path, "rb") as fh:
         head = fh.read(4096)
