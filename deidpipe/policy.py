@@ -40,7 +40,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.tag import Tag
 
 from deidpipe.errors import PolicyError
-from deidpipe.header.rules import ACTION_CODES, load_rule_file
+from deidpipe.ruledata import ACTION_CODES, load_rule_file
 
 OVERRIDE_ACTIONS = (*ACTION_CODES, "set")
 TextScreening = Literal["presidio", "denylist"]

@@ -33,10 +33,10 @@ from deidpipe.documents import is_document, redact_into, skip_document
 from deidpipe.errors import DeidError, InputError
 from deidpipe.header.actions import clean_character_set, is_uid_text
 from deidpipe.header.context import ScrubContext, sop_class_of
-from deidpipe.header.rules import load_rule_file
 from deidpipe.header.walk import scrub_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy, is_known_tag
+from deidpipe.ruledata import load_rule_file
 from deidpipe.version import __version__
 
 NO_SOP_INSTANCE_UID = "object has no SOP Instance UID"

@@ -31,8 +31,8 @@ from pydicom.multival import MultiValue
 
 from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.errors import InvalidValueError
-from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList, date_variants
+from deidpipe.ruledata import load_rule_file
 
 _ID, _PLACE, _DATE = "id", "place", "date"
 #: Most distinct identifying strings an object may hold (an SR naming 300 people has about 2,000).
