@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import ssl
 import struct
 import threading
 import time
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from deidpipe.durable import atomic_write, fsync_dir
 from deidpipe.serve.config import Destination, RetryConfig, TlsConfig
-from deidpipe.serve.queue import Queue, fsync_dir
+from deidpipe.serve.queue import Queue
 from deidpipe.serve.worker import LoopThread
 
 log = logging.getLogger("deidpipe.serve")
@@ -270,12 +270,8 @@ class FolderSender(Sender):
             target = self.root / t["output"]
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-                with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                    shutil.copyfileobj(fi, fo, 1 << 20)
-                    fo.flush()
-                    os.fsync(fo.fileno())
-                os.replace(tmp, target)
+                with open(src, "rb") as fi:  # copied in 1 MiB pieces
+                    atomic_write(target, iter(partial(fi.read, 1 << 20), b""), sync_dir=False)
                 dirs.add(target.parent)
                 out.append((DELIVERED, "written"))
             except OSError as exc:
