@@ -272,6 +272,24 @@ def _group_length(length: int) -> bytes:
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, length)
 
 
+def _meta_element(tag: int, vr: str, text: str) -> bytes:
+    """One File Meta element of a string VR (UI, SH), encoded as :func:`_write_elements` encodes it: an ASCII
+    value padded to an even length. Raises ValueError where it cannot be (not ASCII, too long)."""
+    value = _string_value(text, vr, ascii_text=True)
+    if value is None:
+        raise ValueError("a File Meta UID is not ASCII text")
+    header = _raw_header(tag, vr, len(value), implicit=False)
+    if header is None:
+        raise ValueError("a File Meta UID is too long")
+    return header + value
+
+
+#: File Meta Information Version (0002,0001), then (0002,0002), (0002,0003), (0002,0010) per object, then these.
+_META_VERSION = _raw_header(0x00020001, "OB", 2, implicit=False) + b"\x00\x01"  # type: ignore[operator]
+_META_IMPLEMENTATION = (_meta_element(0x00020012, "UI", IMPLEMENTATION_CLASS_UID)
+                        + _meta_element(0x00020013, "SH", IMPLEMENTATION_VERSION_NAME))
+
+
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     """Preamble, ``DICM`` and File Meta Information for a data set received by the node (PS3.10 section 7.1):
     File Meta Information Version (0002,0001), Media Storage SOP Class and Instance UIDs (0002,0002-0003),
@@ -280,21 +298,9 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> 
     The same bytes as pydicom's ``write_file_meta_info`` (``tests/test_serve_ul.py`` compares them), packed by
     this module's element writer instead of pydicom's (1.3 ms an object, on the path every sender waits on).
     Raises ValueError for a UID that is not ASCII or too long for an element."""
-    elements = [(0x00020001, "OB", b"\x00\x01")]
-    for tag, vr, text in ((0x00020002, "UI", sop_class), (0x00020003, "UI", sop_instance),
-                          (0x00020010, "UI", transfer_syntax), (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
-                          (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME)):
-        value = _string_value(text, vr, ascii_text=True)
-        if value is None:
-            raise ValueError("a File Meta UID is not ASCII text")
-        elements.append((tag, vr, value))
-    pieces = []
-    for tag, vr, value in elements:
-        header = _raw_header(tag, vr, len(value), implicit=False)
-        if header is None:
-            raise ValueError("a File Meta UID is too long")
-        pieces += (header, value)
-    body = b"".join(pieces)
+    body = b"".join((_META_VERSION, _meta_element(0x00020002, "UI", sop_class),
+                     _meta_element(0x00020003, "UI", sop_instance), _meta_element(0x00020010, "UI", transfer_syntax),
+                     _META_IMPLEMENTATION))
     return b"\x00" * 128 + b"DICM" + _group_length(len(body)) + body
 
 
