@@ -27,9 +27,7 @@ from deidpipe.errors import (
 )
 from deidpipe.keys import ProjectKey
 from deidpipe.lazy import lazy_names
-
-# Set before any stage module can be imported: the header engine stamps it into DeidentificationMethod.
-__version__ = "0.1.0"
+from deidpipe.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.header.engine import HeaderResult, deidentify, deidentify_dataset

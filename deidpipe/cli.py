@@ -48,14 +48,14 @@ app.command("serve")(serve_command)
 
 def main() -> None:
     """The ``deidpipe`` command: :data:`app`, with any unexpected exception reported by where it happened and its
-    type only (:func:`deidpipe.quiet.crash_report`): its message may quote a DICOM value, and Python's own report
-    would print it. Exit code 3."""
+    type only (:func:`deidpipe.dicomio.quiet.crash_report`): its message may quote a DICOM value, and Python's own
+    report would print it. Exit code 3."""
     try:
         app()
     except Exception as exc:  # noqa: BLE001 - a bug somewhere below: never its message
         import sys
 
-        from deidpipe.quiet import crash_report
+        from deidpipe.dicomio.quiet import crash_report
 
         print(f"deidpipe: internal error\n{crash_report(exc)}", file=sys.stderr)
         raise SystemExit(3) from None

@@ -40,7 +40,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.tag import Tag
 
 from deidpipe.errors import PolicyError
-from deidpipe.header.rules import ACTION_CODES, load_rule_file
+from deidpipe.ruledata import ACTION_CODES, load_rule_file
 
 OVERRIDE_ACTIONS = (*ACTION_CODES, "set")
 TextScreening = Literal["presidio", "denylist"]
@@ -113,7 +113,7 @@ class Policy:
         pixel_detector: how ``all-text`` finds text: ``lines`` (classical line finder, OCR only for short
             chains) or ``ocr`` (the CRAFT detector on every candidate region; slower).
         allow_incomplete_pixels: write an object whose pixel data is missing or shorter than its header declares
-            (see :mod:`deidpipe.pixelcheck`) instead of quarantining it; the audit counts it under the action
+            (see :mod:`deidpipe.dicomio.completeness`) instead of quarantining it; the audit counts it under the action
             ``incomplete_pixels``. Off by default: a steward should not receive an image without its image.
         deface: which MR and CT series lose their face (:mod:`deidpipe.deface.select`): ``auto`` (series of the
             head by Body Part Examined and descriptions, and any that say nothing of their region), ``all`` (every

@@ -27,12 +27,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from deidpipe.dicomio import encode_dataset, read_dataset
+from deidpipe.dicomio.completeness import FRAGMENTS_CUT, PIXELS_MISSING, PIXELS_SHORT, pixel_data_problem
+from deidpipe.dicomio.plainread import TRUNCATED_IN_HEADER, TRUNCATED_UNDELIMITED, truncation
 from deidpipe.errors import TruncatedError
 from deidpipe.header.engine import UID_FROM_FILE_META, deidentify
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline import run
-from deidpipe.pixelcheck import FRAGMENTS_CUT, PIXELS_MISSING, PIXELS_SHORT, pixel_data_problem
-from deidpipe.plainread import TRUNCATED_IN_HEADER, TRUNCATED_UNDELIMITED, truncation
 from deidpipe.policy import Policy
 from tests.helpers import bundled_bytes, encode
 

@@ -182,7 +182,7 @@ def test_compound_codes_follow_the_iod_type(source, key):
     out = run(source, key)
     assert out.ContentDate == "" and "SeriesDate" not in out
     assert out.PatientID and out.PatientID != "MRN4471123"
-    from deidpipe.header.rules import iod_for_sop_class
+    from deidpipe.ruledata import iod_for_sop_class
 
     iod = iod_for_sop_class(source.SOPClassUID)
     assert iod.name == "CT Image" and iod.top[0x00080023] == "2C" and iod.top[0x00080021] == "3"

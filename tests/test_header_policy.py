@@ -15,9 +15,9 @@ from deidpipe.cli import app
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.errors import InputError, KeyMissingError, NotDicomError, PolicyError, TruncatedError
 from deidpipe.header.engine import deidentify
-from deidpipe.header.rules import load_table
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
+from deidpipe.ruledata import load_table
 
 runner = CliRunner()
 

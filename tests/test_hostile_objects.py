@@ -36,15 +36,15 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from deidpipe.dicomio import read_dataset
+from deidpipe.dicomio.completeness import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION, PIXELS_MISSING, PIXELS_SHORT
+from deidpipe.dicomio.deflate import DEFLATE_BOMB_REASON, InflateLimitError, inflate_limit
+from deidpipe.dicomio.plainread import TRUNCATED_IN_HEADER
 from deidpipe.errors import InputError, PolicyError, TruncatedError
 from deidpipe.header.engine import NO_SOP_CLASS_UID, NO_SOP_INSTANCE_UID, deidentify
-from deidpipe.inflate import DEFLATE_BOMB_REASON, InflateLimitError, inflate_limit
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline import run
 from deidpipe.pipeline.budget import BUDGET_ENV, BUDGET_REASON, Budget, ObjectTimeout
-from deidpipe.pixelcheck import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION, PIXELS_MISSING, PIXELS_SHORT
 from deidpipe.pixels.codecs import PixelDecodeError, decode
-from deidpipe.plainread import TRUNCATED_IN_HEADER
 from deidpipe.policy import Policy
 from tests.helpers import bundled_bytes, dciodvfy_errors, encode
 

@@ -280,7 +280,7 @@ def test_manifest_values_are_the_standards_or_keyed(key):
 
 
 def test_crash_report_names_the_place_not_the_value():
-    from deidpipe.quiet import crash_report
+    from deidpipe.dicomio.quiet import crash_report
 
     value = "ZZ99" + "CRZZ"  # not in this source line either: the report shows source lines
     try:

@@ -1,4 +1,4 @@
-"""Plain files read by their lengths (deidpipe.plainread) give what pydicom gives, or are left to pydicom: the
+"""Plain files read by their lengths (deidpipe.dicomio.plainread) give what pydicom gives, or are left to pydicom: the
 execute pass's reader and the index pass's header scan, on every file pydicom bundles."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 
 from deidpipe.dicomio import quiet_pydicom
+from deidpipe.dicomio.plainread import parse_plain, scan_elements
 from deidpipe.pipeline.index import _facts_from_dataset, _header_facts, _is_part10, _read_header
-from deidpipe.plainread import parse_plain, scan_elements
 
 
 def _bundled() -> list[Path]:

@@ -286,21 +286,21 @@ def test_deflated_object_is_charged_inflated(scp_factory):
 def test_processing_processes_inflate_no_more_than_the_node_checked(monkeypatch):
     """The cap the node sets for its processing processes (``DEIDPIPE_INFLATE_MAX_BYTES``) is the one its SCP
     checks with: budget / (2 x workers) by default; a data set over it is refused there as it is here."""
-    from deidpipe import inflate
+    from deidpipe.dicomio import deflate
 
     cfg = ServeConfig(queue=Path("q"), memory_budget_mb=128, workers=2)
     assert cfg.max_inflated_bytes == 32 << 20
     assert replace(cfg, max_inflated_mb=100).max_inflated_bytes == 100 << 20
     deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     stream = deflater.compress(bytes(40 << 20)) + deflater.flush()
-    assert inflate.inflate_limit(len(stream)) == 64 << 20  # the floor, without a cap
-    monkeypatch.setenv(inflate.CAP_ENV, str(cfg.max_inflated_bytes))
-    assert inflate.inflate_limit(len(stream)) == 32 << 20
-    with pytest.raises(inflate.InflateLimitError):
-        inflate.inflate_bounded(stream)
+    assert deflate.inflate_limit(len(stream)) == 64 << 20  # the floor, without a cap
+    monkeypatch.setenv(deflate.CAP_ENV, str(cfg.max_inflated_bytes))
+    assert deflate.inflate_limit(len(stream)) == 32 << 20
+    with pytest.raises(deflate.InflateLimitError):
+        deflate.inflate_bounded(stream)
     taken: list[int] = []
-    monkeypatch.delenv(inflate.CAP_ENV)
-    with inflate.charging(lambda n: taken.append(n) or sum(taken) <= 10 << 20) as charge:
-        with pytest.raises(inflate.InflateBudgetExceeded):
-            inflate.inflate_bounded(stream)
+    monkeypatch.delenv(deflate.CAP_ENV)
+    with deflate.charging(lambda n: taken.append(n) or sum(taken) <= 10 << 20) as charge:
+        with pytest.raises(deflate.InflateBudgetExceeded):
+            deflate.inflate_bounded(stream)
     assert charge.taken <= 10 << 20 and sum(taken) > 10 << 20

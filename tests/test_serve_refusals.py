@@ -16,8 +16,8 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from deidpipe.dicomio.plainread import TRUNCATED_IN_HEADER, TRUNCATED_IN_VALUE, dataset_truncation
 from deidpipe.keys import ProjectKey
-from deidpipe.plainread import TRUNCATED_IN_HEADER, TRUNCATED_IN_VALUE, dataset_truncation
 from deidpipe.policy import Policy
 from deidpipe.serve import scu
 from deidpipe.serve.config import Destination, ServeConfig

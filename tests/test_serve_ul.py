@@ -367,8 +367,7 @@ def test_file_meta_bytes_agree_with_pydicom(uids):
     from pydicom.dataset import FileMetaDataset
     from pydicom.filewriter import write_file_meta_info
 
-    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-    from deidpipe.serve.scp import file_meta_bytes
+    from deidpipe.dicomio.write import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta_bytes
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = uids

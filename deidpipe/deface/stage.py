@@ -143,7 +143,7 @@ def _short_native(ds: Dataset) -> Any:
     ``allow_incomplete_pixels``), the missing bytes as zeros: what a viewer shows of it. None for any other."""
     import numpy as np
 
-    from deidpipe.pixelcheck import PIXELS_SHORT, declared_native_size, pixel_data_problem
+    from deidpipe.dicomio.completeness import PIXELS_SHORT, declared_native_size, pixel_data_problem
 
     try:
         if pixel_data_problem(ds) != PIXELS_SHORT or int(ds.get("SamplesPerPixel", 1) or 1) != 1:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deidpipe.durable import atomic_write as durable_write
 from deidpipe.he.errors import FeatureCountError, FormatError
 
 MAGIC = b"DPHE\x00\x01\r\n"
@@ -28,23 +29,12 @@ _MAX_HEADER = 64 * 1024 * 1024
 
 
 def atomic_write(path: str | Path, chunks: Iterable[bytes], *, mode: int = 0o644) -> Path:
-    """Write ``chunks`` to ``path`` through a temporary file in the same folder, created with ``mode``."""
+    """Write ``chunks`` to ``path`` (its folder made if missing) through a temporary file in the same folder,
+    fsynced, with permissions exactly ``mode`` (0644 unless a secret key's 0600): see
+    :func:`deidpipe.durable.atomic_write`. The folder is not synced: a lost name is written again by a rerun."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        os.chmod(target, mode)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return durable_write(target, chunks, mode=mode, sync_dir=False)
 
 
 def write_container(

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from deidpipe.cliutil import policy_from_cli
 from deidpipe.errors import DeidError
 from deidpipe.keys import KEY_ENV, KEY_FILE_ENV, ProjectKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
-
-    from deidpipe.policy import Policy
 
 
 def _console() -> Console:
@@ -34,20 +33,6 @@ PolicyOpt = typer.Option(None, "--policy", help="YAML policy file (see docs/head
 OptionOpt = typer.Option([], "--option", "-o", help="Profile option to enable, e.g. RetainLongModifiedDates.")
 StrictOpt = typer.Option(False, "--strict", help="Keep only the allow-list (recommended for public release).")
 KeyFileOpt = typer.Option(None, "--key-file", help=f"Project key file; else ${KEY_ENV} or ${KEY_FILE_ENV}.")
-
-
-def policy_from_cli(policy_file: Path | None, options: list[str], strict: bool) -> Policy:
-    """The policy a command runs with: the file's, plus any options and strictness given on the line."""
-    from deidpipe.policy import Policy
-
-    policy = Policy.load(policy_file) if policy_file else Policy.basic()
-    if options:
-        policy = policy.with_options(*options)
-    if strict and not policy.strict:
-        from dataclasses import replace
-
-        policy = replace(policy, strict=True)
-    return policy
 
 
 def deid_file(

@@ -10,8 +10,12 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.header.identity import identity_denylist, identity_tags
-from deidpipe.header.rules import (
+from deidpipe.header.text import DenyList
+from deidpipe.keys import ProjectKey
+from deidpipe.policy import Policy
+from deidpipe.ruledata import (
     IODAttributes,
     RuleTable,
     SafePrivate,
@@ -19,10 +23,6 @@ from deidpipe.header.rules import (
     load_safe_private,
     load_table,
 )
-from deidpipe.header.text import DenyList
-from deidpipe.keys import ProjectKey
-from deidpipe.plainread import dictionary_vr
-from deidpipe.policy import Policy
 
 
 def _strings(ds: Dataset, keyword: str) -> list[str]:

@@ -29,10 +29,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.errors import InvalidValueError
-from deidpipe.header.rules import load_rule_file
 from deidpipe.header.text import DenyList, date_variants
-from deidpipe.plainread import dictionary_vr
+from deidpipe.ruledata import load_rule_file
 
 _ID, _PLACE, _DATE = "id", "place", "date"
 #: Most distinct identifying strings an object may hold (an SR naming 300 people has about 2,000).

@@ -9,8 +9,8 @@ from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
 from deidpipe.errors import PolicyError
-from deidpipe.header.rules import COMPOUND_CODES, IODAttributes, iod_for_sop_class, load_table, resolve_compound
 from deidpipe.policy import Policy, option_catalogue
+from deidpipe.ruledata import COMPOUND_CODES, IODAttributes, iod_for_sop_class, load_table, resolve_compound
 
 
 @dataclass(frozen=True)

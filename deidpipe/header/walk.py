@@ -4,7 +4,7 @@ The decision for one element, in order:
 
 1. a policy override for its tag (``K``, ``X``, ``Z``, ``D``, ``C``, ``U`` or ``set``);
 2. its Table E.1-1 row, under the enabled options, compound codes resolved by
-   :func:`~deidpipe.header.rules.resolve_compound`;
+   :func:`~deidpipe.ruledata.resolve_compound`;
 3. private elements: removed, unless Retain Safe Private and the TCIA knowledge base marks the
    creator-qualified element safe;
 4. attributes the table does not list: UIDs mapped, PN replaced, free text screened, dates treated like the
@@ -32,15 +32,15 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from deidpipe.dicomio.plainread import dictionary_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.identity import identity_rules
-from deidpipe.header.rules import load_rule_file, resolve_compound
 from deidpipe.header.screen import SCREENED_COUNT, screen_values, split_values, text_of_bytes
 from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
-from deidpipe.plainread import dictionary_vr
 from deidpipe.policy import is_known_tag
+from deidpipe.ruledata import load_rule_file, resolve_compound
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
 _SPECIFIC_CHARACTER_SET = 0x00080005  # kept, and checked against the defined terms (actions.clean_character_set)

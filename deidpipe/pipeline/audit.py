@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from deidpipe.pipeline.sink import fsync_dir
+from deidpipe.durable import fsync_dir
 from deidpipe.pipeline.tables import polars_schema
 
 STATUS_WRITTEN = "written"  # de-identified and written (or an identical file was already there)

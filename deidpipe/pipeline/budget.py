@@ -1,6 +1,6 @@
 """The per-object time budget: an object that runs over it is quarantined and the batch goes on.
 
-Readers, decoders and OCR are bounded where that is cheap (see :mod:`deidpipe.inflate`), but a hostile or merely
+Readers, decoders and OCR are bounded where that is cheap (see :mod:`deidpipe.dicomio.deflate`), but a hostile or merely
 unlucky object can still keep a worker busy for a long time, and every object queued behind it waits. Each object
 gets a budget of seconds (:data:`OBJECT_BUDGET_S` by default; ``DEIDPIPE_OBJECT_BUDGET_S`` sets another for a run)
 for its read and its stages, its write excluded (a write is I/O, and interrupting it could leave a written file

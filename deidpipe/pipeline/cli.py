@@ -7,18 +7,17 @@ from pathlib import Path
 
 import typer
 
+from deidpipe.cliutil import KEY_FILE_OPTION, OPTIONS_OPTION, POLICY_OPTION, policy_from_cli
 from deidpipe.errors import DeidError
 
 
 def run_command(
     src: Path = typer.Argument(..., help="Folder tree, .zip or .tar(.gz) archive to de-identify (never modified)."),
     dst: Path = typer.Argument(..., help="Output folder (new or empty, or a run to --resume)."),
-    policy: Path | None = typer.Option(None, "--policy", help="Policy YAML file (default: the Basic profile)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Profile option to add, e.g. CleanDescriptors."),
+    policy: Path | None = POLICY_OPTION,
+    option: list[str] = OPTIONS_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Keep only the allow-list (recommended for public release)."),
-    key_file: Path | None = typer.Option(
-        None, "--key-file", help="Project key file (default: $DEIDPIPE_KEY or $DEIDPIPE_KEY_FILE)."
-    ),
+    key_file: Path | None = KEY_FILE_OPTION,
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
     executor: str = typer.Option("local", "--executor", help="local (process pool) or dask."),
     scheduler: str | None = typer.Option(
@@ -39,7 +38,6 @@ def run_command(
 ) -> None:
     """De-identify an archive into DST (pseudonymised tree, quarantine records, audit table: safe to share); the
     manifest and journal go to a state folder outside DST."""
-    from deidpipe.header.cli import policy_from_cli
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.progress import Reporter, print_summary
     from deidpipe.pipeline.runner import run
@@ -67,7 +65,7 @@ def run_command(
         typer.echo(f"deidpipe run: {exc}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - a bug: where it happened, never its message (it may quote a value)
-        from deidpipe.quiet import crash_report
+        from deidpipe.dicomio.quiet import crash_report
 
         typer.echo(f"deidpipe run: internal error\n{crash_report(exc)}", err=True)
         raise typer.Exit(3) from None

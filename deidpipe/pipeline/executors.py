@@ -2,7 +2,7 @@
 
 Every executor keeps a bounded number of tasks in flight, so memory does not grow with the archive. A task that
 fails as a whole (a worker killed, a crash in native code) is retried one object at a time, so one poisonous
-object is quarantined instead of its neighbours. Every task runs inside :func:`deidpipe.quiet.quiet`, in every
+object is quarantined instead of its neighbours. Every task runs inside :func:`deidpipe.dicomio.quiet.quiet`, in every
 process, so that no library message quoting a value reaches a terminal.
 """
 
@@ -25,10 +25,10 @@ from dataclasses import replace
 from multiprocessing import context as mpcontext
 from typing import Any
 
+from deidpipe.dicomio.quiet import install as install_quiet
+from deidpipe.dicomio.quiet import quiet
 from deidpipe.pipeline.execute import WorkContext
 from deidpipe.pipeline.plan import ExecTask
-from deidpipe.quiet import install as install_quiet
-from deidpipe.quiet import quiet
 
 log = logging.getLogger("deidpipe.pipeline")
 
@@ -41,7 +41,7 @@ def split_task(payload: Any) -> list[Any] | None:
 
 
 def quiet_call(fn: Callable[[WorkContext, Any], Any], ctx: WorkContext, payload: Any) -> Any:
-    """``fn(ctx, payload)`` inside :func:`deidpipe.quiet.quiet`: how every executor runs every task (index or
+    """``fn(ctx, payload)`` inside :func:`deidpipe.dicomio.quiet.quiet`: how every executor runs every task (index or
     execute, in this process, a pool worker or a Dask worker), so that no pydicom or decoder message quoting a
     value reaches a terminal, whatever the process's warning filters."""
     with quiet():

@@ -29,9 +29,10 @@ from pydicom.uid import UID_dictionary
 
 from deidpipe.deface.select import DESCRIPTION_KEYWORDS, dataset_head_hint, head_hint
 from deidpipe.dicomio import quiet_pydicom, read_dataset
+from deidpipe.dicomio.deflate import read_partial_bounded
+from deidpipe.dicomio.plainread import GiveUp, scan_elements
 from deidpipe.errors import InputError
 from deidpipe.header.values import MODALITY_TERMS, YES_NO
-from deidpipe.inflate import read_partial_bounded
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.source import (
     MAX_MEMBER_BYTES,
@@ -43,7 +44,6 @@ from deidpipe.pipeline.source import (
     read_member,
 )
 from deidpipe.pipeline.tables import polars_schema
-from deidpipe.plainread import GiveUp, scan_elements
 
 #: Media Storage Directory Storage: a DICOMDIR.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -185,7 +185,7 @@ def text_value(raw: bytes) -> str:
 
 
 def _header_facts(data: bytes | memoryview, complete: bool) -> dict[str, Any] | None:
-    """The facts from a byte scan of the header (:func:`deidpipe.plainread.scan_elements`); None where pydicom
+    """The facts from a byte scan of the header (:func:`deidpipe.dicomio.plainread.scan_elements`); None where pydicom
     must parse it."""
     scan = scan_elements(data, _SCAN_TAGS, int(_LAST_HEADER_TAG), complete=complete)
     if scan is None:

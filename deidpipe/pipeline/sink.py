@@ -33,6 +33,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from deidpipe.durable import atomic_write, fsync_dir, fsync_file
 from deidpipe.errors import DeidError
 
 CONTROL_DIR = "_deidpipe"
@@ -161,11 +162,7 @@ def flush_staged(dst: Path, staged: Sequence[Path]) -> None:
     if len(staged) > 1 and _syncfs(dst / TMP_DIR):
         return
     for tmp in staged:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
 
 
 def publish(dst: Path, relpath: str, tmp: Path) -> str:
@@ -237,12 +234,7 @@ def write_quarantine(dst: Path, record: dict[str, Any]) -> Path:
     qdir.mkdir(parents=True, exist_ok=True)
     path = quarantine_path(dst, record["object_id"])
     tmp = qdir / f".{record['object_id']}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(quarantine_bytes(record))
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
+    return atomic_write(path, [quarantine_bytes(record)], tmp=tmp, sync_dir=False)
 
 
 def remove_quarantine(dst: Path, object_id: str) -> bool:
@@ -252,23 +244,6 @@ def remove_quarantine(dst: Path, object_id: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (files linked, renamed or removed in it) durable. A file system that cannot sync
-    a folder (EINVAL: some network and FUSE ones) is passed over; any other error is raised, so that the
-    journal never records what may not be on disk."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def sync_dirs(dst: Path, relpaths: Iterable[str], named: set[Path]) -> None:

@@ -25,8 +25,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from deidpipe.dicomio.completeness import declared_native_size, pixel_data_problem
 from deidpipe.errors import DeidError
-from deidpipe.pixelcheck import declared_native_size, pixel_data_problem
 
 _NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
 #: The most bytes a decoded image may take (all frames): a large tomosynthesis or cine is well below; a header
@@ -87,7 +87,7 @@ def has_pixels(ds: Dataset) -> bool:
 def check_decodable(ds: Dataset) -> None:
     """Refuse, before any decoder allocates its output, pixel data whose header declares more than the bytes
     hold (native data shorter than declared, fragments cut or fewer than the frames; see
-    :mod:`deidpipe.pixelcheck`) or a decoded size over :data:`MAX_DECODED_BYTES`. A header declaring gigabytes
+    :mod:`deidpipe.dicomio.completeness`) or a decoded size over :data:`MAX_DECODED_BYTES`. A header declaring gigabytes
     over a few bytes of data then fails at once instead of after allocating them."""
     problem = pixel_data_problem(ds)
     if problem is not None:

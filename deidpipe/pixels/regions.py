@@ -13,8 +13,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from deidpipe.header.rules import load_rule_file
 from deidpipe.pixels.candidates import Box
+from deidpipe.ruledata import load_rule_file
 
 
 @cache

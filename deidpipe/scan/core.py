@@ -173,7 +173,7 @@ def _reason(exc: Any) -> str:
 
 
 def _scan_batch(job: _Job, numbered: tuple[int, list[Any]]) -> list[ObjectResult]:
-    """A task on the pipeline's pool (which runs it inside :func:`deidpipe.quiet.quiet`): one batch of items."""
+    """A task on the pipeline's pool (which runs it inside :func:`deidpipe.dicomio.quiet.quiet`): one batch of items."""
     return [scan_item(job, it) for it in numbered[1]]
 
 

@@ -83,8 +83,8 @@ def face_in_series(datasets: list[Any]) -> tuple[str, list[tuple[int, int, int, 
 
 def face_findings(spec: Any, groups: dict[str, list[str]], reveal: bool = False) -> list[Finding]:
     """DP-F001 for every grouped series whose render shows a face."""
+    from deidpipe.dicomio.quiet import quiet
     from deidpipe.errors import DeidError
-    from deidpipe.quiet import quiet
 
     out: list[Finding] = []
     for token in sorted(groups):

@@ -121,7 +121,7 @@ class HeaderChecker:
         """The engine's context, without what only the actions need (the object's deny-list, pseudonyms, date
         shift): the decisions depend on the policy and the SOP class alone."""
         from deidpipe.header.context import _shared_decisions, sop_class_of
-        from deidpipe.header.rules import iod_for_sop_class, load_safe_private, load_table
+        from deidpipe.ruledata import iod_for_sop_class, load_safe_private, load_table
 
         sop_class = sop_class_of(ds)
         return ScrubContext(key=self.key, policy=self.policy, table=load_table(), safe_private=load_safe_private(),
@@ -297,14 +297,14 @@ def private_name(tag: int, creator: str) -> str:
 
 
 def load_safe() -> Any:
-    from deidpipe.header.rules import load_safe_private
+    from deidpipe.ruledata import load_safe_private
 
     return load_safe_private()
 
 
 def expected_method_codes(policy: Policy) -> list[str]:
     """The CID 7050 codes the engine writes for ``policy`` (113100 and one per option)."""
-    from deidpipe.header.rules import load_rule_file
+    from deidpipe.ruledata import load_rule_file
 
     data = load_rule_file("options.yaml")
     return [data["profile"]["code"]] + [data["options"][o]["code"] for o in sorted(policy.options)]

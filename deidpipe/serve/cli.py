@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from deidpipe.cliutil import KEY_FILE_OPTION, OPTIONS_OPTION, POLICY_OPTION, policy_from_cli
+
 
 def serve_command(
     config: Path | None = typer.Option(None, "--config", help="Node configuration (YAML); see docs/serve.md."),
@@ -21,11 +23,10 @@ def serve_command(
     quiet_period: float | None = typer.Option(None, "--quiet-period", help="Seconds before a series is complete."),
     workers: int | None = typer.Option(
         None, "--workers", help="Processes that de-identify (default: one per CPU core, at most 8)."),
-    policy: Path | None = typer.Option(None, "--policy", help="Policy YAML file (default: the Basic profile)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Profile option to add, e.g. CleanDescriptors."),
+    policy: Path | None = POLICY_OPTION,
+    option: list[str] = OPTIONS_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Keep only the allow-list."),
-    key_file: Path | None = typer.Option(
-        None, "--key-file", help="Project key file (default: $DEIDPIPE_KEY or $DEIDPIPE_KEY_FILE)."),
+    key_file: Path | None = KEY_FILE_OPTION,
     status: bool = typer.Option(False, "--status", help="Print the queue's state and exit."),
     as_json: bool = typer.Option(False, "--json", help="With --status: JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every object (pseudonymous ids only)."),
@@ -59,7 +60,6 @@ def serve_command(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from deidpipe.header.cli import policy_from_cli
         from deidpipe.keys import ProjectKey
         from deidpipe.serve.config import Destination, ServeConfig, parse_dicom_dest
         from deidpipe.serve.node import Node

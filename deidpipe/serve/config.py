@@ -233,7 +233,7 @@ class ServeConfig:
         (each holds about two copies of what it inflates), at most 1 GiB, at least 16 MiB."""
         if self.max_inflated_mb:
             return self.max_inflated_mb << 20
-        from deidpipe.inflate import HARD_CAP, PARSE_COPIES
+        from deidpipe.dicomio.deflate import HARD_CAP, PARSE_COPIES
 
         share = self.memory_budget_bytes // (PARSE_COPIES * self.worker_processes)
         return max(16 << 20, min(HARD_CAP, share))

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import ssl
 import struct
 import threading
 import time
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from deidpipe.durable import atomic_write, fsync_dir
 from deidpipe.serve.config import Destination, RetryConfig, TlsConfig
-from deidpipe.serve.queue import Queue, fsync_dir
+from deidpipe.serve.queue import Queue
 from deidpipe.serve.worker import LoopThread
 
 log = logging.getLogger("deidpipe.serve")
@@ -72,10 +72,10 @@ class Sender:
 def file_head(path: Path) -> tuple[str, str, str, int]:
     """A Part 10 file's SOP Class UID, SOP Instance UID, Transfer Syntax UID and the offset of its data set.
 
-    Read from the file's first 4 KiB by :func:`deidpipe.plainread.meta_elements` (pydicom's
+    Read from the file's first 4 KiB by :func:`deidpipe.dicomio.plainread.meta_elements` (pydicom's
     ``read_file_meta_info`` took about 0.8 ms an object, on the delivery thread's path); a File Meta group that
     does not end where its group length says within those bytes is read with pydicom."""
-    from deidpipe.plainread import GiveUp, meta_elements
+    from deidpipe.dicomio.plainread import GiveUp, meta_elements
 
     with open(path, "rb") as fh:
         head = fh.read(4096)
@@ -270,12 +270,8 @@ class FolderSender(Sender):
             target = self.root / t["output"]
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-                with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                    shutil.copyfileobj(fi, fo, 1 << 20)
-                    fo.flush()
-                    os.fsync(fo.fileno())
-                os.replace(tmp, target)
+                with open(src, "rb") as fi:  # copied in 1 MiB pieces
+                    atomic_write(target, iter(partial(fi.read, 1 << 20), b""), sync_dir=False)
                 dirs.add(target.parent)
                 out.append((DELIVERED, "written"))
             except OSError as exc:

@@ -222,7 +222,7 @@ def process_main(root: str, destinations: tuple[str, ...], key: ProjectKey, poli
     import os
     import signal
 
-    from deidpipe.inflate import CAP_ENV
+    from deidpipe.dicomio.deflate import CAP_ENV
     from deidpipe.pipeline.executors import die_with_parent
 
     die_with_parent(parent)

@@ -28,18 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from deidpipe.durable import atomic_write, fsync_dir, fsync_file, write_synced
+
 DIRS = ("tmp", "incoming", "processing", "out", "outbox", "delivered", "quarantine")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # a file system that cannot sync a folder (EINVAL) is passed over
-        if exc.errno != 22:
-            raise
-    finally:
-        os.close(fd)
 
 
 class Queue:
@@ -78,19 +69,9 @@ class Queue:
         return n
 
     # -- durable writes ---------------------------------------------------------------------------------------
-    def _write_durable(self, target: Path, parts: Sequence[bytes], sync_dir: bool = True) -> None:
-        tmp = self.path("tmp", f"{target.name}.{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb", buffering=0) as fh:
-                for part in parts:
-                    fh.write(part)
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if sync_dir:
-            fsync_dir(target.parent)
+    def _write_durable(self, target: Path, parts: Sequence[bytes]) -> None:
+        """Through a temporary file in ``tmp/`` (removed by :meth:`recover` if a crash leaves it)."""
+        atomic_write(target, parts, tmp=self.path("tmp", f"{target.name}.{uuid.uuid4().hex}"))
 
     def put(self, oid: str, parts: Sequence[bytes]) -> Path:
         """Store a received object durably (data and name on disk when this returns); raises OSError if not."""
@@ -135,9 +116,7 @@ class Queue:
         for t in tickets:
             target = self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
             hidden = target.with_name(f".{t['object_id']}.json.tmp")
-            with open(hidden, "wb", buffering=0) as fh:
-                fh.write(json.dumps(t, sort_keys=True).encode())
-                os.fsync(fh.fileno())
+            write_synced(hidden, [json.dumps(t, sort_keys=True).encode()])
             staged.append((hidden, target))
         for hidden, target in staged:
             os.replace(hidden, target)
@@ -207,8 +186,4 @@ class Queue:
             if not self._audit_dirty:
                 return
             self._audit_dirty = False
-            fd = os.open(self.root / "audit.jsonl", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(self.root / "audit.jsonl")

@@ -29,7 +29,7 @@ each (its docstring says why not pynetdicom's reactors).
 
 Memory: the data sets being received, node-wide, are charged to one budget (``memory_budget_mb``): their bytes as
 they arrive and, for Deflated Explicit VR Little Endian, their inflated bytes as they are inflated
-(:func:`deidpipe.inflate.charging`). One the budget cannot hold is answered 0xA700 and kept nowhere.
+(:func:`deidpipe.dicomio.deflate.charging`). One the budget cannot hold is answered 0xA700 and kept nowhere.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import Counter
@@ -47,8 +46,9 @@ from typing import Any, NamedTuple
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import build_context
 
+from deidpipe.dicomio.deflate import InflateBudgetExceeded, charging
+from deidpipe.dicomio.write import file_meta_bytes
 from deidpipe.errors import InputError
-from deidpipe.inflate import InflateBudgetExceeded, charging
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.index import received_object_id
 from deidpipe.policy import Policy
@@ -112,35 +112,6 @@ def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
-def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":
-        return struct.pack("<HH2s2xI", 0x0002, elem, vr, len(value)) + value
-    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
-
-
-def _even(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and File Meta Information for a received data set (PS3.10 section 7.1).
-
-    Written here, not by pydicom's ``write_file_meta_info`` (1.3 ms an object, on the path every sender waits
-    on): six elements in explicit VR little endian; ``tests/test_serve_ul.py`` checks the bytes against pydicom's.
-    Raises ValueError for a UID that is not ASCII."""
-    class_uid, version_name = ul.implementation()
-    body = b"".join((
-        _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _even(sop_class, b"\x00")),
-        _meta_element(0x0003, b"UI", _even(sop_instance, b"\x00")),
-        _meta_element(0x0010, b"UI", _even(transfer_syntax, b"\x00")),
-        _meta_element(0x0012, b"UI", _even(class_uid, b"\x00")),
-        _meta_element(0x0013, b"SH", _even(version_name, b" ")),
-    ))
-    return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
-
-
 def _uid(value: object) -> str:
     return str(value or "").strip().rstrip("\x00")
 
@@ -151,7 +122,7 @@ def refusal(ds: Any, request_uid: str, policy: Policy | None = None) -> Answer |
     holds (lengths and a few top-level attributes, nothing decoded but the UIDs), or None when it may be queued.
 
     * Pixel Data (7FE0,0010) missing or shorter than Rows (0028,0010), Columns (0028,0011), Bits Allocated
-      (0028,0100) and the frames declare (:func:`deidpipe.pixelcheck.pixel_data_problem`): 0xC000, unless
+      (0028,0100) and the frames declare (:func:`deidpipe.dicomio.completeness.pixel_data_problem`): 0xC000, unless
       the policy's ``allow_incomplete_pixels`` (``run`` then writes it, the reason audited).
     * Not a storable object (:func:`deidpipe.header.engine.check_storable`: a DICOMDIR, no SOP Class UID
       (0008,0016), no SOP Instance UID (0008,0018), a class that is not a UID): 0xA900.

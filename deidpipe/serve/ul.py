@@ -69,7 +69,7 @@ _US_TAGS = frozenset({COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, 
 
 def implementation() -> tuple[str, str]:
     """The node's Implementation Class UID and Version Name (those of the files it writes)."""
-    from deidpipe.header.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from deidpipe.dicomio.write import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     return IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 

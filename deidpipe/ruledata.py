@@ -1,4 +1,8 @@
-"""Table E.1-1 and the other rule files in ``rules/``, loaded once and turned into per-tag actions.
+"""The rule data: Table E.1-1 and the other files in ``rules/``, loaded once and turned into per-tag actions.
+
+One loader for every stage that reads ``rules/`` (the policy's options, the header engine's tables, the pixel
+stage's burned-in text regions, ``scan``'s checks); it depends on no stage, so none of them depends on another
+through it.
 
 Action codes are those of PS3.15 Table E.1-1:
 
@@ -36,7 +40,7 @@ COMPOUND_CODES = ("Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*")
 
 def rules_dir() -> Path:
     """The ``rules/`` folder: beside the package in a checkout, inside it in an installed wheel."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent  # the deidpipe package
     for candidate in (here.parent / "rules", here / "_rules"):
         if (candidate / "ps315_table_e1_1.json").is_file():
             return candidate

@@ -36,9 +36,9 @@ from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_datase
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from deidpipe.dicomio.completeness import FRAGMENTS_CUT
+from deidpipe.dicomio.plainread import dataset_truncation
 from deidpipe.errors import InputError, TruncatedError
-from deidpipe.pixelcheck import FRAGMENTS_CUT
-from deidpipe.plainread import dataset_truncation
 from deidpipe.settings import positive_env
 
 RATIO = 50

@@ -39,7 +39,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_val
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
-from deidpipe.pixelcheck import FRAGMENTS_CUT
+from deidpipe.dicomio.completeness import FRAGMENTS_CUT
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -76,7 +76,7 @@ TRUNCATED_NO_DATA_SET = "file is truncated (no data set after the File Meta Info
 
 class Truncated(GiveUp):
     """The bytes run out inside an element: cut short, or (bytes given are a file's first ones) not all read.
-    ``reason``: one of the fixed texts above, or :data:`~deidpipe.pixelcheck.FRAGMENTS_CUT`."""
+    ``reason``: one of the fixed texts above, or :data:`~deidpipe.dicomio.completeness.FRAGMENTS_CUT`."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -85,7 +85,7 @@ class Truncated(GiveUp):
 
 class _PixelsCut(GiveUp):
     """The bytes end inside the value of top-level native Pixel Data: the header is whole, the pixels are short
-    (:mod:`deidpipe.pixelcheck` judges that, and the policy's ``allow_incomplete_pixels`` may write it)."""
+    (:mod:`deidpipe.dicomio.completeness` judges that, and the policy's ``allow_incomplete_pixels`` may write it)."""
 
 
 def _cut(size: int, pos: int) -> Truncated:
@@ -282,7 +282,7 @@ def truncation(data: bytes | memoryview) -> str | None:
     None also where this walker cannot tell (not a file with preamble and File Meta, not Little Endian, an odd
     VR or element: pydicom reads those and :mod:`deidpipe.dicomio` checks what it read), and where the file ends
     inside the value of top-level native Pixel Data: the header is then whole and the pixels short, which
-    :mod:`deidpipe.pixelcheck` names (``allow_incomplete_pixels`` may write it). The walk is the one
+    :mod:`deidpipe.dicomio.completeness` names (``allow_incomplete_pixels`` may write it). The walk is the one
     :func:`parse_plain` makes; callers ask only for files that it gave up on."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         return None
