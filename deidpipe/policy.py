@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
@@ -49,8 +49,15 @@ PixelRedaction = Literal["all-text", "phi"]
 PixelDetector = Literal["lines", "ocr"]
 DefaceSelection = Literal["auto", "all", "off"]
 DocumentHandling = Literal["skip", "redact"]
-#: Encapsulated documents are not written unless the policy asks for their redaction (docs/documents.md).
-DEFAULT_DOCUMENTS: DocumentHandling = "skip"
+#: The policy's settings that take one of a few words: field -> the words (from the Literal types above).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "text_screening": get_args(TextScreening),
+    "pixels": get_args(PixelSelection),
+    "pixel_redaction": get_args(PixelRedaction),
+    "pixel_detector": get_args(PixelDetector),
+    "deface": get_args(DefaceSelection),
+    "documents": get_args(DocumentHandling),
+}
 
 
 def _flag(data: dict[str, Any], key: str) -> bool:
@@ -136,7 +143,8 @@ class Policy:
     allow_incomplete_pixels: bool = False
     deface: DefaceSelection = "auto"
     deface_ears: bool = True
-    documents: DocumentHandling = DEFAULT_DOCUMENTS
+    #: Encapsulated documents are not written unless the policy asks for their redaction (docs/documents.md).
+    documents: DocumentHandling = "skip"
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -149,18 +157,10 @@ class Policy:
             raise PolicyError(f"unknown option(s) {unknown}; known: {sorted(known)}")
         if {"RetainLongFullDates", "RetainLongModifiedDates"} <= set(self.options):
             raise PolicyError("choose one of RetainLongFullDates and RetainLongModifiedDates")
-        if self.text_screening not in ("presidio", "denylist"):
-            raise PolicyError("text_screening must be 'presidio' or 'denylist'")
-        if self.pixels not in ("auto", "all", "off"):
-            raise PolicyError("pixels must be 'auto', 'all' or 'off'")
-        if self.pixel_redaction not in ("all-text", "phi"):
-            raise PolicyError("pixel_redaction must be 'all-text' or 'phi'")
-        if self.pixel_detector not in ("lines", "ocr"):
-            raise PolicyError("pixel_detector must be 'lines' or 'ocr'")
-        if self.deface not in ("auto", "all", "off"):
-            raise PolicyError("deface must be 'auto', 'all' or 'off'")
-        if self.documents not in ("skip", "redact"):
-            raise PolicyError("documents must be 'skip' or 'redact'")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                quoted = [f"'{value}'" for value in allowed]
+                raise PolicyError(f"{name} must be {', '.join(quoted[:-1])} or {quoted[-1]}")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -204,24 +204,21 @@ class Policy:
             overrides.append(Override(parse_tag(item["tag"]), str(item["action"]),
                                       None if value is None else str(value)))
         recipients = tuple(str(base_dir / c) for c in (data.get("reversible") or {}).get("recipients", []))
-        return cls(
-            profile=data.get("profile", "basic"),
-            options=frozenset(data.get("options") or []),
-            strict=bool(data.get("strict", False)),
-            text_screening=data.get("text_screening", "presidio"),
-            overrides=tuple(overrides),
-            additions=tuple(additions),
-            recipients=recipients,
-            # YAML 1.1 reads a bare ``off`` as false: that is what the user wrote.
-            pixels="off" if data.get("pixels") is False else str(data.get("pixels", "auto")),  # type: ignore[arg-type]
-            pixel_redaction=str(data.get("pixel_redaction", "all-text")),  # type: ignore[arg-type]
-            pixel_detector=str(data.get("pixel_detector", "lines")),  # type: ignore[arg-type]
-            allow_incomplete_pixels=_flag(data, "allow_incomplete_pixels"),
-            deface="off" if data.get("deface") is False else str(data.get("deface", "auto")),  # type: ignore[arg-type]
-            deface_ears=_flag({"deface_ears": data.get("deface_ears", True)}, "deface_ears"),  # true by default
-            documents=str(data.get("documents", DEFAULT_DOCUMENTS)),  # type: ignore[arg-type]
-            source=source,
-        )
+        # Only the keys the file gives: every default is the dataclass's own, stated once above.
+        settings: dict[str, Any] = {}
+        if "profile" in data:
+            settings["profile"] = data["profile"]
+        if "strict" in data:
+            settings["strict"] = bool(data["strict"])
+        for name in CHOICES:
+            if name in data:
+                # YAML 1.1 reads a bare ``off`` as false: that is what the user wrote.
+                settings[name] = "off" if data[name] is False and "off" in CHOICES[name] else str(data[name])
+        for name in ("allow_incomplete_pixels", "deface_ears"):
+            if name in data:
+                settings[name] = _flag(data, name)
+        return cls(options=frozenset(data.get("options") or []), overrides=tuple(overrides),
+                   additions=tuple(additions), recipients=recipients, source=source, **settings)
 
     def with_options(self, *names: str) -> Policy:
         """A copy with more options enabled."""

@@ -40,6 +40,7 @@ from deidpipe.pixels.fills import darkest, without_fills
 from deidpipe.pixels.lines import text_lines
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
+from deidpipe.policy import Policy
 
 Selection = Literal["auto", "all", "off"]
 Mode = Literal["all-text", "phi"]
@@ -71,9 +72,10 @@ class PixelOptions:
             region of the cheap screen goes to the OCR engine (CRAFT). ``phi`` mode always reads with OCR.
     """
 
-    selection: Selection = "auto"
-    mode: Mode = "all-text"
-    detector: Detector = "lines"
+    # The defaults are the policy's (a Policy's field defaults, stated there once).
+    selection: Selection = Policy.pixels
+    mode: Mode = Policy.pixel_redaction
+    detector: Detector = Policy.pixel_detector
     margin: float = 0.06
     use_presidio: bool = True
     use_deid_regions: bool = True
