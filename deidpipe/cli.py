@@ -31,18 +31,24 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="deidpipe: make medical imaging archives safe to share (DICOM PS3.15 de-identification).",
 )
-app.command("deid-file")(deid_file)
-app.command("keygen")(keygen)
-app.add_typer(rules_app, name="rules")
-app.command("reidentify")(reidentify)
-app.command("make-recipient")(make_recipient_command)
-app.command("synth")(synth)
-app.command("run")(run_command)
-app.command("deface")(deface_command)
-app.add_typer(he_app, name="he")
-app.command("risk")(risk_command)
-app.command("scan")(scan_command)
-app.command("serve")(serve_command)
+# The commands, in the order ``deidpipe --help`` lists them; typer lists the groups of subcommands after them.
+_COMMANDS = (
+    ("deid-file", deid_file),
+    ("keygen", keygen),
+    ("reidentify", reidentify),
+    ("make-recipient", make_recipient_command),
+    ("synth", synth),
+    ("run", run_command),
+    ("deface", deface_command),
+    ("risk", risk_command),
+    ("scan", scan_command),
+    ("serve", serve_command),
+)
+_GROUPS = (("rules", rules_app), ("he", he_app))
+for _name, _command in _COMMANDS:
+    app.command(_name)(_command)
+for _name, _group in _GROUPS:
+    app.add_typer(_group, name=_name)
 
 
 

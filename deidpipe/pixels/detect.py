@@ -212,6 +212,13 @@ def _back(placed: list[_Placed], x0: float, x1: float, y0: float, y1: float) -> 
     return out
 
 
+def _back_points(placed: list[_Placed], points: Any) -> list[tuple[int, Box]]:
+    """:func:`_back` for a mosaic box given by its corner points (EasyOCR's free boxes and read results): the
+    points' bounding box."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return _back(placed, min(xs), max(xs), min(ys), max(ys))
+
+
 class EasyOcrEngine:
     """EasyOCR (CRAFT detector + English recogniser), CPU by default.
 
@@ -231,7 +238,10 @@ class EasyOcrEngine:
     def reader(self) -> Any:
         return easyocr_reader(self.gpu)
 
-    def _detect_mosaic(self, canvas: np.ndarray) -> tuple[list[Any], list[Any]]:
+    def _detect_mosaic(self, crops: list[np.ndarray]) -> tuple[np.ndarray, list[_Placed], list[Any], list[Any]]:
+        """The crops packed on one canvas (:func:`_mosaic`) and CRAFT's text boxes on it: (canvas, where each crop
+        lies, horizontal boxes as (x0, x1, y0, y1), free boxes as four points)."""
+        canvas, placed = _mosaic(crops)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -242,28 +252,25 @@ class EasyOcrEngine:
             raise
         except Exception as exc:  # noqa: BLE001
             raise OcrError(f"OCR detection failed ({type(exc).__name__})") from None
-        return horizontal[0], free[0]
+        return canvas, placed, horizontal[0], free[0]
 
     def detect(self, crops: list[np.ndarray]) -> list[list[Box]]:
         if not crops:
             return []
-        canvas, placed = _mosaic(crops)
-        horizontal, free = self._detect_mosaic(canvas)
+        _, placed, horizontal, free = self._detect_mosaic(crops)
         out: list[list[Box]] = [[] for _ in crops]
         for x0, x1, y0, y1 in horizontal:
             for i, b in _back(placed, x0, x1, y0, y1):
                 out[i].append(b)
         for poly in free:
-            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-            for i, b in _back(placed, min(xs), max(xs), min(ys), max(ys)):
+            for i, b in _back_points(placed, poly):
                 out[i].append(b)
         return out
 
     def read(self, crops: list[np.ndarray]) -> list[list[Word]]:
         if not crops:
             return []
-        canvas, placed = _mosaic(crops)
-        horizontal, free = self._detect_mosaic(canvas)
+        canvas, placed, horizontal, free = self._detect_mosaic(crops)
         out: list[list[Word]] = [[] for _ in crops]
         if not horizontal and not free:
             return out
@@ -277,7 +284,6 @@ class EasyOcrEngine:
         except Exception as exc:  # noqa: BLE001
             raise OcrError(f"OCR recognition failed ({type(exc).__name__})") from None
         for pts, text, conf in results:
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            for i, b in _back(placed, min(xs), max(xs), min(ys), max(ys)):
+            for i, b in _back_points(placed, pts):
                 out[i].append(Word(b, str(text), float(conf)))
         return out

@@ -18,6 +18,7 @@ raising.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -45,13 +46,25 @@ F64 = np.float64
 NAN = F64("nan")
 
 
-def digamma(x: float) -> np.float64:
+def _guarded(func: Callable[[np.float64], np.float64]) -> Callable[[float], np.float64]:
+    """The guards ARX's ``digamma`` and ``trigamma`` both start with: the argument taken as a double, NaN for an
+    infinite or NaN argument, -inf at 0 (checked in this order); ``func`` for every other argument."""
+
+    @functools.wraps(func)
+    def guarded(x: float) -> np.float64:
+        x = F64(x)
+        if np.isinf(x) or np.isnan(x):
+            return NAN
+        if x == 0.0:
+            return F64("-inf")
+        return func(x)
+
+    return guarded
+
+
+@_guarded
+def digamma(x: np.float64) -> np.float64:
     """ARX ``Gamma.digamma``."""
-    x = F64(x)
-    if np.isinf(x) or np.isnan(x):
-        return NAN
-    if x == 0.0:
-        return F64("-inf")
     if x < 0.0:
         return digamma(1.0 - x) + (math.pi / np.tan(-math.pi * x))
     if x <= _SMALL_DIGAMMA:
@@ -68,13 +81,9 @@ def digamma(x: float) -> np.float64:
     return result
 
 
-def trigamma(x: float) -> np.float64:
+@_guarded
+def trigamma(x: np.float64) -> np.float64:
     """ARX ``Gamma.trigamma``, with its tail applied only from 12 on (see the module's docstring)."""
-    x = F64(x)
-    if np.isinf(x) or np.isnan(x):
-        return NAN
-    if x == 0.0:
-        return F64("-inf")
     if x < 0.0:
         r = math.pi / np.sin(-math.pi * x)
         return -trigamma(1.0 - x) + (r * r)

@@ -7,6 +7,7 @@ a readable table). Nothing printed quotes a cell value: only counts, figures, co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,6 +17,21 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 def _fail(message: str) -> None:
     typer.echo(f"deidpipe risk: {message}", err=True)
     raise typer.Exit(2)
+
+
+def population_option(drawn: str) -> Any:
+    """``--population``, as ``risk`` and ``scan`` declare it; ``drawn`` says what was drawn ("the table was")."""
+    return typer.Option(None, "--population", help=f"Population size N {drawn} drawn from.")
+
+
+def fraction_option(sample: str) -> Any:
+    """``--fraction``, as ``risk`` and ``scan`` declare it; ``sample`` names the sample's size ("rows")."""
+    return typer.Option(None, "--fraction", help=f"Sampling fraction: N = round({sample} / F).")
+
+
+def threshold_option(unit: str) -> Any:
+    """``--threshold``, as ``risk`` and ``scan`` declare it; ``unit`` names what is at risk ("record")."""
+    return typer.Option(0.2, "--threshold", help=f"Highest acceptable re-identification risk of a {unit}.")
 
 
 def population_option_problem(population: int | None, fraction: float | None, threshold: float) -> str | None:
@@ -60,11 +76,9 @@ def risk_command(
     table: Path = typer.Argument(..., help="CSV (any of , ; tab | separated, header row) or Parquet table."),
     qi: str | None = typer.Option(None, "--qi", help="Quasi-identifier columns, comma-separated "
                                                      "(default: every column but --weight)."),
-    population: int | None = typer.Option(None, "--population", help="Population size N the table was drawn "
-                                                                     "from."),
-    fraction: float | None = typer.Option(None, "--fraction", help="Sampling fraction: N = round(rows / F)."),
-    threshold: float = typer.Option(0.2, "--threshold", help="Highest acceptable re-identification risk of a "
-                                                             "record (0.2: classes of 5 and more are safe)."),
+    population: int | None = population_option("the table was"),
+    fraction: float | None = fraction_option("rows"),
+    threshold: float = threshold_option("record (0.2: classes of 5 and more are safe)"),
     weight: str | None = typer.Option(None, "--weight", help="Sampling-weight column: adds sdcMicro's "
                                                              "individual and global risk."),
     population_table: Path | None = typer.Option(None, "--population-table",

@@ -61,6 +61,17 @@ def _check(histogram: Histogram, population: int) -> None:
         raise RiskError("the population size is smaller than the sample")
 
 
+def _fitted_counts(histogram: Histogram,
+                   population: int) -> tuple[np.float64, np.float64, list[tuple[int, int]]] | None:
+    """What Pitman's and the SNB model fit to, after :func:`_check`: the counts of classes of size 1 and 2 (as
+    float64) and the histogram's (size, count) pairs; None where the sample has no unique (both models then
+    estimate 0 uniques, as ARX does)."""
+    _check(histogram, population)
+    if histogram.count_of_size(1) == 0:
+        return None
+    return F64(histogram.count_of_size(1)), F64(histogram.count_of_size(2)), histogram.pairs()
+
+
 def zayatz(histogram: Histogram, population: int) -> float | None:
     """Estimated population uniques by Zayatz's model (``ModelZayatz.java``)."""
     _check(histogram, population)
@@ -82,12 +93,9 @@ def zayatz(histogram: Histogram, population: int) -> float | None:
 
 def pitman(histogram: Histogram, population: int) -> float | None:
     """Estimated population uniques by Pitman's model (``ModelPitman.java``)."""
-    _check(histogram, population)
-    if histogram.count_of_size(1) == 0:
+    if (fitted := _fitted_counts(histogram, population)) is None:
         return 0.0
-    pairs = histogram.pairs()
-    c1 = F64(histogram.count_of_size(1))
-    c2 = F64(histogram.count_of_size(2))
+    c1, c2, pairs = fitted
     u = F64(histogram.classes)
     p = F64(population)
     n = F64(histogram.records)
@@ -196,12 +204,9 @@ def _pitman_result(t: float, a: float, p: float) -> float:
 
 def snb(histogram: Histogram, population: int) -> float | None:
     """Estimated population uniques by the SNB model (``ModelSNB.java``)."""
-    _check(histogram, population)
-    if histogram.count_of_size(1) == 0:
+    if (fitted := _fitted_counts(histogram, population)) is None:
         return 0.0
-    pairs = histogram.pairs()
-    c1 = F64(histogram.count_of_size(1))
-    c2 = F64(histogram.count_of_size(2))
+    c1, c2, pairs = fitted
     f = F64(histogram.records) / F64(population)
     with np.errstate(all="ignore"):
         # estimateNonEmptyEquivalenceClasses (Haas 1998, Shlosser), with ARX's "- 1" inside the sum.

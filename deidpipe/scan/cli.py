@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from deidpipe.risk.cli import fraction_option, population_option, population_option_problem, threshold_option
+
 FORMATS = ("table", "json", "html", "sarif")
 LEVELS = ("info", "low", "medium", "high")
 
@@ -31,11 +33,9 @@ def scan_command(
                                                      "manufacturer_model, body_part (default: all)."),
     unit: str = typer.Option("patient", "--qi-unit", help="One row of the quasi-identifier table per patient or "
                                                           "per study."),
-    population: int | None = typer.Option(None, "--population", help="Population size N the archive's patients "
-                                                                     "were drawn from."),
-    fraction: float | None = typer.Option(None, "--fraction", help="Sampling fraction: N = round(patients / F)."),
-    threshold: float = typer.Option(0.2, "--threshold", help="Highest acceptable re-identification risk of a "
-                                                             "patient."),
+    population: int | None = population_option("the archive's patients were"),
+    fraction: float | None = fraction_option("patients"),
+    threshold: float = threshold_option("patient"),
     fmt: str = typer.Option("table", "--format", help="table, json, html or sarif."),
     out: Path | None = typer.Option(None, "--out", help="Write the report to this file (default: standard "
                                                         "output)."),
@@ -62,8 +62,6 @@ def scan_command(
         _fail(f"--fail-on must be one of {', '.join(LEVELS)}")
     if unit not in ("patient", "study"):
         _fail("--qi-unit must be patient or study")
-    from deidpipe.risk.cli import population_option_problem
-
     if problem := population_option_problem(population, fraction, threshold):
         _fail(problem)
     if not path.exists():

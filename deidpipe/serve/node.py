@@ -66,13 +66,18 @@ class Node:
         tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, self.queue.root / "node.json")
 
+    def _refresh_status(self) -> None:
+        """The audit table and node.json brought up to date; a disk error is let pass (the next refresh, or the
+        next start, writes them again)."""
+        try:
+            self.queue.sync_audit()
+            self._write_node_file()
+        except OSError:
+            pass
+
     def _status_loop(self) -> None:
         while not self._stop.wait(2.0):
-            try:
-                self.queue.sync_audit()
-                self._write_node_file()
-            except OSError:
-                pass
+            self._refresh_status()
 
     def start(self) -> Node:
         self.started_at = time.time()
@@ -120,11 +125,7 @@ class Node:
             self.processor.stop()
         for d in self.deliverers.values():
             d.stop()
-        try:
-            self.queue.sync_audit()
-            self._write_node_file()
-        except OSError:
-            pass
+        self._refresh_status()
 
     def __enter__(self) -> Node:
         return self.start()

@@ -242,15 +242,23 @@ def segmentation(ds: Dataset, fp: FilePlanter, ctx: Context, images: SeriesPlan)
     ds.PixelData = np.packbits(mask.ravel(), bitorder="little").tobytes()
 
 
-def ecg(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
-    """12-lead ECG, 500 Hz, 0.4 s: identity in Multiplex Group Label and in each Channel Label."""
-    p, st = ctx.person, ctx.study
-    equipment_module(ds, fp, ctx, p.site.us_station, p.site.us_serial)
-    ds.ManufacturerModelName = "Synth ECG 1"
+def _made_during_study(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
+    """What an ECG and an encapsulated document share: the equipment of the site's ultrasound room (General
+    Equipment), Instance Number 1, and Content Date, Content Time and Acquisition DateTime at the study's own date
+    and time."""
+    st = ctx.study
+    equipment_module(ds, fp, ctx, ctx.person.site.us_station, ctx.person.site.us_serial)
     ds.InstanceNumber = 1
     fp.put(ds, "ContentDate", fmt_date(st.date), "date")
     fp.put(ds, "ContentTime", st.time, "time")
     fp.put(ds, "AcquisitionDateTime", fmt_date(st.date) + st.time, "datetime")
+
+
+def ecg(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
+    """12-lead ECG, 500 Hz, 0.4 s: identity in Multiplex Group Label and in each Channel Label."""
+    p = ctx.person
+    _made_during_study(ds, fp, ctx)
+    ds.ManufacturerModelName = "Synth ECG 1"
     ds.AcquisitionContextSequence = Sequence([])
     samples = 200
     group = Dataset()
@@ -290,12 +298,8 @@ def ecg(ds: Dataset, fp: FilePlanter, ctx: Context) -> None:
 def encapsulated_document(ds: Dataset, fp: FilePlanter, ctx: Context, kind: str) -> None:
     """Encapsulated PDF (``kind`` pdf) or CDA (``kind`` cda), with the patient named inside the document."""
     p, st = ctx.person, ctx.study
-    equipment_module(ds, fp, ctx, p.site.us_station, p.site.us_serial)
+    _made_during_study(ds, fp, ctx)
     ds.ConversionType = "WSD"
-    ds.InstanceNumber = 1
-    fp.put(ds, "ContentDate", fmt_date(st.date), "date")
-    fp.put(ds, "ContentTime", st.time, "time")
-    fp.put(ds, "AcquisitionDateTime", fmt_date(st.date) + st.time, "datetime")
     ds.BurnedInAnnotation = "YES"
     ds.ConceptNameCodeSequence = Sequence([code_item("18842-5", "LN", "Discharge summary")])
     mrn, name = p.patient_id, p.natural_name
