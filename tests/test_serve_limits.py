@@ -25,8 +25,17 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deidpipe.keys import ProjectKey
-from deidpipe.serve import scu, ul
+from deidpipe.serve import association, dimse
 from deidpipe.serve.config import ServeConfig
+from deidpipe.serve.pdu import (
+    APPLICATION_CONTEXT,
+    ASSOCIATE_AC,
+    ASSOCIATE_RJ,
+    ASSOCIATE_RQ,
+    RELEASE_RP,
+    RELEASE_RQ,
+    Link,
+)
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP
 
@@ -68,7 +77,7 @@ def associate_rq(version: int = 1, contexts=((1, Verification, (IMPLICIT,)),), e
                  extra_context: bytes = b"", extra_user: bytes = b"", calling: bytes = b"SENDER") -> bytes:
     """An A-ASSOCIATE-RQ PDU written byte by byte (PS3.8 section 9.3.2), with room for what pynetdicom's encoder
     would never write."""
-    var = _item(0x10, ul.APPLICATION_CONTEXT.encode())
+    var = _item(0x10, APPLICATION_CONTEXT.encode())
     for cid, abstract, syntaxes in contexts:
         subs = _item(0x30, str(abstract).encode()) + b"".join(_item(0x40, ts.encode()) for ts in syntaxes)
         var += _item(0x20, bytes([cid, 0, 0, 0]) + subs + extra_context)
@@ -76,14 +85,14 @@ def associate_rq(version: int = 1, contexts=((1, Verification, (IMPLICIT,)),), e
                  + extra_user)
     var += extra_top
     body = struct.pack(">HH", version, 0) + b"DEIDPIPE".ljust(16) + calling.ljust(16) + b"\x00" * 32 + var
-    return struct.pack(">BBI", ul.ASSOCIATE_RQ, 0, len(body)) + body
+    return struct.pack(">BBI", ASSOCIATE_RQ, 0, len(body)) + body
 
 
 def _answer(port: int, pdu: bytes) -> tuple[int, bytes, socket.socket]:
     """Send ``pdu`` on a new connection; the type and body of the node's answer, and the socket (open)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(pdu)
-    link = ul.Link(s, 10)
+    link = Link(s, 10)
     kind, body = link.read_pdu()
     return kind, bytes(body), s
 
@@ -92,9 +101,9 @@ def test_protocol_version_bit_0_clear_is_rejected(scp_factory):
     """PS3.8 table 9-11: version 1 is bit 0; table 9-21: rejected-permanent, service-provider (ACSE),
     protocol-version-not-supported. Other bits are not tested."""
     node_scp, _ = scp_factory()
-    for version, expected in ((0x0000, (ul.ASSOCIATE_RJ, bytes([0, 1, 2, 2]))),
-                              (0x0002, (ul.ASSOCIATE_RJ, bytes([0, 1, 2, 2]))),
-                              (0x0003, (ul.ASSOCIATE_AC, None))):
+    for version, expected in ((0x0000, (ASSOCIATE_RJ, bytes([0, 1, 2, 2]))),
+                              (0x0002, (ASSOCIATE_RJ, bytes([0, 1, 2, 2]))),
+                              (0x0003, (ASSOCIATE_AC, None))):
         kind, body, s = _answer(node_scp.port, associate_rq(version=version))
         s.close()
         assert kind == expected[0], version
@@ -109,10 +118,10 @@ def test_duplicate_presentation_context_ids_are_rejected(scp_factory):
     twice = ((1, Verification, (IMPLICIT,)), (1, SECONDARY_CAPTURE, (IMPLICIT,)))
     kind, body, s = _answer(node_scp.port, associate_rq(contexts=twice))
     s.close()
-    assert (kind, body) == (ul.ASSOCIATE_RJ, bytes([0, 1, 2, 1]))
+    assert (kind, body) == (ASSOCIATE_RJ, bytes([0, 1, 2, 1]))
     kind, body, s = _answer(node_scp.port, associate_rq(contexts=((2, Verification, (IMPLICIT,)),)))  # even
     s.close()
-    assert (kind, body) == (ul.ASSOCIATE_RJ, bytes([0, 1, 2, 1]))
+    assert (kind, body) == (ASSOCIATE_RJ, bytes([0, 1, 2, 1]))
 
 
 def test_unknown_items_are_skipped_not_aborted(scp_factory):
@@ -123,14 +132,15 @@ def test_unknown_items_are_skipped_not_aborted(scp_factory):
                        extra_user=_item(0x5F, b"vendor-specific"))
     kind, body, s = _answer(node_scp.port, pdu)
     try:
-        assert kind == ul.ASSOCIATE_AC
-        link = ul.Link(s, 10)
-        echo = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, Verification), (ul.COMMAND_FIELD, ul.C_ECHO_RQ),
-                                  (ul.MESSAGE_ID, 1), (ul.COMMAND_DATA_SET_TYPE, ul.NO_DATA_SET)])
+        assert kind == ASSOCIATE_AC
+        link = Link(s, 10)
+        echo = dimse.encode_command([(dimse.AFFECTED_SOP_CLASS_UID, Verification),
+                                     (dimse.COMMAND_FIELD, dimse.C_ECHO_RQ), (dimse.MESSAGE_ID, 1),
+                                     (dimse.COMMAND_DATA_SET_TYPE, dimse.NO_DATA_SET)])
         link.send_message(1, echo)
-        assert ul.command_us(link.read_message().command, ul.STATUS) == 0x0000
-        link.send_pdu(ul.RELEASE_RQ, b"\x00" * 4)
-        assert link.read_pdu()[0] == ul.RELEASE_RP
+        assert dimse.command_us(link.read_message().command, dimse.STATUS) == 0x0000
+        link.send_pdu(RELEASE_RQ, b"\x00" * 4)
+        assert link.read_pdu()[0] == RELEASE_RP
     finally:
         s.close()
 
@@ -203,7 +213,7 @@ def test_no_free_slot_gives_transient_rejection(scp_factory):
     got: list[tuple[int, int, int]] = []
 
     def on_pdu(event):
-        if event.pdu.pdu_type == ul.ASSOCIATE_RJ:
+        if event.pdu.pdu_type == ASSOCIATE_RJ:
             got.append((event.pdu.result, event.pdu.source, event.pdu.reason_diagnostic))
 
     ae = AE(ae_title="SENDER")
@@ -263,7 +273,7 @@ def test_deflated_object_is_charged_inflated(scp_factory):
     big = deflated_object("1.2.826.0.1.3680043.10.999.81", 80)
     small = deflated_object("1.2.826.0.1.3680043.10.999.82", 20)
     assert 1.5e6 < len(big) < 3e6
-    sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=30)
+    sender = association.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=30)
     sender.open([(SECONDARY_CAPTURE, [DEFLATED])])
     try:
         before = _peak_rss_mb()

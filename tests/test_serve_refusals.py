@@ -19,11 +19,12 @@ from pydicom.filewriter import write_dataset
 from deidpipe.dicomio.plainread import TRUNCATED_IN_HEADER, TRUNCATED_IN_VALUE, dataset_truncation
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
-from deidpipe.serve import scu
+from deidpipe.serve import association
 from deidpipe.serve.config import Destination, ServeConfig
+from deidpipe.serve.dimse import STATUS_CANNOT_UNDERSTAND, STATUS_MISMATCH
 from deidpipe.serve.node import Node
 from deidpipe.serve.queue import Queue
-from deidpipe.serve.scp import STATUS_CANNOT_UNDERSTAND, STATUS_MISMATCH, StorageSCP, refusal
+from deidpipe.serve.scp import StorageSCP, refusal
 
 KEY = ProjectKey(b"serve-refusals-test-key-0123456789abcdef")
 HEADER_POLICY = Policy(pixels="off", deface="off")
@@ -219,7 +220,7 @@ def test_cut_data_sets_refused_in_every_transfer_syntax(tmp_path, syntax):
     node_scp = StorageSCP(cfg, queue, KEY)
     node_scp.start()
     try:
-        sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=20)
+        sender = association.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=20)
         sender.open([(CT_IMAGE, [syntax])])
         uid = str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).SOPInstanceUID)
         try:

@@ -1,4 +1,5 @@
-"""The node's own upper layer (:mod:`deidpipe.serve.ul`, its SCU :mod:`deidpipe.serve.scu`) against pynetdicom:
+"""The node's own network layers (:mod:`deidpipe.serve.dimse`, :mod:`deidpipe.serve.pdu`, its SCU
+:class:`deidpipe.serve.association.Requestor`) against pynetdicom:
 its command sets against pynetdicom's
 encoder and decoder, pynetdicom's SCU against the node's Storage SCP, and the node's SCU against pynetdicom's SCP
 (with a small PDU limit, so that every object goes in many fragments). dcmtk and Orthanc peers are in
@@ -23,7 +24,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from deidpipe.keys import ProjectKey
-from deidpipe.serve import scu, ul
+from deidpipe.serve import association, dimse, net, pdu
 from deidpipe.serve.config import ServeConfig
 from deidpipe.serve.deliver import _file_head_pydicom, file_head
 from deidpipe.serve.net import free_port, wait_port
@@ -47,21 +48,21 @@ def test_command_sets_agree_with_pynetdicom():
     prim.AffectedSOPInstanceUID = "1.2.3.4.5"
     prim.Priority = 2
     prim.DataSet = io.BytesIO(b"\x08\x00")  # a data set follows the command
-    theirs = ul.decode_command(_pynetdicom_command(prim, C_STORE_RQ))
-    assert ul.command_us(theirs, ul.COMMAND_FIELD) == ul.C_STORE_RQ
-    assert ul.command_us(theirs, ul.MESSAGE_ID) == 7
-    assert ul.command_ui(theirs, ul.AFFECTED_SOP_INSTANCE_UID) == "1.2.3.4.5"
+    theirs = dimse.decode_command(_pynetdicom_command(prim, C_STORE_RQ))
+    assert dimse.command_us(theirs, dimse.COMMAND_FIELD) == dimse.C_STORE_RQ
+    assert dimse.command_us(theirs, dimse.MESSAGE_ID) == 7
+    assert dimse.command_ui(theirs, dimse.AFFECTED_SOP_INSTANCE_UID) == "1.2.3.4.5"
 
-    ours = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, CTImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
-                              (ul.MESSAGE_ID, 7), (ul.PRIORITY, 2), (ul.COMMAND_DATA_SET_TYPE, 0x0001),
-                              (ul.AFFECTED_SOP_INSTANCE_UID, "1.2.3.4.5")])
+    ours = dimse.encode_command([(dimse.AFFECTED_SOP_CLASS_UID, CTImageStorage),
+                                 (dimse.COMMAND_FIELD, dimse.C_STORE_RQ), (dimse.MESSAGE_ID, 7), (dimse.PRIORITY, 2),
+                                 (dimse.COMMAND_DATA_SET_TYPE, 0x0001), (dimse.AFFECTED_SOP_INSTANCE_UID, "1.2.3.4.5")])
     assert ours == _pynetdicom_command(prim, C_STORE_RQ)  # byte for byte
     ds = decode(io.BytesIO(ours), True, True)
     assert ds.CommandGroupLength == len(ours) - 12
     assert (ds.CommandField, ds.MessageID, ds.AffectedSOPInstanceUID) == (1, 7, "1.2.3.4.5")
 
-    request = ul.Message(1, ul.decode_command(ours), b"")
-    rsp = ul.store_response(request, 0xA700)
+    request = dimse.Message(1, dimse.decode_command(ours), b"")
+    rsp = dimse.store_response(request, 0xA700)
     prim.Status = 0xA700
     prim.MessageIDBeingRespondedTo = 7
     prim.MessageID = None
@@ -69,19 +70,19 @@ def test_command_sets_agree_with_pynetdicom():
     assert rsp == _pynetdicom_command(prim, C_STORE_RSP)
 
     # A refusal's Error Comment (0000,0902), LO: padded with a space, as pynetdicom encodes it.
-    rsp = ul.store_response(request, 0xC000, "pixel data is shorter than its header declares")
+    rsp = dimse.store_response(request, 0xC000, "pixel data is shorter than its header declares")
     prim.Status = 0xC000
     prim.ErrorComment = "pixel data is shorter than its header declares"
     assert rsp == _pynetdicom_command(prim, C_STORE_RSP)
-    assert len(decode(io.BytesIO(ul.store_response(request, 0xC000, "x" * 80)), True, True).ErrorComment) == 64
+    assert len(decode(io.BytesIO(dimse.store_response(request, 0xC000, "x" * 80)), True, True).ErrorComment) == 64
 
 
 def test_cut_command_set_is_a_protocol_error():
-    good = ul.encode_command([(ul.COMMAND_FIELD, ul.C_ECHO_RQ)])
-    with pytest.raises(ul.ProtocolError):
-        ul.decode_command(good[:-1])
-    with pytest.raises(ul.ProtocolError):
-        ul.decode_command(good[:5])
+    good = dimse.encode_command([(dimse.COMMAND_FIELD, dimse.C_ECHO_RQ)])
+    with pytest.raises(net.ProtocolError):
+        dimse.decode_command(good[:-1])
+    with pytest.raises(net.ProtocolError):
+        dimse.decode_command(good[:5])
 
 
 @pytest.fixture
@@ -183,7 +184,7 @@ def test_node_scu_to_pynetdicom_in_small_fragments(tmp_path):
     try:
         wait_port(port)
         heads = {name: file_head(Path(get_testdata_file(name))) for name in FILES}
-        sender = scu.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=10)
+        sender = association.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=10)
         sender.open([(sop, [ts]) for sop, ts in sorted({(h[0], h[2]) for h in heads.values()})])
         assert sender.link is not None and sender.link.peer_max_pdu == 4096
         for name, (sop, inst, ts, offset) in heads.items():
@@ -212,12 +213,13 @@ def test_node_scu_rejected_and_unreachable():
     server = ae.start_server(("127.0.0.1", port), block=False)
     try:
         wait_port(port)
-        with pytest.raises(ul.AssociationRejected):
-            scu.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=5).open([(CTImageStorage, ["1.2.840.10008.1.2"])])
+        with pytest.raises(net.AssociationRejected):
+            association.Requestor("127.0.0.1", port, "PEER", "NODE", timeout=5).open([(CTImageStorage,
+                                                                                       ["1.2.840.10008.1.2"])])
     finally:
         server.shutdown()
-    with pytest.raises(ul.PeerAborted):
-        scu.Requestor("127.0.0.1", free_port(), "PEER", "NODE", timeout=5).open([(CTImageStorage,
+    with pytest.raises(net.PeerAborted):
+        association.Requestor("127.0.0.1", free_port(), "PEER", "NODE", timeout=5).open([(CTImageStorage,
                                                                                   ["1.2.840.10008.1.2"])])
 
 
@@ -261,38 +263,38 @@ def test_messages_in_fragments_and_limits():
     """A message written by :meth:`Link.send_message` in many small PDUs reads back whole; a data set over the
     reader's limit, or a command set that never ends, is a protocol error (not a full memory)."""
     a, b = socket.socketpair()
-    sender, reader = ul.Link(a, 5), ul.Link(b, 5)
+    sender, reader = pdu.Link(a, 5), pdu.Link(b, 5)
     sender.peer_max_pdu = 64
-    command = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, CTImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
-                                 (ul.MESSAGE_ID, 1), (ul.PRIORITY, 0), (ul.COMMAND_DATA_SET_TYPE, 0),
-                                 (ul.AFFECTED_SOP_INSTANCE_UID, "1.2.3")])
+    command = dimse.encode_command([(dimse.AFFECTED_SOP_CLASS_UID, CTImageStorage),
+                                    (dimse.COMMAND_FIELD, dimse.C_STORE_RQ), (dimse.MESSAGE_ID, 1), (dimse.PRIORITY, 0),
+                                    (dimse.COMMAND_DATA_SET_TYPE, 0), (dimse.AFFECTED_SOP_INSTANCE_UID, "1.2.3")])
     data = bytes(range(256)) * 10
     t = threading.Thread(target=lambda: (sender.send_message(3, command, io.BytesIO(data)),
                                          sender.send_message(3, command, data)))
     t.start()
     for _ in range(2):
         msg = reader.read_message()
-        assert (msg.context_id, msg.command_field, msg.data) == (3, ul.C_STORE_RQ, data)
+        assert (msg.context_id, msg.command_field, msg.data) == (3, dimse.C_STORE_RQ, data)
     t.join(5)
     t = threading.Thread(target=sender.send_message, args=(3, command, data))
     t.start()
-    with pytest.raises(ul.ProtocolError):
+    with pytest.raises(net.ProtocolError):
         reader.read_message(max_data=1000)
     t.join(5)
     a.close()
     b.close()
     a, b = socket.socketpair()
-    sender, reader = ul.Link(a, 5), ul.Link(b, 5)
+    sender, reader = pdu.Link(a, 5), pdu.Link(b, 5)
     def send_endless_command() -> None:
         try:
             for _ in range(100):
                 sender._send_pdv(1, 0x01, b"\x00" * 1000)  # command fragments, none the last
-        except ul.ProtocolError:
+        except net.ProtocolError:
             pass  # the reader gave up and closed: as it should
 
     endless = threading.Thread(target=send_endless_command)
     endless.start()
-    with pytest.raises(ul.ProtocolError):
+    with pytest.raises(net.ProtocolError):
         reader.read_message()
     b.close()
     endless.join(5)
@@ -306,18 +308,19 @@ def test_budget_and_context_checks(scp):
     path = Path(get_testdata_file("CT_small.dcm"))
     sop, inst, ts, offset = file_head(path)
     data = path.read_bytes()[offset:]
-    sender = scu.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=10)
+    sender = association.Requestor("127.0.0.1", node_scp.port, "DEIDPIPE", "SENDER", timeout=10)
     sender.open([(sop, [ts])])
     node_scp.budget.limit = 1000  # the association thread already waits with this budget
     assert sender.store(sop, inst, ts, data) == 0xA700
     assert node_scp.budget.used == 0
     node_scp.budget.limit = 1 << 30
     assert sender.link is not None
-    command = ul.encode_command([(ul.AFFECTED_SOP_CLASS_UID, MRImageStorage), (ul.COMMAND_FIELD, ul.C_STORE_RQ),
-                                 (ul.MESSAGE_ID, 99), (ul.PRIORITY, 0), (ul.COMMAND_DATA_SET_TYPE, 1),
-                                 (ul.AFFECTED_SOP_INSTANCE_UID, inst)])
+    command = dimse.encode_command([(dimse.AFFECTED_SOP_CLASS_UID, MRImageStorage),
+                                    (dimse.COMMAND_FIELD, dimse.C_STORE_RQ), (dimse.MESSAGE_ID, 99),
+                                    (dimse.PRIORITY, 0), (dimse.COMMAND_DATA_SET_TYPE, 1),
+                                    (dimse.AFFECTED_SOP_INSTANCE_UID, inst)])
     sender.link.send_message(sender.contexts[(sop, ts)], command, data)
-    assert ul.command_us(sender.link.read_message().command, ul.STATUS) == 0x0122
+    assert dimse.command_us(sender.link.read_message().command, dimse.STATUS) == 0x0122
     assert sender.store(sop, inst, ts, data) == 0
     sender.release()
     assert len(_stored(queue)) == 1 and node_scp.budget.used == 0

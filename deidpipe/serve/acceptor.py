@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from deidpipe.serve.ul import (
+from deidpipe.serve.association import Event, Machine, send_last_pdu
+from deidpipe.serve.net import ProtocolError
+from deidpipe.serve.pdu import (
     APPLICATION_CONTEXT,
     ASSOCIATE_RJ,
     ASSOCIATE_RQ,
     Link,
-    ProtocolError,
     decode_associate,
     peer_max_pdu,
     user_information,
@@ -126,19 +127,20 @@ def screen_request(body: bytes | bytearray) -> Request:
     return Request(bytes(out), struct.unpack_from(">H", body, 0)[0], ids)
 
 
-def reject(link: Link, rj: tuple[int, int, int], reason: str) -> Rejected:
+def reject(link: Link, machine: Machine, rj: tuple[int, int, int], reason: str) -> Rejected:
     """Send the A-ASSOCIATE-RJ and close (after the peer has had its chance to read it)."""
-    link.send_last_pdu(ASSOCIATE_RJ, bytes([0, *rj]))
+    send_last_pdu(link, machine, Event.REJECT, ASSOCIATE_RJ, bytes([0, *rj]))
     return Rejected(rj, reason)
 
 
-def accept_association(link: Link, supported: list[Any], calling_allowed: Callable[[str], bool] = lambda aet: True,
-                       deadline: float | None = None,
+def accept_association(link: Link, machine: Machine, supported: list[Any],
+                       calling_allowed: Callable[[str], bool] = lambda aet: True, deadline: float | None = None,
                        take_slot: Callable[[], bool] = lambda: True) -> Accepted | Rejected:
     """Read the A-ASSOCIATE-RQ (all of it by ``deadline``, the ARTIM timer), check it, negotiate against
     ``supported`` (pynetdicom ``PresentationContext`` items) and answer AC, or RJ (the connection then closed).
     ``take_slot`` is asked last, for a request that would be accepted: False (no slot) rejects it as transient.
-    :class:`ProtocolError` for a PDU that is not an A-ASSOCIATE-RQ or cannot be decoded (the caller aborts)."""
+    :class:`ProtocolError` for a PDU that is not an A-ASSOCIATE-RQ or cannot be decoded (the caller aborts).
+    ``machine`` goes from Sta2 to Sta6 (accepted) or through Sta13 to Sta1 (rejected)."""
     from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
     from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
     from pynetdicom.presentation import negotiate_as_acceptor
@@ -146,18 +148,19 @@ def accept_association(link: Link, supported: list[Any], calling_allowed: Callab
     pdu_type, body = link.read_pdu(deadline=deadline)
     if pdu_type != ASSOCIATE_RQ:
         raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+    machine.on(Event.RQ_RECEIVED)
     request = screen_request(body)
     if not request.protocol_version & 0x0001:
-        return reject(link, REJECT_PROTOCOL_VERSION, "protocol version not supported")
+        return reject(link, machine, REJECT_PROTOCOL_VERSION, "protocol version not supported")
     ids = request.context_ids
     if len(set(ids)) != len(ids) or any(i % 2 == 0 for i in ids):
-        return reject(link, REJECT_MALFORMED, "presentation context IDs repeated or not odd")
+        return reject(link, machine, REJECT_MALFORMED, "presentation context IDs repeated or not odd")
     prim = decode_associate(A_ASSOCIATE_RQ, ASSOCIATE_RQ, request.body)
     calling = str(prim.calling_ae_title or "").strip()
     if str(prim.application_context_name or "") != APPLICATION_CONTEXT:
-        return reject(link, REJECT_APPLICATION_CONTEXT, "application context not supported")
+        return reject(link, machine, REJECT_APPLICATION_CONTEXT, "application context not supported")
     if not calling_allowed(calling):
-        return reject(link, REJECT_CALLING_AE, "calling AE title not on the allow-list")
+        return reject(link, machine, REJECT_CALLING_AE, "calling AE title not on the allow-list")
     link.peer_max_pdu = peer_max_pdu(prim.user_information)
     roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in prim.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid}
@@ -166,9 +169,9 @@ def accept_association(link: Link, supported: list[Any], calling_allowed: Callab
     accepted = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in results if cx.result == 0x00}
     if not accepted:  # no context: PS3.8 lets us accept with none, but nothing could ever be sent
-        return reject(link, REJECT_NOTHING_ACCEPTABLE, "no presentation context acceptable")
+        return reject(link, machine, REJECT_NOTHING_ACCEPTABLE, "no presentation context acceptable")
     if not take_slot():
-        return reject(link, REJECT_LOCAL_LIMIT, "every association slot taken")
+        return reject(link, machine, REJECT_LOCAL_LIMIT, "every association slot taken")
     ac = A_ASSOCIATE()
     ac.application_context_name = APPLICATION_CONTEXT
     ac.calling_ae_title = prim.calling_ae_title
@@ -178,5 +181,6 @@ def accept_association(link: Link, supported: list[Any], calling_allowed: Callab
     ac.user_information = user_information() + list(reply_roles)
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
+    machine.on(Event.ACCEPT)
     link.send(pdu.encode())
     return Accepted(calling, str(prim.called_ae_title or "").strip(), accepted)

@@ -108,7 +108,7 @@ def _file_head_pydicom(path: Path) -> tuple[str, str, str, int]:
 
 
 class DicomSender(Sender):
-    """C-STORE SCU (:class:`deidpipe.serve.scu.Requestor`). One association is kept open while there is work and
+    """C-STORE SCU (:class:`deidpipe.serve.association.Requestor`). One association is kept open while there is work and
     renewed when a batch needs a presentation context it lacks; each file's data set goes as it is on disk (the
     bytes ``run`` writes), in PDU-sized reads; TCP_NODELAY is set on its socket."""
 
@@ -123,8 +123,8 @@ class DicomSender(Sender):
         self.last_used = 0.0
 
     def _open(self, needed: set[tuple[str, str]]) -> None:
-        from deidpipe.serve.scu import Requestor
-        from deidpipe.serve.ul import AssociationRejected, ProtocolError
+        from deidpipe.serve.association import Requestor
+        from deidpipe.serve.net import AssociationRejected, ProtocolError
 
         self.close()
         # Seconds to wait for anything from the destination, a C-STORE response included (destination
@@ -152,7 +152,7 @@ class DicomSender(Sender):
             self.close()
 
     def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        from deidpipe.serve.ul import ProtocolError
+        from deidpipe.serve.net import ProtocolError
 
         out: list[tuple[str, str] | None] = [None] * len(tickets)
         files: list[tuple[int, Path, tuple[str, str, str, int]]] = []

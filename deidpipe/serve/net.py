@@ -1,12 +1,40 @@
-"""Small network helpers: ``TCP_NODELAY`` on a socket, and for starting peers beside a ``deidpipe serve`` node
-(tests, benchmarks) a free port to give a peer and a wait until the node (or the peer) listens on it."""
+"""What every network layer of the node shares: the errors of an association (raised by the DIMSE codecs,
+:mod:`deidpipe.serve.dimse`, the framing, :mod:`deidpipe.serve.pdu`, and the association handling,
+:mod:`deidpipe.serve.association`), ``TCP_NODELAY`` on a socket, and for starting peers beside a ``deidpipe
+serve`` node (tests, benchmarks) a free port to give a peer and a wait until the node (or the peer) listens on
+it."""
 
 from __future__ import annotations
 
 import socket
 import time
 
-__all__ = ["free_port", "nodelay", "wait_port"]
+__all__ = ["AssociationRejected", "NetworkTimeout", "PeerAborted", "PeerReleased", "ProtocolError", "free_port",
+           "nodelay", "wait_port"]
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol, or the connection ended; the message names no value."""
+
+
+class NetworkTimeout(ProtocolError):
+    """The peer sent nothing (or not enough) in time."""
+
+
+class PeerAborted(ProtocolError):
+    """The peer aborted the association (``abort_pdu``: it sent an A-ABORT) or the connection closed."""
+
+    def __init__(self, message: str, *, abort_pdu: bool = False) -> None:
+        super().__init__(message)
+        self.abort_pdu = abort_pdu
+
+
+class PeerReleased(Exception):
+    """The peer asked for release (A-RELEASE-RQ)."""
+
+
+class AssociationRejected(ProtocolError):
+    """The acceptor refused the association (A-ASSOCIATE-RJ)."""
 
 
 def nodelay(sock: socket.socket) -> None:

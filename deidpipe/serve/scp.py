@@ -24,8 +24,9 @@ slot taken gets an A-ASSOCIATE-RJ (transient, local limit exceeded). A connectio
 A-ASSOCIATE-RQ within the ARTIM timer (``artim_timeout_s``), and connections not yet associated are bounded
 apart from association slots (:mod:`deidpipe.serve.gate`); the request is checked as PS3.8 has it
 (:mod:`deidpipe.serve.acceptor`). Every accepted socket has ``TCP_NODELAY`` set (Nagle's algorithm stalls each
-small PDU by tens of milliseconds on loopback). Associations are served by :mod:`deidpipe.serve.ul`, one thread
-each (its docstring says why not pynetdicom's reactors).
+small PDU by tens of milliseconds on loopback). Associations are served by :mod:`deidpipe.serve.association`
+(states and transitions) on :mod:`deidpipe.serve.pdu`'s links, one thread each (that module's docstring says why
+not pynetdicom's reactors).
 
 Memory: the data sets being received, node-wide, are charged to one budget (``memory_budget_mb``): their bytes as
 they arrive and, for Deflated Explicit VR Little Endian, their inflated bytes as they are inflated
@@ -52,20 +53,30 @@ from deidpipe.errors import InputError
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.index import received_object_id
 from deidpipe.policy import Policy
-from deidpipe.serve import ul
+from deidpipe.serve import pdu
 from deidpipe.serve.acceptor import Accepted, Rejected, accept_association
+from deidpipe.serve.association import Event, Machine, serve_requests
 from deidpipe.serve.config import ServeConfig, TlsConfig
+from deidpipe.serve.dimse import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    STATUS_SUCCESS,
+    VERIFICATION,
+    Message,
+    command_ui,
+)
 from deidpipe.serve.gate import Gate, Ticket
-from deidpipe.serve.net import nodelay
+from deidpipe.serve.net import NetworkTimeout, ProtocolError, nodelay
 from deidpipe.serve.queue import Queue
 
 log = logging.getLogger("deidpipe.serve")
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_MISMATCH = 0xA900
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
-STATUS_CANNOT_UNDERSTAND = 0xC000
 UID_MISMATCH = "SOP Instance UID of the data set differs from the request's"
 
 
@@ -94,7 +105,7 @@ def quiet_pynetdicom() -> None:
 def supported_contexts() -> list[Any]:
     """Every storage SOP class with :data:`TRANSFER_SYNTAXES`, and Verification."""
     return [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts] + [
-        build_context(ul.VERIFICATION)]
+        build_context(VERIFICATION)]
 
 
 def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -164,7 +175,7 @@ class StorageSCP:
         self.server: socket.socket | None = None
         self.stats = {"received": 0, "refused": 0, "failed": 0}
         self._lock = threading.Lock()
-        self._links: set[ul.Link] = set()
+        self._links: set[pdu.Link] = set()
         self._threads: set[threading.Thread] = set()
         self._closing = False
         self._ssl: ssl.SSLContext | None = None
@@ -173,7 +184,7 @@ class StorageSCP:
         self.gate = Gate(config.max_associations, config.max_pending, config.max_pending_per_address)
         #: Data sets being received and checked, node-wide, their inflated size included (default: a quarter of
         #: the machine's memory).
-        self.budget = ul.ByteBudget(config.memory_budget_bytes)
+        self.budget = pdu.ByteBudget(config.memory_budget_bytes)
 
     @property
     def port(self) -> int:
@@ -252,9 +263,12 @@ class StorageSCP:
                 log.error("connection refused: no thread could be started")
 
     def _serve(self, ticket: Ticket, artim: float) -> None:
-        """One connection, from accept to close; ``artim``: when the ARTIM timer expires (``time.monotonic()``)."""
-        link: ul.Link | None = None
+        """One connection, from accept to close; ``artim``: when the ARTIM timer expires (``time.monotonic()``).
+        Its PS3.8 states: :mod:`deidpipe.serve.association`."""
+        link: pdu.Link | None = None
         sock = ticket.sock
+        machine = Machine()
+        machine.on(Event.CONNECTION_ACCEPTED)
         try:
             nodelay(sock)
             if self._ssl is not None:
@@ -263,28 +277,35 @@ class StorageSCP:
                     sock = self._ssl.wrap_socket(sock, server_side=True)
                 except (OSError, ssl.SSLError):
                     log.warning("TLS handshake failed or took too long: connection closed")
+                    machine.on(Event.CONNECTION_CLOSED)
                     return
                 if not self.gate.rewrap(ticket, sock):
+                    machine.on(Event.CONNECTION_CLOSED)
                     return
-            link = ul.Link(sock, self.config.network_timeout_s)
+            link = pdu.Link(sock, self.config.network_timeout_s)
             with self._lock:
                 if self._closing:
+                    machine.on(Event.CONNECTION_CLOSED)
                     return
                 self._links.add(link)
-            self._associate_and_serve(link, ticket, artim)
-        except ul.NetworkTimeout as exc:
+            self._associate_and_serve(link, machine, ticket, artim)
+        except NetworkTimeout as exc:
             if not ticket.associated:  # the ARTIM timer expired (PS3.8 AA-2): the connection is closed, no A-ABORT
                 log.warning("connection closed: no A-ASSOCIATE-RQ within the ARTIM timer")
+                machine.on(Event.ARTIM_EXPIRED)
             else:
                 log.warning("association ended: %s", exc)
+                machine.on(Event.ABORT_REQUEST)
                 if link is not None:
                     link.abort()
-        except ul.ProtocolError as exc:
+        except ProtocolError as exc:
             log.warning("association ended: %s", exc)
+            machine.on(Event.INVALID_PDU)
             if link is not None:
                 link.abort()
         except Exception as exc:  # noqa: BLE001 - a bug must not take the node down; the type only
             log.error("association failed (%s)", type(exc).__name__)
+            machine.on(Event.ABORT_REQUEST)
             if link is not None:
                 link.abort()
         finally:
@@ -300,10 +321,10 @@ class StorageSCP:
                 self._threads.discard(threading.current_thread())
             self.gate.leave(ticket)
 
-    def _associate_and_serve(self, link: ul.Link, ticket: Ticket, artim: float) -> None:
+    def _associate_and_serve(self, link: pdu.Link, machine: Machine, ticket: Ticket, artim: float) -> None:
         allowed = {a.strip() for a in self.config.allowed_ae_titles}
         accepted = accept_association(
-            link, self._supported,
+            link, machine, self._supported,
             calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
             deadline=artim, take_slot=lambda: self.gate.take_slot(ticket))
         if isinstance(accepted, Rejected):
@@ -311,30 +332,18 @@ class StorageSCP:
                 self.stats["refused"] += 1
             log.warning("association rejected: %s", accepted.reason)
             return
-        while True:
-            try:
-                msg = link.read_message(budget=self.budget)
-            except ul.PeerReleased:
-                link.send_last_pdu(ul.RELEASE_RP, b"\x00" * 4)
-                return
-            except ul.PeerAborted:
-                return
-            try:
-                status, comment = self._answer(accepted, msg)
-            finally:
-                self.budget.give(msg.reserved)
-            link.send_message(msg.context_id, ul.store_response(msg, status, comment))
+        serve_requests(link, machine, lambda msg: self._answer(accepted, msg), self.budget)
 
-    def _answer(self, accepted: Accepted, msg: ul.Message) -> Answer:
+    def _answer(self, accepted: Accepted, msg: Message) -> Answer:
         """The status for one request: C-ECHO on the Verification context, C-STORE of the context's SOP class."""
         context = accepted.contexts.get(msg.context_id)
         if context is None:
-            raise ul.ProtocolError("message on a presentation context that was not accepted")
-        sop_class = ul.command_ui(msg.command, ul.AFFECTED_SOP_CLASS_UID)
-        if msg.command_field == ul.C_ECHO_RQ and context[0] == ul.VERIFICATION:
+            raise ProtocolError("message on a presentation context that was not accepted")
+        sop_class = command_ui(msg.command, AFFECTED_SOP_CLASS_UID)
+        if msg.command_field == C_ECHO_RQ and context[0] == VERIFICATION:
             return Answer(STATUS_SUCCESS)
-        if msg.command_field != ul.C_STORE_RQ or context[0] == ul.VERIFICATION:
-            raise ul.ProtocolError("a request the node does not serve on that presentation context")
+        if msg.command_field != C_STORE_RQ or context[0] == VERIFICATION:
+            raise ProtocolError("a request the node does not serve on that presentation context")
         if sop_class != context[0]:
             return Answer(STATUS_SOP_CLASS_NOT_SUPPORTED)  # PS3.7 C.4.2.1.4: the class is the context's
         if msg.dropped:
@@ -343,8 +352,8 @@ class StorageSCP:
             log.error("object not stored: the node holds too many data sets in memory; answered out of resources")
             return Answer(STATUS_OUT_OF_RESOURCES)
         if msg.data is None:
-            raise ul.ProtocolError("C-STORE without a data set")
-        return self.store(sop_class, ul.command_ui(msg.command, ul.AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
+            raise ProtocolError("C-STORE without a data set")
+        return self.store(sop_class, command_ui(msg.command, AFFECTED_SOP_INSTANCE_UID), context[1], msg.data)
 
     # -- objects -------------------------------------------------------------------------------------------------
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, body: bytes) -> Answer:

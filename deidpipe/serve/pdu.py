@@ -1,40 +1,36 @@
-"""The node's DICOM upper layer (PS3.8): associations and the C-ECHO and C-STORE messages, on blocking sockets.
+"""Upper-layer PDUs (PS3.8 section 9.3) and their framing on a blocking socket: the node's half of the DICOM
+upper layer below the association (:mod:`deidpipe.serve.association`) and above TCP or TLS.
 
-Why not pynetdicom's own association machinery for this part: it is built on polling loops. Its DUL and
-association reactors sleep 1 ms between checks, every association runs three threads, and every PDU passes through
-queues between them. Measured on this project's benchmark (200 objects of 512x512, storescu to the node to
-storescp, 2 cores), the node spent 17.7 ms of CPU per object, most of it in those loops. It reached 6-7% of
-storescu to storescp. Here one thread per association reads each PDU with a blocking ``recv_into`` and answers at
-once.
+Why not pynetdicom's own association machinery: it is built on polling loops. Its DUL and association reactors
+sleep 1 ms between checks, every association runs three threads, and every PDU passes through queues between
+them. Measured on this project's benchmark (200 objects of 512x512, storescu to the node to storescp, 2 cores),
+the node spent 17.7 ms of CPU per object, most of it in those loops. It reached 6-7% of storescu to storescp.
+Here one thread per association reads each PDU with a blocking ``recv_into`` and answers at once.
 
-What is still pynetdicom's: the A-ASSOCIATE-RQ/AC codecs (:mod:`pynetdicom.pdu`) and presentation context
-negotiation (:func:`pynetdicom.presentation.negotiate_as_acceptor` and ``negotiate_as_requestor``), which run once
-per association. The C-STORE SCU on top of it is :mod:`deidpipe.serve.scu`; the acceptor side of association
-establishment (the A-ASSOCIATE-RQ checked as PS3.8 has it) is :mod:`deidpipe.serve.acceptor`.
-Written here: P-DATA-TF framing (PS3.8 section 9.3.5), the four command sets the node uses
-(C-STORE-RQ/RSP, C-ECHO-RQ/RSP, PS3.7 section 9.3), and the release and abort PDUs. ``tests/test_serve_ul.py``
-checks them against pynetdicom's encoders and against pynetdicom and dcmtk peers.
+What is still pynetdicom's: the A-ASSOCIATE-RQ/AC codecs (:mod:`pynetdicom.pdu`, wrapped by
+:func:`decode_associate` and :func:`user_information`) and presentation context negotiation, which run once per
+association. Written here: reading and writing whole PDUs within a timeout (:class:`Link`), P-DATA-TF framing and
+PDV fragmentation of DIMSE messages (PS3.8 section 9.3.5 and annex E; the command sets are
+:mod:`deidpipe.serve.dimse`), and the release and abort PDUs. ``tests/test_serve_ul.py`` checks them against
+pynetdicom's encoders and against pynetdicom and dcmtk peers.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-log = logging.getLogger("deidpipe.serve")
+from deidpipe.serve.dimse import COMMAND_DATA_SET_TYPE, NO_DATA_SET, Message, command_us, decode_command
+from deidpipe.serve.net import NetworkTimeout, PeerAborted, PeerReleased, ProtocolError
 
 # PDU types, PS3.8 table 9-1
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION = "1.2.840.10008.1.1"
 
 #: The largest P-DATA-TF the node says it receives (Maximum Length Received). Larger PDUs mean fewer trips
 #: through Python per object than dcmtk's 16 KiB default.
@@ -47,24 +43,8 @@ PDU_HARD_LIMIT = MAX_PDU_RECEIVE
 #: A command set longer than this, or a data set longer than the pipeline takes (2 GiB), is refused (abort): a
 #: peer that never ends a message must not fill the node's memory.
 MAX_COMMAND_BYTES = 1 << 16
-
-# Command Set elements, PS3.7 annex E
-AFFECTED_SOP_CLASS_UID = 0x00000002
-COMMAND_FIELD = 0x00000100
-MESSAGE_ID = 0x00000110
-MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
-PRIORITY = 0x00000700
-COMMAND_DATA_SET_TYPE = 0x00000800
-STATUS = 0x00000900
-#: Error Comment (LO, at most 64 characters): the node's reason for a failure status, fixed words, never a value.
-ERROR_COMMENT = 0x00000902
-AFFECTED_SOP_INSTANCE_UID = 0x00001000
-
-C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
-NO_DATA_SET = 0x0101
-
-_US_TAGS = frozenset({COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, PRIORITY, COMMAND_DATA_SET_TYPE,
-                      STATUS})
+#: The variable part of A-RELEASE-RQ and A-RELEASE-RP: four reserved bytes (PS3.8 tables 9-24 and 9-25).
+RELEASE_BODY = b"\x00" * 4
 
 
 def implementation() -> tuple[str, str]:
@@ -72,87 +52,6 @@ def implementation() -> tuple[str, str]:
     from deidpipe.dicomio.write import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     return IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol, or the connection ended; the message names no value."""
-
-
-class NetworkTimeout(ProtocolError):
-    """The peer sent nothing (or not enough) in time."""
-
-
-class PeerReleased(Exception):
-    """The peer asked for release (A-RELEASE-RQ)."""
-
-
-class PeerAborted(ProtocolError):
-    """The peer aborted the association (A-ABORT) or closed the connection."""
-
-
-class AssociationRejected(ProtocolError):
-    """The acceptor refused the association (A-ASSOCIATE-RJ)."""
-
-
-# -- command sets (implicit VR little endian, group 0000) -----------------------------------------------------
-def encode_command(elements: Iterable[tuple[int, int | str]]) -> bytes:
-    """A command set from ``(tag, value)`` pairs in ascending tag order: unsigned shorts for the US elements,
-    the Error Comment as text (padded with a space), UIDs (padded with NUL to even length) for the rest; Command
-    Group Length (0000,0000) first."""
-    body = bytearray()
-    for tag, value in elements:
-        if tag in _US_TAGS:
-            raw = struct.pack("<H", int(value))
-        else:
-            raw = str(value).encode("latin-1", "replace")
-            if len(raw) % 2:
-                raw += b" " if tag == ERROR_COMMENT else b"\x00"
-        body += struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(raw)) + raw
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + bytes(body)
-
-
-def decode_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
-    """The elements of a command set, raw, by tag. Raises :class:`ProtocolError` if it is cut short."""
-    out: dict[int, bytes] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        if pos + 8 > end:
-            raise ProtocolError("command set ends inside an element header")
-        group, elem, length = struct.unpack_from("<HHI", data, pos)
-        pos += 8
-        if pos + length > end:
-            raise ProtocolError("command set element runs past the end")
-        out[(group << 16) | elem] = bytes(data[pos:pos + length])
-        pos += length
-    return out
-
-
-def command_us(cmd: dict[int, bytes], tag: int) -> int | None:
-    raw = cmd.get(tag)
-    return struct.unpack("<H", raw[:2])[0] if raw is not None and len(raw) >= 2 else None
-
-
-def command_ui(cmd: dict[int, bytes], tag: int) -> str:
-    return cmd.get(tag, b"").decode("latin-1").rstrip("\x00 ")
-
-
-# -- one connection ------------------------------------------------------------------------------------------
-@dataclass
-class Message:
-    """One DIMSE message: its presentation context, its command set (raw elements by tag) and its data set's
-    bytes as they arrived (``None`` when the command says there is none)."""
-
-    context_id: int
-    command: dict[int, bytes]
-    data: bytes | None
-    #: Bytes of a :class:`ByteBudget` this message holds (given back by whoever handles it).
-    reserved: int = 0
-    #: The data set was read and dropped: the budget could not hold it.
-    dropped: bool = False
-
-    @property
-    def command_field(self) -> int | None:
-        return command_us(self.command, COMMAND_FIELD)
 
 
 class Link:
@@ -241,26 +140,24 @@ class Link:
         except OSError:
             pass
 
-    def send_last_pdu(self, pdu_type: int, body: bytes) -> None:
-        """Send the association's last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP), then :meth:`finish`."""
-        self.send_pdu(pdu_type, body)
-        self.finish()
-
-    def finish(self, linger_s: float = 2.0) -> None:
+    def finish(self, linger_s: float = 2.0) -> bool:
         """Close after a last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP): the peer closes first, as PS3.8 has it (the
         ARTIM timer bounds the wait, ``linger_s`` in all). Closing at once can reset the connection before the
-        peer has read the PDU."""
+        peer has read the PDU. True if the peer closed (or the connection failed) within ``linger_s``."""
         deadline = time.monotonic() + linger_s
+        closed = False
         try:
             if not isinstance(self.sock, ssl.SSLSocket):
                 self.sock.shutdown(socket.SHUT_WR)
             while (left := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(left)
                 if not self.sock.recv(4096):
+                    closed = True
                     break
         except (OSError, ValueError):
-            pass
+            closed = True
         self.close()
+        return closed
 
     # DIMSE messages
     def send_message(self, context_id: int, command: bytes, data: bytes | memoryview | BinaryIO | None = None) -> None:
@@ -315,7 +212,7 @@ class Link:
                 if pdu_type == RELEASE_RQ:
                     raise PeerReleased()
                 if pdu_type == ABORT:
-                    raise PeerAborted("aborted by the peer")
+                    raise PeerAborted("aborted by the peer", abort_pdu=True)
                 if pdu_type != P_DATA_TF:
                     raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
                 view = memoryview(body)
@@ -394,7 +291,7 @@ class ByteBudget:
             self.used = max(0, self.used - n)
 
 
-# -- association PDUs (both sides; the acceptor is :mod:`deidpipe.serve.acceptor`) -----------------------------
+# -- A-ASSOCIATE PDUs (both sides: :mod:`deidpipe.serve.acceptor`, :mod:`deidpipe.serve.association`) -----------
 def user_information() -> list[Any]:
     """The node's A-ASSOCIATE user information, as requestor and as acceptor: the largest PDU it receives
     (:data:`MAX_PDU_RECEIVE`) and its implementation class UID and version name."""
@@ -432,19 +329,3 @@ def peer_max_pdu(info: list[Any]) -> int:
             return int(item.maximum_length_received or 0)
     return 0
 
-
-def store_response(request: Message, status: int, comment: str | None = None) -> bytes:
-    """The C-STORE-RSP (or C-ECHO-RSP) command set answering ``request`` with ``status``, and for a C-STORE
-    ``comment`` as its Error Comment (0000,0902; PS3.7 C.4.2: a related field of the failure statuses), cut to
-    the 64 ASCII characters of an LO."""
-    cmd = request.command
-    message_id = command_us(cmd, MESSAGE_ID) or 0
-    if request.command_field == C_ECHO_RQ:
-        return encode_command([(AFFECTED_SOP_CLASS_UID, command_ui(cmd, AFFECTED_SOP_CLASS_UID) or VERIFICATION),
-                               (COMMAND_FIELD, C_ECHO_RSP), (MESSAGE_ID_BEING_RESPONDED_TO, message_id),
-                               (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status)])
-    error = [(ERROR_COMMENT, comment.encode("ascii", "replace").decode()[:64].rstrip())] if comment else []
-    return encode_command([(AFFECTED_SOP_CLASS_UID, command_ui(cmd, AFFECTED_SOP_CLASS_UID)),
-                           (COMMAND_FIELD, C_STORE_RSP), (MESSAGE_ID_BEING_RESPONDED_TO, message_id),
-                           (COMMAND_DATA_SET_TYPE, NO_DATA_SET), (STATUS, status), *error,
-                           (AFFECTED_SOP_INSTANCE_UID, command_ui(cmd, AFFECTED_SOP_INSTANCE_UID))])
