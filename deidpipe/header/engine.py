@@ -26,9 +26,9 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
-import deidpipe
 from deidpipe.dicomio import quiet_pydicom
-from deidpipe.documents import is_document, redact_into, skip_document
+from deidpipe.documents import is_document, skip_document
+from deidpipe.documents.redact import redact_into
 from deidpipe.errors import DeidError, InputError
 from deidpipe.header.actions import clean_character_set, is_uid_text
 from deidpipe.header.context import ScrubContext, sop_class_of
@@ -37,10 +37,11 @@ from deidpipe.header.walk import scrub_dataset
 from deidpipe.keys import ProjectKey
 from deidpipe.pixelcheck import INCOMPLETE_ACTION, pixel_data_problem
 from deidpipe.policy import Policy, is_known_tag
+from deidpipe.version import __version__
 
 #: Implementation Class UID (0002,0012) of files written by deidpipe: 2.25 + a fixed 128-bit number.
 IMPLEMENTATION_CLASS_UID = "2.25.215806209617355374052498211498738711649"
-IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{deidpipe.__version__.replace('.', '_')}"[:16]
+IMPLEMENTATION_VERSION_NAME = f"DEIDPIPE_{__version__.replace('.', '_')}"[:16]
 NO_SOP_INSTANCE_UID = "object has no SOP Instance UID"
 NO_SOP_CLASS_UID = "object has no SOP Class UID"
 BAD_SOP_CLASS_UID = "SOP Class UID is not a UID"
@@ -73,7 +74,7 @@ def set_method_attributes(ds: Dataset, policy: Policy) -> None:
     """PatientIdentityRemoved, DeidentificationMethod (+ Code Sequence, CID 7050) and
     LongitudinalTemporalInformationModified, as PS3.15 E.1.1 asks."""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = [f"deidpipe {deidpipe.__version__}"] + [m for _, m in _method_codes(policy)]
+    ds.DeidentificationMethod = [f"deidpipe {__version__}"] + [m for _, m in _method_codes(policy)]
     items = []
     for code, meaning in _method_codes(policy):
         item = Dataset()
