@@ -229,7 +229,8 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)
     if policy.recipients:
-        from deidpipe.header.reversible import add_encrypted_attributes, load_certificate, originals_from_diff
+        from deidpipe.header.recipients import load_certificate
+        from deidpipe.header.reversible import add_encrypted_attributes, originals_from_diff
 
         certs = [load_certificate(p) for p in policy.recipients]
         add_encrypted_attributes(out, originals_from_diff(ds, out), certs)
