@@ -242,7 +242,7 @@ def check_models(folder: Path | None = None, names: tuple[str, ...] = USED) -> d
                 digest.update(chunk)
         if digest.hexdigest() != MODEL_SHA256[name]:
             raise FaceModelError(f"dlib model file {path} has SHA-256 {digest.hexdigest()}, "
-                                   f"expected {MODEL_SHA256[name]}: refusing to load it")
+                                 f"expected {MODEL_SHA256[name]}: refusing to load it")
         paths[name] = path
     return paths
 
