@@ -10,7 +10,7 @@ masks. Per volume and tool:
   whose value changed (quickshear gets the ground-truth brain mask; niimath gets pydeface's template and face
   mask, read from the installed pydeface wheel; deidpipe its own registration);
 * faces found: OpenCV Haar (views with a face, of 3) before and after, dlib HOG (views with a face at dlib's
-  default threshold) after, on deidpipe's skin renders (``qc.render_views``);
+  default threshold) after, on deidpipe's skin renders (``face_finding.render_views``);
 * attack rank: dlib's descriptor of the renders, ranked against a gallery of every identity (plus distractors)
   rendered in another pose (``deidpipe.deface.attack``); after defacing the attacker crops where the face was
   before. Identities: face deformation up to 16 mm, pose rotation up to 5 degrees, no contrast noise
@@ -38,8 +38,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from deidpipe.deface.attack import ViewEmbeddings, landmarks, run_attack, volume_embeddings
-from deidpipe.deface.qc import detect_faces, render_views
+from deidpipe.deface.attack import ViewEmbeddings, run_attack, volume_embeddings
+from deidpipe.deface.face_finding import detect_faces, landmarks, render_views
 from deidpipe.synth.heads import ORIENTATIONS, make_head
 
 FACE_MM, MAX_DEGREES = 16.0, 5.0

@@ -51,7 +51,7 @@ def _median_time(fn, repeats: int = LATENCY_REPEATS) -> float:
     return statistics.median(times)
 
 
-def ours(plan: he.Plan, X: np.ndarray, workdir: Path, name: str) -> dict[str, dict]:
+def ours(plan: he.InferencePlan, X: np.ndarray, workdir: Path, name: str) -> dict[str, dict]:
     """deidpipe.he, batch and single-vector packing."""
     keys = he.keygen(workdir / name, plan=plan)
     ref = plan.decision_function(X)
@@ -90,7 +90,7 @@ def naive_context(n: int, bits: list[int]) -> ts.Context:
     return ctx
 
 
-def naive(plan: he.Plan, X: np.ndarray, n_samples: int) -> dict:
+def naive(plan: he.InferencePlan, X: np.ndarray, n_samples: int) -> dict:
     """One ckks_vector per sample; the server computes .dot / .mm on each."""
     layers = plan.layers
     if len(layers) == 1:

@@ -13,7 +13,7 @@ works as before; type checkers see the names through the ``TYPE_CHECKING`` impor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deidpipe.errors import (
     DeidError,
@@ -31,21 +31,18 @@ from deidpipe.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.header.engine import HeaderResult, deidentify, deidentify_dataset
-    from deidpipe.pipeline.runner import RunReport, iter_run, run
+    from deidpipe.pipeline.report import RunReport
+    from deidpipe.pipeline.runner import iter_run, run
     from deidpipe.policy import Policy
     from deidpipe.synth import AnswerKey, generate_archive
 
 # Public name -> the module that defines it (imported on first access).
-_LAZY = {
-    "HeaderResult": "deidpipe.header.engine",
-    "deidentify": "deidpipe.header.engine",
-    "deidentify_dataset": "deidpipe.header.engine",
-    "RunReport": "deidpipe.pipeline.runner",
-    "iter_run": "deidpipe.pipeline.runner",
-    "run": "deidpipe.pipeline.runner",
-    "Policy": "deidpipe.policy",
-    "AnswerKey": "deidpipe.synth",
-    "generate_archive": "deidpipe.synth",
+_WHERE = {
+    **dict.fromkeys(("HeaderResult", "deidentify", "deidentify_dataset"), ".header.engine"),
+    "RunReport": ".pipeline.report",
+    **dict.fromkeys(("iter_run", "run"), ".pipeline.runner"),
+    "Policy": ".policy",
+    **dict.fromkeys(("AnswerKey", "generate_archive"), ".synth"),
 }
 
 __all__ = [
@@ -72,12 +69,5 @@ __all__ = [
 ]
 
 
-_lazy_getattr = lazy_names(__name__, _LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "serve":  # the sub-package, which is callable: deidpipe.serve(config) starts a node
-        import importlib
-
-        return importlib.import_module("deidpipe.serve")
-    return _lazy_getattr(name)
+# ``serve`` is the sub-package, which is callable: deidpipe.serve(config) starts a node.
+__getattr__ = lazy_names(__name__, _WHERE, modules=("serve",))

@@ -1,5 +1,5 @@
-"""Defacing QC steps 2-3 (deidpipe.deface.attack, deidpipe.deface.geometry): dlib landmarks and a recognition
-attack on skin renders of synthetic heads, and the geometry figures of a defacing.
+"""Defacing QC steps 2-3 (deidpipe.deface.attack, deidpipe.deface.face_finding, deidpipe.deface.geometry): dlib
+landmarks and a recognition attack on skin renders of synthetic heads, and the geometry figures of a defacing.
 
 Real dlib (dlib-bin) with the stock models of the face_recognition_models wheel, real renders, real defacing; no
 mocks. The attack: a gallery of synthetic identities (``make_head(identity=...)``), each rendered in one pose, and
@@ -16,18 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deidpipe.deface import attack, deface_volume
-from deidpipe.deface.attack import (
-    MODEL_SHA256,
-    AttackModelError,
-    ViewEmbeddings,
-    attack_rank,
-    check_models,
-    models_dir,
-    run_attack,
-    volume_embeddings,
-)
-from deidpipe.deface.qc import VIEWS, face_check, render_views
+from deidpipe.deface import attack, deface_volume, face_finding
+from deidpipe.deface.attack import ViewEmbeddings, attack_rank, run_attack, volume_embeddings
+from deidpipe.deface.face_finding import MODEL_SHA256, VIEWS, FaceModelError, check_models, models_dir, render_views
+from deidpipe.deface.qc import face_check
 from deidpipe.synth.heads import ORIENTATIONS, make_head
 
 # Identities: face deformation up to 16 mm (dlib cannot tell the default 4 mm apart across poses: docs/deface.md),
@@ -94,16 +86,16 @@ def test_installed_models_match_their_hashes() -> None:
 def test_changed_or_missing_model_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = "shape_predictor_5_face_landmarks.dat"  # the small one: 9 MB
     folder = _faulty_folder(tmp_path, name)
-    with pytest.raises(AttackModelError, match="SHA-256.*refusing"):
+    with pytest.raises(FaceModelError, match="SHA-256.*refusing"):
         check_models(folder, (name,))
-    with pytest.raises(AttackModelError, match="missing"):
+    with pytest.raises(FaceModelError, match="missing"):
         check_models(folder, ("shape_predictor_68_face_landmarks.dat",))
     # the default folder is the installed package's; pointed elsewhere, the loader refuses too (not cached)
-    monkeypatch.setattr(attack, "models_dir", lambda: folder)
-    with pytest.raises(AttackModelError, match="missing"):
+    monkeypatch.setattr(face_finding, "models_dir", lambda: folder)
+    with pytest.raises(FaceModelError, match="missing"):
         check_models()
-    with pytest.raises(AttackModelError, match="SHA-256"):
-        attack._model(name, folder)
+    with pytest.raises(FaceModelError, match="SHA-256"):
+        face_finding.load_model(name, folder)
 
 
 def test_attack_rank() -> None:
@@ -117,7 +109,7 @@ def test_attack_rank() -> None:
 
 def test_landmarks_on_a_render_before_defacing() -> None:
     views = render_views(_head(3000, 0, orientation="LPS", oblique=True).image)
-    marks = attack.landmarks(views["front"])
+    marks = face_finding.landmarks(views["front"])
     assert marks.source == "hog" and marks.found and marks.score > 0
     assert marks.points.shape == (68, 2)
     x, y, w, h = marks.box

@@ -1,4 +1,5 @@
-"""Defacing QC (deidpipe.deface.qc): shaded skin renders and OpenCV's Haar face detector, on synthetic heads.
+"""Defacing QC (deidpipe.deface.qc, deidpipe.deface.face_finding): shaded skin renders and OpenCV's Haar face
+detector, on synthetic heads.
 
 Real nibabel, SciPy, OpenCV (the cascades inside the opencv-python-headless wheel) and real defacing; no mocks.
 Renders exist only at run time and are never written to the repository. Figures over more heads: docs/deface.md, QC.
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from deidpipe.deface import deface_volume
-from deidpipe.deface.qc import SIZE, VIEWS, QCResult, _cascade, detect_faces, face_check, render_views
+from deidpipe.deface.face_finding import SIZE, VIEWS, _cascade, detect_faces, render_views
+from deidpipe.deface.qc import QCResult, face_check
 from deidpipe.deface.volume import canonical
 from deidpipe.synth.heads import make_head
 

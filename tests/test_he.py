@@ -25,9 +25,9 @@ from deidpipe.he import (
     ContextMismatchError,
     DepthError,
     FeatureCountError,
+    InferencePlan,
     InsecureParametersError,
     MissingKeyError,
-    Plan,
     SecretKeyInPublicContextError,
     compile_model,
     custom_preset,
@@ -234,7 +234,7 @@ def test_plan_json_round_trip(data, mlp, tmp_path):
     plan = mlp[1]
     path = plan.save(tmp_path / "plan.json")
     assert json.loads(path.read_text())["format"] == "deidpipe.he.plan/1"
-    again = Plan.load(path)
+    again = InferencePlan.load(path)
     assert again.plan_id == plan.plan_id and again.rotation_steps() == plan.rotation_steps()
     for a, b in zip(again.layers, plan.layers, strict=True):  # floats survive JSON exactly
         np.testing.assert_array_equal(a.weight, b.weight)

@@ -92,12 +92,8 @@ def test_strict_mode_keeps_only_the_allow_list(ct, key):
 
 
 def test_reversible_round_trip(tmp_path, ct, key):
-    from deidpipe.header.reversible import (
-        load_certificate,
-        load_private_key,
-        make_recipient,
-        restore_original_attributes,
-    )
+    from deidpipe.header.recipients import load_certificate, load_private_key, make_recipient
+    from deidpipe.header.reversible import restore_original_attributes
 
     crt, pem = make_recipient(tmp_path / "broker")
     out = deidentify(ct, Policy.basic(recipients=(str(crt),)), key).dataset

@@ -22,16 +22,13 @@ from typer.testing import CliRunner
 from deidpipe.cli import app
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.errors import ReversibleError
+from deidpipe.header.recipients import PrivateKey, load_certificate, load_private_key, make_recipient
 from deidpipe.header.reversible import (
     ENCRYPTED_ATTRIBUTES_SEQUENCE,
     ENCRYPTED_CONTENT,
     MODIFIED_ATTRIBUTES_SEQUENCE,
-    PrivateKey,
     add_encrypted_attributes,
     encrypt_original_attributes,
-    load_certificate,
-    load_private_key,
-    make_recipient,
     originals_from_diff,
     restore_original_attributes,
     restore_with_report,

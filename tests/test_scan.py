@@ -194,9 +194,9 @@ def test_zip_and_tar_sources_give_the_same_findings(src, header_report, tmp_path
 
 
 def test_pool_and_serial_agree(src, header_report, monkeypatch):
-    import deidpipe.scan.core as core
+    import deidpipe.scan.scanner as scanner
 
-    monkeypatch.setattr(core, "SERIAL_LIMIT", 0)
+    monkeypatch.setattr(scanner, "SERIAL_LIMIT", 0)
     r = scan(src[0], pixels=False, faces=False, workers=2)
     assert [f.to_dict() for f in r.findings if f.rule != "DP-R001"] == \
         [f.to_dict() for f in header_report.findings if f.rule != "DP-R001"]

@@ -14,24 +14,15 @@ from deidpipe.lazy import lazy_names
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.deface.core import DefaceResult, deface_file, deface_volume
     from deidpipe.deface.errors import DefaceError, RegistrationError, TemplateError, VolumeError
-    from deidpipe.deface.qc import QCResult, detect_faces, face_check, render_views
+    from deidpipe.deface.face_finding import detect_faces, render_views
+    from deidpipe.deface.qc import QCResult, face_check
 
 _WHERE = {
-    "DefaceResult": "core",
-    "deface_volume": "core",
-    "deface_file": "core",
-    "DefaceError": "errors",
-    "RegistrationError": "errors",
-    "TemplateError": "errors",
-    "VolumeError": "errors",
-    "SeriesError": "series",
-    "SeriesVolume": "series",
-    "series_to_volume": "series",
-    "volume_to_series": "series",
-    "QCResult": "qc",
-    "face_check": "qc",
-    "render_views": "qc",
-    "detect_faces": "qc",
+    **dict.fromkeys(("DefaceResult", "deface_volume", "deface_file"), ".core"),
+    **dict.fromkeys(("DefaceError", "RegistrationError", "TemplateError", "VolumeError"), ".errors"),
+    **dict.fromkeys(("SeriesError", "SeriesVolume", "series_to_volume", "volume_to_series"), ".series"),
+    **dict.fromkeys(("QCResult", "face_check"), ".qc"),
+    **dict.fromkeys(("render_views", "detect_faces"), ".face_finding"),
 }
 
 __all__ = [
@@ -49,4 +40,4 @@ __all__ = [
 ]
 
 
-__getattr__ = lazy_names(__name__, {name: f".{module}" for name, module in _WHERE.items()})
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -76,7 +76,7 @@ def _known_head(policy: Policy, sources: list[Dataset | None] | None) -> bool:
 
 def _face_seen(image: Any) -> bool:
     """Whether the QC face detector sees a face on a front or oblique render of ``image`` as it is."""
-    from deidpipe.deface.qc import detect_faces, render_views
+    from deidpipe.deface.face_finding import detect_faces, render_views
 
     return any(detect_faces(view) for view in render_views(image).values())
 
@@ -163,7 +163,7 @@ def _face_on_images(datasets: list[Dataset]) -> bool:
     """Whether the QC face detector sees a face on any image (any frame) of the series, as stored. An image that
     cannot be decoded within the pixel stage's bounds is treated as showing one (fail closed), but short native
     pixel data, which is looked at as a viewer shows it."""
-    from deidpipe.deface.qc import detect_faces
+    from deidpipe.deface.face_finding import detect_faces
     from deidpipe.deface.series import SeriesError, stored_pixels
 
     for ds in datasets:

@@ -156,7 +156,7 @@ def _check(xml: bytes, denylist: DenyList) -> None:
 
 def _pseudonymise_id(root: ET.Element, uid: Callable[[str], str]) -> ET.Element | None:
     """ClinicalDocument/id becomes ``<id root="2.25...."/>``, the keyed pseudonym of its ``root^extension``
-    (HL7 Instance Identifier (0040,E001) gets the same, see :func:`deidpipe.documents.redact_into`)."""
+    (HL7 Instance Identifier (0040,E001) gets the same, see :func:`deidpipe.documents.redact.redact_into`)."""
     doc_id = root.find(f"{_NS}id")
     if doc_id is None or not doc_id.get("root"):
         return None

@@ -15,38 +15,21 @@ Names are imported lazily so that ``import deidpipe.he`` (and ``deidpipe --help`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "keygen": "context",
-    "KeyFiles": "context",
-    "SecretContext": "context",
-    "PublicContext": "context",
-    "load_secret_context": "context",
-    "load_public_context": "context",
-    "compile_model": "compile",
-    "Plan": "compile",
-    "Layer": "compile",
-    "load_plan": "compile",
-    "encrypt": "client",
-    "decrypt": "client",
-    "Scores": "client",
-    "infer": "infer",
-    "Engine": "infer",
-    "CipherBundle": "io",
-    "PRESETS": "params",
-    "Preset": "params",
-    "custom_preset": "params",
-    "HEError": "errors",
-    "InsecureParametersError": "errors",
-    "ContextMismatchError": "errors",
-    "SecretKeyInPublicContextError": "errors",
-    "MissingKeyError": "errors",
-    "FeatureCountError": "errors",
-    "DepthError": "errors",
-    "UnsupportedModelError": "errors",
-    "FormatError": "errors",
+from deidpipe.lazy import lazy_names
+
+_WHERE = {
+    **dict.fromkeys(("keygen", "KeyFiles", "SecretContext", "PublicContext", "load_secret_context",
+                     "load_public_context"), ".ckks_context"),
+    **dict.fromkeys(("compile_model", "InferencePlan", "Layer", "load_plan"), ".compile"),
+    **dict.fromkeys(("encrypt", "decrypt", "Scores"), ".client"),
+    **dict.fromkeys(("infer", "Engine"), ".infer"),
+    "CipherBundle": ".io",
+    **dict.fromkeys(("PRESETS", "Preset", "custom_preset"), ".params"),
+    **dict.fromkeys(("HEError", "InsecureParametersError", "ContextMismatchError", "SecretKeyInPublicContextError",
+                     "MissingKeyError", "FeatureCountError", "DepthError", "UnsupportedModelError", "FormatError"),
+                    ".errors"),
 }
 
 __all__ = [
@@ -57,12 +40,12 @@ __all__ = [
     "FeatureCountError",
     "FormatError",
     "HEError",
+    "InferencePlan",
     "InsecureParametersError",
     "KeyFiles",
     "Layer",
     "MissingKeyError",
     "PRESETS",
-    "Plan",
     "Preset",
     "PublicContext",
     "Scores",
@@ -81,9 +64,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deidpipe.he.client import Scores, decrypt, encrypt
-    from deidpipe.he.compile import Layer, Plan, compile_model, load_plan
-    from deidpipe.he.context import (
+    from deidpipe.he.ckks_context import (
         KeyFiles,
         PublicContext,
         SecretContext,
@@ -91,6 +72,8 @@ if TYPE_CHECKING:  # pragma: no cover
         load_public_context,
         load_secret_context,
     )
+    from deidpipe.he.client import Scores, decrypt, encrypt
+    from deidpipe.he.compile import InferencePlan, Layer, compile_model, load_plan
     from deidpipe.he.errors import (
         ContextMismatchError,
         DepthError,
@@ -107,11 +90,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.he.params import PRESETS, Preset, custom_preset
 
 
-def __getattr__(name: str) -> Any:
-    """Import the public names on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deidpipe.he' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"deidpipe.he.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)

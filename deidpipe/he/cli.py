@@ -34,8 +34,8 @@ def keygen(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing secret.context."),
 ) -> None:
     """Generate a key pair: secret.context stays with the client, public.context goes to the server."""
+    from deidpipe.he.ckks_context import keygen as _keygen
     from deidpipe.he.compile import load_plan
-    from deidpipe.he.context import keygen as _keygen
     from deidpipe.he.errors import HEError
     from deidpipe.he.params import custom_preset, security_problem
 

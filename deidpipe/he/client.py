@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from deidpipe.he.ckks_context import SecretContext, load_secret_context
 from deidpipe.he.compile import labels_from_scores
-from deidpipe.he.context import SecretContext, load_secret_context
 from deidpipe.he.errors import ContextMismatchError, FeatureCountError, FormatError, MissingKeyError
 from deidpipe.he.io import (
     FEATURES_KIND,

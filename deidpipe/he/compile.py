@@ -7,7 +7,7 @@ Affine preprocessing (StandardScaler, MinMaxScaler, MaxAbsScaler in a Pipeline) 
 and identity activations fold adjacent layers together, so the client encrypts raw features.
 
 The plan is saved as JSON (no pickle) and evaluates itself in plaintext exactly as the encrypted engine does,
-so "the plaintext (polynomial) model" in tests and reports is :meth:`Plan.decision_function`.
+so "the plaintext (polynomial) model" in tests and reports is :meth:`InferencePlan.decision_function`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Layer:
 
 
 @dataclass
-class Plan:
+class InferencePlan:
     """An encrypted-inference plan: layers, output rule, and what was measured at compile time."""
 
     layers: list[Layer]
@@ -146,7 +146,7 @@ class Plan:
         return atomic_write(path, [json.dumps(self.to_dict()).encode()])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "plan") -> Plan:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "plan") -> InferencePlan:
         """Rebuild a plan from :meth:`to_dict` output, validating shapes."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise FormatError(f"{source}: not a {PLAN_FORMAT} file")
@@ -173,7 +173,7 @@ class Plan:
         return plan
 
     @classmethod
-    def load(cls, path: str | Path) -> Plan:
+    def load(cls, path: str | Path) -> InferencePlan:
         """Read a plan written by :meth:`save`."""
         p = Path(path)
         try:
@@ -185,9 +185,9 @@ class Plan:
         return cls.from_dict(data, source=str(p))
 
 
-def load_plan(path: str | Path) -> Plan:
+def load_plan(path: str | Path) -> InferencePlan:
     """Read a plan file."""
-    return Plan.load(path)
+    return InferencePlan.load(path)
 
 
 def labels_from_scores(task: str, classes: list[Any], scores: np.ndarray) -> list[Any]:
@@ -233,7 +233,7 @@ def compile_model(
     activation: str = "auto",
     classes: list[Any] | None = None,
     task: str | None = None,
-) -> Plan:
+) -> InferencePlan:
     """Compile a scikit-learn estimator (or Pipeline of affine scalers + estimator) or a weight list.
 
     Supported: LogisticRegression, LinearRegression, Ridge/Lasso/ElasticNet, SGD classifier/regressor,
@@ -284,7 +284,7 @@ def compile_model(
             h_poly = h_poly @ w.T + b
             if act is not None:
                 h_poly = apply_poly(act, h_poly)
-    plan = Plan(layers, task_, classes_, source)
+    plan = InferencePlan(layers, task_, classes_, source)
     plan.report = {"activation": mode if hidden else "none", "depth": plan.depth}
     if Xm is not None:
         poly_scores = plan.decision_function(Xm)

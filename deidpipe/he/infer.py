@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from deidpipe.he.compile import Plan, load_plan
-from deidpipe.he.context import PublicContext, SecretContext, load_public_context
+from deidpipe.he.ckks_context import PublicContext, SecretContext, load_public_context
+from deidpipe.he.compile import InferencePlan, load_plan
 from deidpipe.he.errors import (
     ContextMismatchError,
     DepthError,
@@ -31,7 +31,7 @@ from deidpipe.he.packing import diagonals, layer_geometry, tile
 class Engine:
     """A plan bound to a public context, with plaintext diagonals encoded once and reused across samples."""
 
-    def __init__(self, plan: Plan, context: PublicContext) -> None:
+    def __init__(self, plan: InferencePlan, context: PublicContext) -> None:
         """Check the plan fits the context (depth, width, precision); nothing is encrypted yet."""
         if isinstance(context, SecretContext) or not isinstance(context, PublicContext):
             raise SecretKeyInPublicContextError("the server path takes a PublicContext, never a secret one")
@@ -282,7 +282,7 @@ class Engine:
 
 
 def infer(
-    plan: Plan | str | Path,
+    plan: InferencePlan | str | Path,
     context: PublicContext | str | Path,
     features: CipherBundle | str | Path,
     *,
@@ -292,7 +292,7 @@ def infer(
 
     Never touches a secret key: a context file holding one is refused before anything is computed.
     """
-    plan_ = plan if isinstance(plan, Plan) else load_plan(plan)
+    plan_ = plan if isinstance(plan, InferencePlan) else load_plan(plan)
     ctx = context if isinstance(context, (PublicContext, SecretContext)) else load_public_context(context)
     bundle = features if isinstance(features, CipherBundle) else CipherBundle.load(features, expect=FEATURES_KIND)
     result = Engine(plan_, ctx).run(bundle)

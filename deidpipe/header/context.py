@@ -104,12 +104,12 @@ class ScrubContext:
             denylist=identity_denylist(ds, exempt),
             use_model=policy.text_screening == "presidio",
             iod=iod_for_sop_class(sop_class),
-            decisions=_shared_decisions(policy, sop_class),
+            decisions=shared_decisions(policy, sop_class),
             exempt=exempt,
         )
 
 
 @lru_cache(maxsize=64)
-def _shared_decisions(policy: Policy, sop_class: str) -> dict[tuple[Any, ...], tuple[str, Any, str | None]]:
+def shared_decisions(policy: Policy, sop_class: str) -> dict[tuple[Any, ...], tuple[str, Any, str | None]]:
     """One decision cache per (policy, SOP class): the rule table is fixed, the IOD follows the SOP class."""
     return {}

@@ -29,7 +29,8 @@ from pydicom.uid import (
 from deidpipe.dicomio import quiet_pydicom
 from deidpipe.dicomio.completeness import INCOMPLETE_ACTION, pixel_data_problem
 from deidpipe.dicomio.write import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from deidpipe.documents import is_document, redact_into, skip_document
+from deidpipe.documents import is_document, skip_document
+from deidpipe.documents.redact import redact_into
 from deidpipe.errors import DeidError, InputError
 from deidpipe.header.actions import clean_character_set, is_uid_text
 from deidpipe.header.context import ScrubContext, sop_class_of
@@ -226,7 +227,8 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)
     if policy.recipients:
-        from deidpipe.header.reversible import add_encrypted_attributes, load_certificate, originals_from_diff
+        from deidpipe.header.recipients import load_certificate
+        from deidpipe.header.reversible import add_encrypted_attributes, originals_from_diff
 
         certs = [load_certificate(p) for p in policy.recipients]
         add_encrypted_attributes(out, originals_from_diff(ds, out), certs)

@@ -5,8 +5,8 @@ recipient's private key and writes copies with the original attributes back. It 
 reasons only, never an attribute value. The private key's password is read from ``--password-file`` or the
 environment variable ``DEIDPIPE_KEY_PASSWORD``, never from the command line.
 
-``cryptography``, pydicom and :mod:`deidpipe.header.reversible` are imported inside the functions that use them,
-so that registering these commands costs ``deidpipe --help`` nothing.
+``cryptography``, pydicom, :mod:`deidpipe.header.reversible` and :mod:`deidpipe.header.recipients` are imported
+inside the functions that use them, so that registering these commands costs ``deidpipe --help`` nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cryptography import x509
     from pydicom.dataset import Dataset
 
-    from deidpipe.header.reversible import PrivateKey
+    from deidpipe.header.recipients import PrivateKey
 
 PASSWORD_ENV = "DEIDPIPE_KEY_PASSWORD"
 
@@ -122,7 +122,7 @@ def reidentify(
     ),
 ) -> None:
     """Restore original attributes from the Encrypted Attributes Sequence (0400,0500) with a recipient key."""
-    from deidpipe.header.reversible import load_certificate, load_private_key
+    from deidpipe.header.recipients import load_certificate, load_private_key
 
     try:
         private_key = load_private_key(key, read_password(password_file))
@@ -150,7 +150,7 @@ def make_recipient_command(
     ),
 ) -> None:
     """Make an RSA-3072 key and self-signed certificate for the Encrypted Attributes Sequence (0400,0500)."""
-    from deidpipe.header.reversible import make_recipient
+    from deidpipe.header.recipients import make_recipient
 
     try:
         cert_path, key_path = make_recipient(out_dir, common_name, read_password(password_file))

@@ -258,7 +258,7 @@ def _analyzer() -> Any:
 
 
 @lru_cache(maxsize=65536)
-def _model_spans(text: str) -> tuple[tuple[int, int], ...]:
+def model_spans(text: str) -> tuple[tuple[int, int], ...]:
     """Presidio's spans for a text; cached, because descriptions repeat across every file of a series."""
     results = _analyzer().analyze(text=text, language="en", entities=list(PRESIDIO_ENTITIES),
                                   score_threshold=SCORE_THRESHOLD)
@@ -284,7 +284,7 @@ def screen_text(text: str, denylist: DenyList, *, use_model: bool = True) -> tup
         return text, 0
     spans = denylist.spans(text)
     if use_model and any(c.isalnum() for c in text):
-        spans += [denylist.grow(text, s, e) for s, e in _model_spans(text)]
+        spans += [denylist.grow(text, s, e) for s, e in model_spans(text)]
     if not spans:
         return text, 0
     merged = _merge(spans)
@@ -299,4 +299,4 @@ def screen_text(text: str, denylist: DenyList, *, use_model: bool = True) -> tup
 
 def warm_up() -> None:
     """Load the model now (worker start-up) rather than on the first text of a batch."""
-    _model_spans("warm up John Smith")
+    model_spans("warm up John Smith")

@@ -7,22 +7,21 @@ pay for polars and the executors.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+from deidpipe.lazy import lazy_names
+
+if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.pipeline.audit import ObjectResult
-    from deidpipe.pipeline.runner import Run, RunReport, iter_run, run
+    from deidpipe.pipeline.report import RunReport
+    from deidpipe.pipeline.runner import Run, iter_run, run
+
+_WHERE = {
+    "ObjectResult": ".audit",
+    "RunReport": ".report",
+    **dict.fromkeys(("Run", "iter_run", "run"), ".runner"),
+}
 
 __all__ = ["ObjectResult", "Run", "RunReport", "iter_run", "run"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "ObjectResult":
-        from deidpipe.pipeline.audit import ObjectResult
-
-        return ObjectResult
-    if name in ("Run", "RunReport", "iter_run", "run"):
-        from deidpipe.pipeline import runner
-
-        return getattr(runner, name)
-    raise AttributeError(name)
+__getattr__ = lazy_names(__name__, _WHERE)

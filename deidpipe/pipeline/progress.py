@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from deidpipe.pipeline.runner import RunReport
+    from deidpipe.pipeline.report import RunReport
 
 
 class _RateColumn(ProgressColumn):

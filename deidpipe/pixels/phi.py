@@ -108,9 +108,9 @@ _LONG_DIGITS = re.compile(r"\d{5,}")
 
 def _presidio_words(line: str) -> set[int]:
     """Indices of the space-separated words of ``line`` inside a presidio finding."""
-    from deidpipe.header.text import _model_spans
+    from deidpipe.header.text import model_spans
 
-    spans = _model_spans(line)
+    spans = model_spans(line)
     words, pos = [], 0
     for w in line.split(" "):
         words.append((pos, pos + len(w)))

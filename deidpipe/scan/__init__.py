@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 from deidpipe.lazy import lazy_names
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deidpipe.scan.core import Finding, ScanReport, scan
+    from deidpipe.scan.findings import Finding, ScanReport
     from deidpipe.scan.rules import RULES, SEVERITIES, Rule
+    from deidpipe.scan.scanner import scan
 
 _WHERE = {
-    **dict.fromkeys(("Finding", "ScanReport", "scan"), ".core"),
+    **dict.fromkeys(("Finding", "ScanReport"), ".findings"),
+    "scan": ".scanner",
     **dict.fromkeys(("RULES", "SEVERITIES", "Rule"), ".rules"),
 }
 

@@ -72,9 +72,9 @@ def scan_command(
 
     from deidpipe.errors import DeidError
     from deidpipe.risk.errors import RiskError
-    from deidpipe.scan.core import scan
     from deidpipe.scan.known import KnownIdentitiesError
     from deidpipe.scan.qi import parse_qi
+    from deidpipe.scan.scanner import scan
 
     try:
         columns = parse_qi(qi)

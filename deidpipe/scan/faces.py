@@ -3,10 +3,10 @@
 While objects are read, each MR/CT image object that is not known to be of another body region
 (:func:`deidpipe.deface.select.head_hint`) is grouped by a keyed token of its series and frame of reference. Once
 every object is read, each group of 3 or more slices (or one enhanced multi-frame object) is assembled
-(:func:`deidpipe.deface.series.series_to_volume`), rendered (:func:`deidpipe.deface.qc.render_views`) and given to
-the face detector (:func:`deidpipe.deface.qc.detect_faces`). A face seen in any view is one DP-F001 finding on the
-series' first object, with the render (face outlined) as its thumbnail. Series that are no clean volume are
-left to the header rules: the defacing stage quarantines them anyway.
+(:func:`deidpipe.deface.series.series_to_volume`), rendered (:func:`deidpipe.deface.face_finding.render_views`) and
+given to the face detector (:func:`deidpipe.deface.face_finding.detect_faces`). A face seen in any view is one
+DP-F001 finding on the series' first object, with the render (face outlined) as its thumbnail. Series that are no
+clean volume are left to the header rules: the defacing stage quarantines them anyway.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import base64
 import io
 from typing import Any
 
-from deidpipe.scan.core import Finding
+from deidpipe.scan.findings import Finding
 
 MIN_SIDE = 32
 
@@ -70,7 +70,7 @@ def _read_series(spec: Any, paths: list[str]) -> list[Any]:
 
 def face_in_series(datasets: list[Any]) -> tuple[str, list[tuple[int, int, int, int]], Any] | None:
     """(view, face boxes, render) for the first view of the series' volume that shows a face; else None."""
-    from deidpipe.deface.qc import detect_faces, render_views
+    from deidpipe.deface.face_finding import detect_faces, render_views
     from deidpipe.deface.series import series_to_volume
 
     volume = series_to_volume(datasets)

@@ -120,13 +120,13 @@ class HeaderChecker:
     def context(self, ds: Dataset) -> ScrubContext:
         """The engine's context, without what only the actions need (the object's deny-list, pseudonyms, date
         shift): the decisions depend on the policy and the SOP class alone."""
-        from deidpipe.header.context import _shared_decisions, sop_class_of
+        from deidpipe.header.context import shared_decisions, sop_class_of
         from deidpipe.ruledata import iod_for_sop_class, load_safe_private, load_table
 
         sop_class = sop_class_of(ds)
         return ScrubContext(key=self.key, policy=self.policy, table=load_table(), safe_private=load_safe_private(),
                             patient_token="", shift_days=0, denylist=DenyList(None), use_model=False,
-                            iod=iod_for_sop_class(sop_class), decisions=_shared_decisions(self.policy, sop_class))
+                            iod=iod_for_sop_class(sop_class), decisions=shared_decisions(self.policy, sop_class))
 
     def check(self, ds: Dataset) -> list[Hit]:
         ctx = self.context(ds)
@@ -194,10 +194,10 @@ class HeaderChecker:
                 hits.append(("DP-H005", "medium", loc, f"{name}: an instance UID that is not under 2.25"))
             return
         if self.presidio and action in ("K", "C") and is_free_text(head):
-            from deidpipe.header.text import _model_spans
+            from deidpipe.header.text import model_spans
 
             texts = [_text(v) for v in _values(decoded(ds, tag))]
-            if any(t and any(c.isalnum() for c in t) and _model_spans(t) for t in texts):
+            if any(t and any(c.isalnum() for c in t) and model_spans(t) for t in texts):
                 hits.append(("DP-H013", "medium", loc, f"{name}: presidio finds a name, date, place or number in "
                                                        "this free text, which the policy keeps or cleans"))
             return

@@ -9,7 +9,7 @@ import html
 from datetime import UTC, datetime
 from typing import Any
 
-from deidpipe.scan.core import ScanReport
+from deidpipe.scan.findings import ScanReport
 from deidpipe.scan.report import by_rule
 from deidpipe.scan.rules import RULES, SEVERITIES
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from deidpipe.scan.core import Finding
+from deidpipe.scan.findings import Finding
 
 THUMB_SIDE = 256
 MAX_BOXES = 50

@@ -11,7 +11,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from deidpipe.scan.core import ScanReport
+from deidpipe.scan.findings import ScanReport
 from deidpipe.scan.rules import RANK, RULES, SEVERITIES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -40,7 +40,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
     """A SARIF 2.1.0 log: one run, the rules as the tool's reportingDescriptors, one result per finding (the
     archive path as the artifact, the keyword path as a logical location); the risk JSON in the run's
     properties."""
-    import deidpipe
+    from deidpipe.version import __version__
 
     used = sorted({f.rule for f in report.findings} | set(RULES))
     index = {rid: i for i, rid in enumerate(used)}
@@ -73,7 +73,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
-            "tool": {"driver": {"name": "deidpipe-scan", "version": deidpipe.__version__,
+            "tool": {"driver": {"name": "deidpipe-scan", "version": __version__,
                                 "informationUri": "https://github.com/deidpipe/deidpipe", "rules": rules}},
             "originalUriBaseIds": {"ARCHIVE": {"description": {"text": "the scanned archive's root"}}},
             "results": results,

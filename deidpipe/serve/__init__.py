@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from deidpipe.lazy import lazy_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.serve.config import Destination, ServeConfig
+    from deidpipe.serve.node import Node, serve
+    from deidpipe.serve.status import queue_status
+
+# PEP 562: pydicom and pynetdicom load when the node is used.
+_WHERE = {
+    **dict.fromkeys(("Node", "serve"), ".node"),
+    **dict.fromkeys(("ServeConfig", "Destination"), ".config"),
+    "queue_status": ".status",
+}
 
 __all__ = ["Destination", "Node", "ServeConfig", "serve", "queue_status"]
 
-
-def __getattr__(name: str) -> Any:  # PEP 562: pydicom and pynetdicom load when the node is used
-    if name in ("Node", "serve"):
-        from deidpipe.serve import node
-
-        return getattr(node, name)
-    if name in ("ServeConfig", "Destination"):
-        from deidpipe.serve import config
-
-        return getattr(config, name)
-    if name == "queue_status":
-        from deidpipe.serve.status import queue_status
-
-        return queue_status
-    raise AttributeError(name)
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 class _CallableModule(types.ModuleType):

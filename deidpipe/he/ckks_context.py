@@ -153,7 +153,7 @@ def keygen(
 ) -> KeyFiles:
     """Generate keys; write ``secret.context`` (mode 0600) and ``public.context`` into ``out_dir``.
 
-    With a ``plan`` (a :class:`~deidpipe.he.compile.Plan` or its :meth:`summary`), the preset is the smallest
+    With a ``plan`` (a :class:`~deidpipe.he.compile.InferencePlan` or its :meth:`summary`), the preset is the smallest
     secure one deep enough for it and the public context gets exactly its rotation keys; without one, the
     preset is ``n8192-d2`` (or the one given) and no Galois key is made (batch packing only). An existing
     ``secret.context`` is only replaced with ``overwrite``.

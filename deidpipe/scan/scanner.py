@@ -9,13 +9,13 @@ the archive: findings carry a rule id, a location and a fixed message.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deidpipe.scan.rules import RANK, SEVERITIES
+from deidpipe.scan.findings import Finding, ScanReport
+from deidpipe.scan.rules import RANK
 
 if TYPE_CHECKING:  # pragma: no cover - the policy and key are loaded where a scan starts
     from deidpipe.keys import ProjectKey
@@ -24,58 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover - the policy and key are loaded where a sc
 #: Below this many listed members the scan runs in this process (a pool's start-up costs more than it saves).
 SERIAL_LIMIT = 64
 BATCH = 32
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One finding. ``location`` is a keyword path, ``pixels:frame N box x,y,w,h``, ``face`` or ``risk``;
-    ``message`` never holds a value. ``thumbnail`` (a PNG data: URI, HTML report only) is set for pixel and face
-    findings."""
-
-    path: str
-    rule: str
-    severity: str
-    location: str
-    message: str
-    thumbnail: str | None = field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "rule": self.rule, "severity": self.severity, "location": self.location,
-                "message": self.message}
-
-
-@dataclass
-class ScanReport:
-    """What :func:`scan` found. ``objects`` counts the DICOM objects read; ``skipped`` the members that are not
-    DICOM (or not objects at all); ``errors`` the objects that could not be read (each also a DP-E001 finding).
-    ``risk`` is the :class:`deidpipe.risk.RiskReport` of ``qi_table`` (None when no object was read)."""
-
-    objects: int
-    findings: list[Finding]
-    risk: Any = None
-    skipped: int = 0
-    errors: int = 0
-    qi_table: Any = None  # polars DataFrame, one row per patient or study (keyed token, never the Patient ID)
-    quasi_identifiers: tuple[str, ...] = ()
-    show_values: bool = False
-
-    @property
-    def counts(self) -> dict[str, int]:
-        c = Counter(f.severity for f in self.findings)
-        return {s: c.get(s, 0) for s in SEVERITIES}
-
-    def worst(self) -> str | None:
-        return max((f.severity for f in self.findings), key=lambda s: RANK[s], default=None)
-
-    def exit_code(self, fail_on: str = "high") -> int:
-        """0 clean, 1 a finding at or above ``fail_on``, 2 an object could not be read."""
-        if self.errors:
-            return 2
-        return 1 if any(RANK[f.severity] >= RANK[fail_on] for f in self.findings) else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"objects": self.objects, "findings": [f.to_dict() for f in self.findings],
-                "risk": self.risk.to_dict() if self.risk is not None else None, "counts": self.counts}
 
 
 @dataclass
@@ -93,7 +41,10 @@ class _Job:
 
 
 @dataclass
-class ObjectResult:
+class ObjectScan:
+    """What a worker found in one listed member: its kind, the header rules' hits (rule, severity, location,
+    message), its quasi-identifier row, pixel findings and, for a head series, the key to group it by."""
+
     path: str
     kind: str  # dicom | skipped | error
     hits: list[tuple[str, str, str, str]] = field(default_factory=list)
@@ -119,7 +70,7 @@ def _checker(job: _Job) -> Any:
     return c
 
 
-def scan_item(job: _Job, item: Any) -> ObjectResult:
+def scan_item(job: _Job, item: Any) -> ObjectScan:
     """Read one listed member and run the rules on it."""
     from deidpipe.dicomio import read_dataset
     from deidpipe.errors import DeidError, InputError, NotDicomError
@@ -128,30 +79,30 @@ def scan_item(job: _Job, item: Any) -> ObjectResult:
 
     if item.skip is not None:
         if item.quarantine:
-            return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+            return ObjectScan(item.relpath, "error", [("DP-E001", "high", "object",
                                                          "the member cannot be read safely")])
-        return ObjectResult(item.relpath, "skipped")
+        return ObjectScan(item.relpath, "skipped")
     need_pixels = job.pixels
     try:
         # The whole member as bytes: dicomio then reads a plain file without pydicom's per-element reader, twice
         # as fast as pydicom's header-only read of the path (pixel data stays raw bytes, never decoded here).
         ds = read_dataset(read_member(job.spec, item), name=item.relpath)
     except NotDicomError:
-        return ObjectResult(item.relpath, "skipped")
+        return ObjectScan(item.relpath, "skipped")
     except InputError as exc:
-        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+        return ObjectScan(item.relpath, "error", [("DP-E001", "high", "object",
                                                      f"the object cannot be read ({_reason(exc)})")])
     checker = _checker(job)
     try:
         hits = checker.check(ds)
         qi = qi_row(ds, checker.key)
     except DeidError:
-        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+        return ObjectScan(item.relpath, "error", [("DP-E001", "high", "object",
                                                      "an element of the object cannot be decoded")])
     except Exception as exc:  # noqa: BLE001 - never let one object stop the scan; never its message
-        return ObjectResult(item.relpath, "error", [("DP-E001", "high", "object",
+        return ObjectScan(item.relpath, "error", [("DP-E001", "high", "object",
                                                      f"the object could not be checked ({type(exc).__name__})")])
-    result = ObjectResult(item.relpath, "dicom", hits, qi)
+    result = ObjectScan(item.relpath, "dicom", hits, qi)
     if not job.show_values:
         from deidpipe.scan.paths import identifying_components
 
@@ -172,7 +123,7 @@ def _reason(exc: Any) -> str:
     return str(getattr(exc, "reason", "") or type(exc).__name__)[:120]
 
 
-def _scan_batch(job: _Job, numbered: tuple[int, list[Any]]) -> list[ObjectResult]:
+def _scan_batch(job: _Job, numbered: tuple[int, list[Any]]) -> list[ObjectScan]:
     """A task on the pipeline's pool (which runs it inside :func:`deidpipe.dicomio.quiet.quiet`): one batch of items."""
     return [scan_item(job, it) for it in numbered[1]]
 
@@ -188,7 +139,7 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectResult]:
+def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectScan]:
     """Scan ``items`` on the pipeline's pool (:func:`deidpipe.pipeline.batch.open_pool`): in this process for a
     small archive or one worker. Results come in the order of ``items`` (the report's order does not depend on
     which worker finished first); a batch that fails as a whole fails the scan."""
@@ -200,7 +151,7 @@ def _run(job: _Job, items: list[Any], workers: int | None) -> Iterator[ObjectRes
     size = BATCH if serial else max(4, min(BATCH, len(items) // (n * 4) or 4))
     pool = open_pool(job, workers=1 if serial else n)
     try:
-        done: dict[int, list[ObjectResult]] = {}
+        done: dict[int, list[ObjectScan]] = {}
         due = 0
         for (index, _), results, exc in pool.imap(_scan_batch, enumerate(_batches(iter(items), size))):
             if exc is not None:
