@@ -1,4 +1,4 @@
-"""Shared fixtures: a project key and a synthetic archive, generated once per test session."""
+"""Shared fixtures: a project key, a synthetic archive generated once per test session, a CT to plant names in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
+from deidpipe.dicomio import read_dataset
 from deidpipe.keys import ProjectKey
 
 
@@ -28,6 +30,16 @@ def synth_archive(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("synth")
     answer = generate_archive(root, patients=3, seed=7)
     return root, answer
+
+
+@pytest.fixture()
+def ct():
+    """pydicom's CT_small with a name planted in the header and in free text."""
+    ds = read_dataset(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Okonkwo^Chidi"
+    ds.StudyDescription = "CT abdomen for Chidi Okonkwo"
+    ds.PatientComments = "lives at 12 Elm Street"
+    return ds
 
 
 def dciodvfy_available() -> bool:

@@ -11,6 +11,9 @@ from deidpipe.header.engine import deidentify
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
 
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (the folder that holds ``deidpipe/`` and ``tests/``)."""
+
 
 def deidentify_tree(src: Path, files: list[str], dst: Path, policy: Policy, key: ProjectKey) -> dict[str, Path]:
     """De-identify each file of ``files`` (relative to ``src``) into ``dst``; return input -> output path."""

@@ -2,7 +2,7 @@
 its command sets against pynetdicom's
 encoder and decoder, pynetdicom's SCU against the node's Storage SCP, and the node's SCU against pynetdicom's SCP
 (with a small PDU limit, so that every object goes in many fragments). dcmtk and Orthanc peers are in
-``test_serve.py``."""
+``tests/serve/test_node.py``."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_cut_command_set_is_a_protocol_error():
 
 @pytest.fixture
 def scp(tmp_path):
-    # A long ARTIM timer: these tests are about the upper layer, not the timer (tests/test_serve_limits.py), and a
+    # A long ARTIM timer: these tests are about the upper layer, not the timer (tests/serve/test_gate.py), and a
     # requestor thread starved by a parallel test (2 cores) must not have its connection closed under it.
     cfg = ServeConfig(queue=tmp_path / "queue", port=0, allowed_ae_titles=("SENDER",), network_timeout_s=5,
                       artim_timeout_s=30)

@@ -35,8 +35,9 @@ from deidpipe.risk import (
     weighted_risk,
     zayatz,
 )
+from tests.helpers import REPO
 
-ADULT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "adult.csv"
+ADULT = REPO.parent / "shared" / "reference" / "adult.csv"
 SECRET = "QX" + "SECRETVALUE"  # a cell value that must never be printed
 
 JSON_KEYS = {"records", "classes", "k", "prosecutor", "journalist", "marketer", "sample_uniqueness",

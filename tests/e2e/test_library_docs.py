@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_library_scripts import ROOT, workdir  # noqa: F401 - the same folder as the README's block
+from tests.e2e.test_library_scripts import ROOT, workdir  # noqa: F401 - the same folder as the README's block
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`deidpipe run`: identical trees for any executor, resume, quarantine, archives as input (kill -9: test_crash.py).
+"""`deidpipe run`: identical trees for any executor, resume, quarantine, archives as input (kill -9:
+tests/e2e/test_crash.py).
 
 Real files from the synthetic archive generator, the real header engine, a real process pool and a real Dask
 LocalCluster; nothing is mocked.
@@ -27,9 +28,9 @@ from deidpipe.pipeline import iter_run, run
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
+from tests.helpers import REPO
 
 SECRET = "pipeline-test-secret-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +275,7 @@ def test_encode_dataset_pieces_equal_pydicom_bytes(archive, key):
 def test_folder_listing_order_and_links(tmp_path: Path) -> None:
     """Files by sorted name, a folder's files before its subfolders; a linked file inside the tree is listed, a
     linked folder is listed as skipped and not walked (no loops, nothing outside the tree), a dangling link is
-    listed to be quarantined (tests/test_hostile_sources.py has the hostile cases)."""
+    listed to be quarantined (tests/e2e/test_hostile_sources.py has the hostile cases)."""
     from deidpipe.pipeline.source import REASON_LINK_DANGLING, REASON_LINK_OUTSIDE, _iter_folder
 
     root = tmp_path / "src"

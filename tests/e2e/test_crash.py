@@ -30,9 +30,9 @@ from deidpipe.pipeline import run
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
+from tests.helpers import REPO
 
 SECRET = "crash-test-secret-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 #: Header stage only: this test is about files and the journal, and the pixel stage's OCR start-up would cost
 #: more than the rest of the test in every killed child.
 POLICY = Policy.basic(pixels="off")

@@ -626,7 +626,7 @@ def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tm
     """Fail closed: an object that passes every check made before the answer (so it is queued, Success) but that
     a stage refuses (here: a JPEG Baseline frame that is not a JPEG stream, found when the header stage cleans
     the stream's metadata) gets a quarantine record like run's and never reaches a destination. What the SCP
-    refuses for what the object is (no SOP Class UID, short Pixel Data) is tested in test_serve_refusals.py."""
+    refuses for what the object is (no SOP Class UID, short Pixel Data) is tested in tests/serve/test_scp.py."""
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.encaps import encapsulate

@@ -57,7 +57,6 @@ from deidpipe.pipeline.source import (
 from deidpipe.pipeline.state import default_state_dir
 
 SECRET = "hostile-sources-secret-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 MR = Path(get_testdata_file("MR_small.dcm")).read_bytes()
 MiB = 1024**2

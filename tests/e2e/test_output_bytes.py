@@ -4,7 +4,7 @@ recorded (relative path and SHA-256 of every file under DST but the audit table,
 A refactor that moves code (issue 18) must not change one output byte. A change that means to change the output
 re-records the table on purpose::
 
-    DEIDPIPE_RECORD_OUTPUT_BYTES=1 .venv/bin/python -m pytest tests/test_output_bytes.py
+    DEIDPIPE_RECORD_OUTPUT_BYTES=1 .venv/bin/python -m pytest tests/e2e/test_output_bytes.py
 
 and says why in its commit message.
 """

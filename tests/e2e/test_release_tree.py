@@ -33,9 +33,9 @@ from deidpipe.pipeline.index import REASON_NOT_DICOM, looks_like_dicom
 from deidpipe.pipeline.source import detect, iter_items, read_member
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
+from tests.helpers import REPO
 
 SECRET = "release-tree-secret-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 POLICY = Policy.basic(pixels="off")
 #: Values planted in folder names, file names, sidecar contents and DICOM headers: none may appear under DST.
 PLANTED = ["Doe^John", "MRN12345", "2019-03-04", "Smith^Jane", "MRN67890", "2020-01-02", "Roe^Rick", "ACC99999",

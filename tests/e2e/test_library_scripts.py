@@ -19,8 +19,9 @@ from pydicom.uid import generate_uid
 
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.keys import ProjectKey
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 COPIES = 6
 
 

@@ -20,8 +20,8 @@ from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
 from deidpipe.scan import RULES, scan
 from deidpipe.scan.report import to_json, to_sarif
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = ProjectKey(b"scan-test-key-0123456789abcdef")
 SEVERITIES = {"info", "low", "medium", "high"}
 

@@ -46,10 +46,9 @@ from deidpipe.pixelcheck import FRAGMENTS_CUT, FRAMES_MISSING, INCOMPLETE_ACTION
 from deidpipe.pixels.codecs import PixelDecodeError, decode
 from deidpipe.plainread import TRUNCATED_IN_HEADER
 from deidpipe.policy import Policy
-from tests.helpers import bundled_bytes, dciodvfy_errors, encode
+from tests.helpers import REPO, bundled_bytes, dciodvfy_errors, encode
 
 SECRET = b"hostile-objects-test-secret-0123456789"
-REPO = Path(__file__).resolve().parents[1]
 STRAY_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 MARKER = "HOSTILE^MARKER"
 

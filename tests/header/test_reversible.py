@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from deidpipe.cli import app
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.errors import ReversibleError
+from deidpipe.header.engine import deidentify
 from deidpipe.header.reversible import (
     ENCRYPTED_ATTRIBUTES_SEQUENCE,
     ENCRYPTED_CONTENT,
@@ -36,6 +37,7 @@ from deidpipe.header.reversible import (
     restore_original_attributes,
     restore_with_report,
 )
+from deidpipe.policy import Policy
 
 JAPANESE_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 UTF8_NAME = "Gökçe^Ödön^Ærøskøbing=王^小明"
@@ -388,3 +390,22 @@ def test_password_never_on_the_command_line() -> None:
     code, text = _run(["reidentify", "--help"])
     assert code == 0
     assert "--password-file" in text and "--password " not in text
+
+
+# -- through the engine, with a recipient in the policy ------------------------------------------------------
+def test_reversible_round_trip(tmp_path, ct, key):
+    from deidpipe.header.reversible import (
+        load_certificate,
+        load_private_key,
+        make_recipient,
+        restore_original_attributes,
+    )
+
+    crt, pem = make_recipient(tmp_path / "broker")
+    out = deidentify(ct, Policy.basic(recipients=(str(crt),)), key).dataset
+    assert "EncryptedAttributesSequence" in out
+    assert b"Okonkwo" not in out.EncryptedAttributesSequence[0].EncryptedContent
+    restored = restore_original_attributes(out, load_private_key(pem), load_certificate(crt))
+    assert restored.PatientName == "Okonkwo^Chidi" and restored.StudyInstanceUID == ct.StudyInstanceUID
+    plain = deidentify(ct, Policy.basic(), key).dataset
+    assert "EncryptedAttributesSequence" not in plain

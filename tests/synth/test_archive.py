@@ -18,8 +18,9 @@ from deidpipe.synth import KEY_FILE, AnswerKey, generate_archive, lookup
 from deidpipe.synth.answer_key import is_searchable
 from deidpipe.synth.cli import synth
 from deidpipe.synth.search import read_member
+from tests.helpers import REPO
 
-KB = Path(__file__).resolve().parents[1].parent / "shared/reference/tcia_private_tag_kb_2024-02-01.csv"
+KB = REPO.parent / "shared/reference/tcia_private_tag_kb_2024-02-01.csv"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Fuzz: a batch of hostile, marked inputs through the real CLI, in worker processes, with every warning shown.
 
-Seeded and bounded (about a minute). The inputs are made by :mod:`tests.fuzzing`. The run must finish; every input
+Seeded and bounded (about a minute). The inputs are made by :mod:`tests.e2e.fuzzing`. The run must finish; every input
 must have its audit row; no marker and no original UID may appear in any output byte, the manifest (but its input
 path column), the audit, a quarantine record, stdout or stderr; no written object may lack pixel data its header
 declares; the input must be left as it was; and the peak memory of the run's processes must stay bounded although
@@ -27,9 +27,9 @@ from pydicom.pixels.utils import get_expected_length
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.index import object_id
 from deidpipe.pipeline.state import default_state_dir
-from tests.fuzzing import build_inputs
+from tests.e2e.fuzzing import build_inputs
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "fuzz-secret-0123456789abcdef"
 #: The suite's seed and size; DEIDPIPE_FUZZ_SEED and DEIDPIPE_FUZZ_COUNT explore others by hand.
 SEED = int(os.environ.get("DEIDPIPE_FUZZ_SEED", "20261201"))

@@ -14,7 +14,7 @@ from deidpipe.deface.qc import SIZE, VIEWS, QCResult, _cascade, detect_faces, fa
 from deidpipe.deface.volume import canonical
 from deidpipe.synth.heads import make_head
 
-# seed, storage orientation, oblique: the same seeds as tests/test_deface.py's first heads
+# seed, storage orientation, oblique: the same seeds as tests/deface/test_volume.py's first heads
 HEADS = [(100, "RAS", False), (101, "LPS", True), (102, "LAS", False)]
 
 

@@ -161,7 +161,7 @@ def test_scan_after_run_reports_nothing_high(archive, tmp_path):
     from deidpipe.pipeline.runner import run
     from deidpipe.scan import scan
 
-    # (that the scan finds the text on such inputs: tests/test_scan.py::test_every_burned_in_text_box_is_found)
+    # (that the scan finds the text on such inputs: tests/scan/test_scan.py::test_every_burned_in_text_box_is_found)
     report = run(archive, tmp_path / "out", Policy.basic(), key=KEY, workers=1)
     assert report.processed == len(PYDICOM_IMAGES) + 7 and not report.quarantined
     after = scan(tmp_path / "out", faces=False, workers=1)

@@ -27,9 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from deidpipe.pipeline.state import default_state_dir
+from tests.helpers import REPO
 
 SECRET = "leaks-test-secret-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 N_FILES = 40
 #: Prefix of every file's own instance UIDs (``<prefix><i>.<k>``): originals that must not come out anywhere.
 UID_PREFIX = "1.2.826.0.1.3680043.10.543."
