@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.helpers import run_cli
+
 # Libraries that cost tens to hundreds of milliseconds each to import, and that no --help needs. pydicom (with
 # numpy, which it imports) and polars are here too: one of them alone takes longer than the whole --help.
 HEAVY = ("torch", "presidio_analyzer", "spacy", "easyocr", "tenseal", "polars", "dask", "distributed", "cv2",
@@ -81,8 +83,7 @@ def test_public_api_still_resolves() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
 def test_every_command_has_help(command: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "deidpipe.cli", *command, "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = run_cli(*command, "--help", text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Usage" in proc.stdout
 

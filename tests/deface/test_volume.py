@@ -9,8 +9,6 @@ how many random heads the main test defaces; its figures are in docs/deface.md.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +18,7 @@ import pytest
 from deidpipe.deface import DefaceError, RegistrationError, TemplateError, deface_file, deface_volume
 from deidpipe.deface.volume import canonical
 from deidpipe.synth.heads import ORIENTATIONS, make_head
+from tests.helpers import run_cli
 
 HEADS = int(os.environ.get("DEIDPIPE_DEFACE_HEADS", "20"))
 # Every storage orientation in turn, alternately straight and oblique; seeds fixed so a failure reproduces.
@@ -172,8 +171,7 @@ def test_files_and_cli(tmp_path: Path) -> None:
     src = tmp_path / "head.nii.gz"
     nib.save(head.image, str(src))
     out = tmp_path / "out" / "head.mgz"
-    proc = subprocess.run([sys.executable, "-m", "deidpipe.cli", "deface", str(src), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("deface", str(src), str(out), text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "defaced" in proc.stdout and "brain voxels changed 0" in proc.stdout
     mgz = nib.load(str(out))
@@ -192,8 +190,7 @@ def test_files_and_cli(tmp_path: Path) -> None:
     # refused: exit 2, nothing written; an unsupported suffix is refused before any work
     bad = tmp_path / "bad.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.int16), np.eye(4)), str(bad))
-    proc = subprocess.run([sys.executable, "-m", "deidpipe.cli", "deface", str(bad), str(tmp_path / "x.nii")],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("deface", str(bad), str(tmp_path / "x.nii"), text=True)
     assert proc.returncode == 2 and "refused" in proc.stderr and not (tmp_path / "x.nii").exists()
     with pytest.raises(DefaceError, match="unsupported file type"):
         deface_file(src, tmp_path / "out.png")

@@ -30,7 +30,7 @@ from deidpipe.pipeline import run
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
-from tests.helpers import REPO
+from tests.helpers import REPO, cli_command
 
 SECRET = "crash-test-secret-0123456789abcdef"
 #: Header stage only: this test is about files and the journal, and the pixel stage's OCR start-up would cost
@@ -260,8 +260,7 @@ def test_workers_die_with_a_killed_run(source, tmp_path):
     task queue forever, must not live on holding what they loaded."""
     dst = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from deidpipe.cli import app; app()", "run", str(source), str(dst),
-         "--workers", "2", "-q"],
+        cli_command("run", str(source), str(dst), "--workers", "2", "-q"),
         cwd=REPO, env=dict(os.environ, DEIDPIPE_KEY=SECRET), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )

@@ -28,7 +28,7 @@ from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.index import object_id
 from deidpipe.pipeline.state import default_state_dir
 from tests.e2e.fuzzing import build_inputs
-from tests.helpers import REPO
+from tests.helpers import REPO, cli_command
 
 SECRET = "fuzz-secret-0123456789abcdef"
 #: The suite's seed and size; DEIDPIPE_FUZZ_SEED and DEIDPIPE_FUZZ_COUNT explore others by hand.
@@ -103,8 +103,7 @@ def test_hostile_batch_leaks_nothing_and_accounts_for_everything(tmp_path, synth
     rss_file = tmp_path / "rss"
     env = dict(os.environ, DEIDPIPE_KEY=SECRET, PYTHONWARNINGS="always")
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRAPPER, str(rss_file), sys.executable, "-c", "from deidpipe.cli import app; app()",
-         "run", str(src), str(dst), "--workers", "2"],
+        [sys.executable, "-c", WRAPPER, str(rss_file), *cli_command("run", str(src), str(dst), "--workers", "2")],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:

@@ -15,8 +15,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import tarfile
 import warnings
 import zipfile
@@ -55,6 +53,7 @@ from deidpipe.pipeline.source import (
     iter_items,
 )
 from deidpipe.pipeline.state import default_state_dir
+from tests.helpers import run_cli
 
 SECRET = "hostile-sources-secret-0123456789abcdef"
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
@@ -141,12 +140,6 @@ def check_accounted(dst: Path, key: ProjectKey, listed: list[str], expected: Exp
     manifest = pl.read_parquet(default_state_dir(dst) / "manifest.parquet")
     assert sorted(manifest["path"]) == sorted(listed)
     return audit
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEIDPIPE_KEY=SECRET)
-    return subprocess.run([sys.executable, "-c", "from deidpipe.cli import app; app()", *args], cwd=cwd, env=env,
-                          capture_output=True, timeout=180)
 
 
 def dcm_outputs(dst: Path) -> list[str]:
@@ -242,7 +235,7 @@ def test_hostile_folder_via_cli(tmp_path: Path, key: ProjectKey) -> None:
     try:
         listed = [i.relpath for i in iter_items(detect(root))]
         before = outside_state(tmp_path, dst)
-        proc = cli("run", str(root), str(dst), "--workers", "1", "--quiet", cwd=tmp_path)
+        proc = run_cli("run", str(root), str(dst), "--workers", "1", "--quiet", key=SECRET, cwd=tmp_path, timeout=180)
         assert outside_state(tmp_path, dst) == before
     finally:
         unlock(root)
@@ -401,7 +394,8 @@ def test_hostile_zip_via_cli_keep_paths(tmp_path: Path, key: ProjectKey) -> None
     dst = tmp_path / "out" / "dst"
     listed = [i.relpath for i in iter_items(detect(archive))]
     before = outside_state(tmp_path, dst)
-    proc = cli("run", str(archive), str(dst), "--workers", "1", "--quiet", "--keep-paths", cwd=tmp_path)
+    proc = run_cli("run", str(archive), str(dst), "--workers", "1", "--quiet", "--keep-paths", key=SECRET,
+                   cwd=tmp_path, timeout=180)
     assert outside_state(tmp_path, dst) == before
     assert proc.returncode == 1, proc.stderr.decode(errors="replace")
     assert b"Traceback" not in proc.stderr

@@ -10,10 +10,8 @@ and the library API in this process under ``warnings.simplefilter("always")``.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
-import sys
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -27,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from deidpipe.pipeline.state import default_state_dir
-from tests.helpers import REPO
+from tests.helpers import run_cli
 
 SECRET = "leaks-test-secret-0123456789abcdef"
 N_FILES = 40
@@ -138,9 +136,7 @@ def found(blob: bytes | str, secrets: list[bytes]) -> list[str]:
 
 
 def deidpipe_run(src: Path, dst: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEIDPIPE_KEY=SECRET)
-    command = [sys.executable, "-c", "from deidpipe.cli import app; app()", "run", str(src), str(dst), *args]
-    return subprocess.run([*command, "--allow-quarantine"], cwd=REPO, env=env, capture_output=True, timeout=300)
+    return run_cli("run", str(src), str(dst), *args, "--allow-quarantine", key=SECRET)
 
 
 def leaks_in_run(proc: subprocess.CompletedProcess, dst: Path, secrets: list[bytes]) -> dict[str, list[str]]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -33,7 +31,7 @@ from deidpipe.pipeline.index import REASON_NOT_DICOM, looks_like_dicom
 from deidpipe.pipeline.source import detect, iter_items, read_member
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
-from tests.helpers import REPO
+from tests.helpers import run_cli
 
 SECRET = "release-tree-secret-0123456789abcdef"
 POLICY = Policy.basic(pixels="off")
@@ -115,16 +113,10 @@ SIDECARS = ["Doe^John_MRN12345/2019-03-04/meta.json", "Doe^John_MRN12345/2019-03
 TOO_DEEP = "Smith^Jane_MRN67890/export_2020-01-02.zip//inner_MRN67890.zip//deeper_Smith.zip"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEIDPIPE_KEY=SECRET)
-    return subprocess.run([sys.executable, "-c", "from deidpipe.cli import app; app()", *args], cwd=REPO, env=env,
-                          capture_output=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def released(src: Path) -> tuple[subprocess.CompletedProcess, Path]:
     dst = src.parent / "share"
-    return cli("run", str(src), str(dst), "--workers", "2", "-q"), dst
+    return run_cli("run", str(src), str(dst), "--workers", "2", "-q", key=SECRET), dst
 
 
 def tree(dst: Path) -> dict[str, str]:
@@ -245,16 +237,16 @@ def test_resume_from_a_named_state_folder(src: Path, tmp_path: Path) -> None:
 def test_state_folder_inside_dst_or_src_is_refused(src: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out"
     for state in (dst / "state", src / "state"):
-        proc = cli("run", str(src), str(dst), "--state", str(state), "-q")
+        proc = run_cli("run", str(src), str(dst), "--state", str(state), "-q", key=SECRET)
         assert proc.returncode == 2, proc.stderr
         assert b"state folder" in proc.stderr and b"Traceback" not in proc.stderr
         assert not state.exists()
     linked = tmp_path / "linked"  # the default state folder beside DST is a link into SRC: refused the same
     (tmp_path / "linked.deidpipe-state").symlink_to(src / "not-there")
-    proc = cli("run", str(src), str(linked), "-q")
+    proc = run_cli("run", str(src), str(linked), "-q", key=SECRET)
     assert proc.returncode == 2 and b"state folder" in proc.stderr
     assert not (src / "not-there").exists()
-    proc = cli("run", str(src), str(tmp_path / "never-run"), "--resume", "-q")
+    proc = run_cli("run", str(src), str(tmp_path / "never-run"), "--resume", "-q", key=SECRET)
     assert proc.returncode == 2 and b"cannot resume: no run state" in proc.stderr
 
 

@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -28,7 +26,7 @@ from deidpipe.pipeline import iter_run, run
 from deidpipe.pipeline.state import default_state_dir
 from deidpipe.policy import Policy
 from deidpipe.synth import generate_archive
-from tests.helpers import REPO
+from tests.helpers import run_cli
 
 SECRET = "pipeline-test-secret-0123456789abcdef"
 
@@ -69,12 +67,6 @@ def tree(dst: Path) -> dict[str, str]:
 def secrets_of(answer) -> set[bytes]:
     """Original identifying strings long enough to search for without false hits."""
     return {p for p in answer.search_patterns() if len(p) >= 6}
-
-
-def cli(*args: str, env_key: str = SECRET, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEIDPIPE_KEY=env_key)
-    return subprocess.run([sys.executable, "-c", "from deidpipe.cli import app; app()", *args], cwd=REPO,
-                          env=env, capture_output=True, timeout=timeout)
 
 
 # -- the same tree whatever runs it ---------------------------------------------------------------------------
@@ -157,7 +149,7 @@ def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_p
     n_bad = 4  # README.txt is not DICOM: skipped, not quarantined
 
     dst = tmp_path / "out"
-    res = cli("run", str(src), str(dst), "--workers", "2")
+    res = run_cli("run", str(src), str(dst), "--workers", "2", key=SECRET, timeout=240)
     assert res.returncode == 1, res.stderr.decode(errors="replace")
     out = res.stdout + res.stderr
     assert b"quarantined" in out
@@ -193,7 +185,8 @@ def test_mixed_folder_quarantines_bad_files_and_writes_every_good_one(key, tmp_p
     assert {key.uid(u) for u in originals} == set(manifest["study_uid"].drop_nulls())
     assert set(manifest.filter(pl.col("kind") == "invalid")["reason"]) >= {"is empty"}
 
-    ok = cli("run", str(src), str(tmp_path / "out2"), "--workers", "1", "--allow-quarantine", "-q")
+    ok = run_cli("run", str(src), str(tmp_path / "out2"), "--workers", "1", "--allow-quarantine", "-q", key=SECRET,
+                 timeout=240)
     assert ok.returncode == 0, ok.stderr.decode(errors="replace")
     assert tree(tmp_path / "out2") == tree(dst)
 

@@ -35,7 +35,7 @@ from deidpipe.risk import (
     weighted_risk,
     zayatz,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, run_cli
 
 ADULT = REPO.parent / "shared" / "reference" / "adult.csv"
 SECRET = "QX" + "SECRETVALUE"  # a cell value that must never be printed
@@ -330,6 +330,5 @@ def test_risk_cli_module_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & {"polars", "numpy", "scipy", "rich", "pyarrow"}
-    helped = subprocess.run([sys.executable, "-m", "deidpipe.cli", "risk", "--help"], capture_output=True,
-                            text=True, timeout=120)
+    helped = run_cli("risk", "--help", text=True, timeout=120)
     assert helped.returncode == 0 and "Usage" in helped.stdout

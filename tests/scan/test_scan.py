@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
 from deidpipe.scan import RULES, scan
 from deidpipe.scan.report import to_json, to_sarif
-from tests.helpers import REPO
+from tests.helpers import run_cli
 
 KEY = ProjectKey(b"scan-test-key-0123456789abcdef")
 SEVERITIES = {"info", "low", "medium", "high"}
@@ -103,11 +102,6 @@ def _texts(report, tmp_path: Path) -> dict[str, str]:
             "html": to_html(report), "table": table.read_text("utf-8")}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deidpipe.cli", "scan", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-
-
 def _known_csv(path: Path, answer, patients=None) -> Path:
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -150,7 +144,7 @@ def test_after_basic_run_nothing_high_and_exit_0(src, deid, deid_report):
     assert not high, [(f.path, f.rule, f.location) for f in high[:20]]
     assert not [f for f in deid_report.findings if f.rule.startswith("DP-P")]  # every burned box was blacked
     assert deid_report.exit_code("high") == 0
-    proc = _cli(str(deid), "--fail-on", "high", "--format", "json", "--no-faces", "--no-pixels")
+    proc = run_cli("scan", str(deid), "--fail-on", "high", "--format", "json", "--no-faces", "--no-pixels", text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["counts"]["high"] == 0
 
@@ -160,12 +154,13 @@ def test_fail_on_gates_as_documented(src, deid, deid_report, header_report):
     assert deid_report.counts["medium"] >= 1 and deid_report.counts["high"] == 0
     assert deid_report.exit_code("medium") == 1 and deid_report.exit_code("high") == 0
     assert header_report.exit_code("high") == 1 and header_report.exit_code("info") == 1
-    proc = _cli(str(deid), "--fail-on", "medium", "--format", "sarif", "--no-faces", "--no-pixels")
+    proc = run_cli("scan", str(deid), "--fail-on", "medium", "--format", "sarif", "--no-faces", "--no-pixels",
+                   text=True)
     assert proc.returncode == 1
-    proc = _cli(str(src[0]), "--fail-on", "high", "--no-faces", "--no-pixels", "--format", "json")
+    proc = run_cli("scan", str(src[0]), "--fail-on", "high", "--no-faces", "--no-pixels", "--format", "json", text=True)
     assert proc.returncode == 1
-    assert _cli(str(deid), "--fail-on", "severe").returncode == 2
-    assert _cli(str(deid / "no-such-folder")).returncode == 2
+    assert run_cli("scan", str(deid), "--fail-on", "severe", text=True).returncode == 2
+    assert run_cli("scan", str(deid / "no-such-folder"), text=True).returncode == 2
 
 
 def test_an_unreadable_object_is_a_finding_and_exit_2(tmp_path, src):

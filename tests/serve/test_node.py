@@ -14,7 +14,6 @@ import signal
 import ssl
 import struct
 import subprocess
-import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from deidpipe.serve.net import free_port, wait_port
 from deidpipe.serve.node import Node
 from deidpipe.serve.status import queue_status
 from deidpipe.synth import generate_archive
+from tests.helpers import cli_command, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("storescp") is None,
                                 reason="dcmtk is not installed")
@@ -347,8 +347,8 @@ def test_sigkill_mid_stream_then_restart_delivers_every_acknowledged_object(tmp_
     policy.write_text("pixels: off\ndeface: off\n")
     port = free_port()
     with storescp(tmp_path / "scp") as dport:
-        cmd = [sys.executable, "-m", "deidpipe.cli", "serve", "--queue", str(tmp_path / "queue"), "--port",
-               str(port), "--dest-dicom", f"DEST@127.0.0.1:{dport}", "--policy", str(policy)]
+        cmd = cli_command("serve", "--queue", str(tmp_path / "queue"), "--port", str(port), "--dest-dicom",
+                          f"DEST@127.0.0.1:{dport}", "--policy", str(policy))
         env = dict(ENV, DEIDPIPE_KEY_FILE=str(keyfile))
         log1 = open(tmp_path / "node1.log", "wb")  # noqa: SIM115
         node = subprocess.Popen(cmd, env=env, stdout=log1, stderr=log1)
@@ -592,8 +592,7 @@ def test_status_command(tmp_path, small):
         while time.monotonic() < end and not (queue_status(cfg.queue)["retries"] > 0 and queue_status(
                 cfg.queue)["destinations"]["pacs"]["pending"] == len(expected)):
             time.sleep(0.1)
-        out = subprocess.run([sys.executable, "-m", "deidpipe.cli", "serve", "--status", "--json", "--queue",
-                              str(cfg.queue)], capture_output=True, text=True, timeout=120)
+        out = run_cli("serve", "--status", "--json", "--queue", str(cfg.queue), text=True, timeout=120)
     st = json.loads(out.stdout)
     assert st["node_running"] is True
     assert st["depth"] == len(expected) and st["retries"] > 0 and st["oldest_age_s"] > 0
