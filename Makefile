@@ -36,7 +36,7 @@ demo: install
 	$(BIN)/python -m deidpipe.demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check deidpipe tests benchmarks
