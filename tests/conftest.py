@@ -32,6 +32,18 @@ def synth_archive(tmp_path_factory: pytest.TempPathFactory):
     return root, answer
 
 
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory: pytest.TempPathFactory):
+    """(folder, answer key) of a 2-patient synth archive without the real-world study (seed 3), its answer key
+    file moved out of the folder (beside it): only the DICOM tree is inside. Tests must not modify it."""
+    from deidpipe.synth import generate_archive
+
+    root = tmp_path_factory.mktemp("synth-small")
+    answer = generate_archive(root / "src", patients=2, seed=3, real_world=False)
+    (root / "src" / "answer_key.json").replace(root / "answer_key.json")
+    return root / "src", answer
+
+
 @pytest.fixture()
 def ct():
     """pydicom's CT_small with a name planted in the header and in free text."""

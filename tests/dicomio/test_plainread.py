@@ -36,12 +36,10 @@ def _same_elements(ours: pydicom.Dataset, theirs: pydicom.Dataset) -> bool:
     return True
 
 
-def test_plain_files_parse_as_pydicom_parses_them(tmp_path: Path) -> None:
-    from deidpipe.synth import generate_archive
-
-    generate_archive(tmp_path, patients=2, seed=3, real_world=False)
+def test_plain_files_parse_as_pydicom_parses_them(small_archive) -> None:
+    src, _ = small_archive
     parsed = left_to_pydicom = 0
-    for path in _bundled() + sorted(tmp_path.rglob("*.dcm")):
+    for path in _bundled() + sorted(src.rglob("*.dcm")):
         data = path.read_bytes()
         ours = parse_plain(data)
         if ours is None:

@@ -37,11 +37,8 @@ def key() -> ProjectKey:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    root = tmp_path_factory.mktemp("synth")
-    answer = generate_archive(root / "src", patients=2, seed=3, real_world=False)
-    (root / "src" / "answer_key.json").replace(root / "answer_key.json")
-    return root / "src", answer
+def archive(small_archive) -> tuple[Path, object]:
+    return small_archive
 
 
 @pytest.fixture(scope="module")
