@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: dicom3tools gives dciodvfy (validates output against the IODs), dcmtk gives a real peer,
-# chromium renders the scan's HTML report in tests/test_scan.py (headless screenshot).
+# chromium renders the scan's HTML report in tests/scan/test_scan.py (headless screenshot).
 APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium orthanc orthanc-dicomweb
 STAMP := $(VENV)/.installed
 
@@ -36,7 +36,7 @@ demo: install
 	$(BIN)/python -m deidpipe.demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check deidpipe tests benchmarks

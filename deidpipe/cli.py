@@ -2,7 +2,7 @@
 
 Start-up is kept short (``deidpipe --help`` under 0.3 s on a 2-core machine): the command modules import only
 typer and light deidpipe modules at module level, and each command imports its stage (pydicom, polars, the
-engine, the runner, cryptography, TenSEAL, ...) when it runs. ``tests/test_cli_startup.py`` checks that no heavy
+engine, the runner, cryptography, TenSEAL, ...) when it runs. ``tests/test_cli.py`` checks that no heavy
 library is loaded by ``import deidpipe.cli`` or by ``--help``.
 """
 

@@ -1,15 +1,42 @@
-"""Helpers for the header tests: run the engine over a folder, read dciodvfy's errors."""
+"""Helpers shared by the tests: the repository root, ``deidpipe`` as a subprocess, the header engine over a folder,
+pydicom's bundled files as bytes, dciodvfy's errors."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.header.engine import deidentify
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (the folder that holds ``deidpipe/`` and ``tests/``)."""
+
+
+def cli_command(*args: str) -> list[str]:
+    """The command line of ``deidpipe ARGS`` in a fresh interpreter: this interpreter running the installed
+    command's entry point (``deidpipe.cli:console``, through ``python -m deidpipe.cli``)."""
+    return [sys.executable, "-m", "deidpipe.cli", *args]
+
+
+def run_cli(*args: str, key: str | None = None, env: dict[str, str] | None = None, cwd: Path = REPO,
+            timeout: float = 300, text: bool = False) -> subprocess.CompletedProcess:
+    """Run ``deidpipe ARGS`` as a user would, in a subprocess, and return it finished (output captured).
+
+    ``key`` becomes DEIDPIPE_KEY, ``env`` adds to (or overrides) this process's environment; ``cwd`` defaults to
+    the repository root; ``text`` decodes stdout and stderr. A run past ``timeout`` seconds raises
+    :class:`subprocess.TimeoutExpired`."""
+    environ = dict(os.environ, **(env or {}))
+    # this checkout's deidpipe whatever ``cwd`` is (python -m puts ``cwd`` first on sys.path)
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), environ.get("PYTHONPATH"))))
+    if key is not None:
+        environ["DEIDPIPE_KEY"] = key
+    return subprocess.run(cli_command(*args), cwd=cwd, env=environ, capture_output=True, text=text, timeout=timeout)
 
 
 def deidentify_tree(src: Path, files: list[str], dst: Path, policy: Policy, key: ProjectKey) -> dict[str, Path]:

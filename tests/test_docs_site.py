@@ -51,7 +51,7 @@ def _text(dom: str) -> str:
 
 
 def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium on a built page, as tests/test_scan.py drives it for the HTML report."""
+    """Headless Chromium on a built page, as tests/scan/test_scan.py drives it for the HTML report."""
     base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1400",
             f"--user-data-dir={profile}"]
     return subprocess.run([*base, *args, page.as_uri()], capture_output=True, text=True, timeout=120, check=True)

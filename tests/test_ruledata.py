@@ -30,3 +30,11 @@ def test_rules_are_found_and_loaded():
     assert (rules_dir() / "ps315_table_e1_1.json").is_file()
     assert load_rule_file("options.yaml")["options"]
     assert len(load_table()) > 600 and set(ACTION_CODES) == {"D", "Z", "X", "K", "C", "U"}
+
+
+def test_table_is_complete():
+    """PS3.15 Table E.1-1 complete, from a known edition."""
+    table = load_table()
+    rows = [r for r in table.by_tag.values() if not r.addition]
+    assert len(rows) + len(table.patterns) == 620  # + the odd-group private row, handled apart
+    assert table.edition["built_from_standard_on"] == "2025-01-28"

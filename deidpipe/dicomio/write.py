@@ -295,7 +295,7 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> 
     File Meta Information Version (0002,0001), Media Storage SOP Class and Instance UIDs (0002,0002-0003),
     Transfer Syntax UID (0002,0010) and this writer's Implementation Class UID and Version Name (0002,0012-0013).
 
-    The same bytes as pydicom's ``write_file_meta_info`` (``tests/test_serve_ul.py`` compares them), packed by
+    The same bytes as pydicom's ``write_file_meta_info`` (``tests/serve/test_pdu.py`` compares them), packed by
     this module's element writer instead of pydicom's (1.3 ms an object, on the path every sender waits on).
     Raises ValueError for a UID that is not ASCII or too long for an element."""
     body = b"".join((_META_VERSION, _meta_element(0x00020002, "UI", sop_class),

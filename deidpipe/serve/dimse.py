@@ -3,7 +3,7 @@ sends and reads, and the statuses it answers with.
 
 A command set is group 0000 in Implicit VR Little Endian, Command Group Length (0000,0000) first. Encoded and
 decoded here, not by pydicom (a command set per object, on the path every sender waits on);
-``tests/test_serve_ul.py`` checks the bytes against pynetdicom's encoder. How a message travels in P-DATA-TF PDUs
+``tests/serve/test_pdu.py`` checks the bytes against pynetdicom's encoder. How a message travels in P-DATA-TF PDUs
 is :mod:`deidpipe.serve.pdu`; which association it travels on, :mod:`deidpipe.serve.association`.
 """
 

@@ -11,7 +11,7 @@ What is still pynetdicom's: the A-ASSOCIATE-RQ/AC codecs (:mod:`pynetdicom.pdu`,
 :func:`decode_associate` and :func:`user_information`) and presentation context negotiation, which run once per
 association. Written here: reading and writing whole PDUs within a timeout (:class:`Link`), P-DATA-TF framing and
 PDV fragmentation of DIMSE messages (PS3.8 section 9.3.5 and annex E; the command sets are
-:mod:`deidpipe.serve.dimse`), and the release and abort PDUs. ``tests/test_serve_ul.py`` checks them against
+:mod:`deidpipe.serve.dimse`), and the release and abort PDUs. ``tests/serve/test_pdu.py`` checks them against
 pynetdicom's encoders and against pynetdicom and dcmtk peers.
 """
 

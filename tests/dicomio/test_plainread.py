@@ -1,0 +1,126 @@
+"""Plain files read by their lengths (deidpipe.dicomio.plainread) give what pydicom gives, or are left to pydicom: the
+execute pass's reader and the index pass's header scan, on every file pydicom bundles."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_files
+from pydicom.dataelem import RawDataElement
+
+from deidpipe.dicomio import quiet_pydicom
+from deidpipe.dicomio.plainread import parse_plain, scan_elements
+from deidpipe.pipeline.index import _facts_from_dataset, _header_facts, _is_part10, _read_header
+
+
+def _bundled() -> list[Path]:
+    return [Path(name) for name in get_testdata_files() if not Path(name).is_dir()]
+
+
+def _state(ds: pydicom.Dataset) -> dict[str, str]:
+    """A data set's attributes but its elements and the buffer it was read from, as text."""
+    return {k: repr(v) for k, v in vars(ds).items() if k not in ("_dict", "buffer", "file_meta")}
+
+
+def _same_elements(ours: pydicom.Dataset, theirs: pydicom.Dataset) -> bool:
+    if list(ours._dict) != list(theirs._dict):
+        return False
+    for tag, elem in theirs._dict.items():
+        mine = ours._dict[tag]
+        if type(mine) is not type(elem):
+            return False
+        if (mine != elem) if isinstance(elem, RawDataElement) else (repr(mine) != repr(elem)):
+            return False
+    return True
+
+
+def test_plain_files_parse_as_pydicom_parses_them(small_archive) -> None:
+    src, _ = small_archive
+    parsed = left_to_pydicom = 0
+    for path in _bundled() + sorted(src.rglob("*.dcm")):
+        data = path.read_bytes()
+        ours = parse_plain(data)
+        if ours is None:
+            left_to_pydicom += 1
+            continue
+        parsed += 1
+        with quiet_pydicom():
+            theirs = pydicom.dcmread(io.BytesIO(data))
+        assert _same_elements(ours, theirs), path.name
+        assert _same_elements(ours.file_meta, theirs.file_meta), path.name
+        assert _state(ours) == _state(theirs), path.name
+        assert _state(ours.file_meta) == _state(theirs.file_meta), path.name
+    # Big endian, deflate, no preamble, odd VRs, pixel data pydicom must search for its end: pydicom's.
+    assert parsed >= 140 and left_to_pydicom >= 40
+
+
+def test_scan_agrees_with_pydicom_on_bundled_files() -> None:
+    scanned = left_to_pydicom = 0
+    for path in _bundled():
+        data = path.read_bytes()
+        facts = _header_facts(data, complete=True)
+        if facts is None:
+            left_to_pydicom += 1
+            continue
+        scanned += 1
+        assert facts == _facts_from_dataset(_read_header(io.BytesIO(data), _is_part10(data))), path.name
+        for cut in (200, 400, 1000, 3000):  # the first bytes only: the same facts, or nothing
+            assert _header_facts(data[:cut], complete=False) in (None, facts), (path.name, cut)
+    # Big endian, deflate, files without a preamble and malformed VRs go to pydicom; the rest are scanned.
+    assert scanned >= 140 and left_to_pydicom >= 10
+
+
+def _part10(body: bytes, syntax: bytes = b"1.2.840.10008.1.2.1\0", sop_class: bytes = b"") -> bytes:
+    meta = b""
+    if sop_class:
+        meta += b"\x02\x00\x02\x00UI" + len(sop_class).to_bytes(2, "little") + sop_class
+    meta += b"\x02\x00\x10\x00UI" + len(syntax).to_bytes(2, "little") + syntax
+    return b"\0" * 128 + b"DICM" + meta + body
+
+
+def test_a_directory_record_sequence_of_undefined_length_is_seen() -> None:
+    """A DICOMDIR whose File Meta names another SOP class is still told by its Directory Record Sequence."""
+    records = b"\x04\x00\x20\x12SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    data = _part10(records + b"\x08\x00\x60\x00CS\x02\x00CT", sop_class=b"1.2.840.10008.5.1.4.1.1.2\0")
+    facts = _header_facts(data, complete=True)
+    assert facts is not None and facts["directory"]
+    assert facts == _facts_from_dataset(_read_header(io.BytesIO(data), True))
+
+
+def test_scan_skips_undefined_length_sequences_and_gives_up_on_odd_bytes() -> None:
+    modality = b"\x08\x00\x60\x00CS\x02\x00CT"
+    # (0008,1140) SQ of undefined length: one item of undefined length holding one element, then the delimiters.
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x08\x00\x50\x11UI\x04\x001.2\0" + b"\xfe\xff\x0d\xe0\0\0\0\0"
+    sequence = b"\x08\x00\x40\x11SQ\0\0\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    rows = b"\x28\x00\x10\x00US\x02\x00\x00\x02"
+    wanted = frozenset({0x00080060, 0x00280010})
+    meta, found = scan_elements(_part10(modality + sequence + rows), wanted, 0x00280301, complete=True)
+    assert meta == {0x00020010: b"1.2.840.10008.1.2.1\0"}
+    assert found == {0x00080060: (b"CS", b"CT"), 0x00280010: (b"US", b"\x00\x02")}
+    # Cut inside the sequence: not complete means "don't know"; a complete file that ends there is broken.
+    cut = _part10(modality + sequence[:20])
+    assert scan_elements(cut, wanted, 0x00280301, complete=False) is None
+    assert scan_elements(cut, wanted, 0x00280301, complete=True) is None
+    # Not a VR, big endian, no preamble: pydicom's to judge.
+    assert scan_elements(_part10(b"\x08\x00\x60\x00\x02\x00\x00\x00CT"), wanted, 0x00280301, complete=True) is None
+    assert scan_elements(_part10(modality, b"1.2.840.10008.1.2.2\0"), wanted, 0x00280301, complete=True) is None
+    assert scan_elements(modality, wanted, 0x00280301, complete=True) is None
+
+
+def test_encapsulated_pixel_data_is_read_as_pydicom_reads_it() -> None:
+    """Items walked by their lengths up to the delimiter, an element after it; a broken item: pydicom's."""
+    jpeg = b"1.2.840.10008.1.2.4.50\0"
+    items = b"\xfe\xff\x00\xe0\0\0\0\0" + b"\xfe\xff\x00\xe0\x04\0\0\0\xff\xd8\xff\xd9"
+    pixels = b"\xe0\x7f\x10\x00OB\0\0\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    trailing = b"\xfc\xff\xfc\xffOB\0\0\x02\0\0\0\0\0"
+    head = b"\x08\x00\x16\x00UI\x06\x001.2.3\0" + b"\x08\x00\x60\x00CS\x02\x00OT"
+    data = _part10(head + pixels + trailing, jpeg)
+    ours = parse_plain(data)
+    with quiet_pydicom():
+        theirs = pydicom.dcmread(io.BytesIO(data))
+    assert ours is not None and _same_elements(ours, theirs) and _state(ours) == _state(theirs)
+    assert ours._dict[0x7FE00010].value == items
+    broken = _part10(head + pixels.replace(b"\xfe\xff\x00\xe0\x04", b"\xfe\xff\x00\xe1\x04"), jpeg)
+    assert parse_plain(broken) is None  # pydicom searches the bytes for the delimiter then: its judgement
