@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from deidpipe.deface import DefaceError, RegistrationError, TemplateError, deface_file, deface_volume
+from deidpipe.deface.face_finding import VIEWS
+from deidpipe.deface.qc import QCResult
 from deidpipe.deface.volume import canonical
 from deidpipe.synth.heads import ORIENTATIONS, make_head
 from tests.helpers import run_cli
@@ -74,6 +76,7 @@ def test_defaces_synth_head(seed: int, orientation: str, oblique: bool) -> None:
     assert result.face_in_view and result.changed and result.reason == "defaced"
     assert result.face_voxels_removed == int(changed.sum())
     assert result.qc is not None and result.qc.passed and result.qc.face_before  # QC saw the face, then none
+    assert isinstance(result.qc, QCResult) and set(result.qc.before) == set(result.qc.after) == set(VIEWS)
 
 
 @pytest.mark.slow
