@@ -54,3 +54,13 @@ class SkippedError(DeidError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why ``exc`` happened, in words that are safe to log or show: an input's error without its path (a folder or
+    file name may name the patient), other typed errors by their fixed message, anything else only by its type."""
+    if isinstance(exc, InputError | SkippedError):
+        return exc.reason
+    if isinstance(exc, DeidError):
+        return str(exc) or type(exc).__name__
+    return f"unexpected error ({type(exc).__name__})"

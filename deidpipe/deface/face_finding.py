@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -192,20 +192,16 @@ def render_views(volume: Any, spacing: Any = None) -> dict[str, np.ndarray]:
     return {name: _shade(_depth(skin, affine, deg, centre)) for name, deg in VIEWS.items()}
 
 
-_LOADED: dict[str, Any] = {}
-
-
+@cache
 def _cascade(name: str) -> Any:
     """An OpenCV cascade from the files inside the opencv-python-headless wheel (cached per process)."""
     import cv2
 
-    if name not in _LOADED:
-        path = f"{cv2.data.haarcascades}{name}"
-        clf = cv2.CascadeClassifier(path)
-        if clf.empty():
-            raise FileNotFoundError(f"OpenCV Haar cascade {name} missing or unreadable at {path}")
-        _LOADED[name] = clf
-    return _LOADED[name]
+    path = f"{cv2.data.haarcascades}{name}"
+    clf = cv2.CascadeClassifier(path)
+    if clf.empty():
+        raise FileNotFoundError(f"OpenCV Haar cascade {name} missing or unreadable at {path}")
+    return clf
 
 
 def detect_faces(image: np.ndarray) -> list[tuple[int, int, int, int]]:

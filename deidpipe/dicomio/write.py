@@ -259,7 +259,6 @@ def _write_file_meta(fp: DicomBytesIO, ds: Dataset) -> None:
     body.is_little_endian, body.is_implicit_VR = True, False
     _write_elements(body, meta, [t for t in sorted(meta._dict) if t != _GROUP_LENGTH], raw=False, ascii_text=True)
     data = body.getvalue()
-    meta.FileMetaInformationGroupLength = len(data)
     fp.write(_group_length(len(data)))
     fp.write(data)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from deidpipe.cliutil import policy_from_cli
-from deidpipe.errors import DeidError
+from deidpipe.errors import DeidError, reason_of
 from deidpipe.keys import KEY_ENV, KEY_FILE_ENV, ProjectKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,8 @@ def deid_file(
     key_file: Path | None = KeyFileOpt,
 ) -> None:
     """De-identify one DICOM file's header."""
-    from deidpipe.dicomio import read_dataset, write_dataset
+    from deidpipe.dicomio import encode_dataset, read_dataset
+    from deidpipe.durable import atomic_write
     from deidpipe.header.engine import deidentify
 
     try:
@@ -54,11 +55,9 @@ def deid_file(
             raise DeidError("refusing to overwrite the input file")
         result = deidentify(read_dataset(src), policy, key)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".part")
-        write_dataset(result.dataset, tmp)
-        tmp.replace(dst)
+        atomic_write(dst, encode_dataset(result.dataset))  # a failed write leaves no partial file beside dst
     except DeidError as exc:
-        _console().print(f"[red]error:[/red] {exc}")
+        _console().print(f"[red]error:[/red] {reason_of(exc)}")  # no input path: its name may name the patient
         raise typer.Exit(1) from None
     counts = ", ".join(f"{k}={v}" for k, v in sorted(result.actions.items()))
     _console().print(f"de-identified -> {dst} ({counts})")

@@ -227,11 +227,10 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
             ctx.counts["set"] += 1
     set_method_attributes(out, policy)
     if policy.recipients:
-        from deidpipe.header.recipients import load_certificate
+        from deidpipe.header.recipients import load_certificates
         from deidpipe.header.reversible import add_encrypted_attributes, originals_from_diff
 
-        certs = [load_certificate(p) for p in policy.recipients]
-        add_encrypted_attributes(out, originals_from_diff(ds, out), certs)
+        add_encrypted_attributes(out, originals_from_diff(ds, out), load_certificates(policy.recipients))
     result = FileDataset("", out, file_meta=_file_meta(ds, out, key), preamble=b"\x00" * 128)
     # Kept elements are still raw. When the source was read in the encoding of the output's transfer syntax
     # they go back byte for byte; otherwise (big endian, or data sets without File Meta) decode them all.

@@ -11,6 +11,7 @@ No message raised here quotes a key or a value: only file paths and what is wron
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from pathlib import Path
 from typing import TypeAlias
@@ -30,6 +31,13 @@ PrivateKey: TypeAlias = rsa.RSAPrivateKey
 
 _RSA_BITS = 3072
 _CERT_DAYS = 3650
+
+
+@functools.lru_cache(maxsize=8)
+def load_certificates(paths: tuple[str, ...]) -> tuple[x509.Certificate, ...]:
+    """The policy's recipient certificates (``Policy.recipients``), read once per process and policy rather than
+    once per object: every object of a run is encrypted for the same recipients."""
+    return tuple(load_certificate(p) for p in paths)
 
 
 def load_certificate(path: str | Path) -> x509.Certificate:

@@ -12,14 +12,13 @@ inside the functions that use them, so that registering these commands costs ``d
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from deidpipe.errors import DeidError, InputError, ReversibleError
+from deidpipe.errors import DeidError, ReversibleError, reason_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryptography import x509
@@ -64,25 +63,13 @@ def _sources(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 
 def _write_atomic(ds: Dataset, target: Path) -> None:
-    """Write to a temporary file beside ``target`` and rename, so a failure never leaves half a file."""
-    from deidpipe.dicomio import write_dataset
+    """Write durably through a temporary file beside ``target`` (:func:`deidpipe.durable.atomic_write`), so a
+    failure never leaves half a file."""
+    from deidpipe.dicomio import encode_dataset
+    from deidpipe.durable import atomic_write
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".reid-", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write_dataset(ds, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _reason(exc: DeidError) -> str:
-    """A value- and path-free reason for the summary."""
-    if isinstance(exc, InputError):
-        return exc.reason
-    return str(exc)
+    atomic_write(target, encode_dataset(ds))
 
 
 def reidentify_files(
@@ -100,7 +87,7 @@ def reidentify_files(
             report = restore_with_report(ds, private_key, certificate)
             _write_atomic(ds, target)
         except DeidError as exc:
-            failures[_reason(exc)] += 1
+            failures[reason_of(exc)] += 1
             continue
         except OSError as exc:
             failures[f"cannot be written ({type(exc).__name__})"] += 1

@@ -217,7 +217,8 @@ def _denylist(terms: frozenset[str], parts: frozenset[str], common: frozenset[st
 
 
 def _compile_terms(terms: frozenset[str], common: frozenset[str]) -> re.Pattern[str] | None:
-    """One pattern for a set of terms; cached, since every object of a patient has the same terms."""
+    """One pattern for a set of terms (cached by the caller, :func:`_denylist`: every object of a patient has the
+    same terms)."""
     groups: dict[str, list[str]] = {}
     for t in terms:
         p = _term_pattern(t, common)

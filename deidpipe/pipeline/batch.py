@@ -4,7 +4,9 @@
   Dask cluster (:mod:`deidpipe.pipeline.executors`). Its workers import deidpipe's modules only, never the
   caller's ``__main__``.
 * :func:`series_tasks` cuts the objects of one series into tasks: the whole series when one of its stages works
-  on whole series (defacing), else chunks.
+  on whole series (defacing), else chunks. ``serve`` cuts its series with it; ``run``'s plan cuts its own
+  (:meth:`deidpipe.pipeline.plan.Plan.tasks`: never between two copies of one SOP instance, which a received
+  series cannot hold).
 * :func:`deidentify` runs tasks on a pool and yields each task with its objects' results as it finishes. A task
   never raises for a bad object (it is quarantined by the worker); a task that fails as a whole (a worker killed,
   a crash in native code) is retried one object at a time by the pool, and what still fails is quarantined here,

@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
 
+from deidpipe import errors
 from deidpipe.dicomio import encode_dataset, read_dataset
-from deidpipe.errors import DeidError, InputError, SkippedError
+from deidpipe.errors import InputError, SkippedError
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
-from deidpipe.pipeline.contract import SCOPE_SERIES
+from deidpipe.pipeline.contract import SCOPE_SERIES, Stage
 from deidpipe.pipeline.index import content_hash, index_batch
 from deidpipe.pipeline.plan import ExecItem, ExecTask
 from deidpipe.pipeline.registry import stage_named
@@ -56,14 +57,8 @@ class WorkContext:
 
 
 def reason_of(exc: BaseException) -> str:
-    """A reason that is safe to log: typed errors say why in fixed words; anything else only by its type."""
-    if isinstance(exc, InputError | SkippedError):
-        return exc.reason
-    if isinstance(exc, ObjectTimeout):
-        return BUDGET_REASON
-    if isinstance(exc, DeidError):
-        return str(exc) or type(exc).__name__
-    return f"unexpected error ({type(exc).__name__})"
+    """A reason that is safe to log (:func:`deidpipe.errors.reason_of`), the time budget's included."""
+    return BUDGET_REASON if isinstance(exc, ObjectTimeout) else errors.reason_of(exc)
 
 
 @dataclass
@@ -85,15 +80,15 @@ def _within_budget(w: _Work, stage: str, step: Callable[..., None], *args: Any) 
         _quarantine(w, stage, exc)
 
 
-def _series_within_budget(works: list[_Work], name: str, ctx: WorkContext) -> None:
+def _series_within_budget(works: list[_Work], stage: Stage, ctx: WorkContext) -> None:
     """A series stage within the budgets of the objects it takes, together; over them, all are quarantined."""
     live = [w for w in works if w.ds is not None]
     try:
         with Budget(ctx.object_budget_s * len(live)).running():
-            _apply_series_stage(works, name, ctx)
+            _apply_series_stage(works, stage, ctx)
     except ObjectTimeout as exc:
         for w in live:
-            _quarantine(w, name, exc)
+            _quarantine(w, stage.name, exc)
 
 
 def _quarantine(w: _Work, stage: str, exc: BaseException) -> None:
@@ -164,32 +159,32 @@ def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
     w.result.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
 
 
-def _apply_object_stage(w: _Work, name: str, ctx: WorkContext) -> None:
+def _apply_object_stage(w: _Work, stage: Stage, ctx: WorkContext) -> None:
     t0 = time.perf_counter()
     try:
-        w.ds, actions = stage_named(name).run(w.ds, ctx.policy, ctx.key, w.source)
+        w.ds, actions = stage.run(w.ds, ctx.policy, ctx.key, w.source)
         for code, n in actions.items():
             w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
     except Exception as exc:  # noqa: BLE001
-        _quarantine(w, name, exc)
-    w.result.timings_ms[name] = (time.perf_counter() - t0) * 1e3
+        _quarantine(w, stage.name, exc)
+    w.result.timings_ms[stage.name] = (time.perf_counter() - t0) * 1e3
 
 
-def _apply_series_stage(works: list[_Work], name: str, ctx: WorkContext) -> None:
+def _apply_series_stage(works: list[_Work], stage: Stage, ctx: WorkContext) -> None:
     live = [w for w in works if w.ds is not None]
     t0 = time.perf_counter()
     try:
-        outputs = stage_named(name).run([w.ds for w in live], ctx.policy, ctx.key, [w.source for w in live])
+        outputs = stage.run([w.ds for w in live], ctx.policy, ctx.key, [w.source for w in live])
         for w, (ds, actions) in zip(live, outputs, strict=True):
             w.ds = ds
             for code, n in actions.items():
                 w.result.actions[code] = w.result.actions.get(code, 0) + int(n)
     except Exception as exc:  # noqa: BLE001 - a series stage fails for the whole series
         for w in live:
-            _quarantine(w, name, exc)
+            _quarantine(w, stage.name, exc)
     per = (time.perf_counter() - t0) * 1e3 / max(len(live), 1)
     for w in live:
-        w.result.timings_ms[name] = per
+        w.result.timings_ms[stage.name] = per
 
 
 class _Staged(NamedTuple):
@@ -262,10 +257,10 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
         for item in task.items:  # one object in memory at a time
             w = _new_work(item, ctx)
             _within_budget(w, "read", _read, w, ctx, keep_source)
-            for name in task.stages:
+            for stage in stages:
                 if w.ds is None:
                     break
-                _within_budget(w, name, _apply_object_stage, w, name, ctx)
+                _within_budget(w, stage.name, _apply_object_stage, w, stage, ctx)
             if w.ds is not None and (staged := _stage(w, ctx)) is not None:
                 pending.append(staged)
             out.append(w.result)
@@ -276,11 +271,11 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
         _within_budget(w, "read", _read, w, ctx, keep_source)
     for stage in stages:
         if stage.scope == SCOPE_SERIES:
-            _series_within_budget(works, stage.name, ctx)
+            _series_within_budget(works, stage, ctx)
         else:
             for w in works:
                 if w.ds is not None:
-                    _within_budget(w, stage.name, _apply_object_stage, w, stage.name, ctx)
+                    _within_budget(w, stage.name, _apply_object_stage, w, stage, ctx)
     _publish([staged for w in works if w.ds is not None and (staged := _stage(w, ctx)) is not None], ctx)
     return [w.result for w in works]
 

@@ -133,9 +133,9 @@ _ROWS: tuple[tuple[State, Event, str, State, str], ...] = (
 )
 del S, E
 #: (state, event) -> (action, next state): what :meth:`Machine.on` follows.
-TRANSITIONS: dict[tuple[State, Event], tuple[str, State]] = {}
-for _state, _event, _action, _next, _ in _ROWS:
-    TRANSITIONS.setdefault((_state, _event), (_action, _next))
+TRANSITIONS: dict[tuple[State, Event], tuple[str, State]] = {
+    (_state, _event): (_action, _next) for _state, _event, _action, _next, _ in _ROWS}
+assert len(TRANSITIONS) == len(_ROWS), "a (state, event) pair has two rows in the table"
 
 
 class StateError(RuntimeError):
@@ -158,6 +158,11 @@ class Machine:
         except KeyError:
             raise StateError(f"{event.value} in {self.state.value}: no transition") from None
         return action
+
+    def end(self, event: Event) -> None:
+        """On an error path: take ``event`` where the table has it, and be idle in any case. An error handler
+        must not raise (the error it handles may itself be a :class:`StateError`, the machine then already idle)."""
+        self.state = TRANSITIONS.get((self.state, event), ("", State.IDLE))[1]
 
 
 #: The event each PDU type is, read (PS3.8 table 9-10); any other type: :attr:`Event.INVALID_PDU`.

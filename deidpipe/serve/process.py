@@ -43,11 +43,6 @@ class _Held:
     last_seen: float = 0.0
 
 
-def stages_for(rows: list[dict[str, Any]], policy: Policy) -> tuple[str, ...]:
-    """The stages the plan gives a series with these manifest rows (the stages' own ``needed`` tests)."""
-    return needed_stages(SeriesFacts.from_rows(rows), policy)
-
-
 class Processor(LoopThread):
     """Takes objects from ``incoming/``, runs the pipeline on them, and leaves one delivery ticket per
     destination (or a quarantine record)."""
@@ -85,7 +80,7 @@ class Processor(LoopThread):
         for series in [s for s, h in self.held.items() if now - h.last_seen >= self.quiet_period_s]:
             held = self.held.pop(series)
             rows = list(held.rows.values())
-            tasks += self._tasks(series, rows, stages_for(rows, self.policy))
+            tasks += self._tasks(series, rows, needed_stages(SeriesFacts.from_rows(rows), self.policy))
         done += self._execute(tasks)
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done
@@ -127,7 +122,7 @@ class Processor(LoopThread):
         for series, srows in by_series.items():
             held = self.held.get(series)
             all_rows = srows + (list(held.rows.values()) if held else [])
-            stages = stages_for(all_rows, self.policy)
+            stages = needed_stages(SeriesFacts.from_rows(all_rows), self.policy)
             if needs_whole_series(stages):
                 h = self.held.setdefault(series, _Held())
                 h.rows.update({r["object_id"]: r for r in srows})

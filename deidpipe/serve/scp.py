@@ -168,7 +168,7 @@ class StorageSCP:
         self.config = config
         #: The node's policy (default the Basic Profile): refusals before the answer follow it as ``run`` does
         #: (``allow_incomplete_pixels``: an object with short Pixel Data is then queued, as ``run`` writes it).
-        self.policy = policy
+        self.policy = policy if policy is not None else Policy.basic()  # built once, not per object
         self.queue = queue
         self.key = key
         self.on_stored = on_stored
@@ -292,20 +292,20 @@ class StorageSCP:
         except NetworkTimeout as exc:
             if not ticket.associated:  # the ARTIM timer expired (PS3.8 AA-2): the connection is closed, no A-ABORT
                 log.warning("connection closed: no A-ASSOCIATE-RQ within the ARTIM timer")
-                machine.on(Event.ARTIM_EXPIRED)
+                machine.end(Event.ARTIM_EXPIRED)
             else:
                 log.warning("association ended: %s", exc)
-                machine.on(Event.ABORT_REQUEST)
+                machine.end(Event.ABORT_REQUEST)
                 if link is not None:
                     link.abort()
         except ProtocolError as exc:
             log.warning("association ended: %s", exc)
-            machine.on(Event.INVALID_PDU)
+            machine.end(Event.INVALID_PDU)
             if link is not None:
                 link.abort()
         except Exception as exc:  # noqa: BLE001 - a bug must not take the node down; the type only
             log.error("association failed (%s)", type(exc).__name__)
-            machine.on(Event.ABORT_REQUEST)
+            machine.end(Event.ABORT_REQUEST)
             if link is not None:
                 link.abort()
         finally:
