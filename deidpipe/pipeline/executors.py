@@ -95,9 +95,36 @@ def die_with_parent(parent: int | None = None) -> None:
         os._exit(1)
 
 
+def _torch_fork_safe() -> bool:
+    """Whether a child forked from this process may use torch: yes when torch is not loaded, or loaded without
+    CUDA started (a CUDA context cannot cross a fork). Its OpenMP thread pool cannot cross one either (a child
+    that runs a parallel region with the parent's pool started hangs), so a child forked with torch loaded runs
+    torch on one thread (:func:`_single_torch_thread`)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    try:
+        return not torch.cuda.is_initialized()
+    except Exception:  # noqa: BLE001 - a torch without the call: do not fork
+        return False
+
+
+def _single_torch_thread() -> None:
+    """In a child forked from a process that had torch loaded: torch on one thread (its OpenMP pool, if the parent
+    started one, did not come across; one thread never asks for it). ``DEIDPIPE_TORCH_THREADS`` is set to match,
+    so that the OCR reader (:func:`deidpipe.pixels.detect.easyocr_reader`) does not raise it again. With one
+    worker per core, as by default, one thread each is also what keeps the cores from being oversubscribed."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    torch.set_num_threads(1)
+    os.environ["DEIDPIPE_TORCH_THREADS"] = "1"
+
+
 def _init_worker(ctx: WorkContext) -> None:
     global _WORKER_CTX
     die_with_parent()
+    _single_torch_thread()  # a no-op unless forked with torch loaded (a fresh interpreter has not imported it)
     _WORKER_CTX = ctx
     install_quiet()  # a spawned worker has imported deidpipe.dicomio already; a forked one inherits: once more
 
@@ -160,15 +187,17 @@ def worker_context(method: str | None = None) -> multiprocessing.context.BaseCon
     """The multiprocessing context every deidpipe worker process starts from (the local pool, ``scan``'s pool,
     ``serve``'s processing process and its pool).
 
-    ``fork`` when this process runs a single thread and has not loaded torch (workers start in milliseconds,
-    with everything already imported); otherwise ``forkserver`` (or ``spawn``): forking a process that holds
-    other threads (a portal's web server, a progress display, Dask, torch's OpenMP pool) can deadlock the child
-    on a lock one of them held. ``method`` forces one of ``spawn`` / ``forkserver`` / ``fork``. A spawned or
+    ``fork`` when this process runs a single Python thread and has not started CUDA (workers start in
+    milliseconds, with everything already imported, models a portal loaded included); otherwise ``forkserver``
+    (or ``spawn``): forking a process that holds other threads (a portal's web server, a progress display, Dask)
+    can deadlock the child on a lock one of them held. torch loaded in this process does not stop the fork: its
+    workers run torch on one thread (:func:`_torch_fork_safe`; a fork server would cost a portal's first run
+    0.5 s of imports before its first object, issue 22). ``method`` forces one of ``spawn`` / ``forkserver`` / ``fork``. A spawned or
     fork-server worker never imports the caller's ``__main__`` (see :func:`_main_hidden`): only deidpipe's own
     modules load in it, whatever the caller's script does at module level."""
     methods = multiprocessing.get_all_start_methods()
     if method is None:
-        if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
+        if "fork" in methods and threading.active_count() == 1 and _torch_fork_safe():
             method = "fork"
         else:
             method = "forkserver" if "forkserver" in methods else "spawn"
