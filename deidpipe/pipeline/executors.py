@@ -192,9 +192,9 @@ def worker_context(method: str | None = None) -> multiprocessing.context.BaseCon
     (or ``spawn``): forking a process that holds other threads (a portal's web server, a progress display, Dask)
     can deadlock the child on a lock one of them held. torch loaded in this process does not stop the fork: its
     workers run torch on one thread (:func:`_torch_fork_safe`; a fork server would cost a portal's first run
-    0.5 s of imports before its first object, issue 22). ``method`` forces one of ``spawn`` / ``forkserver`` / ``fork``. A spawned or
-    fork-server worker never imports the caller's ``__main__`` (see :func:`_main_hidden`): only deidpipe's own
-    modules load in it, whatever the caller's script does at module level."""
+    0.5 s of imports before its first object, issue 22). ``method`` forces one of ``spawn`` / ``forkserver`` /
+    ``fork``. A spawned or fork-server worker never imports the caller's ``__main__`` (see :func:`_main_hidden`):
+    only deidpipe's own modules load in it, whatever the caller's script does at module level."""
     methods = multiprocessing.get_all_start_methods()
     if method is None:
         if "fork" in methods and threading.active_count() == 1 and _torch_fork_safe():

@@ -135,9 +135,11 @@ def reject(link: Link, machine: Machine, rj: tuple[int, int, int], reason: str) 
 
 def accept_association(link: Link, machine: Machine, supported: list[Any],
                        calling_allowed: Callable[[str], bool] = lambda aet: True, deadline: float | None = None,
-                       take_slot: Callable[[], bool] = lambda: True) -> Accepted | Rejected:
+                       take_slot: Callable[[], bool] = lambda: True,
+                       also_supported: Callable[[str], Any | None] = lambda sop_class: None) -> Accepted | Rejected:
     """Read the A-ASSOCIATE-RQ (all of it by ``deadline``, the ARTIM timer), check it, negotiate against
-    ``supported`` (pynetdicom ``PresentationContext`` items) and answer AC, or RJ (the connection then closed).
+    ``supported`` (pynetdicom ``PresentationContext`` items; for a proposed abstract syntax that ``supported``
+    lacks, ``also_supported(uid)`` may give one) and answer AC, or RJ (the connection then closed).
     ``take_slot`` is asked last, for a request that would be accepted: False (no slot) rejects it as transient.
     :class:`ProtocolError` for a PDU that is not an A-ASSOCIATE-RQ or cannot be decoded (the caller aborts).
     ``machine`` goes from Sta2 to Sta6 (accepted) or through Sta13 to Sta1 (rejected)."""
@@ -164,8 +166,11 @@ def accept_association(link: Link, machine: Machine, supported: list[Any],
     link.peer_max_pdu = peer_max_pdu(prim.user_information)
     roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in prim.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid}
-    results, reply_roles = negotiate_as_acceptor(prim.presentation_context_definition_list, supported,
-                                                 roles or None)
+    proposed = prim.presentation_context_definition_list
+    known = {str(cx.abstract_syntax) for cx in supported}
+    extra = {str(cx.abstract_syntax) for cx in proposed} - known
+    more = [c for c in (also_supported(uid) for uid in sorted(extra)) if c is not None]
+    results, reply_roles = negotiate_as_acceptor(proposed, supported + more if more else supported, roles or None)
     accepted = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in results if cx.result == 0x00}
     if not accepted:  # no context: PS3.8 lets us accept with none, but nothing could ever be sent

@@ -1,5 +1,5 @@
-"""The Storage SCP: C-ECHO, and C-STORE for every storage SOP class, answered Success only once the object is
-durably queued (:meth:`deidpipe.serve.queue.Queue.put`: data and name fsynced).
+"""The Storage SCP: C-ECHO, and C-STORE for every storage SOP class (private ones too), answered Success only
+once the object is durably queued (:meth:`deidpipe.serve.queue.Queue.put`: data and name fsynced).
 
 Statuses a sender may get:
 
@@ -87,13 +87,31 @@ class Answer(NamedTuple):
     comment: str | None = None
 
 
-#: Transfer syntaxes the SCP accepts, in its order of preference (the acceptor takes the first of its own list
-#: that the sender proposes): Explicit VR Little Endian first, so that a sender proposing several for one context
-#: sends what ``run`` would read from its file; compressed ones next (proposed for compressed files).
-_UNCOMPRESSED_LAST = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
-TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1"] + [
-    ts for ts in ALL_TRANSFER_SYNTAXES if ts != "1.2.840.10008.1.2.1" and ts not in _UNCOMPRESSED_LAST
-] + list(_UNCOMPRESSED_LAST)
+#: Transfer syntaxes the SCP accepts, in its order of preference: the acceptor takes the first of its own list that
+#: the sender proposes for a context (as ``storescp +xa`` does). Compressed image syntaxes come first, lossless
+#: before lossy: a sender that proposes its object's compressed syntax beside uncompressed ones then sends the
+#: object as it is, the same bytes ``run`` reads from the file, and one that cannot decompress still delivers.
+#: Then the uncompressed ones (Explicit VR Little Endian first), then the rest (video, JPIP: the pixel stage
+#: cannot decode them, so a sender that can send them uncompressed is asked to).
+_COMPRESSED_FIRST = (
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless, first-order prediction
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.5",  # RLE lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+)
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+TRANSFER_SYNTAXES = [ts for ts in (*_COMPRESSED_FIRST, *_UNCOMPRESSED) if ts in ALL_TRANSFER_SYNTAXES] + [
+    ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _COMPRESSED_FIRST and ts not in _UNCOMPRESSED
+]
 
 
 def quiet_pynetdicom() -> None:
@@ -103,9 +121,28 @@ def quiet_pynetdicom() -> None:
 
 
 def supported_contexts() -> list[Any]:
-    """Every storage SOP class with :data:`TRANSFER_SYNTAXES`, and Verification."""
+    """Every storage SOP class pynetdicom lists, with :data:`TRANSFER_SYNTAXES`, and Verification."""
     return [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts] + [
         build_context(VERIFICATION)]
+
+
+def storage_context_for(sop_class: str) -> Any | None:
+    """A context for a proposed SOP class that :func:`supported_contexts` lacks, or None to refuse it.
+
+    A standard SOP class that pydicom's dictionary names and that is not a storage class (a query, a move, a
+    worklist, storage commitment, a DICOMDIR's Media Storage Directory) is refused: C-STORE is all this node
+    answers. Anything else (a private SOP class, such as a vendor's raw-data or non-image storage, or a storage
+    class newer than pynetdicom's list) is accepted as storage, as ``storescp --promiscuous`` does: the object
+    then goes through the same checks and stages as any other, and its private elements through the policy."""
+    from pydicom.uid import UID_dictionary
+
+    known = UID_dictionary.get(sop_class)
+    if known is not None and (known[1] != "SOP Class" or "Storage" not in known[0]
+                              or known[0].startswith(("Storage ", "Media Storage"))):
+        return None
+    if not sop_class or len(sop_class) > 64 or not all(c.isdigit() or c == "." for c in sop_class):
+        return None
+    return build_context(sop_class, TRANSFER_SYNTAXES)
 
 
 def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -324,7 +361,7 @@ class StorageSCP:
     def _associate_and_serve(self, link: pdu.Link, machine: Machine, ticket: Ticket, artim: float) -> None:
         allowed = {a.strip() for a in self.config.allowed_ae_titles}
         accepted = accept_association(
-            link, machine, self._supported,
+            link, machine, self._supported, also_supported=storage_context_for,
             calling_allowed=(lambda aet: aet in allowed) if allowed else (lambda aet: True),
             deadline=artim, take_slot=lambda: self.gate.take_slot(ticket))
         if isinstance(accepted, Rejected):

@@ -621,6 +621,47 @@ def test_head_series_defaced_after_quiet_period(tmp_path):
     assert all("deface" in json.loads(a["timings_ms"]) for a in audit if a.get("event") == "processed")
 
 
+def test_private_sop_class_and_compressed_syntax_beside_uncompressed_are_accepted(tmp_path):
+    """Issue 19: a private storage SOP class (a vendor's, here Siemens' CSA Non-Image) is accepted, and a
+    context that proposes the object's own compressed syntax beside uncompressed ones gets the compressed one (as
+    ``storescp +xa``), so a sender that cannot decompress (pynetdicom) still delivers. Both arrive as ``run``
+    writes them. A standard SOP class that is not storage (C-FIND) is still refused."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    src = tmp_path / "src"
+    src.mkdir()
+    private = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    private.SOPClassUID = private.file_meta.MediaStorageSOPClassUID = "1.3.12.2.1107.5.9.1"
+    private.save_as(src / "private.dcm")
+    jpeg = src / "jpeg.dcm"
+    jpeg.write_bytes(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes())
+    expected = reference(src, tmp_path, HEADER_POLICY)
+    assert len(expected) == 2
+
+    cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"))
+    with Node(cfg, KEY, HEADER_POLICY) as node:
+        ae = AE(ae_title="SENDER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        uncompressed = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        ae.add_requested_context("1.3.12.2.1107.5.9.1", uncompressed)
+        sc = str(pydicom.dcmread(jpeg, stop_before_pixels=True).SOPClassUID)
+        ae.add_requested_context(sc, [*uncompressed, "1.2.840.10008.1.2.4.50"])  # the sender's own order
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DEIDPIPE")
+        assert assoc.is_established
+        try:
+            accepted = {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+            assert accepted == {"1.3.12.2.1107.5.9.1": "1.2.840.10008.1.2.1", sc: "1.2.840.10008.1.2.4.50"}
+            assert [int(assoc.send_c_store(f).Status) for f in (src / "private.dcm", jpeg)] == [0, 0]
+        finally:
+            assoc.release()
+        assert node.wait_idle(60)
+    assert {p.name[:-4]: p.read_bytes() for p in (tmp_path / "copy").rglob("*.dcm")} == expected
+
+
 def test_object_the_pipeline_cannot_deidentify_is_quarantined_never_forwarded(tmp_path):
     """Fail closed: an object that passes every check made before the answer (so it is queued, Success) but that
     a stage refuses (here: a JPEG Baseline frame that is not a JPEG stream, found when the header stage cleans
