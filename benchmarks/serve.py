@@ -1,10 +1,11 @@
 """``deidpipe serve`` on loopback beside the raw network ceiling and Orthanc's anonymise-and-forward.
 
-    python benchmarks/serve.py [--small 1000] [--large 200] [--repeat 1] [--keep DIR]
+    python benchmarks/serve.py [--small 1000] [--large 200] [--repeat 1] [--associations 1] [--keep DIR]
 
 Two corpora from the synth archive (about 10 objects a patient): ``--small`` objects of 16x16 pixels and
 ``--large`` of 512x512. For each, three ways of getting every object from ``storescu`` to a ``storescp``
-(dcmtk, ``--fork``), timed from storescu's start until storescp has written every object:
+(dcmtk, ``--fork``), timed from storescu's start until storescp has written every object (``--associations N``:
+N storescu processes at once, each sending its share of the patients on an association of its own):
 
 1. ``storescu -> storescp``: the raw ceiling.
 2. ``storescu -> deidpipe serve -> storescp``: the node (a ``deidpipe serve`` process, header stage only:
@@ -55,9 +56,26 @@ def count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
-def storescu(port: int, src: Path, aec: str) -> None:
-    subprocess.run(["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "+sp", "*.dcm", "127.0.0.1", str(port),
-                    str(src)], env=ENV, check=True, capture_output=True, timeout=1800)
+#: Concurrent storescu associations the timed sends use (``--associations``; the warm-up uses one).
+ASSOCIATIONS = 1
+
+
+def _groups(src: Path, n: int) -> list[list[str]]:
+    """The corpus's patient folders dealt round-robin into ``n`` groups (each a list of folders)."""
+    folders = sorted(str(p) for p in src.iterdir() if p.is_dir())
+    return [g for g in (folders[i::n] for i in range(n)) if g]
+
+
+def storescu(port: int, src: Path, aec: str, associations: int = 1) -> None:
+    """Send every object under ``src`` with dcmtk's storescu: ``associations`` processes at once, each with its
+    share of the patient folders on one association of its own."""
+    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
+                               str(port), *group], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for group in (_groups(src, associations) if associations > 1 else [[str(src)]])]
+    for proc in procs:
+        _, err = proc.communicate(timeout=1800)
+        if proc.returncode:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-300:]}")
 
 
 def wait_count(folder: Path, n: int, timeout: float = 1800) -> None:
@@ -118,7 +136,7 @@ def raw(src: Path, n: int, work: Path) -> float:
         storescu(scp.port, warm_object(work), "DEST")
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(scp.port, src, "DEST")
+        storescu(scp.port, src, "DEST", ASSOCIATIONS)
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
     finally:
@@ -143,7 +161,7 @@ def serve(src: Path, n: int, work: Path) -> float:
         wait_count(scp.out, count_files(warm))
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(port, src, "DEIDPIPE")
+        storescu(port, src, "DEIDPIPE", ASSOCIATIONS)
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
     finally:
@@ -189,7 +207,7 @@ def orthanc(src: Path, n: int, work: Path) -> float:
                 f"http://127.0.0.1:{http}/studies/{study}", method="DELETE"), timeout=60).read()
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(dicom, src, "ORTHANC")
+        storescu(dicom, src, "ORTHANC", ASSOCIATIONS)
         anonymise_and_forward()
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
@@ -205,7 +223,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--skip-orthanc", action="store_true")
+    ap.add_argument("--associations", type=int, default=1,
+                    help="storescu processes sending at once, each on its own association (issue 19: 1 and 4)")
     args = ap.parse_args()
+    global ASSOCIATIONS
+    ASSOCIATIONS = max(1, args.associations)
     work = args.keep or Path(tempfile.mkdtemp(prefix="deidpipe-serve-bench-", dir=os.getcwd() + "/build")
                              if Path("build").is_dir() else tempfile.mkdtemp(prefix="deidpipe-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -217,7 +239,7 @@ def main() -> None:
             if not count:
                 continue
             src, n, nbytes = build(work, count, size)
-            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB")
+            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB, {ASSOCIATIONS} association(s) at once")
             print(f"| way | s (median of {args.repeat}) | objects/s | MB/s | vs raw | serve vs this |")
             print("|---|---:|---:|---:|---:|---:|")
             times = {}
