@@ -92,7 +92,26 @@ def _value_terms(kind: str, value: str) -> list[str]:
     return [value, *(w for w in _WORDS.split(value) if len(w) >= 4)]
 
 
-def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], terms: list[str], parts: list[str]) -> None:
+#: Tag group of the Patient module's attributes (names, IDs, birth date, address, telephone numbers).
+PATIENT_GROUP = 0x0010
+#: The deny-list's groups, each compiled apart (:class:`~deidpipe.header.text.DenyList`): what changes from
+#: object to object changes in one small group. The patient's own terms stay for every object of a patient,
+#: places for a site; other people's names (physicians, operators) change by study or series, and identifiers
+#: and dates (accession numbers, procedure step IDs) by study.
+GROUPS = ("patient", "places", "names", "ids")
+
+
+def _group(tag: int, vr: str, kind: str | None) -> str:
+    if tag >> 16 == PATIENT_GROUP:
+        return "patient"
+    if vr == "PN":
+        return "names"
+    return "places" if kind == _PLACE else "ids"
+
+
+def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], groups: dict[str, list[str]],
+             parts: list[str]) -> None:
+    """Terms into ``groups`` (see :data:`GROUPS`) and name parts into ``parts``, at every level of ``ds``."""
     for tag, stored in ds._dict.items():
         t = int(tag)
         vr = stored.VR or dictionary_vr(t)
@@ -105,37 +124,49 @@ def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], terms: li
             continue
         if vr == "SQ":
             for item in value or ():
-                _collect(item, frozenset(), kinds, terms, parts)
-        elif vr == "PN":
+                _collect(item, frozenset(), kinds, groups, parts)
+            continue
+        into = groups[_group(t, vr, kind)]
+        if vr == "PN":
             for s in _strings(value):
                 t_, p_ = name_terms(s)
-                terms += t_
+                into += t_
                 parts += p_
         elif kind is not None:
             for s in _strings(value):
-                terms += _value_terms(kind, s)
+                into += _value_terms(kind, s)
+
+
+def _collect_groups(ds: Dataset, skip: Iterable[int]) -> tuple[dict[str, list[str]], list[str]]:
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    parts: list[str] = []
+    _collect(ds, frozenset(skip), identity_rules().kinds, groups, parts)
+    return groups, parts
 
 
 def collect_identity(ds: Dataset, skip: Iterable[int] = ()) -> tuple[list[str], list[str]]:
     """The identifying terms and name parts of ``ds`` at every level, but those of the top-level attributes
     ``skip`` (the ones the policy keeps)."""
-    terms: list[str] = []
-    parts: list[str] = []
-    _collect(ds, frozenset(skip), identity_rules().kinds, terms, parts)
-    return terms, parts
+    groups, parts = _collect_groups(ds, skip)
+    return [t for g in GROUPS for t in groups[g]], parts
 
 
 def identity_denylist(ds: Dataset, skip: Iterable[int] = (), extra_terms: Iterable[str] = ()) -> DenyList:
-    """One compiled matcher for the object's identity (cached per set of terms: a patient's objects share it).
-
+    """One compiled matcher for the object's identity, its terms in :data:`GROUPS` compiled apart (each cached on
+    its terms: a patient's objects share the first, a study's most of the rest).
     An object that names more than :data:`MAX_TERMS` distinct identifying strings (a hostile file with thousands
     of PN values) is refused rather than screened: compiling them would take seconds to minutes. ``extra_terms``:
     more of the object's values to match (scan's report paths add its dates)."""
-    terms, parts = collect_identity(ds, skip)
-    distinct = frozenset(terms).union(extra_terms)
-    if len(distinct) > MAX_TERMS:
+    groups, parts = _collect_groups(ds, skip)
+    groups["ids"] += extra_terms
+    sets, seen = [], frozenset[str]()
+    for g in GROUPS:  # a term in two groups is matched by the first only
+        terms = frozenset(groups[g]) - seen
+        sets.append(terms)
+        seen |= terms
+    if len(seen) > MAX_TERMS:
         raise InvalidValueError(None, TOO_MANY_TERMS)
-    return DenyList.from_terms(distinct, parts, identity_rules().common_words)
+    return DenyList.from_groups(sets, parts, identity_rules().common_words)
 
 
 @cache

@@ -125,7 +125,7 @@ class HeaderChecker:
 
         sop_class = sop_class_of(ds)
         return ScrubContext(key=self.key, policy=self.policy, table=load_table(), safe_private=load_safe_private(),
-                            patient_token="", shift_days=0, denylist=DenyList(None), use_model=False,
+                            patient_token="", shift_days=0, denylist=DenyList(), use_model=False,
                             iod=iod_for_sop_class(sop_class), decisions=shared_decisions(self.policy, sop_class))
 
     def check(self, ds: Dataset) -> list[Hit]:
@@ -134,7 +134,7 @@ class HeaderChecker:
         self._walk(ds, ctx, NORMAL, True, "", hits)
         self._dataset_level(ds, hits)
         self._file_meta(ds, hits)
-        if self.known is not None and self.known.pattern is not None:
+        if self.known is not None and not self.known.empty:
             for loc in known_identity_locations(ds, self.known):
                 hits.append(("DP-H010", "high", loc, "a known identity (name, ID or birth date) occurs in this "
                                                      "value"))
