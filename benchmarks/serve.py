@@ -1,6 +1,6 @@
 """``deidpipe serve`` on loopback beside the raw network ceiling and Orthanc's anonymise-and-forward.
 
-    python benchmarks/serve.py [--small 1000] [--large 200] [--repeat 1] [--associations 1] [--keep DIR]
+    python benchmarks/serve.py [--small 1000] [--large 200] [--repeat 1] [--associations 1] [--nagle] [--keep DIR]
 
 Two corpora from the synth archive (about 10 objects a patient): ``--small`` objects of 16x16 pixels and
 ``--large`` of 512x512. For each, three ways of getting every object from ``storescu`` to a ``storescp``
@@ -14,8 +14,9 @@ N storescu processes at once, each sending its share of the patients on an assoc
 3. ``storescu -> Orthanc -> storescp``: Orthanc 1.10 stores, then its REST API anonymises each study
    (``POST /studies/{id}/anonymize``) and sends the new study (``POST /modalities/dest/store``).
 
-Every peer gets ``TCP_NODELAY=1``; every server binds 127.0.0.1 (Orthanc 1.10 has no bind setting: it refuses
-remote HTTP and unknown DICOM peers). Peers and node are warmed with one object before the clock starts.
+Every dcmtk peer gets ``TCP_NODELAY=1`` (``--nagle``: not, as dcmtk runs by default); every server binds
+127.0.0.1 (Orthanc 1.10 has no bind setting: it refuses remote HTTP and unknown DICOM peers). Peers and node are
+warmed with one object before the clock starts.
 Prints objects/s, MB/s (input bytes) and the ratios (targets: serve >= 50% of raw for 512x512, serve faster
 than Orthanc).
 """
@@ -37,6 +38,8 @@ from pathlib import Path
 
 from deidpipe.serve.net import free_port, wait_port
 
+#: dcmtk's peers turn Nagle's algorithm off only when TCP_NODELAY is in their environment; ``--nagle`` leaves it
+#: on, as an archive configured by default would have it.
 ENV = dict(os.environ, TCP_NODELAY="1")
 KEY = b"benchmark-secret-0123456789abcdef"
 ORTHANC = "/usr/sbin/Orthanc"
@@ -223,11 +226,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--skip-orthanc", action="store_true")
+    ap.add_argument("--nagle", action="store_true",
+                    help="dcmtk's peers with Nagle's algorithm on (their default, no TCP_NODELAY)")
     ap.add_argument("--associations", type=int, default=1,
                     help="storescu processes sending at once, each on its own association (issue 19: 1 and 4)")
     args = ap.parse_args()
     global ASSOCIATIONS
     ASSOCIATIONS = max(1, args.associations)
+    if args.nagle:
+        ENV.pop("TCP_NODELAY", None)
     work = args.keep or Path(tempfile.mkdtemp(prefix="deidpipe-serve-bench-", dir=os.getcwd() + "/build")
                              if Path("build").is_dir() else tempfile.mkdtemp(prefix="deidpipe-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,8 @@ def main() -> None:
             if not count:
                 continue
             src, n, nbytes = build(work, count, size)
-            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB, {ASSOCIATIONS} association(s) at once")
+            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB, {ASSOCIATIONS} association(s) at once"
+                  + (", dcmtk peers with Nagle on" if "TCP_NODELAY" not in ENV else ""))
             print(f"| way | s (median of {args.repeat}) | objects/s | MB/s | vs raw | serve vs this |")
             print("|---|---:|---:|---:|---:|---:|")
             times = {}

@@ -10,7 +10,7 @@ import socket
 import time
 
 __all__ = ["AssociationRejected", "NetworkTimeout", "PeerAborted", "PeerReleased", "ProtocolError", "free_port",
-           "nodelay", "wait_port"]
+           "nodelay", "quickack", "wait_port"]
 
 
 class ProtocolError(Exception):
@@ -41,6 +41,26 @@ def nodelay(sock: socket.socket) -> None:
     """Turn Nagle's algorithm off: on loopback it holds each small PDU back by tens of milliseconds."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+#: Linux's TCP_QUICKACK (absent elsewhere: :func:`quickack` then does nothing).
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def quickack(sock: socket.socket) -> None:
+    """Acknowledge what arrives next at once rather than up to 40 ms later (Linux ``TCP_QUICKACK``; the kernel
+    drops back to delayed acknowledgements by itself, so this is asked before every read).
+
+    Why: a peer that leaves Nagle's algorithm on (dcmtk's storescp and storescu do unless ``TCP_NODELAY`` is set
+    in their environment; many archives too) holds the second small segment of a PDU until the first is
+    acknowledged, and a delayed acknowledgement makes that a 40 ms stall per message. Measured, 200 objects of
+    512x512 from the node to a storescp without TCP_NODELAY: 9.3 s without, 2.6 s with."""
+    if _QUICKACK is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
     except OSError:
         pass
 

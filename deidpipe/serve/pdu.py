@@ -25,7 +25,7 @@ import time
 from typing import Any, BinaryIO
 
 from deidpipe.serve.dimse import COMMAND_DATA_SET_TYPE, NO_DATA_SET, Message, command_us, decode_command
-from deidpipe.serve.net import NetworkTimeout, PeerAborted, PeerReleased, ProtocolError
+from deidpipe.serve.net import NetworkTimeout, PeerAborted, PeerReleased, ProtocolError, quickack
 
 # PDU types, PS3.8 table 9-1
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
@@ -80,6 +80,7 @@ class Link:
                     raise NetworkTimeout("network timeout")
                 self.sock.settimeout(left)
             try:
+                quickack(self.sock)  # a peer with Nagle on waits for our acknowledgement: give it at once
                 k = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
                 raise NetworkTimeout("network timeout") from None

@@ -380,3 +380,27 @@ def test_file_meta_bytes_agree_with_pydicom(uids):
     buf.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)
     assert file_meta_bytes(*uids) == buf.getvalue()
+
+
+def test_quickack_is_asked_on_tcp_and_harmless_elsewhere() -> None:
+    """``net.quickack``, which every Link read asks for (a peer with Nagle on would otherwise wait up to 40 ms per
+    message for our acknowledgement: benchmarks/serve.py --nagle): set on a TCP socket, passed over where the
+    option does not exist (a Unix socket pair)."""
+    import socket
+
+    from deidpipe.serve.net import quickack
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    with srv, socket.create_connection(srv.getsockname()) as client:
+        conn, _ = srv.accept()
+        with conn:
+            quickack(conn)
+            if hasattr(socket, "TCP_QUICKACK"):
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+            client.sendall(b"x")
+            assert conn.recv(1) == b"x"
+    a, b = socket.socketpair()
+    with a, b:
+        quickack(a)  # no TCP here: nothing happens, nothing raises
