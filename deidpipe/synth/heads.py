@@ -86,6 +86,17 @@ def _static() -> tuple[np.ndarray, np.ndarray]:
     return weight, far
 
 
+@lru_cache(maxsize=8)
+def _identity_of(identity: int, face_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_identity` drawn from ``identity``'s own generator: the same person whatever the pose, so computed
+    once per process (the recognition attack scans each person twice). Read-only arrays: callers share them."""
+    from deidpipe.deface.template import load_template
+
+    image, head = _identity(load_template(), np.random.default_rng([identity, 0x1D]), face_mm)
+    image.flags.writeable = head.flags.writeable = False
+    return image, head
+
+
 def _identity(template: Any, rng: np.random.Generator, face_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(image, head) of the template with a random smooth deformation of the face region only."""
     from scipy import ndimage
@@ -126,8 +137,8 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     template = load_template()
     orientation = orientation or ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
     oblique = bool(rng.integers(2)) if oblique is None else oblique
-    id_rng = rng if identity is None else np.random.default_rng([identity, 0x1D])  # own stream: pose-independent
-    image_t, head_t = _identity(template, id_rng, face_mm)
+    # identity given: its own stream, pose-independent
+    image_t, head_t = _identity(template, rng, face_mm) if identity is None else _identity_of(identity, face_mm)
     face_t = template.face_core & head_t & _static()[1]
 
     # subject world -> template world: x_t = m @ x_s + t
@@ -156,10 +167,11 @@ def make_head(seed: int, *, kind: str = "full", orientation: str | None = None, 
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
     coords = (to_t[:3, :3] @ grid + to_t[:3, 3:]).reshape(3, *shape)
     image = ndimage.map_coordinates(image_t, coords, order=1, mode="constant")
-    face = ndimage.map_coordinates(face_t.astype(np.uint8), coords, order=0, mode="constant") > 0
-    brain = ndimage.map_coordinates(template.brain.astype(np.uint8), coords, order=0, mode="constant") > 0
-    ears = ndimage.map_coordinates((template.ear_core & head_t).astype(np.uint8), coords, order=0,
-                                   mode="constant") > 0
+    # the three masks as bits of one array, moved in one nearest-neighbour pass (the same voxel for each)
+    bits = face_t.astype(np.uint8) | (template.brain.astype(np.uint8) << 1) | (
+        (template.ear_core & head_t).astype(np.uint8) << 2)
+    moved = ndimage.map_coordinates(bits, coords, order=0, mode="constant")
+    face, brain, ears = (moved & 1) > 0, (moved & 2) > 0, (moved & 4) > 0
 
     if kind == "face_out":
         # crop along the storage axis closest to anterior-posterior, keeping the side without the face
