@@ -43,8 +43,10 @@ lint: install
 
 # The documentation site (mkdocs.yml): Material theme, API pages from the docstrings, into site/. --strict: a
 # broken link, anchor or API reference fails the build. Offline: no font or asset is fetched.
-# NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2.0 (a banner on every build, not a finding of ours); the
-# pinned mkdocs 1.6 builds the site, and tests/test_docs_site.py sets the same.
+# NO_MKDOCS_2_WARNING: mkdocs-material prints a notice on every build, when mkdocs loads the theme and before
+# any hook of ours runs: Material reaches end of life on 5 May 2027 and Zensical, which reads this mkdocs.yml, is
+# its successor. It is no finding of the build (--strict passes); the plan is in docs/architecture.md.
+# tests/test_docs_site.py sets the same.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 

@@ -62,43 +62,46 @@ def test_readme_library_block_runs_as_written(workdir: Path) -> None:
     assert out.count("written ") == COPIES  # iter_run's lines: one per object, each written
 
 
+#: The end of an unguarded portal script: it counts its own top-level runs, then calls ``run`` at module level.
+UNGUARDED_RUN = """
+with open("top-level-ran", "a") as f:
+    f.write("x")
+report = deidpipe.run("archive/", "out/", Policy.basic(), key=ProjectKey.from_file("project.key"), workers=2)
+print("RESULT", report.written, report.quarantined)
+"""
+
+
+def _assert_unguarded_runs_once(workdir: Path, prelude: str) -> None:
+    """``prelude`` (imports and the module-level work before ``run``) then :data:`UNGUARDED_RUN`, as a script:
+    every object written, nothing quarantined, the top level run once."""
+    out = _run_script(workdir, textwrap.dedent(prelude) + UNGUARDED_RUN).stdout
+    assert f"RESULT {COPIES} 0" in out
+    assert (workdir / "top-level-ran").read_text() == "x"
+
+
 def test_unguarded_script_with_torch_loaded_runs_once(workdir: Path) -> None:
     """torch loaded and run first (its OpenMP pool started, as a portal's model server would): the workers are
     forked and run torch on one thread; the top level runs once, and nothing is quarantined."""
-    code = textwrap.dedent("""
+    _assert_unguarded_runs_once(workdir, """
         import torch
         import presidio_analyzer  # noqa: F401
         import deidpipe
         from deidpipe import Policy, ProjectKey
 
         torch.nn.functional.conv2d(torch.randn(1, 3, 64, 64), torch.randn(4, 3, 3, 3))
-        with open("top-level-ran", "a") as f:
-            f.write("x")
-        report = deidpipe.run("archive/", "out/", Policy.basic(), key=ProjectKey.from_file("project.key"), workers=2)
-        print("RESULT", report.written, report.quarantined)
     """)
-    out = _run_script(workdir, code).stdout
-    assert f"RESULT {COPIES} 0" in out
-    assert (workdir / "top-level-ran").read_text() == "x"
 
 
 def test_unguarded_script_under_a_fork_server_runs_once(workdir: Path) -> None:
     """A thread running (a portal's web server), so the workers come from a fork server: they never import the
     script, whose top level would call ``run`` again in each of them."""
-    code = textwrap.dedent("""
+    _assert_unguarded_runs_once(workdir, """
         import threading, time
         import deidpipe
         from deidpipe import Policy, ProjectKey
 
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
-        with open("top-level-ran", "a") as f:
-            f.write("x")
-        report = deidpipe.run("archive/", "out/", Policy.basic(), key=ProjectKey.from_file("project.key"), workers=2)
-        print("RESULT", report.written, report.quarantined)
     """)
-    out = _run_script(workdir, code).stdout
-    assert f"RESULT {COPIES} 0" in out
-    assert (workdir / "top-level-ran").read_text() == "x"
 
 
 def test_iter_run_from_a_main_without_a_file(workdir: Path) -> None:
