@@ -59,10 +59,6 @@ def count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
-#: Concurrent storescu associations the timed sends use (``--associations``; the warm-up uses one).
-ASSOCIATIONS = 1
-
-
 def _groups(src: Path, n: int) -> list[list[str]]:
     """The corpus's patient folders dealt round-robin into ``n`` groups (each a list of folders)."""
     folders = sorted(str(p) for p in src.iterdir() if p.is_dir())
@@ -75,10 +71,16 @@ def storescu(port: int, src: Path, aec: str, associations: int = 1) -> None:
     procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
                                str(port), *group], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for group in (_groups(src, associations) if associations > 1 else [[str(src)]])]
-    for proc in procs:
-        _, err = proc.communicate(timeout=1800)
-        if proc.returncode:
-            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-300:]}")
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=1800)
+            if proc.returncode:
+                raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-300:]}")
+    finally:
+        for proc in procs:  # one failed: the others are not left sending
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def wait_count(folder: Path, n: int, timeout: float = 1800) -> None:
@@ -133,20 +135,20 @@ def warm_object(root: Path) -> Path:
 
 
 # -- the three ways -----------------------------------------------------------------------------------------------
-def raw(src: Path, n: int, work: Path) -> float:
+def raw(src: Path, n: int, work: Path, associations: int = 1) -> float:
     scp = StoreSCP(work / "raw-out")
     try:
         storescu(scp.port, warm_object(work), "DEST")
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(scp.port, src, "DEST", ASSOCIATIONS)
+        storescu(scp.port, src, "DEST", associations)
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
     finally:
         scp.close()
 
 
-def serve(src: Path, n: int, work: Path) -> float:
+def serve(src: Path, n: int, work: Path, associations: int = 1) -> float:
     scp = StoreSCP(work / "serve-out")
     queue = work / "serve-queue"
     shutil.rmtree(queue, ignore_errors=True)
@@ -164,7 +166,7 @@ def serve(src: Path, n: int, work: Path) -> float:
         wait_count(scp.out, count_files(warm))
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(port, src, "DEIDPIPE", ASSOCIATIONS)
+        storescu(port, src, "DEIDPIPE", associations)
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
     finally:
@@ -179,7 +181,7 @@ def _rest(http: int, path: str, body: dict | None = None) -> object:
         return json.loads(rsp.read() or b"null")
 
 
-def orthanc(src: Path, n: int, work: Path) -> float:
+def orthanc(src: Path, n: int, work: Path, associations: int = 1) -> float:
     scp = StoreSCP(work / "orthanc-out")
     odir = work / "orthanc"
     shutil.rmtree(odir, ignore_errors=True)
@@ -210,7 +212,7 @@ def orthanc(src: Path, n: int, work: Path) -> float:
                 f"http://127.0.0.1:{http}/studies/{study}", method="DELETE"), timeout=60).read()
         base = scp.reset()
         t0 = time.perf_counter()
-        storescu(dicom, src, "ORTHANC", ASSOCIATIONS)
+        storescu(dicom, src, "ORTHANC", associations)
         anonymise_and_forward()
         wait_count(scp.out, base + n)
         return time.perf_counter() - t0
@@ -231,8 +233,7 @@ def main() -> None:
     ap.add_argument("--associations", type=int, default=1,
                     help="storescu processes sending at once, each on its own association (issue 19: 1 and 4)")
     args = ap.parse_args()
-    global ASSOCIATIONS
-    ASSOCIATIONS = max(1, args.associations)
+    associations = max(1, args.associations)
     if args.nagle:
         ENV.pop("TCP_NODELAY", None)
     work = args.keep or Path(tempfile.mkdtemp(prefix="deidpipe-serve-bench-", dir=os.getcwd() + "/build")
@@ -246,13 +247,13 @@ def main() -> None:
             if not count:
                 continue
             src, n, nbytes = build(work, count, size)
-            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB, {ASSOCIATIONS} association(s) at once"
+            print(f"\n{label}: {n} objects, {nbytes / 1e6:.1f} MB, {associations} association(s) at once"
                   + (", dcmtk peers with Nagle on" if "TCP_NODELAY" not in ENV else ""))
             print(f"| way | s (median of {args.repeat}) | objects/s | MB/s | vs raw | serve vs this |")
             print("|---|---:|---:|---:|---:|---:|")
             times = {}
             for name, fn in ways:
-                times[name] = statistics.median(fn(src, n, work) for _ in range(args.repeat))
+                times[name] = statistics.median(fn(src, n, work, associations) for _ in range(args.repeat))
             base, mine = times[ways[0][0]], times[ways[1][0]]
             for name, t in times.items():
                 print(f"| {name} | {t:.2f} | {n / t:.1f} | {nbytes / 1e6 / t:.1f} | {base / t:.2f} | "

@@ -57,9 +57,9 @@ def write_synced(path: str | Path, parts: Iterable[bytes], *, mode: int | None =
     not apply), set before a byte is written; by default those of ``open``. On failure the file is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is not None else 0o666)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:  # owns the descriptor from here: closed whatever fails below
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             for part in parts:
                 fh.write(part)
             fh.flush()

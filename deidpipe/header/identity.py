@@ -144,13 +144,6 @@ def _collect_groups(ds: Dataset, skip: Iterable[int]) -> tuple[dict[str, list[st
     return groups, parts
 
 
-def collect_identity(ds: Dataset, skip: Iterable[int] = ()) -> tuple[list[str], list[str]]:
-    """The identifying terms and name parts of ``ds`` at every level, but those of the top-level attributes
-    ``skip`` (the ones the policy keeps)."""
-    groups, parts = _collect_groups(ds, skip)
-    return [t for g in GROUPS for t in groups[g]], parts
-
-
 def identity_denylist(ds: Dataset, skip: Iterable[int] = (), extra_terms: Iterable[str] = ()) -> DenyList:
     """One compiled matcher for the object's identity, its terms in :data:`GROUPS` compiled apart (each cached on
     its terms: a patient's objects share the first, a study's most of the rest).

@@ -36,23 +36,27 @@ _CERT_DAYS = 3650
 @functools.lru_cache(maxsize=8)
 def load_certificates(paths: tuple[str, ...]) -> tuple[x509.Certificate, ...]:
     """The policy's recipient certificates (``Policy.recipients``), read once per process and policy rather than
-    once per object: every object of a run is encrypted for the same recipients."""
-    return tuple(load_certificate(p) for p in paths)
+    once per object: every object of a run is encrypted for the same recipients. An error names the certificate
+    by its place in the policy, not by its path: the reason goes to quarantine records under DST, which is shared."""
+    return tuple(load_certificate(p, name=f"recipient certificate {n} of the policy")
+                 for n, p in enumerate(paths, 1))
 
 
-def load_certificate(path: str | Path) -> x509.Certificate:
-    """Read an X.509 certificate, PEM or DER; raise :class:`ReversibleError` naming the file on failure."""
+def load_certificate(path: str | Path, name: str | None = None) -> x509.Certificate:
+    """Read an X.509 certificate, PEM or DER; raise :class:`ReversibleError` naming it (``name``, by default its
+    path) on failure."""
     p = Path(path)
+    label = name or str(p)
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise ReversibleError(f"{p}: certificate cannot be read ({type(exc).__name__})") from None
+        raise ReversibleError(f"{label}: certificate cannot be read ({type(exc).__name__})") from None
     for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
         try:
             return loader(data)
         except ValueError:
             continue
-    raise ReversibleError(f"{p}: not a PEM or DER X.509 certificate")
+    raise ReversibleError(f"{label}: not a PEM or DER X.509 certificate")
 
 
 def load_private_key(path: str | Path, password: bytes | None = None) -> PrivateKey:

@@ -189,7 +189,7 @@ class DenyList:
 
     def hits(self, text: str) -> bool:
         """Whether any term occurs in ``text``. Results are remembered per text (kept values repeat from
-        object to object: a patient's objects share one deny-list)."""
+        object to object: objects with the same terms, about a series, share one deny-list)."""
         if not self.patterns or not text:
             return False
         if len(text) > _REMEMBERED_LENGTH:
@@ -234,8 +234,8 @@ _WORD_AFTER = re.compile(r"[\W_]{1,3}([^\W_]+)")
 
 @lru_cache(maxsize=64)
 def _denylist(groups: tuple[frozenset[str], ...], parts: frozenset[str], common: frozenset[str]) -> DenyList:
-    """Cached on the raw terms: every object of a patient has the same, and shares the deny-list's memory of
-    texts; nothing is folded or compiled twice."""
+    """Cached on the raw terms: objects with the same terms (about a series) share the deny-list and its memory of
+    texts, and each group's pattern is cached apart (:func:`_compile_terms`): nothing is compiled twice."""
     patterns = []
     for terms in groups:
         cleaned = frozenset(t.strip() for t in terms if t and t.strip())

@@ -46,8 +46,8 @@ def open_pool(context: Any, executor: str = "local", workers: int | None = None,
 def series_tasks(group: str | None, items: list[ExecItem], stages: tuple[str, ...], chunk: int) -> Iterator[ExecTask]:
     """Tasks for the objects of one series (``group``) that need ``stages``: one task when a series-scope stage is
     among them, else chunks of ``chunk`` objects in the order given."""
-    step = len(items) if needs_whole_series(stages) else max(chunk, 1)
-    for start in range(0, len(items), max(step, 1)):
+    step = max(len(items) if needs_whole_series(stages) else chunk, 1)
+    for start in range(0, len(items), step):
         yield ExecTask(group, stages, items[start:start + step])
 
 

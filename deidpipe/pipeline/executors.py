@@ -110,10 +110,12 @@ def _torch_fork_safe() -> bool:
 
 
 def _single_torch_thread() -> None:
-    """In a child forked from a process that had torch loaded: torch on one thread (its OpenMP pool, if the parent
-    started one, did not come across; one thread never asks for it). ``DEIDPIPE_TORCH_THREADS`` is set to match,
-    so that the OCR reader (:func:`deidpipe.pixels.detect.easyocr_reader`) does not raise it again. With one
-    worker per core, as by default, one thread each is also what keeps the cores from being oversubscribed."""
+    """Run in every pool worker; acts only where torch is already loaded, i.e. in a child forked from a process
+    that had it (a fresh interpreter has not imported it): torch on one thread (its OpenMP pool, if the parent
+    started one, did not come across; one thread never asks for it). Elsewhere torch keeps its own default.
+    ``DEIDPIPE_TORCH_THREADS`` is set to match, so that the OCR reader
+    (:func:`deidpipe.pixels.detect.easyocr_reader`) does not raise it again. With one worker per core, as by
+    default, one thread each is also what keeps the cores from being oversubscribed."""
     torch = sys.modules.get("torch")
     if torch is None:
         return

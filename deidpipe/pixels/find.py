@@ -20,7 +20,6 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -40,11 +39,10 @@ from deidpipe.pixels.fills import darkest, without_fills
 from deidpipe.pixels.lines import text_lines
 from deidpipe.pixels.phi import PhiTerms, phi_words, split_line
 from deidpipe.pixels.regions import known_regions
+from deidpipe.policy import PixelDetector as Detector
+from deidpipe.policy import PixelRedaction as Mode
+from deidpipe.policy import PixelSelection as Selection
 from deidpipe.policy import Policy
-
-Selection = Literal["auto", "all", "off"]
-Mode = Literal["all-text", "phi"]
-Detector = Literal["lines", "ocr"]
 
 #: Modalities whose images often carry burned-in text.
 TEXT_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC", "ECG", "OP"})

@@ -42,6 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import cache
 from typing import Any, NamedTuple
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
@@ -90,9 +91,12 @@ class Answer(NamedTuple):
 #: Transfer syntaxes the SCP accepts, in its order of preference: the acceptor takes the first of its own list that
 #: the sender proposes for a context (as ``storescp +xa`` does). Compressed image syntaxes come first, lossless
 #: before lossy: a sender that proposes its object's compressed syntax beside uncompressed ones then sends the
-#: object as it is, the same bytes ``run`` reads from the file, and one that cannot decompress still delivers.
-#: Then the uncompressed ones (Explicit VR Little Endian first), then the rest (video, JPIP: the pixel stage
-#: cannot decode them, so a sender that can send them uncompressed is asked to).
+#: object as it is, the same bytes ``run`` reads from the file, and one that cannot decompress still delivers
+#: (the price, as with ``+xa``: a sender that would compress an uncompressed object on request, lossily when only
+#: a lossy syntax is offered with it, is asked to). Then the uncompressed ones (Explicit VR Little Endian first),
+#: Deflated after them (pynetdicom proposes it by default: preferred, every object would be deflated, inflated
+#: under the memory budget and written deflated), then the rest (video, JPIP: the pixel stage cannot decode them,
+#: so a sender that can send them uncompressed is asked to).
 _COMPRESSED_FIRST = (
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
@@ -106,9 +110,8 @@ _COMPRESSED_FIRST = (
     "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
     "1.2.840.10008.1.2.4.50",  # JPEG baseline
     "1.2.840.10008.1.2.4.51",  # JPEG extended
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
 )
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
 TRANSFER_SYNTAXES = [ts for ts in (*_COMPRESSED_FIRST, *_UNCOMPRESSED) if ts in ALL_TRANSFER_SYNTAXES] + [
     ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _COMPRESSED_FIRST and ts not in _UNCOMPRESSED
 ]
@@ -126,6 +129,7 @@ def supported_contexts() -> list[Any]:
         build_context(VERIFICATION)]
 
 
+@cache
 def storage_context_for(sop_class: str) -> Any | None:
     """A context for a proposed SOP class that :func:`supported_contexts` lacks, or None to refuse it.
 
@@ -133,14 +137,17 @@ def storage_context_for(sop_class: str) -> Any | None:
     worklist, storage commitment, a DICOMDIR's Media Storage Directory) is refused: C-STORE is all this node
     answers. Anything else (a private SOP class, such as a vendor's raw-data or non-image storage, or a storage
     class newer than pynetdicom's list) is accepted as storage, as ``storescp --promiscuous`` does: the object
-    then goes through the same checks and stages as any other, and its private elements through the policy."""
+    then goes through the same checks and stages as any other, and its private elements through the policy.
+    Cached: a sender proposes the same classes on every association."""
     from pydicom.uid import UID_dictionary
+
+    from deidpipe.header.actions import is_uid_text
 
     known = UID_dictionary.get(sop_class)
     if known is not None and (known[1] != "SOP Class" or "Storage" not in known[0]
                               or known[0].startswith(("Storage ", "Media Storage"))):
         return None
-    if not sop_class or len(sop_class) > 64 or not all(c.isdigit() or c == "." for c in sop_class):
+    if not is_uid_text(sop_class):
         return None
     return build_context(sop_class, TRANSFER_SYNTAXES)
 

@@ -86,7 +86,7 @@ def _static() -> tuple[np.ndarray, np.ndarray]:
     return weight, far
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)  # about 7 MB each; the attack benchmark's gallery has 10 identities, its test 8
 def _identity_of(identity: int, face_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_identity` drawn from ``identity``'s own generator: the same person whatever the pose, so computed
     once per process (the recognition attack scans each person twice). Read-only arrays: callers share them."""

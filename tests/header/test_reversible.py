@@ -399,3 +399,15 @@ def test_reversible_round_trip(tmp_path, ct, key):
     assert restored.PatientName == "Okonkwo^Chidi" and restored.StudyInstanceUID == ct.StudyInstanceUID
     plain = deidentify(ct, Policy.basic(), key).dataset
     assert "EncryptedAttributesSequence" not in plain
+
+
+def test_policy_certificates_are_named_by_place_not_path(tmp_path) -> None:
+    """The per-run loader's errors reach quarantine records under DST: the certificate's place in the policy,
+    never its path."""
+    from deidpipe.header.recipients import load_certificates
+
+    missing = tmp_path / "secret-site" / "recipient.pem"
+    with pytest.raises(ReversibleError) as err:
+        load_certificates((str(missing),))
+    assert "recipient certificate 1 of the policy" in str(err.value)
+    assert "secret-site" not in str(err.value) and str(tmp_path) not in str(err.value)
