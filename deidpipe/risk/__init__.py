@@ -5,6 +5,12 @@
 :func:`sample_uniqueness`, :func:`population_uniqueness` (Zayatz, Pitman, SNB, Dankar's rule),
 :func:`individual_risk` and :func:`weighted_risk` (sdcMicro). See ``docs/risk.md``.
 
+Releasing a table, ARX's lattice search with its Loss metric: :class:`Hierarchy` (ARX hierarchy files, or
+interval widths), :class:`Target` (k, highest or average risk; prosecutor, journalist or marketer; suppression
+limit), :func:`search` (the transformation with the least loss that meets the target), :func:`apply_levels`,
+:func:`suppression_mask` and :func:`release_table` (re-apply a stored choice), and :func:`anonymise` (all of it,
+with the risk before and after, as an :class:`Anonymisation`).
+
 Names are loaded on first use (PEP 562), so that ``deidpipe.risk.cli`` builds the command line without polars.
 """
 
@@ -17,6 +23,8 @@ from deidpipe.lazy import lazy_names
 if TYPE_CHECKING:  # pragma: no cover
     from deidpipe.risk.classes import Histogram, equivalence_classes, histogram
     from deidpipe.risk.errors import RiskError
+    from deidpipe.risk.generalise import NoTransformation, Target, Transformation, search, size_threshold
+    from deidpipe.risk.hierarchy import Hierarchy
     from deidpipe.risk.models import (
         PopulationUniqueness,
         dankar,
@@ -26,6 +34,14 @@ if TYPE_CHECKING:  # pragma: no cover
         snb,
         zayatz,
     )
+    from deidpipe.risk.release import (
+        Anonymisation,
+        anonymise,
+        apply_levels,
+        release_table,
+        render_anonymisation,
+        suppression_mask,
+    )
     from deidpipe.risk.report import RiskReport, assess, render
     from deidpipe.risk.sample import MarketerRisk, RiskSummary, SampleRisks, sample_risks, sample_uniqueness
     from deidpipe.risk.sdc import WeightedRisk, class_risk, individual_risk, weighted_risk
@@ -33,6 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover
 _WHERE = {
     **dict.fromkeys(("Histogram", "equivalence_classes", "histogram"), ".classes"),
     "RiskError": ".errors",
+    **dict.fromkeys(("NoTransformation", "Target", "Transformation", "search", "size_threshold"), ".generalise"),
+    "Hierarchy": ".hierarchy",
+    **dict.fromkeys(("Anonymisation", "anonymise", "apply_levels", "release_table", "render_anonymisation",
+                     "suppression_mask"), ".release"),
     **dict.fromkeys(("PopulationUniqueness", "dankar", "pitman", "population_size", "population_uniqueness",
                      "snb", "zayatz"), ".models"),
     **dict.fromkeys(("RiskReport", "assess", "render"), ".report"),
@@ -42,14 +62,21 @@ _WHERE = {
 }
 
 __all__ = [
+    "Anonymisation",
+    "Hierarchy",
     "Histogram",
     "MarketerRisk",
+    "NoTransformation",
     "PopulationUniqueness",
     "RiskError",
     "RiskReport",
     "RiskSummary",
     "SampleRisks",
+    "Target",
+    "Transformation",
     "WeightedRisk",
+    "anonymise",
+    "apply_levels",
     "assess",
     "class_risk",
     "dankar",
@@ -59,10 +86,15 @@ __all__ = [
     "pitman",
     "population_size",
     "population_uniqueness",
+    "release_table",
     "render",
+    "render_anonymisation",
     "sample_risks",
     "sample_uniqueness",
+    "search",
+    "size_threshold",
     "snb",
+    "suppression_mask",
     "weighted_risk",
     "zayatz",
 ]

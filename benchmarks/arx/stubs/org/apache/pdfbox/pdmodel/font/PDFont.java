@@ -1,0 +1,3 @@
+package org.apache.pdfbox.pdmodel.font;
+/** Compile-only stub (see PDDocument). */
+public abstract class PDFont { }
