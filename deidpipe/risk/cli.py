@@ -1,7 +1,13 @@
 """``deidpipe risk TABLE``: quasi-identifier risk of a CSV or Parquet table. polars loads only when it runs.
 
-Exit codes: 0 scored, 2 usage or read error (unknown column, both --population and --fraction, a file that is not
-a readable table). Nothing printed quotes a cell value: only counts, figures, column and file names.
+With a target (``--k``, ``--max-risk`` or ``--average-risk``) and ``--hierarchy COLUMN=FILE`` (or
+``COLUMN=5,10,20,*``) it releases the table instead: it searches the generalisation lattice for the transformation
+with the least loss that meets the target (``deidpipe.risk.anonymise``), reports it with the risk before and after,
+and with ``--out`` writes the released table.
+
+Exit codes: 0 scored or released, 1 no transformation meets the target within the suppression limit, 2 usage or
+read error (unknown column, both --population and --fraction, a file that is not a readable table, a value missing
+from its hierarchy). Nothing printed quotes a cell value: only counts, figures, levels, column and file names.
 """
 
 from __future__ import annotations
@@ -87,9 +93,27 @@ def risk_command(
     separator: str | None = typer.Option(None, "--separator", help="CSV separator (default: guessed from the "
                                                                    "header)."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
+    hierarchy: list[str] | None = typer.Option(None, "--hierarchy", help="Release: COLUMN=FILE (an ARX hierarchy "
+                                               "CSV) or COLUMN=5,10,20,* (interval widths), repeatable. A "
+                                               "quasi-identifier without one is kept or suppressed whole."),
+    k: int | None = typer.Option(None, "--k", help="Release: every class at least k records (highest risk 1/k)."),
+    max_risk: float | None = typer.Option(None, "--max-risk", help="Release: the highest risk of any record "
+                                                                   "(0.2: classes of 5 or more)."),
+    average_risk: float | None = typer.Option(None, "--average-risk", help="Release: the average risk (ARX's "
+                                                                           "average re-identification risk)."),
+    model: str = typer.Option("prosecutor", "--model", help="Release: prosecutor, journalist or marketer (the "
+                                                           "last two against --population-table)."),
+    suppression: float = typer.Option(0.05, "--suppression", help="Release: the largest share of records that "
+                                                                  "may be suppressed."),
+    out: Path | None = typer.Option(None, "--out", help="Release: write the released table here (.csv or "
+                                                        ".parquet)."),
+    drop_suppressed: bool = typer.Option(False, "--drop-suppressed", help="Release: leave suppressed records "
+                                                                          "out instead of writing * in their "
+                                                                          "quasi-identifiers."),
 ) -> None:
     """Re-identification risk of a table's quasi-identifiers: k, prosecutor / journalist / marketer risk (ARX),
-    sample and population uniqueness, and sdcMicro's risk for weighted samples. Prints counts and figures only."""
+    sample and population uniqueness, and sdcMicro's risk for weighted samples. Prints counts and figures only.
+    With a target and hierarchies, releases the table: the generalisation with the least loss that meets it."""
     if fmt not in ("table", "json"):
         _fail("--format must be table or json")
     if problem := population_option_problem(population, fraction, threshold):
@@ -97,6 +121,11 @@ def risk_command(
     for path in (table, population_table):
         if path is not None and not path.is_file():
             _fail(f"{path}: no such file")
+    releasing = bool(hierarchy) or any(v is not None for v in (k, max_risk, average_risk, out))
+    if releasing:
+        _release(table, qi, hierarchy or [], population, fraction, threshold, weight, population_table, separator,
+                 fmt, k, max_risk, average_risk, model, suppression, out, drop_suppressed)
+        return
 
     from deidpipe.risk.errors import RiskError
     from deidpipe.risk.report import assess, render
@@ -114,3 +143,69 @@ def risk_command(
         typer.echo(report.to_json())
     else:
         render(report)
+
+
+def _release(table: Path, qi: str | None, specs: list[str], population: int | None, fraction: float | None,
+             threshold: float, weight: str | None, population_table: Path | None, separator: str | None, fmt: str,
+             k: int | None, max_risk: float | None, average_risk: float | None, model: str, suppression: float,
+             out: Path | None, drop_suppressed: bool) -> None:
+    """``deidpipe risk TABLE --qi ... --hierarchy ... TARGET [--out RELEASED]``."""
+    if k is None and max_risk is None and average_risk is None:
+        _fail("give a target to release the table: --k, --max-risk or --average-risk")
+    if qi is None:
+        _fail("give --qi: the quasi-identifiers to generalise")
+    if weight is not None:
+        _fail("--weight scores a weighted sample; it cannot be used to release a table")
+    if out is not None and out.resolve() == table.resolve():
+        _fail("--out must not be the input table")
+
+    from deidpipe.risk.errors import RiskError
+    from deidpipe.risk.generalise import NoTransformation, Target
+    from deidpipe.risk.hierarchy import parse_spec
+    from deidpipe.risk.release import anonymise, render_anonymisation
+
+    try:
+        target = Target(k=k, max_risk=max_risk, average_risk=average_risk, model=model,  # type: ignore[arg-type]
+                        suppression=suppression, population=population, fraction=fraction, threshold=threshold)
+        df = read_table(table, separator)
+        pop_df = read_table(population_table, separator) if population_table is not None else None
+        columns = [c.strip() for c in qi.split(",") if c.strip()]
+        hierarchies = {}
+        for spec in specs:
+            h = parse_spec(spec, df)
+            if h.column in hierarchies:
+                _fail(f"two hierarchies are given for column {h.column!r}")
+            hierarchies[h.column] = h
+        released, result = anonymise(df, columns, hierarchies, target, population_table=pop_df,
+                                     suppressed="drop" if drop_suppressed else "star")
+        if out is not None:
+            _write(released, out, table, separator)
+    except NoTransformation as exc:
+        typer.echo(f"deidpipe risk: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except RiskError as exc:
+        _fail(str(exc))
+        return
+    if fmt == "json":
+        typer.echo(result.to_json())
+    else:
+        render_anonymisation(result)
+        if out is not None:
+            typer.echo(f"released table written to {out}")
+
+
+def _write(released, out: Path, source: Path, separator: str | None) -> None:  # released: pl.DataFrame
+    """The released table as Parquet (by suffix) or CSV, with the source CSV's separator."""
+    from deidpipe.risk.errors import RiskError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() in PARQUET_SUFFIXES:
+            released.write_parquet(out)
+        else:
+            sep = ","
+            if source.suffix.lower() not in PARQUET_SUFFIXES:
+                sep = separator or _separator(source)
+            released.write_csv(out, separator=sep)
+    except OSError as exc:
+        raise RiskError(f"{out}: cannot be written ({type(exc).__name__})") from None

@@ -161,8 +161,8 @@ class Hierarchy:
         import polars as pl
 
         text = series.cast(pl.String, strict=False).drop_nulls().unique()
-        text = text.filter(text != SUPPRESSED)
-        return int((~text.is_in(pl.Series(self.values, dtype=pl.String))).sum())
+        present = pl.DataFrame({"v": text.filter(text != SUPPRESSED)})
+        return present.join(pl.DataFrame({"v": list(self.values)}, schema={"v": pl.String}), on="v", how="anti").height
 
     def check(self, df: pl.DataFrame) -> None:
         """A :class:`RiskError` naming the column and the count of its values not in the hierarchy."""
