@@ -68,6 +68,9 @@ class PixelOptions:
             strokes (:mod:`deidpipe.pixels.lines`) are taken as text without a network, and only short chains
             (two letters) go to the OCR engine: an order of magnitude faster on a CPU. ``ocr``: every candidate
             region of the cheap screen goes to the OCR engine (CRAFT). ``phi`` mode always reads with OCR.
+        temporal: objects of :data:`deidpipe.pixels.cine.CINE_MIN_FRAMES` frames or more (cines) are searched on a
+            temporal summary and in windows where frames change (:mod:`deidpipe.pixels.cine`); False: every frame
+            on its own (the reference the benchmark compares with).
     """
 
     # The defaults are the policy's (a Policy's field defaults, stated there once).
@@ -77,6 +80,7 @@ class PixelOptions:
     margin: float = 0.06
     use_presidio: bool = True
     use_deid_regions: bool = True
+    temporal: bool = True
 
 
 @dataclass
@@ -98,6 +102,10 @@ class PixelResult:
     boxes: list[Box] = field(default_factory=list)
     #: Detection passes over the frames: 1 when the first pass found nothing, else one more per re-check.
     passes: int = 0
+    #: Passes that took the temporal path (a cine), the windows and whole frames they checked besides the summary.
+    cine_passes: int = 0
+    cine_windows: int = 0
+    cine_whole: int = 0
 
     def actions(self) -> dict[str, int]:
         return {
@@ -336,7 +344,15 @@ def _grow(b: Box, margin: float, shape: tuple[int, int]) -> Box:
 def find_text(frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, terms: PhiTerms | None,
               result: PixelResult, skip: list[Box]) -> list[Box]:
     """Text boxes in 8-bit displayed frames (``(frames, rows, cols[, 3])``), each grown by the margin and merged
-    where they overlap; candidates inside ``skip`` (known regions) are not sent to OCR. Counts go to ``result``."""
+    where they overlap; candidates inside ``skip`` (known regions) are not sent to OCR. Counts go to ``result``.
+    A cine (``options.temporal``, enough frames) is searched on its temporal summary (:mod:`deidpipe.pixels.cine`)
+    unless that module finds it must be searched frame by frame."""
+    if options.temporal and frames8.shape[0] > 1:
+        from deidpipe.pixels.cine import find_text_cine
+
+        found = find_text_cine(frames8, options, engine, terms, result, skip)
+        if found is not None:
+            return found
     finder = _Finder(frames8, options, engine, terms, result)
     text: list[Box] = []
     for k in range(frames8.shape[0]):

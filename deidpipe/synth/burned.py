@@ -5,7 +5,8 @@ and institution (the same values as the object's header) next to harmless labels
 and device labels), in several Hershey fonts, sizes and contrasts, at corners, in bars and over the "anatomy";
 grey and RGB, single and multi-frame, uncompressed, RLE, JPEG baseline (YBR), JPEG 2000 lossless and deflate.
 ``burned_key.json`` lists, per file, every word's text, kind (``phi`` or ``label``), box and frames.
-``generate_archive(..., burned_text=True)`` adds such images for every synthetic patient.
+``generate_archive(..., burned_text=True)`` adds such images for every synthetic patient. Ultrasound cines (32
+frames, a clock that changes every few frames) are made only where asked: ``variants=CINE_VARIANTS``.
 """
 
 from __future__ import annotations
@@ -253,10 +254,17 @@ def _jpeg_baseline(ds: Dataset, arr: np.ndarray) -> None:
 
 VARIANTS = ("us_grey", "sc_rgb_jpeg", "xa_multiframe_rle", "dx_16bit_j2k", "us_small", "es_rgb_rotated_deflate",
             "ct_no_text")
+#: Ultrasound cines of 32 frames (:mod:`deidpipe.synth.burned_cine`): made only where asked (``variants=``), never
+#: by default, so archives and default sets stay as they were.
+CINE_VARIANTS = ("us_cine", "us_cine_jpeg")
 
 
 def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed: str) -> tuple[Dataset, BurnedFile]:
     """One image of ``variant`` with ``person``'s values in its header and pixels."""
+    if variant in CINE_VARIANTS:
+        from deidpipe.synth.burned_cine import make_cine
+
+        return make_cine(variant, person, rng, uid_seed)
     gen = np.random.default_rng(rng.getrandbits(32))
     words: list[BurnedWord] = []
     n_frames = 1
