@@ -15,14 +15,9 @@ from pydicom.data import get_testdata_file
 
 from deidpipe.errors import DeidError
 from deidpipe.pixels import PixelOptions, decode, redact_dataset
-from deidpipe.pixels.detect import easyocr_model_dir, easyocr_reader
+from deidpipe.pixels.detect import easyocr_model_dir
 from deidpipe.pixels.phi import PhiTerms, phi_words
 from deidpipe.synth.burned import BURNED_KEY_FILE, BurnedKey, generate_burned_set
-
-
-@pytest.fixture(scope="session")
-def ocr():
-    return easyocr_reader()
 
 
 @pytest.fixture(scope="session")
