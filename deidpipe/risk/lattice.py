@@ -46,6 +46,8 @@ COUNT = "__deidpipe_count"
 FIRST = "__deidpipe_first"
 _DIGITS = 1e10  # ARX's Metric.round: floor to 10 decimal digits
 _KEY_LIMIT = 1 << 62
+CHUNK_ROWS = 200_000
+"""Rows encoded and grouped at a time (:func:`collapse`, and the suppression mask in :mod:`deidpipe.risk.release`)."""
 
 
 @dataclass(frozen=True)
@@ -131,15 +133,22 @@ def encode_expressions(dimensions: Sequence[Dimension]) -> list[pl.Expr]:
     return out
 
 
-def collapse(df: pl.DataFrame | pl.LazyFrame, dimensions: Sequence[Dimension]) -> Tuples:
-    """Group ``df`` into its distinct tuples of level-0 codes (one polars pass; streaming on a LazyFrame)."""
+def collapse(df: pl.DataFrame, dimensions: Sequence[Dimension], chunk: int = CHUNK_ROWS) -> Tuples:
+    """Group ``df`` into its distinct tuples of level-0 codes. The rows are encoded and grouped ``chunk`` at a
+    time (zero-copy slices) and the partial groups merged, so that what polars allocates on the way is bounded by
+    the chunk and the distinct tuples, not by the table's rows."""
     import polars as pl
 
     qi = [d.column for d in dimensions]
-    lazy = df.lazy()
-    grouped = (lazy.with_row_index(ROW).select([*encode_expressions(dimensions), pl.col(ROW)])
-               .group_by(qi).agg(pl.len().alias(COUNT), pl.col(ROW).min().alias(FIRST))
-               .sort(FIRST).collect())
+    encode = encode_expressions(dimensions)
+    parts = []
+    for offset in range(0, max(df.height, 1), chunk):
+        part = df.slice(offset, chunk).lazy().with_row_index(ROW, offset=offset).select([*encode, pl.col(ROW)])
+        parts.append(part.group_by(qi).agg(pl.len().alias(COUNT), pl.col(ROW).min().alias(FIRST)).collect())
+    grouped = pl.concat(parts) if len(parts) > 1 else parts[0]
+    if len(parts) > 1:
+        grouped = grouped.group_by(qi).agg(pl.col(COUNT).sum(), pl.col(FIRST).min())
+    grouped = grouped.sort(FIRST)
     records = int(grouped.get_column(COUNT).sum()) if grouped.height else 0
     return Tuples(tuple(grouped.get_column(c).to_numpy().astype(np.int64) for c in qi),
                   grouped.get_column(COUNT).to_numpy().astype(np.int64),

@@ -25,7 +25,7 @@ from deidpipe.risk.classes import SUPPRESSED
 from deidpipe.risk.errors import RiskError
 from deidpipe.risk.generalise import Evaluation, Problem, Target, Transformation, search_problem
 from deidpipe.risk.hierarchy import Hierarchy
-from deidpipe.risk.lattice import ROW, encode_expressions
+from deidpipe.risk.lattice import CHUNK_ROWS, ROW, encode_expressions
 from deidpipe.risk.models import population_size
 from deidpipe.risk.report import RiskReport, assess
 
@@ -55,16 +55,23 @@ def apply_levels(df: pl.DataFrame, hierarchies: Mapping[str, Hierarchy], levels:
 
 
 def _mask(df: pl.DataFrame, problem: Problem, evaluation: Evaluation) -> pl.Series:
-    """The evaluation's suppressed tuples as a boolean per row of ``df`` (a join on the level-0 codes)."""
+    """The evaluation's suppressed tuples as a boolean per row of ``df``: each chunk of rows encoded and joined
+    on the level-0 codes with the suppressed tuples (bounded memory, as :func:`deidpipe.risk.lattice.collapse`)."""
     import polars as pl
 
     qi = problem.qi
     tuples = pl.DataFrame({c: pl.Series(codes, dtype=pl.UInt32) for c, codes in zip(qi, problem.sample.codes,
                                                                                         strict=True)})
-    flagged = tuples.filter(pl.Series(evaluation.suppressed_tuples)).with_columns(pl.lit(True).alias(_FLAG))
-    rows = (df.lazy().with_row_index(ROW).select([*encode_expressions(problem.dimensions), pl.col(ROW)])
-            .join(flagged.lazy(), on=qi, how="left").sort(ROW).collect())
-    return rows.get_column(_FLAG).fill_null(False).alias("suppressed")
+    flagged = tuples.filter(pl.Series(evaluation.suppressed_tuples)).with_columns(pl.lit(True).alias(_FLAG)).lazy()
+    encode = encode_expressions(problem.dimensions)
+    parts = []
+    for offset in range(0, df.height, CHUNK_ROWS):
+        rows = (df.slice(offset, CHUNK_ROWS).lazy().with_row_index(ROW).select([*encode, pl.col(ROW)])
+                .join(flagged, on=qi, how="left").sort(ROW).collect())
+        parts.append(rows.get_column(_FLAG).fill_null(False))
+    if not parts:
+        return pl.Series("suppressed", [], dtype=pl.Boolean)
+    return pl.concat(parts).alias("suppressed")
 
 
 def suppression_mask(df: pl.DataFrame, qi: Sequence[str], hierarchies: Mapping[str, Hierarchy],

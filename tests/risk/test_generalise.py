@@ -125,6 +125,26 @@ def test_release_stars_or_drops_and_a_stored_choice_is_reapplied() -> None:
         suppression_mask(df, ["age", "sex"], h, {"age": 0, "sex": 0}, target)
 
 
+def test_chunks_give_the_same_tuples_and_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from deidpipe.risk import release as release_module
+    from deidpipe.risk.lattice import check_hierarchies, collapse
+
+    df, h = tiny()
+    df = pl.concat([df, df.head(3)])  # repeated tuples across chunks
+    dims = check_hierarchies(df, ["age", "sex"], h)
+    whole, chunked = collapse(df, dims), collapse(df, dims, chunk=2)
+    for a, b in ((whole.counts, chunked.counts), (whole.first, chunked.first), *zip(whole.codes, chunked.codes,
+                                                                                     strict=True)):
+        assert np.array_equal(a, b)
+    target = Target(k=2, suppression=0.1)
+    expected = suppression_mask(df, ["age", "sex"], h, {"age": 1, "sex": 0}, target)
+    monkeypatch.setattr(release_module, "CHUNK_ROWS", 4)
+    assert suppression_mask(df, ["age", "sex"], h, {"age": 1, "sex": 0}, target).equals(expected)
+    assert expected.to_list() == [False] * 8 + [True] + [False] * 3
+
+
 def test_a_qi_without_hierarchy_is_kept_or_suppressed_whole() -> None:
     df, h = tiny()
     t = search(df, ["age", "sex"], {"age": h["age"]}, Target(k=2, suppression=0.12))
