@@ -25,6 +25,10 @@ or from a YAML file (``Policy.load("policy.yaml")``)::
     deid_recipes: [my.deid]       # pydicom/deid recipe files; their %header actions become overrides
     reversible:
       recipients: [broker.crt]    # certificates for the Encrypted Attributes Sequence
+    risk_target:                  # generalise the archive's quasi-identifiers to a risk target; docs/risk.md
+      max_risk: 0.2               # or k: 5, or average_risk: 0.05; model: prosecutor (default)
+      suppression: 0.05           # share of patients that may be set aside ("suppressed for risk")
+      hierarchies: {age: "5,10,*"}
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
@@ -41,6 +45,9 @@ from pydicom.tag import Tag
 
 from deidpipe.errors import PolicyError
 from deidpipe.ruledata import ACTION_CODES, load_rule_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.risk.target import ArchiveTarget
 
 OVERRIDE_ACTIONS = (*ACTION_CODES, "set")
 TextScreening = Literal["presidio", "denylist"]
@@ -145,6 +152,9 @@ class Policy:
     deface_ears: bool = True
     #: Encapsulated documents are not written unless the policy asks for their redaction (docs/documents.md).
     documents: DocumentHandling = "skip"
+    #: A re-identification risk the release must meet (:class:`deidpipe.risk.target.ArchiveTarget`): ``run``
+    #: generalises the header quasi-identifiers per patient and suppresses the patients still at risk.
+    risk_target: ArchiveTarget | None = None
     profile: str = "basic"
     source: str = field(default="built-in", compare=False)
 
@@ -185,7 +195,7 @@ class Policy:
         """Build from the parsed YAML structure documented in the module docstring."""
         allowed = {"profile", "options", "strict", "text_screening", "keep", "remove", "overrides",
                    "deid_recipes", "reversible", "pixels", "pixel_redaction", "pixel_detector",
-                   "allow_incomplete_pixels", "deface", "deface_ears", "documents"}
+                   "allow_incomplete_pixels", "deface", "deface_ears", "documents", "risk_target"}
         extra = set(data) - allowed
         if extra:
             raise PolicyError(f"unknown policy key(s) {sorted(extra)}")
@@ -217,6 +227,15 @@ class Policy:
         for name in ("allow_incomplete_pixels", "deface_ears"):
             if name in data:
                 settings[name] = _flag(data, name)
+        if data.get("risk_target") is not None:
+            from deidpipe.risk.target import ArchiveTarget
+            from deidpipe.risk.errors import RiskError
+
+            try:
+                settings["risk_target"] = ArchiveTarget.from_mapping(data["risk_target"], base_dir)
+            except (RiskError, TypeError) as exc:
+                raise PolicyError(str(exc) if isinstance(exc, RiskError) else
+                                  f"risk_target: {type(exc).__name__}") from None
         return cls(options=frozenset(data.get("options") or []), overrides=tuple(overrides),
                    additions=tuple(additions), recipients=recipients, source=source, **settings)
 
@@ -252,7 +271,8 @@ class Policy:
                 f"overrides: {len(self.overrides)}; reversible: {bool(self.recipients)}"
                 + ("; incomplete pixel data written" if self.allow_incomplete_pixels else "")
                 + f"; deface: {self.deface}" + ("" if self.deface_ears else " (face only, ears kept)")
-                + f"; documents: {self.documents}")
+                + f"; documents: {self.documents}"
+                + (f"; risk target: {self.risk_target.summary()}" if self.risk_target is not None else ""))
 
 
 # -- pydicom/deid recipes ---------------------------------------------------------------------------------

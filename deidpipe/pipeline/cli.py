@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from deidpipe.cliutil import KEY_FILE_OPTION, OPTIONS_OPTION, POLICY_OPTION, policy_from_cli
 from deidpipe.errors import DeidError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deidpipe.policy import Policy
+
+
+def with_max_risk(policy: Policy, max_risk: float) -> Policy:
+    """``policy`` with ``--max-risk``: the highest risk of its ``risk_target`` (built-in hierarchies, every
+    quasi-identifier and a 5% suppression limit unless the policy's section says otherwise)."""
+    import dataclasses
+
+    from deidpipe.risk.target import ArchiveTarget
+    from deidpipe.risk.errors import RiskError
+    from deidpipe.risk.generalise import Target
+
+    try:
+        if policy.risk_target is None:
+            target = ArchiveTarget(Target(max_risk=max_risk))
+        else:
+            target = dataclasses.replace(policy.risk_target, target=dataclasses.replace(
+                policy.risk_target.target, max_risk=max_risk, k=None))
+    except RiskError as exc:
+        raise DeidError(f"--max-risk: {exc}") from None
+    return dataclasses.replace(policy, risk_target=target)
 
 
 def run_command(
@@ -34,6 +58,11 @@ def run_command(
     allow_quarantine: bool = typer.Option(
         False, "--allow-quarantine", help="Exit 0 even when objects were quarantined."
     ),
+    max_risk: float | None = typer.Option(
+        None, "--max-risk", help="Release risk target: the highest prosecutor risk of a patient (0.2: classes of "
+        "5 and more). Generalises the header quasi-identifiers and suppresses the patients still at risk; the "
+        "policy's risk_target section sets the rest (docs/risk.md)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """De-identify an archive into DST (pseudonymised tree, quarantine records, audit table: safe to share); the
@@ -48,6 +77,8 @@ def run_command(
     try:
         key = ProjectKey.load(key_file)
         pol = policy_from_cli(policy, option, strict)
+        if max_risk is not None:
+            pol = with_max_risk(pol, max_risk)
         report = run(
             src,
             dst,

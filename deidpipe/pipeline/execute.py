@@ -10,6 +10,7 @@ A task never raises for a bad object: the object is quarantined with a fixed rea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -247,8 +248,24 @@ def _new_work(item: ExecItem, ctx: WorkContext) -> _Work:
                  budget=Budget(ctx.object_budget_s))
 
 
+_RELEASED: dict[tuple[int, tuple[tuple[str, int], ...]], WorkContext] = {}
+
+
+def _with_levels(ctx: WorkContext, levels: tuple[tuple[str, int], ...] | None) -> WorkContext:
+    """``ctx`` with the release's chosen levels in its policy's risk target (one copy per worker and choice)."""
+    if levels is None or ctx.policy.risk_target is None:
+        return ctx
+    slot = (id(ctx), levels)
+    if slot not in _RELEASED:
+        target = ctx.policy.risk_target.with_levels(dict(levels))
+        _RELEASED.clear()  # one run's choice at a time
+        _RELEASED[slot] = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, risk_target=target))
+    return _RELEASED[slot]
+
+
 def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
     """Run one series task; never raises for a bad object (it is quarantined)."""
+    ctx = _with_levels(ctx, task.levels)
     stages = [stage_named(name) for name in task.stages]
     keep_source = any(stage.needs_source for stage in stages)
     prefetch(ctx.source, [i.item for i in task.items])
@@ -282,3 +299,23 @@ def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:
 
 def index_task(ctx: WorkContext, items: list[SourceItem]) -> list[dict[str, Any]]:
     return index_batch(ctx.source, ctx.key, items)
+
+
+def labels_task(ctx: WorkContext, items: list[ExecItem]) -> list[tuple[str, dict[str, Any] | None]]:
+    """For a release with a risk target: each object's quasi-identifier labels as the header stage writes them
+    (:func:`deidpipe.risk.archive.object_labels`), or None where it cannot be read or scrubbed (the object is
+    then quarantined by its task, and is in no patient's row)."""
+    from deidpipe.risk.archive import object_labels
+
+    target = ctx.policy.risk_target
+    assert target is not None
+    header = stage_named("header")
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    prefetch(ctx.source, [i.item for i in items])
+    for item in items:
+        w = _new_work(item, ctx)
+        _within_budget(w, "read", _read, w, ctx)
+        if w.ds is not None:
+            _within_budget(w, header.name, _apply_object_stage, w, header, ctx)
+        out.append((item.object_id, object_labels(w.ds, ctx.key, target) if w.ds is not None else None))
+    return out

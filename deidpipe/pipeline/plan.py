@@ -65,6 +65,8 @@ class ExecTask:
     series_uid: str | None
     stages: tuple[str, ...]
     items: list[ExecItem] = field(default_factory=list)
+    #: The release's generalisation levels (a policy's ``risk_target``), chosen by the run after the index.
+    levels: tuple[tuple[str, int], ...] | None = None
 
     @property
     def object_ids(self) -> list[str]:
@@ -182,6 +184,19 @@ class Plan:
 
     def decided(self) -> list[ObjectResult]:
         return self._decided
+
+    def suppress(self, object_ids: set[str] | frozenset[str], reason: str) -> list[ObjectResult]:
+        """Set aside these objects (not written, status ``skipped`` at stage ``risk``: a release's risk target
+        suppressed their patients); returns their results, as :meth:`decided` would."""
+        import polars as pl
+
+        if not object_ids:
+            return []
+        chosen = pl.col("object_id").is_in(sorted(object_ids))
+        before = len(self._decided)
+        self._decide_skipped(self._todo.filter(chosen).with_columns(reason=pl.lit(reason)), stage="risk")
+        self._todo = self._todo.filter(~chosen)
+        return self._decided[before:]
 
     # -- work ---------------------------------------------------------------------------------------------
     @property

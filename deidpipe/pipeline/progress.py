@@ -135,6 +135,7 @@ def summary_table(report: RunReport) -> Table:
     for reason, n in sorted(report.quarantined_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
         rows.append((f"  {reason}", f"{n:,}"))
     rows += _deface_rows(report.actions)
+    rows += _release_rows(report.release)
     rows += [
         ("bytes read", _size(report.bytes_in)),
         ("bytes written", _size(report.bytes_out)),
@@ -146,6 +147,22 @@ def summary_table(report: RunReport) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _release_rows(figures: dict | None) -> list[tuple[str, str]]:
+    """A risk target's figures: the levels chosen, the patients suppressed, the risk before and after."""
+    if not figures:
+        return []
+    levels = ", ".join(f"{c} {lv}" for c, lv in figures.get("levels", {}).items() if lv)
+    rows = [("risk target: levels generalised", levels or "none needed"),
+            ("risk target: patients suppressed", f"{figures.get('suppressed', 0):,} of {figures.get('patients', 0):,}")]
+    before = (figures.get("risk_before") or {}).get("prosecutor") or {}
+    after = (figures.get("risk_after") or {}).get("prosecutor") or {}
+    if "highest_risk" in before and "highest_risk" in after:
+        rows.append(("risk target: highest / average risk",
+                     f"{before['highest_risk']:.3f} / {before.get('success_rate', 0):.3f} -> "
+                     f"{after['highest_risk']:.3f} / {after.get('success_rate', 0):.3f}"))
+    return rows
 
 
 #: The defacing stage's audit counts (deidpipe.deface.stage), as the summary names them.

@@ -1,7 +1,8 @@
 """The stage registry: every stage of the pipeline, in execution order (see :mod:`deidpipe.pipeline.contract`).
 
-Header first (everything after it sees pseudonymised values), then burned-in text (per object), then defacing
-(a whole series at once, on the scrubbed objects).
+Header first (everything after it sees pseudonymised values), then the release's risk target (the header's
+quasi-identifiers generalised, when the policy sets one), then burned-in text (per object), then defacing (a whole
+series at once, on the scrubbed objects).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from deidpipe.header.stage import HEADER
 from deidpipe.pipeline.contract import SCOPE_SERIES, SeriesFacts, Stage
 from deidpipe.pixels.stage import PIXEL_TEXT
 from deidpipe.policy import Policy
+from deidpipe.risk.stage import RISK
 
-STAGES: list[Stage] = [HEADER, PIXEL_TEXT, DEFACE]
+STAGES: list[Stage] = [HEADER, RISK, PIXEL_TEXT, DEFACE]
 
 _BY_NAME = {stage.name: stage for stage in STAGES}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deidpipe.pipeline.audit import STATUS_DUPLICATE, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.sink import CONTROL_DIR
@@ -38,6 +39,8 @@ class RunReport:
     index_s: float = 0.0
     execute_s: float = 0.0
     elapsed_s: float = 0.0
+    #: With a risk target: the release's figures (levels, suppressed patients, loss, risk before and after).
+    release: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

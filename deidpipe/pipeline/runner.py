@@ -305,6 +305,20 @@ class Run:
                         "%d quarantine records were rewritten", repaired, len(rewritten))
         return done
 
+    def _release(self, spec: SourceSpec, plan: Plan, executor: Any,
+                 report: RunReport) -> tuple[tuple[str, int], ...]:
+        """Choose the release's transformation (:mod:`deidpipe.pipeline.release`), set aside the objects of the
+        patients it suppresses (decided now, as ``skipped``), and return the levels every task applies."""
+        from deidpipe.pipeline.release import choose_release
+        from deidpipe.risk.archive import SUPPRESSED_REASON
+
+        tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
+        release = choose_release(self.policy, self.state.root, self.dst, resume=self.resume, executor=executor,
+                                 tasks=tasks, objects=plan.todo_count, reporter=self.reporter)
+        plan.suppress(release.suppressed_objects, SUPPRESSED_REASON)
+        report.release = release.figures
+        return release.level_tuple
+
     # -- the run ----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[ObjectResult]:
         t_start = time.monotonic()
@@ -323,6 +337,9 @@ class Run:
             report.index_s = t_indexed - t_start
             plan = Plan(manifest, set(finished), dedupe_instances=self.layout == LAYOUT_PSEUDONYM,
                         chunk=self.chunk, policy=self.policy)
+            levels = None
+            if self.policy.risk_target is not None:
+                levels = self._release(spec, plan, executor, report)
             for oid in plan.resumed_ids:
                 r = finished[oid]
                 r.resumed = True
@@ -335,7 +352,7 @@ class Run:
                 yield r
             self.reporter.start("de-identify", plan.todo_count)
             tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
-            for _, results in deidentify(tasks, executor):
+            for _, results in deidentify(_with_levels(tasks, levels), executor):
                 self._record(journal, results)
                 self.reporter.advance(len(results), sum(r.status == STATUS_QUARANTINED for r in results))
                 for r in results:
@@ -352,6 +369,13 @@ class Run:
         self.state.finish()
         report.elapsed_s = time.monotonic() - t_start
         self.report = report
+
+
+def _with_levels(tasks: Iterator[ExecTask], levels: tuple[tuple[str, int], ...] | None) -> Iterator[ExecTask]:
+    """The tasks, each carrying the release's levels (None: no risk target)."""
+    for task in tasks:
+        task.levels = levels
+        yield task
 
 
 def iter_run(src: str | Path, dst: str | Path, policy: Policy | None = None, **kwargs: Any) -> Run:

@@ -15,11 +15,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-QI_COLUMNS = ("age", "sex", "study_year", "institution", "station", "device_serial", "manufacturer_model",
-              "body_part")
-PATIENT = "patient"
-STUDY = "study"
-UNITS = (PATIENT, STUDY)
+from deidpipe.risk.columns import PATIENT, QI_COLUMNS, STUDY, UNITS
+
+__all__ = ["PATIENT", "QI_COLUMNS", "STUDY", "UNITS", "parse_qi", "patient_rows", "qi_row", "qi_table"]
 
 
 def _s(ds: Dataset, keyword: str) -> str | None:

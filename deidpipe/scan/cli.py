@@ -72,8 +72,8 @@ def scan_command(
 
     from deidpipe.errors import DeidError
     from deidpipe.risk.errors import RiskError
+    from deidpipe.risk.qi import parse_qi
     from deidpipe.scan.known import KnownIdentitiesError
-    from deidpipe.scan.qi import parse_qi
     from deidpipe.scan.scanner import scan
 
     try:

@@ -75,7 +75,7 @@ def scan_item(job: _Job, item: Any) -> ObjectScan:
     from deidpipe.dicomio import read_dataset
     from deidpipe.errors import DeidError, InputError, NotDicomError
     from deidpipe.pipeline.source import read_member
-    from deidpipe.scan.qi import qi_row
+    from deidpipe.risk.qi import qi_row
 
     if item.skip is not None:
         if item.quarantine:
@@ -173,7 +173,7 @@ def scan(path: str | Path, policy: Policy | None = None, key: ProjectKey | None 
 
     ``key`` (a ProjectKey) names patients in the quasi-identifier table; without one, a random key for this scan.
     ``known_identities`` is a CSV path (or the terms themselves). ``qi`` chooses the table's columns (default
-    all of :data:`deidpipe.scan.qi.QI_COLUMNS`); ``population`` / ``fraction`` give N for population
+    all of :data:`deidpipe.risk.qi.QI_COLUMNS`); ``population`` / ``fraction`` give N for population
     uniqueness. ``pixels`` reads pixel data and looks for burned-in text; ``faces`` renders head series.
     ``show_values``: thumbnails show the text and faces found (blacked / pixelated otherwise); the HTML report
     then says so on top. No report ever holds a header value. ``presidio``: also screen the free text the policy
@@ -183,8 +183,8 @@ def scan(path: str | Path, policy: Policy | None = None, key: ProjectKey | None 
     from deidpipe.keys import ProjectKey
     from deidpipe.pipeline.source import detect, iter_items
     from deidpipe.policy import Policy
+    from deidpipe.risk.qi import parse_qi
     from deidpipe.scan.known import load_known_identities
-    from deidpipe.scan.qi import parse_qi
 
     policy = policy or Policy.basic()
     if isinstance(policy, str | Path):
@@ -234,7 +234,7 @@ def scan(path: str | Path, policy: Policy | None = None, key: ProjectKey | None 
     risk = table = None
     if qi_rows:
         from deidpipe.risk import assess
-        from deidpipe.scan.qi import qi_table
+        from deidpipe.risk.qi import qi_table
 
         table = qi_table(qi_rows, unit)
         risk = assess(table, columns, population=population, fraction=fraction, threshold=threshold)

@@ -1,0 +1,277 @@
+"""Risk targets for whole archives: the header quasi-identifiers of :mod:`deidpipe.risk.qi`, generalised per
+patient until the release meets a target, with the least loss (:mod:`deidpipe.risk.generalise`).
+
+``deidpipe run`` with a ``risk_target`` (the policy's section, :class:`ArchiveTarget`) reads every object's header
+as the header stage writes it (:func:`object_labels`: the patient's keyed token and, per quasi-identifier, the
+value's label at every level of its hierarchy), builds one row per patient (:func:`patient_table`), chooses one
+transformation for the whole release (:func:`choose`), and then, while writing, applies it to every object
+(:func:`generalise_dataset`); the patients it must suppress are set aside ("suppressed for risk"). ``scan`` on the
+output reads the same quasi-identifiers (:func:`deidpipe.risk.qi.qi_row`) and finds the classes the search
+counted, or larger ones.
+
+Built-in hierarchies (level 0 first; ``*``: the value is removed):
+
+========================  ====================================================================================
+``age``                   whole years, top-coded at 90 (HIPAA: 90 and older are one class) -> 5, 10, 20-year
+                          bands -> ``*``. Written as Patient's Age (0010,1010) = the band's first year
+                          (``040Y``); Patient's Birth Date (0010,0030) is emptied, so the age is read from there.
+``sex``                   Patient's Sex (0010,0040) -> ``*`` (emptied)
+``study_year``            the year of Study Date (0008,0020) -> decade -> ``*``. Every date (DA, DT) of the
+                          object, at any depth, becomes the first day of the decade, or is emptied at ``*``:
+                          the other dates would tell the year (intervals between dates are lost with it).
+``institution``           Institution Name (0008,0080) -> ``*`` (with its Address and Department)
+``station``               Station Name (0008,1010) -> ``*``
+``device_serial``         Device Serial Number (0018,1000) -> ``*``
+``manufacturer_model``    Manufacturer (0008,0070) and Model Name (0008,1090) -> the manufacturer -> ``*``
+``body_part``             Body Part Examined (0018,0015) -> ``*``
+========================  ====================================================================================
+
+A policy overrides them per column: ``age`` and ``study_year`` take interval widths (``5,10,*``: labels are the
+interval's first value), the single-element text columns (``institution``, ``station``, ``device_serial``,
+``body_part``) an ARX hierarchy file whose labels are written into the element.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from deidpipe.risk.classes import SUPPRESSED
+from deidpipe.risk.errors import RiskError
+from deidpipe.risk.qi import _age, _s
+from deidpipe.risk.target import AGE_WIDTHS, FILE_COLUMNS, TOP_AGE, YEAR_WIDTHS, ArchiveTarget, widths_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+    from pydicom.dataset import Dataset
+
+    from deidpipe.risk.hierarchy import Hierarchy
+
+#: A patient's cell when none of its objects has a value.
+ABSENT = "-"
+#: Elements emptied or removed when a column is generalised to ``*`` (beyond the one :data:`FILE_COLUMNS` names).
+_ALSO_REMOVED = {"institution": ("InstitutionAddress", "InstitutionalDepartmentName")}
+#: The audit's action for an element that a release generalised.
+ACTION = "risk:generalised"
+SUPPRESSED_REASON = "suppressed for risk: quasi-identifiers too rare"
+
+
+def _bands(value: int, widths: Sequence[int], top: int | None) -> tuple[str, ...]:
+    """``value`` (top-coded at ``top``) and the first value of its interval at each width, then ``*``."""
+    if top is not None:
+        value = min(value, top)
+    firsts = [value if top is not None and value >= top else value // w * w for w in widths]
+    return (str(value), *(str(f) for f in firsts), SUPPRESSED)
+
+
+# -- one object's labels --------------------------------------------------------------------------------------
+Labeller = Callable[["Dataset"], "tuple[str, ...] | None"]
+
+
+def _labellers(target: ArchiveTarget) -> dict[str, Labeller]:
+    """Per column: the object's labels at every level (level 0 first, ``*`` last), or None without a value."""
+    specs = dict(target.hierarchies)
+    files = {c: {row[0]: row for row in rows} for c, rows in target.files}
+    age_w = widths_of("age", specs["age"]) if "age" in specs else AGE_WIDTHS
+    year_w = widths_of("study_year", specs["study_year"]) if "study_year" in specs else YEAR_WIDTHS
+
+    def age(ds: Dataset) -> tuple[str, ...] | None:
+        a = _age(ds)
+        return _bands(int(a), age_w, TOP_AGE) if a is not None else None
+
+    def year(ds: Dataset) -> tuple[str, ...] | None:
+        y = _study_year(ds)
+        return _bands(int(y), year_w, None) if y is not None else None
+
+    def single(keyword: str, column: str) -> Labeller:
+        table = files.get(column)
+
+        def labels(ds: Dataset) -> tuple[str, ...] | None:
+            v = _s(ds, keyword)
+            if v is None:
+                return None
+            if table is None:
+                return (v, SUPPRESSED)
+            row = table.get(v)
+            if row is None:
+                raise RiskError(f"risk_target: a value of {column} is missing from its hierarchy file")
+            return row
+        return labels
+
+    def model(ds: Dataset) -> tuple[str, ...] | None:
+        man, name = _s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")
+        if man is None and name is None:
+            return None
+        # level 0 keeps the two apart (\x1f) where scan joins them with a space: a finer split, never a coarser
+        return (f"{man or ''}\x1f{name or ''}", man or ABSENT, SUPPRESSED)
+
+    out: dict[str, Labeller] = {"age": age, "sex": single("PatientSex", "sex"), "study_year": year,
+                                "manufacturer_model": model}
+    out.update({c: single(k, c) for c, k in FILE_COLUMNS.items()})
+    return {c: out[c] for c in target.qi}
+
+
+def _study_year(ds: Dataset) -> str | None:
+    year = _s(ds, "StudyDate")
+    return year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None
+
+
+def object_labels(ds: Dataset, key: Any, target: ArchiveTarget) -> dict[str, Any]:
+    """One object's row, read from its header as the header stage wrote it: ``patient`` (the keyed token
+    :func:`deidpipe.risk.qi.qi_row` gives) and per quasi-identifier its labels (a list, level 0 first) or None."""
+    from deidpipe.risk.qi import PATIENT, qi_row
+
+    row: dict[str, Any] = {PATIENT: qi_row(ds, key)[PATIENT]}
+    for column, labeller in _labellers(target).items():
+        labels = labeller(ds)
+        row[column] = list(labels) if labels is not None else None
+    return row
+
+
+# -- the patients' table --------------------------------------------------------------------------------------
+def _composite(labels: Iterable[tuple[str, ...]], height: int) -> tuple[str, ...]:
+    """A patient's labels from its objects' distinct labels: at each level the sorted distinct labels joined by
+    ``|``, as :func:`deidpipe.risk.qi.patient_rows` joins them (``*`` stays ``*``)."""
+    rows = list(labels)
+    if not rows:
+        return (ABSENT,) * (height - 1) + (SUPPRESSED,)
+    return tuple("|".join(sorted({r[level] for r in rows})) for level in range(height))
+
+
+@dataclass
+class PatientTable:
+    """The release's quasi-identifier table (one row per patient, polars) and a hierarchy per column."""
+
+    table: pl.DataFrame
+    hierarchies: dict[str, Hierarchy]
+
+
+def patient_table(rows: Iterable[Mapping[str, Any]], target: ArchiveTarget) -> PatientTable:
+    """One row per patient from :func:`object_labels` rows; the hierarchies hold each patient's composite."""
+    import polars as pl
+
+    from deidpipe.risk.hierarchy import Hierarchy
+    from deidpipe.risk.qi import PATIENT
+
+    per: dict[str, dict[str, set[tuple[str, ...]]]] = defaultdict(lambda: defaultdict(set))
+    heights: dict[str, int] = {}
+    for row in rows:
+        slot = per[str(row[PATIENT])]
+        for column in target.qi:
+            labels = row.get(column)
+            if labels:
+                slot[column].add(tuple(labels))
+                heights[column] = len(labels)
+    columns: dict[str, list[str]] = {PATIENT: sorted(per)}
+    hierarchy_rows: dict[str, dict[str, tuple[str, ...]]] = {c: {} for c in target.qi}
+    for column in target.qi:
+        height = heights.get(column, 2)
+        cells = []
+        for patient in columns[PATIENT]:
+            comp = _composite(per[patient].get(column, ()), height)
+            hierarchy_rows[column].setdefault(comp[0], comp)
+            cells.append(comp[0])
+        columns[column] = cells
+    table = pl.DataFrame(columns, schema={c: pl.String for c in columns})
+    hierarchies = {c: Hierarchy.from_rows(c, rows.values(), "built-in") for c, rows in hierarchy_rows.items()}
+    return PatientTable(table, hierarchies)
+
+
+@dataclass(frozen=True)
+class ReleaseChoice:
+    """What a run chose: ``levels`` per quasi-identifier, the patients to suppress (keyed tokens), and figures
+    for the report (records, suppressed, loss, risk before and after as ``deidpipe risk`` scores them)."""
+
+    levels: dict[str, int]
+    suppressed: frozenset[str]
+    figures: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"levels": self.levels, "suppressed": sorted(self.suppressed), "figures": self.figures}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReleaseChoice:
+        return cls({str(k): int(v) for k, v in data["levels"].items()}, frozenset(data["suppressed"]),
+                   dict(data.get("figures", {})))
+
+
+def choose(rows: Iterable[Mapping[str, Any]], target: ArchiveTarget) -> ReleaseChoice:
+    """The transformation with the least loss that meets ``target`` on the patients of ``rows``, and the
+    patients it suppresses. Raises :class:`deidpipe.risk.generalise.NoTransformation` when none does."""
+    from deidpipe.risk.qi import PATIENT
+    from deidpipe.risk.release import anonymise
+
+    pt = patient_table(rows, target)
+    if pt.table.height == 0:
+        return ReleaseChoice({c: 0 for c in target.qi}, frozenset(), {"patients": 0})
+    released, result = anonymise(pt.table, list(target.qi), pt.hierarchies, target.target, suppressed="drop")
+    # the suppressed patients leave the release whole: the rows "drop" left out
+    suppressed = frozenset(set(pt.table[PATIENT].to_list()) - set(released[PATIENT].to_list()))
+    figures = result.to_dict()
+    figures["patients"] = pt.table.height
+    return ReleaseChoice(dict(result.levels), suppressed, figures)
+
+
+# -- applying the choice to one object ------------------------------------------------------------------------
+def _set_empty_or_delete(ds: Dataset, keyword: str, empty: bool) -> int:
+    if keyword not in ds:
+        return 0
+    if empty:
+        ds[keyword].value = ""
+    else:
+        del ds[keyword]
+    return 1
+
+
+def _dates(ds: Dataset, value: Callable[[str], str]) -> int:
+    """Every DA and DT value of ``ds`` at any depth replaced by ``value(old)``; how many elements changed."""
+    changed = 0
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                changed += _dates(item, value)
+        elif elem.VR in ("DA", "DT") and elem.value not in (None, ""):
+            old = elem.value if isinstance(elem.value, str) else str(elem.value)
+            elem.value = value(old)
+            changed += 1
+    return changed
+
+
+def generalise_dataset(ds: Dataset, target: ArchiveTarget) -> dict[str, int]:
+    """Apply the run's chosen ``target.levels`` to one de-identified object (changed in place); the audit's
+    counts. Raises :class:`RiskError` when no choice was made (a release cannot be written without one)."""
+    if target.levels is None:
+        raise RiskError("no release transformation was chosen for this risk target")
+    levels = dict(target.levels)
+    labellers = _labellers(target)
+    labels = {c: labellers[c](ds) for c in levels}  # read everything before anything changes
+    changed = 0
+    if "age" in levels and labels["age"] is not None:
+        label = labels["age"][levels["age"]]
+        if label == SUPPRESSED:
+            changed += _set_empty_or_delete(ds, "PatientAge", empty=False)
+        else:
+            ds.PatientAge = f"{int(label):03d}Y"
+            changed += 1
+        changed += _set_empty_or_delete(ds, "PatientBirthDate", empty=True)
+    if levels.get("study_year", 0) > 0 and labels["study_year"] is not None:
+        label = labels["study_year"][levels["study_year"]]
+        changed += _dates(ds, (lambda _old: "") if label == SUPPRESSED else (lambda _old: f"{label}0101"))
+    if levels.get("sex", 0) > 0:
+        changed += _set_empty_or_delete(ds, "PatientSex", empty=True)
+    for column, keyword in FILE_COLUMNS.items():
+        if levels.get(column, 0) > 0 and labels[column] is not None:
+            label = labels[column][levels[column]]
+            if label == SUPPRESSED:
+                for kw in (keyword, *_ALSO_REMOVED.get(column, ())):
+                    changed += _set_empty_or_delete(ds, kw, empty=False)
+            else:
+                setattr(ds, keyword, label)
+                changed += 1
+    if levels.get("manufacturer_model", 0) > 0:
+        changed += _set_empty_or_delete(ds, "ManufacturerModelName", empty=False)
+        if levels["manufacturer_model"] > 1:
+            changed += _set_empty_or_delete(ds, "Manufacturer", empty=True)
+    return {ACTION: changed} if changed else {}
