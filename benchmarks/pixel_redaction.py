@@ -5,6 +5,7 @@ coordinate filters (``deid.dicom.pixels``: header-driven regions, no OCR). Same 
 
     python benchmarks/pixel_redaction.py [--count 14] [--seed 0] [--ct-slices 300] [--only NAME] [--verbose]
     python benchmarks/pixel_redaction.py --pydicom    # recall on pydicom's bundled images that carry text
+    python benchmarks/pixel_redaction.py --cines [--rounds 3]   # cines: first frame alone vs the whole cine
 """
 
 from __future__ import annotations
@@ -254,6 +255,147 @@ def pydicom_bundled() -> None:
               f"| {elapsed:.1f} s |", flush=True)
 
 
+def _first_frame(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of ``ds`` with its first frame only (one fragment, or the first frame's bytes), NumberOfFrames 1."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    one = copy.deepcopy(ds)
+    n = int(ds.NumberOfFrames)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        one.PixelData = encapsulate([next(generate_frames(ds.PixelData, number_of_frames=n))])
+    else:
+        one.PixelData = ds.PixelData[:len(ds.PixelData) // n]
+    one.NumberOfFrames = 1
+    return one
+
+
+def _cpu(ds: pydicom.Dataset, options: PixelOptions, rounds: int) -> tuple[float, pydicom.Dataset, object]:
+    """Median CPU seconds (this process, all threads) of ``redact_dataset`` on copies of ``ds``, the crop cache
+    cleared before each round; the last round's output and result."""
+    times = []
+    for _ in range(rounds):
+        _clear_cache()
+        out, source = copy.deepcopy(ds), copy.deepcopy(ds)
+        t0 = time.process_time()
+        result = redact_dataset(out, options, source=source)
+        times.append(time.process_time() - t0)
+    return sorted(times)[len(times) // 2], out, result
+
+
+def _codec_cpu(ds: pydicom.Dataset) -> float:
+    """CPU seconds to decode every frame and write them back (what any path pays for a cine that has text), or
+    NaN where the stage would not write this image."""
+    from deidpipe.pixels.codecs import encode
+
+    out = copy.deepcopy(ds)
+    t0 = time.process_time()
+    try:
+        dec = decode(ds)
+        encode(out, dec, dec.frames.copy())
+    except Exception:  # noqa: BLE001
+        return float("nan")
+    return time.process_time() - t0
+
+
+def _at_fill(after: np.ndarray) -> np.ndarray:
+    """Pixels at the fill value (black for colour, the minimum for grey) in every frame."""
+    if after.ndim == 4:
+        return (after == 0).all(axis=(0, 3))
+    return (after == after.min()).all(axis=0)
+
+
+def _blacked_mask(after: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Pixels changed in any frame (what a path blacked)."""
+    diff = after != before
+    return diff.any(axis=(0, 3)) if diff.ndim == 4 else diff.any(axis=0)
+
+
+def _word_recall(key_file, after: np.ndarray, kinds: tuple[str, ...] = ("phi",)) -> float:
+    """Share of (planted word, frame it shows in) pairs with at least 95% of the word's box at the fill value."""
+    hit = total = 0
+    fill = 0 if after.ndim == 4 else after.min()
+    for w in key_file.words:
+        if w.kind not in kinds:
+            continue
+        x0, y0, x1, y1 = w.box
+        reg = after[w.frames, y0:y1, x0:x1]
+        blk = (reg == fill).all(axis=-1) if after.ndim == 4 else reg == fill
+        share = blk.mean(axis=(1, 2))
+        hit += int((share >= 0.95).sum())
+        total += len(w.frames)
+    return hit / max(total, 1)
+
+
+def cine_table(rounds: int = 3, perframe_rounds: int = 1, seed: int = 0) -> None:
+    """Cines: CPU seconds of the first frame sent alone and of the whole cine (temporal path, and the per-frame path
+    it replaces), in one process with warm models, median of ``rounds``; recall of the temporal path against the
+    per-frame path; share of the frame blacked by each. Files: pydicom's bundled multi-frame images of 8 frames
+    or more, and the synth ultrasound cines."""
+    import os
+
+    from pydicom.data import get_testdata_file
+
+    from deidpipe.pixels.cine import moving_mask, plan_cine
+    from deidpipe.pixels.find import displayed_frames
+    from deidpipe.synth.burned_cine import generate_cine_set
+
+    easyocr_reader()
+    folder = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    objects: list[tuple[str, pydicom.Dataset, object]] = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".dcm"):
+            continue
+        try:
+            ds = pydicom.dcmread(os.path.join(folder, name))
+            if int(ds.get("NumberOfFrames", 1) or 1) >= 8:
+                objects.append((name, ds, None))
+        except Exception:  # noqa: BLE001 - files pydicom ships to test its own error paths
+            continue
+    root = Path(tempfile.mkdtemp(prefix="pixbench-cines-"))
+    key = generate_cine_set(root, seed=seed)
+    objects += [(f"synth {f.variant}", pydicom.dcmread(root / f.path), f) for f in key.files]
+    temporal, perframe = PixelOptions(), PixelOptions(temporal=False)
+    print(f"cines: CPU seconds in one process, warm models, median of {rounds} (per-frame path: {perframe_rounds}); "
+          "crop cache cleared before every round")
+    print("| file | frames | first frame alone | whole cine | ratio | codec: frame / cine | ratio less codec | path "
+          "| per-frame path | recall vs per-frame | blacked: temporal / per-frame |")
+    for name, ds, key_file in objects:
+        before = decode(ds).frames
+        frames8 = displayed_frames(ds, decode(ds))
+        plan = plan_cine(frames8)
+        one = _first_frame(ds)
+        _cpu(one, temporal, 1)  # warm: this object's shapes through every library once
+        _cpu(ds, temporal, 1)
+        first, _, _ = _cpu(one, temporal, rounds)
+        whole, out_t, res_t = _cpu(ds, temporal, rounds)
+        slow, out_p, res_p = _cpu(ds, perframe, perframe_rounds)
+        after_t, after_p = decode(out_t).frames, decode(out_p).frames
+        black_t, black_p = _blacked_mask(after_t, before), _blacked_mask(after_p, before)
+        if key_file is not None:  # planted words, per frame they show in
+            recall = (f"PHI words x frames {_word_recall(key_file, after_t):.3f} (per-frame path "
+                      f"{_word_recall(key_file, after_p):.3f})")
+        else:  # the per-frame path's boxes on static ground (text: the anatomy moves) are blacked too
+            moving = moving_mask(frames8)
+            still = [b for b in res_p.boxes if not moving[b.y0:b.y1, b.x0:b.x1].any()]
+            filled = _at_fill(after_t)  # blacked, or black already: no text there either way
+            shares = [float(filled[b.y0:b.y1, b.x0:b.x1].mean()) for b in still]
+            area = sum(b.area for b in still)
+            recall = (f"pixels of its {len(still)} boxes on static ground "
+                      f"{sum(sh * b.area for sh, b in zip(shares, still, strict=True)) / max(area, 1):.3f} "
+                      f"({sum(sh >= 0.95 for sh in shares)} boxes whole)" if still else "no box on static ground")
+        codec_one = sorted(_codec_cpu(one) for _ in range(rounds))[rounds // 2]
+        codec_all = sorted(_codec_cpu(ds) for _ in range(rounds))[rounds // 2]
+        path = "per-frame (fallback)" if plan is None else (
+            f"temporal: {res_t.cine_windows} windows, {res_t.cine_whole} whole frames, {res_t.passes} passes")
+        written = not (np.isnan(codec_one) or np.isnan(codec_all))
+        codec = f"{codec_one:.3f} / {codec_all:.3f} s" if written else "- (not written)"
+        less = f"{(whole - codec_all) / max(first - codec_one, 1e-6):.1f}x" if written else "-"
+        print(f"| {name} | {before.shape[0]} x {before.shape[1]}x{before.shape[2]} | {first:.3f} s | {whole:.3f} s "
+              f"| {whole / first:.1f}x | {codec} | {less} | {path} | {slow:.2f} s "
+              f"| {recall} | {black_t.mean():.3f} / {black_p.mean():.3f} |", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=14)
@@ -262,7 +404,12 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--ct-slices", type=int, default=300, help="CT series for the no-text overhead (0: skip)")
     ap.add_argument("--pydicom", action="store_true", help="only the table of pydicom's bundled images with text")
+    ap.add_argument("--cines", action="store_true", help="only the cine table: first frame alone vs whole cine")
+    ap.add_argument("--rounds", type=int, default=3, help="--cines: rounds per timing (median)")
     args = ap.parse_args()
+    if args.cines:
+        cine_table(args.rounds, seed=args.seed)
+        return
     if args.pydicom:
         pydicom_bundled()
         return

@@ -19,6 +19,8 @@ from deidpipe.pixels.fills import without_fills
 
 #: Top-hat response (0-255 scale) above which a pixel may belong to a stroke.
 MIN_CONTRAST = 28
+#: Images smaller than this on a side are too small for the screen's kernels (the finder hands them to OCR whole).
+MIN_SIDE = 24
 
 
 @dataclass(frozen=True)

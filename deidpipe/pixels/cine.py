@@ -1,6 +1,6 @@
 """Text in cines (ultrasound loops, XA runs, endoscopy): found on a temporal summary, not frame by frame.
 
-Why: the per-frame finder (:class:`deidpipe.pixels.find._Finder`) costs 40-50 ms of CPU per frame for the stroke
+Why: the per-frame finder (``_Finder`` in :mod:`deidpipe.pixels.find`) costs 40-50 ms of CPU per frame for the stroke
 maps and lines alone, and it runs on every frame of every pass (the first, and each re-check after blacking: up to
 five). In a cine the anatomy moves, so every frame also offers new candidates in the anatomy that no crop cache or
 "verified unchanged" rule can answer: pydicom's 30-frame ``examples_ybr_color.dcm`` took 19-22 CPU-s against
@@ -40,15 +40,13 @@ out in the mean of the frames, not otherwise. Devices draw clocks and counters i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from deidpipe.pixels.candidates import MIN_CONTRAST, Box, merge_boxes
-from deidpipe.pixels.detect import OcrEngine
-from deidpipe.pixels.find import MIN_SIDE, PixelOptions, PixelResult, _Finder, _grow
-from deidpipe.pixels.phi import PhiTerms
+from deidpipe.pixels.candidates import MIN_CONTRAST, MIN_SIDE, Box, merge_boxes
 
 #: Objects with at least this many frames take the temporal path (the synth XA of 4 frames does not).
 CINE_MIN_FRAMES = 8
@@ -176,25 +174,23 @@ def _shifted(b: Box, dx: int, dy: int) -> Box:
     return Box(b.x0 + dx, b.y0 + dy, b.x1 + dx, b.y1 + dy)
 
 
-def find_text_cine(frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, terms: PhiTerms | None,
-                   result: PixelResult, skip: list[Box]) -> list[Box] | None:
-    """Text boxes of a cine (as :func:`deidpipe.pixels.find.find_text`: grown by the margin, merged, each for
-    every frame), or None when the cine is to be checked frame by frame (:func:`plan_cine`)."""
+#: The full detector over a stack of images of one size: the text boxes found in any of them (image coordinates),
+#: candidates inside the known regions given not sent to OCR.
+Look = Callable[[np.ndarray, list[Box]], list[Box]]
+
+
+def text_in_cine(frames8: np.ndarray, skip: list[Box], look: Look) -> tuple[list[Box], CinePlan] | None:
+    """The text boxes of a cine (frame coordinates, each for every frame, not yet grown by the margin) and the plan
+    they were found by, or None when the cine is to be checked frame by frame (:func:`plan_cine`). ``look`` is
+    the detector (:func:`deidpipe.pixels.find.find_text` passes the per-frame finder); ``skip`` are the known
+    regions."""
     plan = plan_cine(frames8)
     if plan is None:
         return None
-    result.cine_passes += 1
-    result.cine_windows += len(plan.windows)
-    result.cine_whole += len(plan.whole)
     images = np.concatenate([plan.summary[None], frames8[plan.whole]]) if plan.whole else plan.summary[None]
-    finder = _Finder(images, options, engine, terms, result)
-    text: list[Box] = []
-    for k in range(images.shape[0]):
-        text += finder.frame(k, skip)
+    text = look(images, skip)
     for k, win in plan.windows:
         crop = np.ascontiguousarray(frames8[k, win.y0:win.y1, win.x0:win.x1])
         local = [_shifted(s, -win.x0, -win.y0) for s in skip]
-        found = _Finder(crop[None], options, engine, terms, result).frame(0, local)
-        text += [_shifted(b, win.x0, win.y0) for b in found]
-    shape = frames8.shape[1:3]
-    return merge_boxes([_grow(b, options.margin, shape) for b in text], gap=0)
+        text += [_shifted(b, win.x0, win.y0) for b in look(crop[None], local)]
+    return text, plan

@@ -25,6 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from deidpipe.pixels.candidates import (
+    MIN_SIDE,
     Box,
     StrokeMaps,
     fit_strokes,
@@ -33,6 +34,7 @@ from deidpipe.pixels.candidates import (
     text_screen,
     to_uint8,
 )
+from deidpipe.pixels.cine import text_in_cine
 from deidpipe.pixels.codecs import Decoded, PixelDecodeError, decode, has_pixels, native_view
 from deidpipe.pixels.detect import EasyOcrEngine, OcrEngine
 from deidpipe.pixels.fills import darkest, without_fills
@@ -47,7 +49,6 @@ from deidpipe.policy import Policy
 #: Modalities whose images often carry burned-in text.
 TEXT_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC", "ECG", "OP"})
 ANNOTATED_MODALITIES = frozenset({"DX", "CR", "MG", "PX", "IO"})
-MIN_SIDE = 24  # smaller images are handed to OCR whole (unless uniform): too small for the screen
 CROP_PAD = 4
 _CACHE_SIZE = 2048
 
@@ -345,18 +346,21 @@ def find_text(frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, ter
               result: PixelResult, skip: list[Box]) -> list[Box]:
     """Text boxes in 8-bit displayed frames (``(frames, rows, cols[, 3])``), each grown by the margin and merged
     where they overlap; candidates inside ``skip`` (known regions) are not sent to OCR. Counts go to ``result``.
-    A cine (``options.temporal``, enough frames) is searched on its temporal summary (:mod:`deidpipe.pixels.cine`)
-    unless that module finds it must be searched frame by frame."""
-    if options.temporal and frames8.shape[0] > 1:
-        from deidpipe.pixels.cine import find_text_cine
+    A cine (``options.temporal``, enough frames) is searched on its temporal summary and in windows where its
+    frames change (:mod:`deidpipe.pixels.cine`), unless that module finds it must be searched frame by frame."""
 
-        found = find_text_cine(frames8, options, engine, terms, result, skip)
-        if found is not None:
-            return found
-    finder = _Finder(frames8, options, engine, terms, result)
-    text: list[Box] = []
-    for k in range(frames8.shape[0]):
-        text += finder.frame(k, skip)
+    def look(images: np.ndarray, skip: list[Box]) -> list[Box]:
+        finder = _Finder(images, options, engine, terms, result)
+        return [b for k in range(images.shape[0]) for b in finder.frame(k, skip)]
+
+    cine = text_in_cine(frames8, skip, look) if options.temporal else None
+    if cine is None:
+        text = look(frames8, skip)
+    else:
+        text, plan = cine
+        result.cine_passes += 1
+        result.cine_windows += len(plan.windows)
+        result.cine_whole += len(plan.whole)
     shape = frames8.shape[1:3]
     return merge_boxes([_grow(b, options.margin, shape) for b in text], gap=0)
 

@@ -6,7 +6,7 @@ and device labels), in several Hershey fonts, sizes and contrasts, at corners, i
 grey and RGB, single and multi-frame, uncompressed, RLE, JPEG baseline (YBR), JPEG 2000 lossless and deflate.
 ``burned_key.json`` lists, per file, every word's text, kind (``phi`` or ``label``), box and frames.
 ``generate_archive(..., burned_text=True)`` adds such images for every synthetic patient. Ultrasound cines (32
-frames, a clock that changes every few frames) are made only where asked: ``variants=CINE_VARIANTS``.
+frames, a clock that changes every few frames) are made only where asked: :mod:`deidpipe.synth.burned_cine`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -254,17 +255,10 @@ def _jpeg_baseline(ds: Dataset, arr: np.ndarray) -> None:
 
 VARIANTS = ("us_grey", "sc_rgb_jpeg", "xa_multiframe_rle", "dx_16bit_j2k", "us_small", "es_rgb_rotated_deflate",
             "ct_no_text")
-#: Ultrasound cines of 32 frames (:mod:`deidpipe.synth.burned_cine`): made only where asked (``variants=``), never
-#: by default, so archives and default sets stay as they were.
-CINE_VARIANTS = ("us_cine", "us_cine_jpeg")
 
 
 def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed: str) -> tuple[Dataset, BurnedFile]:
     """One image of ``variant`` with ``person``'s values in its header and pixels."""
-    if variant in CINE_VARIANTS:
-        from deidpipe.synth.burned_cine import make_cine
-
-        return make_cine(variant, person, rng, uid_seed)
     gen = np.random.default_rng(rng.getrandbits(32))
     words: list[BurnedWord] = []
     n_frames = 1
@@ -325,10 +319,16 @@ def make_image(variant: str, person: BurnedPerson, rng: random.Random, uid_seed:
     return ds, BurnedFile("", variant, str(ds.file_meta.TransferSyntaxUID), n_frames, words)
 
 
+#: Draws one image: (variant, person, rng, uid seed) -> (dataset, key entry).
+Maker = Callable[[str, BurnedPerson, random.Random, str], tuple[Dataset, BurnedFile]]
+
+
 def generate_burned_set(out_dir: Path, *, count: int = 14, seed: int = 0,
                         variants: tuple[str, ...] = VARIANTS, people: list[BurnedPerson] | None = None,
-                        prefix: str = "") -> BurnedKey:
-    """Write ``count`` images cycling through ``variants`` and their ``burned_key.json``; return the key."""
+                        prefix: str = "", make: Maker | None = None) -> BurnedKey:
+    """Write ``count`` images cycling through ``variants`` and their ``burned_key.json``; return the key. ``make``
+    draws one image (default :func:`make_image`; :func:`deidpipe.synth.burned_cine.generate_cine_set` passes the
+    cine maker)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = BurnedKey(seed)
@@ -336,7 +336,7 @@ def generate_burned_set(out_dir: Path, *, count: int = 14, seed: int = 0,
         rng = random.Random(f"deidpipe.synth.burned/{seed}/{prefix}{i}")
         person = people[i % len(people)] if people else BurnedPerson.random(rng)
         variant = variants[i % len(variants)]
-        ds, entry = make_image(variant, person, rng, f"{seed}/{prefix}{i}")
+        ds, entry = (make or make_image)(variant, person, rng, f"{seed}/{prefix}{i}")
         entry.path = f"{prefix}{i:03d}_{variant}.dcm"
         ds.save_as(out_dir / entry.path, enforce_file_format=True)
         key.files.append(entry)

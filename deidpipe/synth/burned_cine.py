@@ -4,19 +4,20 @@ name, ID, dates, institution, labels, a dark word over the anatomy) and a clock 
 The clock is PHI-like (a time of day), drawn in the margin beside the sector, and each of its values is its own
 ground-truth word with the frames it shows in, so recall can be measured frame by frame. Variants (generated only
 where asked: :data:`deidpipe.synth.burned.VARIANTS`, which archives and default sets cycle through, does not name
-them, so no existing synth output changes):
+them, so no existing synth output changes; :func:`generate_cine_set` makes them):
 
 * ``us_cine``: 32 grey 8-bit frames, uncompressed;
 * ``us_cine_jpeg``: the same drawn in colour (a tinted sector, yellow text) and written as JPEG baseline YBR, one
   fragment per frame, as echo cines often are (lossy noise on the static text too).
 
-    generate_burned_set(out, count=2, variants=CINE_VARIANTS)
+    generate_cine_set(out, count=2)   # one of each, and their burned_key.json
 """
 
 from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,13 +29,16 @@ from deidpipe.synth.burned import (
     FONTS,
     US_MULTIFRAME,
     BurnedFile,
+    BurnedKey,
     BurnedPerson,
     BurnedWord,
     _burn,
     _Canvas,
     _header,
+    generate_burned_set,
 )
 
+CINE_VARIANTS = ("us_cine", "us_cine_jpeg")
 CINE_FRAMES = 32
 #: The clock's seconds advance every this many frames.
 CLOCK_PERIOD = 8
@@ -99,7 +103,7 @@ def make_cine(variant: str, person: BurnedPerson, rng: random.Random, uid_seed: 
               n_frames: int = CINE_FRAMES) -> tuple[Dataset, BurnedFile]:
     """One ultrasound cine of ``variant`` (``us_cine`` or ``us_cine_jpeg``) with ``person``'s values in its
     header and pixels."""
-    if variant not in ("us_cine", "us_cine_jpeg"):
+    if variant not in CINE_VARIANTS:
         raise ValueError(f"unknown cine variant {variant}")
     gen = np.random.default_rng(rng.getrandbits(32))
     h, w = _SIZE
@@ -149,3 +153,10 @@ def _jpeg_frames(ds: Dataset, rgb: np.ndarray) -> None:
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
+
+
+def generate_cine_set(out_dir: Path, *, count: int = len(CINE_VARIANTS), seed: int = 0,
+                      variants: tuple[str, ...] = CINE_VARIANTS) -> BurnedKey:
+    """Write ``count`` cines cycling through ``variants`` and their ``burned_key.json``
+    (:func:`deidpipe.synth.burned.generate_burned_set` with the cine maker); return the key."""
+    return generate_burned_set(out_dir, count=count, seed=seed, variants=variants, make=make_cine)

@@ -22,13 +22,14 @@ from deidpipe.pixels.candidates import StrokeMaps
 from deidpipe.pixels.cine import CINE_MIN_FRAMES, moving_mask, plan_cine
 from deidpipe.pixels.fills import without_fills
 from deidpipe.pixels.lines import text_lines
-from deidpipe.synth.burned import CINE_VARIANTS, BurnedKey, generate_burned_set
+from deidpipe.synth.burned import BurnedKey
+from deidpipe.synth.burned_cine import CINE_VARIANTS, generate_cine_set
 
 
 @pytest.fixture(scope="module")
 def cines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BurnedKey]:
     root = tmp_path_factory.mktemp("cines")
-    return root, generate_burned_set(root, count=len(CINE_VARIANTS), seed=5, variants=CINE_VARIANTS)
+    return root, generate_cine_set(root, seed=5)
 
 
 def _blacked_per_frame(after: np.ndarray, box: list[int], frames: list[int]) -> float:
