@@ -33,9 +33,10 @@ Boxes apply to every frame, as on the per-frame path. Re-checks after blacking r
 blacked frames (a summary and a few windows, not every frame again), and ``scan`` calls it too, so ``scan`` after
 ``run`` sees what ``run``'s last pass saw.
 
-What it does not see: text that changes while it lies on moving anatomy (it joins the anatomy's region). Static
-text there is in the mean image; a label that appears over the anatomy in a few frames only is found when it stands
-out in the mean of the frames, not otherwise. Devices draw clocks and counters in the margins.
+What it does not see: text that changes while it lies on moving anatomy, or within :data:`JOIN` pixels of it (it
+joins the anatomy's region). Static text there is in the mean image; a label that appears over the anatomy in a few
+frames only is found when it stands out in the mean of the frames, not otherwise. Devices draw clocks and counters
+in the margins.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def moving_mask(frames8: np.ndarray) -> np.ndarray:
 
 def _window(region: Box, shape: tuple[int, int]) -> Box:
     """A change region with its context: :data:`CONTEXT` across the line, :data:`ALONG` times its height along it
-    (a column of rotated text runs along y), at least :data:`~deidpipe.pixels.find.MIN_SIDE` on each side."""
+    (a column of rotated text runs along y), at least :data:`~deidpipe.pixels.candidates.MIN_SIDE` on each side."""
     h, w = shape
     size = min(region.width, region.height)
     along = CONTEXT + ALONG * size
@@ -141,7 +142,7 @@ def plan_cine(frames8: np.ndarray) -> CinePlan | None:
     if not moving.any():
         return plan
     joined = cv2.dilate(moving.astype(np.uint8), np.ones((JOIN, JOIN), np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     limit = _text_height((h, w)) + JOIN - 1
     anatomy = 0
     for x, y, bw, bh, area in stats[1:]:

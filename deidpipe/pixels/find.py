@@ -11,7 +11,8 @@ reads) what is in doubt. Every detector sees the frame with its solid fills take
 (:func:`deidpipe.pixels.fills.without_fills`): a blacked box and its edges are never text. In a multi-frame
 object a later frame sends to OCR only candidates that are not already covered by text whose pixels are verified
 unchanged, and crops seen before (the same banner on every image of a series) are answered from a per-process
-cache.
+cache. A cine (8 frames or more) is searched on its temporal summary and in windows where its frames change
+(:mod:`deidpipe.pixels.cine`), not frame by frame.
 """
 
 from __future__ import annotations
