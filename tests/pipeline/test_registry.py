@@ -13,6 +13,7 @@ from deidpipe.pipeline.contract import SCOPE_OBJECT, SCOPE_SERIES, SeriesFacts, 
 from deidpipe.pipeline.registry import STAGES, needed_stages, needs_whole_series, stage_named
 from deidpipe.pixels.stage import PIXEL_TEXT
 from deidpipe.policy import Policy
+from deidpipe.risk.stage import RISK
 
 
 def facts(modality: str = "CT", size: int | None = 256, hint: str | None = None, n: int = 3) -> SeriesFacts:
@@ -20,11 +21,11 @@ def facts(modality: str = "CT", size: int | None = 256, hint: str | None = None,
 
 
 def test_the_registry_is_one_list_of_each_packages_stage():
-    assert STAGES == [HEADER, PIXEL_TEXT, DEFACE]
-    assert [s.name for s in STAGES] == ["header", "pixel_text", "deface"]
+    assert STAGES == [HEADER, RISK, PIXEL_TEXT, DEFACE]
+    assert [s.name for s in STAGES] == ["header", "risk", "pixel_text", "deface"]
     assert all(stage_named(s.name) is s for s in STAGES)
-    assert [(s.scope, s.needs_source) for s in STAGES] == [(SCOPE_OBJECT, False), (SCOPE_OBJECT, True),
-                                                           (SCOPE_SERIES, True)]
+    assert [(s.scope, s.needs_source) for s in STAGES] == [(SCOPE_OBJECT, False), (SCOPE_OBJECT, False),
+                                                           (SCOPE_OBJECT, True), (SCOPE_SERIES, True)]
 
 
 @pytest.mark.parametrize(("series", "policy", "expected"), [
@@ -35,6 +36,8 @@ def test_the_registry_is_one_list_of_each_packages_stage():
     (facts(modality="US"), Policy.basic(), ("header", "pixel_text")),
     (facts(size=16), Policy.basic(), ("header", "pixel_text")),  # too small to hold a face
     (facts(), Policy.basic(pixels="off", deface="off"), ("header",)),
+    # a release risk target: every object, right after the header
+    (facts(size=None), Policy.from_mapping({"risk_target": {"k": 5}}), ("header", "risk")),
 ])
 def test_needed_stages_from_the_index_facts(series, policy, expected):
     assert needed_stages(series, policy) == expected
