@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: dicom3tools gives dciodvfy (validates output against the IODs), dcmtk gives a real peer,
-# chromium renders the scan's HTML report in tests/scan/test_scan.py (headless screenshot).
-APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium orthanc orthanc-dicomweb
+# chromium renders the scan's HTML report in tests/scan/test_scan.py (headless screenshot); libgdcm-tools gives
+# gdcmanon, GDCM's anonymizer, which benchmarks/header_throughput.py measures beside deidpipe.
+APT_PACKAGES := dicom3tools dcmtk tesseract-ocr chromium orthanc orthanc-dicomweb libgdcm-tools
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench docs clean apt
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 apt:
-	@missing=""; for t in dciodvfy dcmdump tesseract chromium Orthanc; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in dciodvfy dcmdump tesseract chromium Orthanc gdcmanon; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \

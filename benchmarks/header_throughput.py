@@ -6,8 +6,9 @@
 Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, half full 512x512; ``--small``: all
 128x128), then runs, each in its own process on the same files: deidpipe with 1 worker and with all cores,
 deidpipe as a portal script calls it (``deidpipe-lib``: torch and presidio loaded, then ``deidpipe.run``
-under a guard), pydicom/deid with its packaged recipe, dicognito, Kitware's dicom-anonymizer, and the floor
-(pydicom read + write, no changes). Prints files/s, MB/s and the peak memory of the tool's whole process tree
+under a guard), pydicom/deid with its packaged recipe, dicognito, Kitware's dicom-anonymizer, GDCM's C++
+``gdcmanon -e`` (Debian libgdcm-tools; Basic Profile, the originals encrypted for a certificate; always its whole
+process), and the floor (pydicom read + write, no changes). Prints files/s, MB/s and the peak memory of the tool's whole process tree
 (RSS sampled every 50 ms; PSS, which is costly to read, when RSS has grown and at least every second).
 
 By default a tool's time is its work inside its process (imports and interpreter start-up excluded).
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 KEY = "benchmark-secret-0123456789abcdef"
-TOOLS = ["floor", "deidpipe-1", "deidpipe-all", "deidpipe-lib", "deid", "dicognito", "dicom-anonymizer"]
+TOOLS = ["floor", "deidpipe-1", "deidpipe-all", "deidpipe-lib", "deid", "dicognito", "dicom-anonymizer", "gdcmanon"]
 
 #: ``deidpipe-lib``: deidpipe as a research portal calls it, from a script of its own that loads torch and
 #: presidio and runs torch (its OpenMP pool started) at its top level, then calls ``deidpipe.run`` under a
@@ -116,7 +117,26 @@ def cli_command(tool: str, corpus: Path, out: Path, scratch: Path) -> list[str] 
     if tool == "dicognito":
         # ``python -m``: the console script of dicognito 0.19 calls main() without its argument list.
         return [sys.executable, "-m", "dicognito", "--quiet", "--output-directory", str(out), str(corpus)]
+    if tool == "gdcmanon":
+        # GDCM's C++ anonymizer (Debian libgdcm-tools), Basic Profile mode: the originals it changes are encrypted
+        # into the Encrypted Attributes Sequence (0400,0500) for a certificate, as deidpipe's reversible option.
+        return ["gdcmanon", "-e", "-c", str(_certificate(scratch)), "--continue", "-r", "-i", str(corpus),
+                "-o", str(out)]
     return None
+
+
+#: Tools that are only a command line (no Python loop to run them in this script).
+CLI_ONLY = {"gdcmanon"}
+
+
+def _certificate(scratch: Path) -> Path:
+    """A self-signed RSA certificate for gdcmanon -e (made once per scratch folder)."""
+    cert = scratch / "gdcmanon-cert.pem"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=deidpipe-bench", "-keyout", str(scratch / "gdcmanon-key.pem"), "-out", str(cert)],
+                       check=True, capture_output=True)
+    return cert
 
 
 def precompile_deidpipe() -> None:
@@ -237,7 +257,7 @@ def measure(tool: str, corpus: Path, scratch: Path, whole: bool = False) -> dict
     # so no tool pays for the disk writes of the one before it.
     os.sync()
     env = dict(os.environ, DEIDPIPE_KEY=KEY, PYTHONWARNINGS="ignore")
-    command = cli_command(tool, corpus, out, scratch) if whole else None
+    command = cli_command(tool, corpus, out, scratch) if whole or tool in CLI_ONLY else None
     if command is None:
         command = [sys.executable, __file__, "--tool", tool, str(corpus), str(out)]
     else:
@@ -287,7 +307,7 @@ def measure(tool: str, corpus: Path, scratch: Path, whole: bool = False) -> dict
         result = {"seconds": wall, "files": written}
         if tool.startswith("deidpipe"):
             result["workers"] = int(command[command.index("--workers") + 1])
-    if whole:
+    if whole or tool in CLI_ONLY:
         result["seconds"] = wall
         result["cli"] = command[1:2] != [__file__] and tool != "deidpipe-lib"
     result.update(tool=tool, peak_mb=peak / 2**20, peak_pss_mb=peak_pss / 2**20, written=written, cpu_s=cpu)
@@ -343,6 +363,9 @@ def table(results: list[dict], nbytes: int, nfiles: int, whole: bool = False) ->
         speed = per_file(dicognito) / per_file(by["deidpipe-all"])
         what = "whole process" if whole else "files/s"
         lines.append(f"\ndeidpipe (all cores) vs dicognito: {speed:.2f}x ({what}; target >= 5x)")
+    if {"deidpipe-all", "gdcmanon"} <= by.keys():
+        speed = per_file(by["gdcmanon"]) / per_file(by["deidpipe-all"])
+        lines.append(f"deidpipe (all cores) vs gdcmanon -e: {speed:.2f}x (target >= 1x)")
     if {"deidpipe-lib", "deidpipe-all"} <= by.keys():
         lib, cli = by["deidpipe-lib"], by["deidpipe-all"]
         index = f"; index pass {lib['index_s']:.2f} s" if "index_s" in lib else ""

@@ -228,8 +228,8 @@ class Policy:
             if name in data:
                 settings[name] = _flag(data, name)
         if data.get("risk_target") is not None:
-            from deidpipe.risk.target import ArchiveTarget
             from deidpipe.risk.errors import RiskError
+            from deidpipe.risk.target import ArchiveTarget
 
             try:
                 settings["risk_target"] = ArchiveTarget.from_mapping(data["risk_target"], base_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,14 @@ from pydicom.data import get_testdata_file
 
 from deidpipe.dicomio import read_dataset
 from deidpipe.keys import ProjectKey
+from deidpipe.pipeline.executors import ITK_THREADS_ENV
+
+# ``make test`` runs one xdist worker per core, and the tests that deface or read text in their own process are
+# pool workers of a kind: each gets its share of the cores for ITK and torch, as deidpipe's own pool workers do
+# (deidpipe.pipeline.executors.share_cores_with_itk). Two threads each on two cores only cost CPU in spinning.
+_SHARE = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault(ITK_THREADS_ENV, _SHARE)
+os.environ.setdefault("DEIDPIPE_TORCH_THREADS", _SHARE)
 
 
 @pytest.fixture(scope="session")

@@ -46,13 +46,14 @@ def deid_file(
     """De-identify one DICOM file's header."""
     from deidpipe.dicomio import encode_dataset, read_dataset
     from deidpipe.durable import atomic_write
-    from deidpipe.header.engine import deidentify
+    from deidpipe.header.engine import deidentify, refuse_risk_target
 
     try:
         policy = policy_from_cli(policy_file, option, strict)
         key = ProjectKey.load(key_file)
         if dst.resolve() == src.resolve():
             raise DeidError("refusing to overwrite the input file")
+        refuse_risk_target(policy, "deid-file")
         result = deidentify(read_dataset(src), policy, key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dst, encode_dataset(result.dataset))  # a failed write leaves no partial file beside dst

@@ -31,7 +31,7 @@ from deidpipe.dicomio.completeness import INCOMPLETE_ACTION, pixel_data_problem
 from deidpipe.dicomio.write import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from deidpipe.documents import is_document, skip_document
 from deidpipe.documents.redact import redact_into
-from deidpipe.errors import DeidError, InputError
+from deidpipe.errors import DeidError, InputError, PolicyError
 from deidpipe.header.actions import clean_character_set, is_uid_text
 from deidpipe.header.context import ScrubContext, sop_class_of
 from deidpipe.header.walk import scrub_dataset
@@ -245,5 +245,16 @@ def _deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
 
 
 def deidentify_dataset(ds: Dataset, policy: Policy | None = None, key: ProjectKey | None = None) -> FileDataset:
-    """De-identify one data set; the policy defaults to the Basic Profile, the key to the environment."""
-    return deidentify(ds, policy or Policy.basic(), key or ProjectKey.from_env()).dataset
+    """De-identify one data set; the policy defaults to the Basic Profile, the key to the environment. A policy
+    with a risk target is refused (:func:`refuse_risk_target`)."""
+    policy = policy or Policy.basic()
+    refuse_risk_target(policy, "deidentify_dataset")
+    return deidentify(ds, policy, key or ProjectKey.from_env()).dataset
+
+
+def refuse_risk_target(policy: Policy, where: str) -> None:
+    """A release's risk target is chosen over a whole archive (``deidpipe run``): one object alone would be
+    written with its quasi-identifiers exact. Raises :class:`PolicyError` when ``policy`` has one."""
+    if policy.risk_target is not None:
+        raise PolicyError(f"{where}: the policy's risk_target needs the whole archive (deidpipe run / "
+                          "deidpipe.run); one object cannot be released to a risk target")

@@ -20,9 +20,9 @@ def with_max_risk(policy: Policy, max_risk: float) -> Policy:
     quasi-identifier and a 5% suppression limit unless the policy's section says otherwise)."""
     import dataclasses
 
-    from deidpipe.risk.target import ArchiveTarget
     from deidpipe.risk.errors import RiskError
     from deidpipe.risk.generalise import Target
+    from deidpipe.risk.target import ArchiveTarget
 
     try:
         if policy.risk_target is None:
@@ -101,6 +101,11 @@ def run_command(
         typer.echo(f"deidpipe run: internal error\n{crash_report(exc)}", err=True)
         raise typer.Exit(3) from None
     print_summary(report)
+    if report.release is not None and not report.release.get("as_written", {}).get("met", True):
+        typer.echo("the release as written does not meet its risk target: objects quarantined after the choice "
+                   "left classes smaller than it counted (see _deidpipe/release.json); do not share it as it is",
+                   err=True)
+        raise typer.Exit(1)
     if report.quarantined:
         typer.echo(
             f"{report.quarantined} object(s) quarantined: records in {report.dst / 'quarantine'}", err=True

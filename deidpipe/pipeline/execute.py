@@ -248,19 +248,21 @@ def _new_work(item: ExecItem, ctx: WorkContext) -> _Work:
                  budget=Budget(ctx.object_budget_s))
 
 
-_RELEASED: dict[tuple[int, tuple[tuple[str, int], ...]], WorkContext] = {}
+#: The last context given levels: (the context it came from, the levels, the context with them). The original
+#: is held, and compared by identity, so that a later run's context can never be taken for it.
+_RELEASED: tuple[WorkContext, tuple[tuple[str, int], ...], WorkContext] | None = None
 
 
 def _with_levels(ctx: WorkContext, levels: tuple[tuple[str, int], ...] | None) -> WorkContext:
     """``ctx`` with the release's chosen levels in its policy's risk target (one copy per worker and choice)."""
+    global _RELEASED
     if levels is None or ctx.policy.risk_target is None:
         return ctx
-    slot = (id(ctx), levels)
-    if slot not in _RELEASED:
+    if _RELEASED is None or _RELEASED[0] is not ctx or _RELEASED[1] != levels:
         target = ctx.policy.risk_target.with_levels(dict(levels))
-        _RELEASED.clear()  # one run's choice at a time
-        _RELEASED[slot] = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, risk_target=target))
-    return _RELEASED[slot]
+        policy = dataclasses.replace(ctx.policy, risk_target=target)
+        _RELEASED = (ctx, levels, dataclasses.replace(ctx, policy=policy))
+    return _RELEASED[2]
 
 
 def exec_task(ctx: WorkContext, task: ExecTask) -> list[ObjectResult]:

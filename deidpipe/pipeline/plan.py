@@ -185,18 +185,20 @@ class Plan:
     def decided(self) -> list[ObjectResult]:
         return self._decided
 
-    def suppress(self, object_ids: set[str] | frozenset[str], reason: str) -> list[ObjectResult]:
-        """Set aside these objects (not written, status ``skipped`` at stage ``risk``: a release's risk target
-        suppressed their patients); returns their results, as :meth:`decided` would."""
+    def set_aside(self, object_ids: set[str] | frozenset[str], reason: str, *, quarantine: bool = False) -> None:
+        """Decide these objects now (stage ``risk``): ``skipped`` (a release's risk target suppressed their
+        patients), or quarantined (they could not be counted for it); they join :meth:`decided`."""
         import polars as pl
 
         if not object_ids:
-            return []
+            return
         chosen = pl.col("object_id").is_in(sorted(object_ids))
-        before = len(self._decided)
-        self._decide_skipped(self._todo.filter(chosen).with_columns(reason=pl.lit(reason)), stage="risk")
+        rows = self._todo.filter(chosen).with_columns(reason=pl.lit(reason))
+        if quarantine:
+            self._decide_invalid(rows, stage="risk")
+        else:
+            self._decide_skipped(rows, stage="risk")
         self._todo = self._todo.filter(~chosen)
-        return self._decided[before:]
 
     # -- work ---------------------------------------------------------------------------------------------
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -149,7 +149,7 @@ def summary_table(report: RunReport) -> Table:
     return table
 
 
-def _release_rows(figures: dict | None) -> list[tuple[str, str]]:
+def _release_rows(figures: dict[str, Any] | None) -> list[tuple[str, str]]:
     """A risk target's figures: the levels chosen, the patients suppressed, the risk before and after."""
     if not figures:
         return []
@@ -162,6 +162,10 @@ def _release_rows(figures: dict | None) -> list[tuple[str, str]]:
         rows.append(("risk target: highest / average risk",
                      f"{before['highest_risk']:.3f} / {before.get('success_rate', 0):.3f} -> "
                      f"{after['highest_risk']:.3f} / {after.get('success_rate', 0):.3f}"))
+    written = figures.get("as_written")
+    if written is not None:
+        rows.append(("risk target: met by the release as written",
+                     "yes" if written.get("met") else "NO (objects quarantined after the choice)"))
     return rows
 
 

@@ -46,6 +46,7 @@ from deidpipe.pipeline.index import KIND_INVALID, KIND_REJECTED, MANIFEST_SCHEMA
 from deidpipe.pipeline.plan import ExecItem, ExecTask, Plan
 from deidpipe.pipeline.progress import Reporter
 from deidpipe.pipeline.registry import needs_whole_series
+from deidpipe.pipeline.release import Release
 from deidpipe.pipeline.report import RunReport
 from deidpipe.pipeline.sink import (
     CONTROL_DIR,
@@ -305,19 +306,21 @@ class Run:
                         "%d quarantine records were rewritten", repaired, len(rewritten))
         return done
 
-    def _release(self, spec: SourceSpec, plan: Plan, executor: Any,
-                 report: RunReport) -> tuple[tuple[str, int], ...]:
-        """Choose the release's transformation (:mod:`deidpipe.pipeline.release`), set aside the objects of the
-        patients it suppresses (decided now, as ``skipped``), and return the levels every task applies."""
-        from deidpipe.pipeline.release import choose_release
+    def _release(self, spec: SourceSpec, plan: Plan, executor: Any, manifest: Path,
+                 finished: dict[str, ObjectResult]) -> Release:
+        """Choose the release's transformation (:mod:`deidpipe.pipeline.release`) and set aside, decided now,
+        the objects of the patients it suppresses (``skipped``) and those it could not count (quarantined)."""
+        from deidpipe.pipeline.release import UNCOUNTED_REASON, choose_release
         from deidpipe.risk.archive import SUPPRESSED_REASON
 
         tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
-        release = choose_release(self.policy, self.state.root, self.dst, resume=self.resume, executor=executor,
-                                 tasks=tasks, objects=plan.todo_count, reporter=self.reporter)
-        plan.suppress(release.suppressed_objects, SUPPRESSED_REASON)
-        report.release = release.figures
-        return release.level_tuple
+        written_before = sum(r.status == STATUS_WRITTEN for r in finished.values())
+        release = choose_release(self.policy, self.state.root, manifest, resume=self.resume,
+                                 written_before=written_before, executor=executor, tasks=tasks,
+                                 objects=plan.todo_count, reporter=self.reporter)
+        plan.set_aside(release.suppressed_objects, SUPPRESSED_REASON)
+        plan.set_aside(release.uncounted_objects, UNCOUNTED_REASON, quarantine=True)
+        return release
 
     # -- the run ----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[ObjectResult]:
@@ -337,13 +340,15 @@ class Run:
             report.index_s = t_indexed - t_start
             plan = Plan(manifest, set(finished), dedupe_instances=self.layout == LAYOUT_PSEUDONYM,
                         chunk=self.chunk, policy=self.policy)
-            levels = None
+            release = None
             if self.policy.risk_target is not None:
-                levels = self._release(spec, plan, executor, report)
+                release = self._release(spec, plan, executor, manifest, finished)
+            written: list[str] = []  # object ids in the release (a risk target's check of what was written)
             for oid in plan.resumed_ids:
                 r = finished[oid]
                 r.resumed = True
                 report.add(r)
+                written += [oid] if r.status == STATUS_WRITTEN else []
                 yield r
             decided = plan.decided()
             self._record(journal, decided)
@@ -352,14 +357,21 @@ class Run:
                 yield r
             self.reporter.start("de-identify", plan.todo_count)
             tasks = plan.tasks() if spec.random_access else self._stream_tasks(spec, plan)
+            levels = release.level_tuple if release is not None else None
             for _, results in deidentify(_with_levels(tasks, levels), executor):
                 self._record(journal, results)
                 self.reporter.advance(len(results), sum(r.status == STATUS_QUARANTINED for r in results))
                 for r in results:
                     report.add(r)
+                    written += [r.object_id] if r.status == STATUS_WRITTEN else []
                     yield r
             self.reporter.finish()
             report.execute_s = time.monotonic() - t_indexed
+            if release is not None:
+                from deidpipe.pipeline.release import publish_release
+
+                publish_release(release, self.policy, self.dst, written)
+                report.release = release.figures
         finally:
             self.reporter.finish()
             journal.close()

@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from deidpipe.pixels.candidates import MIN_CONTRAST, MIN_SIDE, Box, merge_boxes
+from deidpipe.pixels.lines import letter_limit
 
 #: Objects with at least this many frames take the temporal path (the synth XA of 4 frames does not).
 CINE_MIN_FRAMES = 8
@@ -86,9 +87,6 @@ class CinePlan:
     anatomy_share: float = 0.0
 
 
-def _text_height(shape: tuple[int, int]) -> int:
-    """The tallest letters the line finder chains (as :func:`deidpipe.pixels.lines.text_lines`)."""
-    return int(max(12, min(64, 0.2 * min(shape))))
 
 
 def summary_image(frames8: np.ndarray) -> np.ndarray:
@@ -143,7 +141,7 @@ def plan_cine(frames8: np.ndarray) -> CinePlan | None:
         return plan
     joined = cv2.dilate(moving.astype(np.uint8), np.ones((JOIN, JOIN), np.uint8))
     _, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    limit = _text_height((h, w)) + JOIN - 1
+    limit = letter_limit((h, w)) + JOIN - 1
     anatomy = 0
     for x, y, bw, bh, area in stats[1:]:
         if min(bw, bh) > limit:
@@ -177,7 +175,8 @@ def _shifted(b: Box, dx: int, dy: int) -> Box:
 
 #: The full detector over a stack of images of one size: the text boxes found in any of them (image coordinates),
 #: candidates inside the known regions given not sent to OCR.
-Look = Callable[[np.ndarray, list[Box]], list[Box]]
+#: The detector: (images, known regions, the tallest letters to chain or None for each image's own limit) -> boxes.
+Look = Callable[[np.ndarray, list[Box], "int | None"], list[Box]]
 
 
 def text_in_cine(frames8: np.ndarray, skip: list[Box], look: Look) -> tuple[list[Box], CinePlan] | None:
@@ -189,9 +188,10 @@ def text_in_cine(frames8: np.ndarray, skip: list[Box], look: Look) -> tuple[list
     if plan is None:
         return None
     images = np.concatenate([plan.summary[None], frames8[plan.whole]]) if plan.whole else plan.summary[None]
-    text = look(images, skip)
+    text = look(images, skip, None)
+    letters = letter_limit(frames8.shape[1:3])  # a window's letters are as tall as the frame's may be
     for k, win in plan.windows:
         crop = np.ascontiguousarray(frames8[k, win.y0:win.y1, win.x0:win.x1])
         local = [_shifted(s, -win.x0, -win.y0) for s in skip]
-        text += [_shifted(b, win.x0, win.y0) for b in look(crop[None], local)]
+        text += [_shifted(b, win.x0, win.y0) for b in look(crop[None], local, letters)]
     return text, plan

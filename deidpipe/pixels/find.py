@@ -188,8 +188,10 @@ class _Finder:
     """Finds text boxes frame by frame for one object."""
 
     def __init__(self, frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, terms: PhiTerms | None,
-                 result: PixelResult) -> None:
+                 result: PixelResult, letters: int | None = None) -> None:
         self.frames8, self.options, self.engine, self.terms, self.result = frames8, options, engine, terms, result
+        #: The tallest letters the line finder chains (None: each image's own limit; see ``text_lines``).
+        self.letters = letters
         self.known: list[_Known] = []
 
     def _verified(self, cand: Box, k: int) -> bool:
@@ -212,7 +214,7 @@ class _Finder:
         if detector == "ocr":
             cands = _candidates(img, seen)
         else:  # lines of letters are text; OCR judges only the short chains
-            findings = text_lines(maps)
+            findings = text_lines(maps, self.letters)
             lines = findings.text_boxes()
             self.result.line_boxes += len(lines)
             padded = [_half_letter(b, shape) for b in lines]
@@ -350,8 +352,8 @@ def find_text(frames8: np.ndarray, options: PixelOptions, engine: OcrEngine, ter
     A cine (``options.temporal``, enough frames) is searched on its temporal summary and in windows where its
     frames change (:mod:`deidpipe.pixels.cine`), unless that module finds it must be searched frame by frame."""
 
-    def look(images: np.ndarray, skip: list[Box]) -> list[Box]:
-        finder = _Finder(images, options, engine, terms, result)
+    def look(images: np.ndarray, skip: list[Box], letters: int | None = None) -> list[Box]:
+        finder = _Finder(images, options, engine, terms, result, letters)
         return [b for k in range(images.shape[0]) for b in finder.frame(k, skip)]
 
     cine = text_in_cine(frames8, skip, look) if options.temporal else None

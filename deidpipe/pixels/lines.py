@@ -179,11 +179,18 @@ def _is_line(boxes: np.ndarray, peaks: np.ndarray, contrast: np.ndarray, min_con
     return int(peaks.max() - peaks.min()) <= tol
 
 
-def text_lines(maps: StrokeMaps) -> Findings:
+def letter_limit(shape: tuple[int, int]) -> int:
+    """The tallest letters chained in an image of ``shape``: a fifth of its short side, between 12 and 64."""
+    return int(max(12, min(64, 0.2 * min(shape))))
+
+
+def text_lines(maps: StrokeMaps, max_height: int | None = None) -> Findings:
     """Lines of letters in one frame's stroke maps (horizontal and rotated, light and dark), lone letters that
-    match them, and the short chains that may be text (see :class:`Findings`)."""
-    height, width = maps.grey.shape
-    max_height = int(max(12, min(64, 0.2 * min(height, width))))
+    match them, and the short chains that may be text (see :class:`Findings`). ``max_height``: the tallest
+    letters chained (default :func:`letter_limit` of the image; a window cut from a larger frame passes the
+    frame's, or its letters would be too tall for the window's own limit)."""
+    width = maps.grey.shape[1]
+    max_height = max_height if max_height is not None else letter_limit(maps.grey.shape)
     lines: list[TextLine] = []
     rest: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     for source, (response, grey, light) in enumerate(maps.sources):

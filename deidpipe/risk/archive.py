@@ -36,11 +36,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from deidpipe.risk.classes import SUPPRESSED
 from deidpipe.risk.errors import RiskError
-from deidpipe.risk.qi import _age, _s
+from deidpipe.risk.qi import age_years, element_text, patient_token, study_year
 from deidpipe.risk.target import AGE_WIDTHS, FILE_COLUMNS, TOP_AGE, YEAR_WIDTHS, ArchiveTarget, widths_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,10 +50,31 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deidpipe.risk.hierarchy import Hierarchy
 
-#: A patient's cell when none of its objects has a value.
-ABSENT = "-"
-#: Elements emptied or removed when a column is generalised to ``*`` (beyond the one :data:`FILE_COLUMNS` names).
-_ALSO_REMOVED = {"institution": ("InstitutionAddress", "InstitutionalDepartmentName")}
+#: A patient's cell when none of its objects has a value (a control character: no header text equals it).
+ABSENT = "\x1f-"
+#: Between the distinct values of a patient's composite cell. ``scan`` joins them with ``|``; a separator no
+#: value holds keeps two composites apart that ``|`` would run together (a finer split: never fewer classes).
+JOIN = "\x1e"
+#: Per column, the elements that carry the same fact elsewhere in the object: once the column is generalised
+#: (level above 0) they are removed at every depth (a Contributing Equipment Sequence item repeats the
+#: device's make, model, serial, station and institution), the named element itself excepted where it takes a
+#: label. Sex: Pregnancy Status tells it; age: the birth time. From the rows of PS3.15 Table E.1-1 that the
+#: Retain Patient Characteristics, Device Identity and Institution Identity options keep.
+COMPANIONS: dict[str, tuple[str, ...]] = {
+    "age": ("PatientAge", "PatientBirthTime"),
+    "sex": ("PatientSex", "PatientSexNeutered", "PregnancyStatus"),
+    "institution": ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+                    "InstitutionCodeSequence", "InstitutionalDepartmentTypeCodeSequence", "ClinicalTrialSiteID",
+                    "ClinicalTrialSiteName"),
+    "station": ("StationName", "PerformedStationName", "ScheduledStationName", "PerformedStationAETitle",
+                "ScheduledStationAETitle", "TreatmentMachineName"),
+    "device_serial": ("DeviceSerialNumber", "DeviceUID", "DeviceID", "DetectorID", "GantryID", "PlateID",
+                      "SourceSerialNumber", "UniqueDeviceIdentifier", "UDISequence"),
+    "manufacturer_model": ("ManufacturerModelName",),
+    "body_part": ("BodyPartExamined",),
+}
+#: Type 2 elements (present, possibly empty, in their modules): emptied rather than removed.
+_EMPTIED = frozenset({"PatientSex", "PatientBirthDate", "Manufacturer", "StudyDate"})
 #: The audit's action for an element that a release generalised.
 ACTION = "risk:generalised"
 SUPPRESSED_REASON = "suppressed for risk: quasi-identifiers too rare"
@@ -70,6 +92,7 @@ def _bands(value: int, widths: Sequence[int], top: int | None) -> tuple[str, ...
 Labeller = Callable[["Dataset"], "tuple[str, ...] | None"]
 
 
+@lru_cache(maxsize=4)
 def _labellers(target: ArchiveTarget) -> dict[str, Labeller]:
     """Per column: the object's labels at every level (level 0 first, ``*`` last), or None without a value."""
     specs = dict(target.hierarchies)
@@ -78,18 +101,18 @@ def _labellers(target: ArchiveTarget) -> dict[str, Labeller]:
     year_w = widths_of("study_year", specs["study_year"]) if "study_year" in specs else YEAR_WIDTHS
 
     def age(ds: Dataset) -> tuple[str, ...] | None:
-        a = _age(ds)
+        a = age_years(ds)
         return _bands(int(a), age_w, TOP_AGE) if a is not None else None
 
     def year(ds: Dataset) -> tuple[str, ...] | None:
-        y = _study_year(ds)
+        y = study_year(ds)
         return _bands(int(y), year_w, None) if y is not None else None
 
     def single(keyword: str, column: str) -> Labeller:
         table = files.get(column)
 
         def labels(ds: Dataset) -> tuple[str, ...] | None:
-            v = _s(ds, keyword)
+            v = element_text(ds, keyword)
             if v is None:
                 return None
             if table is None:
@@ -101,7 +124,7 @@ def _labellers(target: ArchiveTarget) -> dict[str, Labeller]:
         return labels
 
     def model(ds: Dataset) -> tuple[str, ...] | None:
-        man, name = _s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")
+        man, name = element_text(ds, "Manufacturer"), element_text(ds, "ManufacturerModelName")
         if man is None and name is None:
             return None
         # level 0 keeps the two apart (\x1f) where scan joins them with a space: a finer split, never a coarser
@@ -113,17 +136,12 @@ def _labellers(target: ArchiveTarget) -> dict[str, Labeller]:
     return {c: out[c] for c in target.qi}
 
 
-def _study_year(ds: Dataset) -> str | None:
-    year = _s(ds, "StudyDate")
-    return year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None
-
-
 def object_labels(ds: Dataset, key: Any, target: ArchiveTarget) -> dict[str, Any]:
     """One object's row, read from its header as the header stage wrote it: ``patient`` (the keyed token
     :func:`deidpipe.risk.qi.qi_row` gives) and per quasi-identifier its labels (a list, level 0 first) or None."""
-    from deidpipe.risk.qi import PATIENT, qi_row
+    from deidpipe.risk.qi import PATIENT
 
-    row: dict[str, Any] = {PATIENT: qi_row(ds, key)[PATIENT]}
+    row: dict[str, Any] = {PATIENT: patient_token(ds, key)}
     for column, labeller in _labellers(target).items():
         labels = labeller(ds)
         row[column] = list(labels) if labels is not None else None
@@ -132,12 +150,12 @@ def object_labels(ds: Dataset, key: Any, target: ArchiveTarget) -> dict[str, Any
 
 # -- the patients' table --------------------------------------------------------------------------------------
 def _composite(labels: Iterable[tuple[str, ...]], height: int) -> tuple[str, ...]:
-    """A patient's labels from its objects' distinct labels: at each level the sorted distinct labels joined by
-    ``|``, as :func:`deidpipe.risk.qi.patient_rows` joins them (``*`` stays ``*``)."""
+    """A patient's labels from its objects' distinct labels: at each level the sorted distinct labels joined (by
+    :data:`JOIN`), as :func:`deidpipe.risk.qi.patient_rows` joins them by ``|`` (``*`` stays ``*``)."""
     rows = list(labels)
     if not rows:
         return (ABSENT,) * (height - 1) + (SUPPRESSED,)
-    return tuple("|".join(sorted({r[level] for r in rows})) for level in range(height))
+    return tuple(JOIN.join(sorted({r[level] for r in rows})) for level in range(height))
 
 
 @dataclass
@@ -171,11 +189,14 @@ def patient_table(rows: Iterable[Mapping[str, Any]], target: ArchiveTarget) -> P
         cells = []
         for patient in columns[PATIENT]:
             comp = _composite(per[patient].get(column, ()), height)
-            hierarchy_rows[column].setdefault(comp[0], comp)
+            if hierarchy_rows[column].setdefault(comp[0], comp) != comp:  # a file mapping one value two ways
+                raise RiskError(f"risk_target: the hierarchy of {column} gives one value two generalisations")
             cells.append(comp[0])
         columns[column] = cells
     table = pl.DataFrame(columns, schema={c: pl.String for c in columns})
-    hierarchies = {c: Hierarchy.from_rows(c, rows.values(), "built-in") for c, rows in hierarchy_rows.items()}
+    sources = dict(target.hierarchies)
+    hierarchies = {c: Hierarchy.from_rows(c, rows.values(), sources.get(c, "built-in"))
+                   for c, rows in hierarchy_rows.items()}
     return PatientTable(table, hierarchies)
 
 
@@ -215,14 +236,24 @@ def choose(rows: Iterable[Mapping[str, Any]], target: ArchiveTarget) -> ReleaseC
 
 
 # -- applying the choice to one object ------------------------------------------------------------------------
-def _set_empty_or_delete(ds: Dataset, keyword: str, empty: bool) -> int:
-    if keyword not in ds:
-        return 0
-    if empty:
-        ds[keyword].value = ""
-    else:
-        del ds[keyword]
-    return 1
+def _drop(ds: Dataset, keywords: Iterable[str], top: bool = True) -> int:
+    """Remove ``keywords`` at every depth (those of :data:`_EMPTIED` are emptied at the top level, where their
+    modules want them present); how many elements changed."""
+    wanted = set(keywords)
+    changed = 0
+    for elem in list(ds):
+        if elem.keyword in wanted:
+            if top and elem.keyword in _EMPTIED:
+                if elem.value not in (None, ""):
+                    elem.value = ""
+                    changed += 1
+            else:
+                del ds[elem.tag]
+                changed += 1
+        elif elem.VR == "SQ":
+            for item in elem.value or ():
+                changed += _drop(item, wanted, top=False)
+    return changed
 
 
 def _dates(ds: Dataset, value: Callable[[str], str]) -> int:
@@ -239,39 +270,64 @@ def _dates(ds: Dataset, value: Callable[[str], str]) -> int:
     return changed
 
 
+def _label(labels: tuple[str, ...] | None, level: int) -> str | None:
+    """The label at ``level``, or None where the object has no readable value (then it is removed, not kept)."""
+    return labels[level] if labels is not None else None
+
+
 def generalise_dataset(ds: Dataset, target: ArchiveTarget) -> dict[str, int]:
     """Apply the run's chosen ``target.levels`` to one de-identified object (changed in place); the audit's
-    counts. Raises :class:`RiskError` when no choice was made (a release cannot be written without one)."""
+    counts. A value the labels cannot read (a malformed Patient's Age, an undecodable name) is removed once its
+    column is generalised, never left as it was; the companions of a generalised column (:data:`COMPANIONS`) go
+    at every depth. Raises :class:`RiskError` when no choice was made (a release cannot be written without one)."""
     if target.levels is None:
         raise RiskError("no release transformation was chosen for this risk target")
     levels = dict(target.levels)
     labellers = _labellers(target)
     labels = {c: labellers[c](ds) for c in levels}  # read everything before anything changes
     changed = 0
-    if "age" in levels and labels["age"] is not None:
-        label = labels["age"][levels["age"]]
-        if label == SUPPRESSED:
-            changed += _set_empty_or_delete(ds, "PatientAge", empty=False)
-        else:
+    if "age" in levels:
+        # whatever the level: the birth date would give the exact age back, and an age the labels cannot read
+        # (045y, 45) would stay exact (top-coding included) if it were not removed
+        label = _label(labels["age"], levels["age"])
+        changed += _drop(ds, ("PatientBirthDate", *COMPANIONS["age"]))
+        if label is not None and label != SUPPRESSED:
             ds.PatientAge = f"{int(label):03d}Y"
-            changed += 1
-        changed += _set_empty_or_delete(ds, "PatientBirthDate", empty=True)
-    if levels.get("study_year", 0) > 0 and labels["study_year"] is not None:
-        label = labels["study_year"][levels["study_year"]]
-        changed += _dates(ds, (lambda _old: "") if label == SUPPRESSED else (lambda _old: f"{label}0101"))
-    if levels.get("sex", 0) > 0:
-        changed += _set_empty_or_delete(ds, "PatientSex", empty=True)
-    for column, keyword in FILE_COLUMNS.items():
-        if levels.get(column, 0) > 0 and labels[column] is not None:
-            label = labels[column][levels[column]]
-            if label == SUPPRESSED:
-                for kw in (keyword, *_ALSO_REMOVED.get(column, ())):
-                    changed += _set_empty_or_delete(ds, kw, empty=False)
-            else:
-                setattr(ds, keyword, label)
-                changed += 1
+    if levels.get("study_year", 0) > 0:
+        label = _label(labels["study_year"], levels["study_year"])
+        decade = label if label not in (None, SUPPRESSED) else None
+        changed += _dates(ds, (lambda _old: f"{decade}0101") if decade else (lambda _old: ""))
+        if changed and "LongitudinalTemporalInformationModified" in ds:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    for column, keyword in (("sex", "PatientSex"), *FILE_COLUMNS.items()):
+        if levels.get(column, 0) > 0:
+            label = _label(labels[column], levels[column])
+            changed += _drop(ds, COMPANIONS[column])
+            if label is not None and label != SUPPRESSED and column in FILE_COLUMNS:
+                setattr(ds, keyword, label)  # a hierarchy file's intermediate label
     if levels.get("manufacturer_model", 0) > 0:
-        changed += _set_empty_or_delete(ds, "ManufacturerModelName", empty=False)
+        changed += _drop(ds, COMPANIONS["manufacturer_model"])
         if levels["manufacturer_model"] > 1:
-            changed += _set_empty_or_delete(ds, "Manufacturer", empty=True)
+            changed += _drop(ds, ("Manufacturer",))
     return {ACTION: changed} if changed else {}
+
+
+def check_release(rows: Iterable[Mapping[str, Any]], target: ArchiveTarget, levels: Mapping[str, int]) -> dict:
+    """Whether the objects of ``rows`` (those written), at ``levels``, meet ``target`` with nothing more
+    suppressed: the release as it is, not as it was chosen. Returns ``met``, ``patients``, ``k`` and the
+    prosecutor's highest and average risk (``deidpipe risk``'s figures on the generalised table)."""
+    from dataclasses import replace
+
+    from deidpipe.risk.generalise import Problem
+    from deidpipe.risk.release import apply_levels
+    from deidpipe.risk.report import assess
+
+    pt = patient_table(rows, target)
+    if pt.table.height == 0:
+        return {"met": True, "patients": 0}
+    qi = list(target.qi)
+    strict = replace(target.target, suppression=0.0)
+    met = Problem(pt.table, qi, pt.hierarchies, strict).evaluate([levels[c] for c in qi]).passes
+    scored = assess(apply_levels(pt.table, pt.hierarchies, levels), qi).to_dict()
+    return {"met": bool(met), "patients": pt.table.height, "k": scored.get("k"),
+            "prosecutor": scored.get("prosecutor")}

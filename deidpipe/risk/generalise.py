@@ -102,6 +102,10 @@ class Target:
             raise RiskError("give a target: k, a highest risk or an average risk")
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise RiskError("k must be a whole number of at least 1")
+        for name in ("max_risk", "average_risk", "suppression", "threshold", "fraction"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise RiskError(f"the {name.replace('_', ' ')} must be a number")  # YAML's true is not 1.0
         for name in ("max_risk", "average_risk"):
             value = getattr(self, name)
             if value is not None and not (0.0 < value <= 1.0):

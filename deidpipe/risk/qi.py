@@ -17,10 +17,11 @@ from pydicom.dataset import Dataset
 
 from deidpipe.risk.columns import PATIENT, QI_COLUMNS, STUDY, UNITS
 
-__all__ = ["PATIENT", "QI_COLUMNS", "STUDY", "UNITS", "parse_qi", "patient_rows", "qi_row", "qi_table"]
+__all__ = ["PATIENT", "QI_COLUMNS", "STUDY", "UNITS", "parse_qi", "patient_rows", "patient_token", "qi_row", "qi_table",
+           "study_year"]
 
 
-def _s(ds: Dataset, keyword: str) -> str | None:
+def element_text(ds: Dataset, keyword: str) -> str | None:
     try:
         v = ds.get(keyword)
     except Exception:  # noqa: BLE001 - an undecodable value counts as absent
@@ -33,15 +34,15 @@ def _s(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _age(ds: Dataset) -> str | None:
+def age_years(ds: Dataset) -> str | None:
     """Age in whole years: Patient's Age (``045Y``, ``006M``), else from the birth and study dates."""
-    a = _s(ds, "PatientAge")
+    a = element_text(ds, "PatientAge")
     if a and len(a) == 4 and a[:3].isdigit() and a[3] in "DWMY":
         n = int(a[:3])
         years = {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[a[3]]
         if years > 0 or n > 0:
             return str(years)
-    birth, study = _s(ds, "PatientBirthDate"), _s(ds, "StudyDate")
+    birth, study = element_text(ds, "PatientBirthDate"), element_text(ds, "StudyDate")
     if birth and study and len(birth) >= 8 and len(study) >= 8 and birth[:8].isdigit() and study[:8].isdigit():
         if birth[:4] == "1900" or study[:4] == "1900":
             return None  # dummies
@@ -50,23 +51,36 @@ def _age(ds: Dataset) -> str | None:
     return None
 
 
+def study_year(ds: Dataset) -> str | None:
+    """The year of Study Date (None when absent, malformed or the 1900 dummy)."""
+    year = element_text(ds, "StudyDate")
+    return year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None
+
+
+def patient_token(ds: Dataset, key: Any) -> str:
+    """The patient's keyed token (the table's ``patient`` column): never the Patient ID itself."""
+    from deidpipe.header.context import patient_key
+
+    return key.token("scan-patient", patient_key(ds), 16)
+
+
 def qi_row(ds: Dataset, key: Any) -> dict[str, str | None]:
     """The quasi-identifiers of one object, and its patient's keyed token."""
     from deidpipe.header.context import patient_key
 
-    year = _s(ds, "StudyDate")
-    make = " ".join(x for x in (_s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")) if x) or None
+    makers = (element_text(ds, "Manufacturer"), element_text(ds, "ManufacturerModelName"))
+    make = " ".join(x for x in makers if x) or None
     return {
-        PATIENT: key.token("scan-patient", patient_key(ds), 16),
-        STUDY: key.token("scan-study", f"{patient_key(ds)}/{_s(ds, 'StudyInstanceUID') or ''}", 16),
-        "age": _age(ds),
-        "sex": _s(ds, "PatientSex"),
-        "study_year": year[:4] if year and year[:4].isdigit() and year[:4] != "1900" else None,
-        "institution": _s(ds, "InstitutionName"),
-        "station": _s(ds, "StationName"),
-        "device_serial": _s(ds, "DeviceSerialNumber"),
+        PATIENT: patient_token(ds, key),
+        STUDY: key.token("scan-study", f"{patient_key(ds)}/{element_text(ds, 'StudyInstanceUID') or ''}", 16),
+        "age": age_years(ds),
+        "sex": element_text(ds, "PatientSex"),
+        "study_year": study_year(ds),
+        "institution": element_text(ds, "InstitutionName"),
+        "station": element_text(ds, "StationName"),
+        "device_serial": element_text(ds, "DeviceSerialNumber"),
         "manufacturer_model": make,
-        "body_part": _s(ds, "BodyPartExamined"),
+        "body_part": element_text(ds, "BodyPartExamined"),
     }
 
 

@@ -15,7 +15,6 @@ as many rows as its source and other columns stay aligned; ``deidpipe risk`` put
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from deidpipe.risk.generalise import Evaluation, Problem, Target, Transformation
 from deidpipe.risk.hierarchy import Hierarchy
 from deidpipe.risk.lattice import CHUNK_ROWS, ROW, encode_expressions
 from deidpipe.risk.models import population_size
-from deidpipe.risk.report import RiskReport, assess
+from deidpipe.risk.report import RiskReport, assess, finite
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -157,16 +156,7 @@ class Anonymisation:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=indent)
-
-
-def _finite(value: Any) -> Any:
-    """NaN / inf would make invalid JSON: null instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
+        return json.dumps(finite(self.to_dict()), indent=indent)
 
 
 def anonymise(df: pl.DataFrame, qi: Sequence[str], hierarchies: Mapping[str, Hierarchy], target: Target, *,

@@ -80,15 +80,17 @@ class RiskReport:
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=indent)
+        return json.dumps(finite(self.to_dict()), indent=indent)
 
 
-def _finite(value: Any) -> Any:
-    """NaN / inf would make invalid JSON: null instead."""
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, at any depth of dicts and lists, as None: JSON has no NaN."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
     return value
 
 

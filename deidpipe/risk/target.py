@@ -46,6 +46,8 @@ class ArchiveTarget:
     files: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        if len(set(self.qi)) != len(self.qi):
+            raise RiskError("risk_target: a quasi-identifier is named twice in qi")
         unknown = [c for c in self.qi if c not in QI_COLUMNS]
         if unknown or not self.qi:
             raise RiskError(f"risk_target: unknown quasi-identifier(s) {', '.join(unknown) or '(none)'}; known: "

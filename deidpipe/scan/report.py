@@ -7,10 +7,10 @@ and the risk part is counts and figures (the quasi-identifier table itself is ne
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from typing import Any
 
+from deidpipe.risk.report import finite
 from deidpipe.scan.findings import ScanReport
 from deidpipe.scan.rules import RANK, RULES, SEVERITIES
 
@@ -21,19 +21,9 @@ SECURITY_SEVERITY = {"high": "8.0", "medium": "5.0", "low": "2.0", "info": "0.0"
 MAX_TABLE_ROWS = 200
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(report: ScanReport, indent: int | None = 2) -> str:
     """``{"objects", "findings": [{"path", "rule", "severity", "location", "message"}], "risk", "counts"}``."""
-    return json.dumps(_finite(report.to_dict()), indent=indent, ensure_ascii=False)
+    return json.dumps(finite(report.to_dict()), indent=indent, ensure_ascii=False)
 
 
 def to_sarif(report: ScanReport) -> dict[str, Any]:
@@ -77,7 +67,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
                                 "informationUri": "https://github.com/deidpipe/deidpipe", "rules": rules}},
             "originalUriBaseIds": {"ARCHIVE": {"description": {"text": "the scanned archive's root"}}},
             "results": results,
-            "properties": _finite({"objects": report.objects, "counts": report.counts,
+            "properties": finite({"objects": report.objects, "counts": report.counts,
                                    "risk": report.risk.to_dict() if report.risk is not None else None}),
         }],
     }

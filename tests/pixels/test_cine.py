@@ -78,6 +78,34 @@ def test_text_in_one_middle_frame_is_found_there(cines, ocr):
     assert all(_blacked_per_frame(after, w.box, w.frames) >= 0.95 for w in f.words)
 
 
+def test_a_window_chains_letters_as_tall_as_its_frame_allows(cines, ocr):
+    """A changing clock in letters taller than 12 pixels: cut into a window (about 60 pixels), the line finder
+    with the window's own limit (a fifth of its short side, at least 12) chains none of it; with the frame's
+    limit, as the cine path passes it, it finds the line. And the whole cine is redacted in every frame."""
+    from deidpipe.pixels.lines import letter_limit
+
+    root, key = cines
+    f = next(f for f in key.files if f.variant == "us_cine")
+    ds = pydicom.dcmread(root / f.path)
+    frames = decode(ds).frames.copy()
+    boxes = []
+    for k in range(frames.shape[0]):
+        before = frames[k].copy()
+        cv2.putText(frames[k], f"12:0{k // 4}", (200, 228), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 255, 2, cv2.LINE_8)
+        ys, xs = np.nonzero(frames[k] != before)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    assert min(b[3] - b[1] for b in boxes) > 12
+    x0, y0, x1, y1 = boxes[0]
+    window = np.ascontiguousarray(frames[0, y0 - 8:y1 + 8, x0 - 4:x0 + 60])
+    maps = StrokeMaps.of(window, without_fills(window))
+    assert letter_limit(window.shape) == 12 and not text_lines(maps).text_boxes()
+    assert text_lines(maps, letter_limit(frames.shape[1:3])).text_boxes()
+    ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
+    result, after = _redact(ds)
+    assert result.cine_passes == result.passes
+    assert min(_blacked_per_frame(after, b, [k]) for k, b in enumerate(boxes)) >= 0.95
+
+
 def test_ybr_cine_summary_covers_the_per_frame_lines():
     """Every line the per-frame line finder sees on static ground (no moving pixel in its box), in any of the 30
     frames, lies in a box the temporal path finds. Lines on the moving anatomy, or across its edge, are speckle,

@@ -19,8 +19,11 @@ from deidpipe.pipeline.release import PUBLIC_FILE, STATE_FILE
 from deidpipe.pipeline.runner import run
 from deidpipe.policy import Policy
 from deidpipe.risk.archive import (
+    ABSENT,
     ACTION,
+    JOIN,
     SUPPRESSED_REASON,
+    check_release,
     choose,
     generalise_dataset,
     object_labels,
@@ -34,9 +37,9 @@ from deidpipe.scan import scan
 
 KEY = ProjectKey(b"archive-risk-test-key-0123456789")
 RETAIN = ["RetainPatientCharacteristics", "RetainDeviceIdentity", "RetainLongModifiedDates"]
-#: Planted kinds the policy above keeps on purpose (times: RetainLongModifiedDates shifts only the dates), or that
-#: the risk target is there to generalise.
-KEPT_KINDS = {"institution", "device", "station", "time"}
+#: Planted kinds the policy above keeps (times: RetainLongModifiedDates shifts only the dates), unless the release
+#: generalises their column (then they must be gone too): kind -> the columns that generalise it.
+KEPT_KINDS = {"time": (), "institution": ("institution",), "device": ("device_serial", "station")}
 
 
 def _ct(age: str | None = "045Y", sex: str = "M", study_date: str = "20190304"):
@@ -90,9 +93,61 @@ def test_patients_with_several_values_are_one_row_with_a_composite() -> None:
     rows[1][PATIENT] = rows[0][PATIENT]  # one patient seen at 40 and 41
     rows.append({PATIENT: "other", "age": None})
     pt = patient_table(rows, target)
-    assert pt.table.sort(PATIENT)["age"].to_list() == ["40|41", "-"]
+    both = f"40{JOIN}41"
+    assert pt.table.sort(PATIENT)["age"].to_list() == [both, ABSENT]
     composite = {r[0]: r for r in pt.hierarchies["age"].rows}
-    assert composite["40|41"] == ("40|41", "40", "40", "40", "*")
+    assert composite[both] == (both, "40", "40", "40", "*")
+
+
+def test_unreadable_values_and_companions_go_with_their_column() -> None:
+    """A Patient's Age the labels cannot read is removed, not kept exact; the device's make, serial and station
+    repeated in a Contributing Equipment Sequence item go too; Pregnancy Status goes with sex."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = _ct("95Y")  # not AS-shaped, and no birth date to read an age from: no label; kept, it would defeat
+    del ds.PatientBirthDate  # top-coding at 90
+    item = Dataset()
+    item.StationName, item.DeviceSerialNumber, item.Manufacturer = "CT-ROOM-7", "SN-1234", "ACME"
+    ds.ContributingEquipmentSequence = Sequence([item])
+    ds.PregnancyStatus = 4
+    target = ArchiveTarget(Target(k=5)).with_levels({"age": 1, "sex": 1, "station": 1, "device_serial": 1,
+                                                     "manufacturer_model": 2})
+    generalise_dataset(ds, target)
+    assert "PatientAge" not in ds
+    assert "PregnancyStatus" not in ds and ds.PatientSex == ""
+    left = ds.ContributingEquipmentSequence[0]
+    assert "StationName" not in left and "DeviceSerialNumber" not in left and "Manufacturer" not in left
+    assert "StationName" not in ds and "DeviceSerialNumber" not in ds and ds.Manufacturer == ""
+
+
+def test_check_release_sees_a_class_made_too_small_after_the_choice() -> None:
+    target = ArchiveTarget(Target(k=5), qi=("sex",))
+    rows = [{PATIENT: f"p{i}", "sex": ["M", "*"]} for i in range(5)]
+    assert check_release(rows, target, {"sex": 0})["met"]
+    assert not check_release(rows[:4], target, {"sex": 0})["met"]  # one object quarantined after the choice
+    assert check_release(rows[:4], target, {"sex": 1})["met"] is True  # everyone's sex removed: no class
+
+
+def test_each_run_applies_its_own_choice_in_one_process(tmp_path: Path) -> None:
+    """The worker's cached context with levels is the run's own, never an earlier run's (workers=1 runs in the
+    caller's process)."""
+    from deidpipe.pipeline.execute import WorkContext, _with_levels
+    from deidpipe.pipeline.source import detect
+
+    policy = Policy.from_mapping({"risk_target": {"k": 5}})
+    levels = (("age", 1),)
+    first = WorkContext(detect(tmp_path), str(tmp_path / "a"), KEY, policy, "pseudonym")
+    second = WorkContext(detect(tmp_path), str(tmp_path / "b"), KEY, policy, "pseudonym")
+    assert _with_levels(first, levels).dst.endswith("a") and _with_levels(second, levels).dst.endswith("b")
+    assert _with_levels(second, levels).policy.risk_target.levels == levels
+
+
+def test_one_object_alone_cannot_be_released_to_a_target() -> None:
+    from deidpipe.header.engine import deidentify_dataset
+
+    with pytest.raises(PolicyError, match="needs the whole archive"):
+        deidentify_dataset(_ct(), Policy.from_mapping({"risk_target": {"k": 5}}), KEY)
 
 
 def test_choose_suppresses_the_rare_patient_rather_than_generalise_everyone() -> None:
@@ -138,6 +193,14 @@ def test_run_suppresses_the_rare_patient_and_audits_it(tmp_path: Path) -> None:
     assert figures["patients_suppressed"] == figures["objects_suppressed"] == 1
     scanned = scan(tmp_path / "out", policy=policy, key=KEY, qi="sex", pixels=False, faces=False)
     assert scanned.risk.k == 10
+    assert figures["as_written"]["met"] and figures["as_written"]["k"] == 10
+    # a resumed run refuses inputs the choice was not made from: they would be written uncounted
+    extra = _ct(sex="F")
+    extra.PatientID, extra.SOPInstanceUID = "PAT999", "1.2.826.0.1.3680043.10.543.77.999"
+    extra.file_meta.MediaStorageSOPInstanceUID = extra.SOPInstanceUID
+    write_dataset(extra, src / "late.dcm")
+    with pytest.raises(DeidError, match="inputs changed"):
+        run(src, tmp_path / "out", policy, key=KEY, workers=1, resume=True)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +228,13 @@ def test_release_meets_its_target_as_scan_scores_it(released) -> None:
 
 
 def test_release_holds_no_planted_value(released) -> None:
-    root, answer, _, _ = released
-    secrets = {p for planted in answer.planted if planted.kind not in KEPT_KINDS for p in planted.patterns()
+    """Nothing planted comes out, the values of the columns the release generalised included (their elements and
+    companions at every depth, e.g. device serials and station names)."""
+    root, answer, _, report = released
+    levels = report.release["levels"]
+    kept = {kind for kind, columns in KEPT_KINDS.items() if not columns or not all(levels.get(c, 0) > 0 for c in columns)}
+    assert "device" not in kept  # this release removes station and device serial
+    secrets = {p for planted in answer.planted if planted.kind not in kept for p in planted.patterns()
                if len(p) >= 6}
     assert secrets
     for path in (root / "out").rglob("*"):
