@@ -77,16 +77,22 @@ def check_columns(df: pl.DataFrame, columns: Sequence[str], what: str = "quasi-i
         raise RiskError(f"unknown {what} column {missing[0]!r} (the table has {len(df.columns)} columns)")
 
 
-def normalised(df: pl.DataFrame, qi: Sequence[str]) -> pl.DataFrame:
-    """The quasi-identifier columns as text, nulls as ``"*"``, plus a boolean ``_suppressed`` column."""
-    import polars as pl
-
+def check_qi(df: pl.DataFrame, qi: Sequence[str]) -> list[str]:
+    """``qi`` as a list, checked: at least one column, none twice, each in ``df`` (else a :class:`RiskError`)."""
     qi = list(qi)
     if not qi:
         raise RiskError("no quasi-identifier column given")
     if len(set(qi)) != len(qi):
         raise RiskError("a quasi-identifier column is given twice")
     check_columns(df, qi)
+    return qi
+
+
+def normalised(df: pl.DataFrame, qi: Sequence[str]) -> pl.DataFrame:
+    """The quasi-identifier columns as text, nulls as ``"*"``, plus a boolean ``_suppressed`` column."""
+    import polars as pl
+
+    qi = check_qi(df, qi)
     try:
         text = df.select([pl.col(c).cast(pl.String, strict=False).fill_null(SUPPRESSED).alias(c) for c in qi])
     except Exception as exc:  # noqa: BLE001 - polars' message may quote a value

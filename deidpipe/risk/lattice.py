@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deidpipe.risk.classes import SUPPRESSED, check_columns
+from deidpipe.risk.classes import SUPPRESSED, check_qi
 from deidpipe.risk.errors import RiskError
 from deidpipe.risk.hierarchy import Hierarchy
 
@@ -273,12 +273,7 @@ def check_hierarchies(df: pl.DataFrame, qi: Sequence[str], hierarchies: dict[str
     suppressed). Every value of the table must be in its hierarchy (:meth:`Hierarchy.check`)."""
     import polars as pl
 
-    qi = list(qi)
-    if not qi:
-        raise RiskError("no quasi-identifier column given")
-    if len(set(qi)) != len(qi):
-        raise RiskError("a quasi-identifier column is given twice")
-    check_columns(df, qi)
+    qi = check_qi(df, qi)
     extra = sorted(set(hierarchies) - set(qi))
     if extra:
         raise RiskError(f"a hierarchy is given for column {extra[0]!r}, which is not a quasi-identifier")
