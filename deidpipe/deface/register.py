@@ -74,13 +74,15 @@ def _stage(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
 
 
 def register(subject: sitk.Image, template: sitk.Image, resolution_mm: float = 3.0,
-             iterations: int = 50) -> Registration:
-    """Fit ``template`` onto ``subject`` (both SimpleITK images in physical space); see the module docstring."""
+             iterations: int = 50, *, coarse_template: sitk.Image | None = None) -> Registration:
+    """Fit ``template`` onto ``subject`` (both SimpleITK images in physical space); see the module docstring.
+    ``coarse_template``: :func:`coarse` of ``template`` at ``resolution_mm``, where the caller keeps it (it is
+    the same for every head: :func:`deidpipe.deface.core.deface_volume` makes it once per process)."""
     import time
 
     start = time.perf_counter()
     fixed = coarse(subject, resolution_mm)
-    moving = coarse(template, resolution_mm)
+    moving = coarse_template if coarse_template is not None else coarse(template, resolution_mm)
     try:
         init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.MOMENTS)
