@@ -7,9 +7,10 @@ Builds a corpus of CT slices (half small 128x128 from pydicom's CT_small.dcm, ha
 128x128), then runs, each in its own process on the same files: deidpipe with 1 worker and with all cores,
 deidpipe as a portal script calls it (``deidpipe-lib``: torch and presidio loaded, then ``deidpipe.run``
 under a guard), pydicom/deid with its packaged recipe, dicognito, Kitware's dicom-anonymizer, GDCM's C++
-``gdcmanon -e`` (Debian libgdcm-tools; Basic Profile, the originals encrypted for a certificate; always its whole
-process), and the floor (pydicom read + write, no changes). Prints files/s, MB/s and the peak memory of the tool's whole process tree
-(RSS sampled every 50 ms; PSS, which is costly to read, when RSS has grown and at least every second).
+``gdcmanon -e`` (Debian libgdcm-tools; Basic Profile, the originals encrypted for a certificate; always its
+whole process), and the floor (pydicom read + write, no changes). Prints files/s, MB/s and the peak memory
+of the tool's whole process tree (RSS sampled every 50 ms; PSS, which is costly to read, when RSS has grown and
+at least every second).
 
 By default a tool's time is its work inside its process (imports and interpreter start-up excluded).
 ``--whole-process`` times each process from launch to exit, as a user waits for it, and runs the tools that have

@@ -232,7 +232,8 @@ def test_release_holds_no_planted_value(released) -> None:
     companions at every depth, e.g. device serials and station names)."""
     root, answer, _, report = released
     levels = report.release["levels"]
-    kept = {kind for kind, columns in KEPT_KINDS.items() if not columns or not all(levels.get(c, 0) > 0 for c in columns)}
+    kept = {kind for kind, columns in KEPT_KINDS.items()
+            if not columns or not all(levels.get(c, 0) > 0 for c in columns)}
     assert "device" not in kept  # this release removes station and device serial
     secrets = {p for planted in answer.planted if planted.kind not in kept for p in planted.patterns()
                if len(p) >= 6}
