@@ -27,6 +27,7 @@ from deidpipe.pipeline.plan import ExecItem, ExecTask
 from deidpipe.pipeline.progress import Reporter
 from deidpipe.pipeline.sink import CONTROL_DIR
 from deidpipe.policy import Policy
+from deidpipe.risk.archive import ObjectLabels
 
 STATE_FILE = "release.json"
 PUBLIC_FILE = f"{CONTROL_DIR}/release.json"
@@ -38,13 +39,13 @@ UNCOUNTED_REASON = "not counted for the risk target (its header could not be rea
 class Release:
     """The run's choice: ``levels`` per quasi-identifier, the ``suppressed_objects`` (object ids) of the patients
     it suppresses, the ``uncounted_objects`` (no labels: not written), ``figures`` (no identifying value) and
-    ``rows`` (object id -> labels, for the check of what was written)."""
+    ``labels`` (every counted object's, for the check of what was written)."""
 
     levels: dict[str, int]
     suppressed_objects: frozenset[str]
     uncounted_objects: frozenset[str]
     figures: dict[str, Any]
-    rows: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
+    labels: ObjectLabels = field(repr=False)
 
     @property
     def level_tuple(self) -> tuple[tuple[str, int], ...]:
@@ -85,7 +86,7 @@ def _stored(path: Path, digest: str, written_before: int) -> Release | None:
                         "added, removed or changed); start a new run into an empty destination")
     choice = ReleaseChoice.from_dict(data["choice"])
     return Release(choice.levels, frozenset(data["suppressed_objects"]), frozenset(data["uncounted_objects"]),
-                   choice.figures, data["rows"])
+                   choice.figures, ObjectLabels.from_dict(data["labels"]))
 
 
 def choose_release(policy: Policy, state_root: Path, manifest: Path, *, resume: bool, written_before: int,
@@ -102,7 +103,7 @@ def choose_release(policy: Policy, state_root: Path, manifest: Path, *, resume: 
     path = state_root / STATE_FILE
     if resume and (release := _stored(path, digest, written_before)) is not None:
         return release
-    rows: dict[str, dict[str, Any]] = {}
+    labels = ObjectLabels(target.qi)
     uncounted: set[str] = set()
     reporter.start("risk", objects)
     for items, out, exc in executor.imap(labels_task, _payloads(tasks)):
@@ -112,17 +113,17 @@ def choose_release(policy: Policy, state_root: Path, manifest: Path, *, resume: 
             if row is None:
                 uncounted.add(oid)
             else:
-                rows[oid] = row
+                labels.add(oid, row)
         reporter.advance(len(items))
     reporter.finish()
     try:
-        choice = choose(rows.values(), target)
+        choice = choose(labels.rows(), target)
     except RiskError as exc:
         raise DeidError(f"risk target: {exc}") from None
-    suppressed = frozenset(oid for oid, row in rows.items() if row["patient"] in choice.suppressed)
-    release = Release(choice.levels, suppressed, frozenset(uncounted), choice.figures, rows)
+    suppressed = labels.objects_of(choice.suppressed)
+    release = Release(choice.levels, suppressed, frozenset(uncounted), choice.figures, labels)
     state = {"inputs": digest, "choice": choice.to_dict(), "suppressed_objects": sorted(suppressed),
-             "uncounted_objects": sorted(uncounted), "rows": rows}
+             "uncounted_objects": sorted(uncounted), "labels": labels.to_dict()}
     atomic_write(path, [json.dumps(state).encode()])
     return release
 
@@ -138,8 +139,7 @@ def publish_release(release: Release, policy: Policy, dst: Path, written: Iterab
     target = policy.risk_target
     assert target is not None
     if written is not None:
-        release.figures["as_written"] = check_release([release.rows[o] for o in written if o in release.rows],
-                                                      target, release.levels)
+        release.figures["as_written"] = check_release(release.labels.rows(written), target, release.levels)
     public = {"target": target.summary(), "levels": release.levels,
               "patients_suppressed": release.figures.get("suppressed", 0),
               "objects_suppressed": len(release.suppressed_objects),

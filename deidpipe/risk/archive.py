@@ -34,7 +34,7 @@ interval's first value), the single-element text columns (``institution``, ``sta
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -146,6 +146,80 @@ def object_labels(ds: Dataset, key: Any, target: ArchiveTarget) -> dict[str, Any
         labels = labeller(ds)
         row[column] = list(labels) if labels is not None else None
     return row
+
+
+# -- many objects' labels, compactly ----------------------------------------------------------------------------
+class ObjectLabels:
+    """The labels of many objects (:func:`object_labels` rows), interned: each distinct patient token and label
+    tuple is held once, and an object is its patient's index and one index per column. An archive of a million
+    objects holds a few hundred bytes each, not a dict of lists of strings (the run keeps them from the choice
+    to the check of what was written, and in its state folder for resume)."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        self._patients: dict[str, int] = {}
+        self._tuples: dict[str, dict[tuple[str, ...] | None, int]] = {c: {None: 0} for c in self.columns}
+        self._objects: dict[str, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._objects
+
+    def add(self, object_id: str, row: Mapping[str, Any]) -> None:
+        """Keep one object's row (from :func:`object_labels`)."""
+        from deidpipe.risk.qi import PATIENT
+
+        patient = self._patients.setdefault(str(row[PATIENT]), len(self._patients))
+        ids = []
+        for column in self.columns:
+            labels = row.get(column)
+            table = self._tuples[column]
+            ids.append(table.setdefault(tuple(labels) if labels else None, len(table)))
+        self._objects[object_id] = (patient, *ids)
+
+    def objects_of(self, patients: Iterable[str]) -> frozenset[str]:
+        """The ids of the objects kept for these patients (keyed tokens)."""
+        wanted = {self._patients[p] for p in patients if p in self._patients}
+        return frozenset(oid for oid, packed in self._objects.items() if packed[0] in wanted)
+
+    def rows(self, object_ids: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """The rows of ``object_ids`` (default: every object kept), made again one at a time."""
+        from deidpipe.risk.qi import PATIENT
+
+        names = self._names()
+        labels = {c: {i: t for t, i in table.items()} for c, table in self._tuples.items()}
+        for oid in self._objects if object_ids is None else object_ids:
+            packed = self._objects.get(oid)
+            if packed is None:
+                continue
+            row: dict[str, Any] = {PATIENT: names[packed[0]]}
+            for column, i in zip(self.columns, packed[1:], strict=True):
+                found = labels[column][i]
+                row[column] = list(found) if found is not None else None
+            yield row
+
+    def _names(self) -> list[str]:
+        names = [""] * len(self._patients)
+        for name, i in self._patients.items():
+            names[i] = name
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "patients": self._names(),
+                "labels": {c: [list(t) if t is not None else None for t in table] for c, table in
+                           self._tuples.items()},
+                "objects": {oid: list(packed) for oid, packed in self._objects.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ObjectLabels:
+        out = cls(data["columns"])
+        out._patients = {name: i for i, name in enumerate(data["patients"])}
+        out._tuples = {c: {(tuple(t) if t is not None else None): i for i, t in enumerate(labels)}
+                       for c, labels in data["labels"].items()}
+        out._objects = {oid: tuple(packed) for oid, packed in data["objects"].items()}
+        return out
 
 
 # -- the patients' table --------------------------------------------------------------------------------------

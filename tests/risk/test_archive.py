@@ -23,6 +23,7 @@ from deidpipe.risk.archive import (
     ACTION,
     JOIN,
     SUPPRESSED_REASON,
+    ObjectLabels,
     check_release,
     choose,
     generalise_dataset,
@@ -148,6 +149,21 @@ def test_one_object_alone_cannot_be_released_to_a_target() -> None:
 
     with pytest.raises(PolicyError, match="needs the whole archive"):
         deidentify_dataset(_ct(), Policy.from_mapping({"risk_target": {"k": 5}}), KEY)
+
+
+def test_object_labels_are_kept_interned_and_come_back_as_they_were() -> None:
+    target = ArchiveTarget(Target(k=5))
+    store = ObjectLabels(target.qi)
+    rows = {f"o{i}": object_labels(_ct(f"0{40 + i % 3}Y", sex="MF"[i % 2]), KEY, target) for i in range(6)}
+    rows["o5"][PATIENT] = "someone else"
+    for oid, row in rows.items():
+        store.add(oid, row)
+    assert len(store) == 6 and "o1" in store and "o9" not in store
+    assert list(store.rows()) == list(rows.values())
+    assert list(store.rows(["o9", "o2"])) == [rows["o2"]]  # an object not kept is no row
+    again = ObjectLabels.from_dict(json.loads(json.dumps(store.to_dict())))
+    assert list(again.rows()) == list(rows.values())
+    assert again.objects_of({"someone else", "nobody"}) == {"o5"}
 
 
 def test_choose_suppresses_the_rare_patient_rather_than_generalise_everyone() -> None:
