@@ -27,7 +27,7 @@ from deidpipe.pipeline.plan import ExecItem, ExecTask
 from deidpipe.pipeline.progress import Reporter
 from deidpipe.pipeline.sink import CONTROL_DIR
 from deidpipe.policy import Policy
-from deidpipe.risk.archive import ObjectLabels
+from deidpipe.risk.archive import ObjectLabels, ReleaseChoice
 
 STATE_FILE = "release.json"
 PUBLIC_FILE = f"{CONTROL_DIR}/release.json"
@@ -37,15 +37,23 @@ UNCOUNTED_REASON = "not counted for the risk target (its header could not be rea
 
 @dataclass
 class Release:
-    """The run's choice: ``levels`` per quasi-identifier, the ``suppressed_objects`` (object ids) of the patients
-    it suppresses, the ``uncounted_objects`` (no labels: not written), ``figures`` (no identifying value) and
-    ``labels`` (every counted object's, for the check of what was written)."""
+    """The run's choice (:class:`deidpipe.risk.archive.ReleaseChoice`: levels, suppressed patients, figures) in the
+    run's terms: the ``suppressed_objects`` (object ids) of those patients, the ``uncounted_objects`` (no labels:
+    not written) and every counted object's ``labels`` (for the check of what was written)."""
 
-    levels: dict[str, int]
+    choice: ReleaseChoice
     suppressed_objects: frozenset[str]
     uncounted_objects: frozenset[str]
-    figures: dict[str, Any]
     labels: ObjectLabels = field(repr=False)
+
+    @property
+    def levels(self) -> dict[str, int]:
+        return self.choice.levels
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        """Counts, loss and risk before and after (no identifying value); ``as_written`` once checked."""
+        return self.choice.figures
 
     @property
     def level_tuple(self) -> tuple[tuple[str, int], ...]:
@@ -78,15 +86,12 @@ def _stored(path: Path, digest: str, written_before: int) -> Release | None:
             raise DeidError("risk target: objects were written before, but the release's choice is not in the "
                             "state folder; start a new run into an empty destination")
         return None
-    from deidpipe.risk.archive import ReleaseChoice
-
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("inputs") != digest:
         raise DeidError("risk target: the inputs changed since the release's transformation was chosen (objects "
                         "added, removed or changed); start a new run into an empty destination")
-    choice = ReleaseChoice.from_dict(data["choice"])
-    return Release(choice.levels, frozenset(data["suppressed_objects"]), frozenset(data["uncounted_objects"]),
-                   choice.figures, ObjectLabels.from_dict(data["labels"]))
+    return Release(ReleaseChoice.from_dict(data["choice"]), frozenset(data["suppressed_objects"]),
+                   frozenset(data["uncounted_objects"]), ObjectLabels.from_dict(data["labels"]))
 
 
 def choose_release(policy: Policy, state_root: Path, manifest: Path, *, resume: bool, written_before: int,
@@ -121,7 +126,7 @@ def choose_release(policy: Policy, state_root: Path, manifest: Path, *, resume: 
     except RiskError as exc:
         raise DeidError(f"risk target: {exc}") from None
     suppressed = labels.objects_of(choice.suppressed)
-    release = Release(choice.levels, suppressed, frozenset(uncounted), choice.figures, labels)
+    release = Release(choice, suppressed, frozenset(uncounted), labels)
     state = {"inputs": digest, "choice": choice.to_dict(), "suppressed_objects": sorted(suppressed),
              "uncounted_objects": sorted(uncounted), "labels": labels.to_dict()}
     atomic_write(path, [json.dumps(state).encode()])

@@ -131,9 +131,7 @@ def risk_command(
     from deidpipe.risk.report import assess, render
 
     try:
-        df = read_table(table, separator)
-        pop_df = read_table(population_table, separator) if population_table is not None else None
-        columns = [c.strip() for c in qi.split(",") if c.strip()] if qi is not None else None
+        df, pop_df, columns = _inputs(table, population_table, separator, qi)
         report = assess(df, columns, population=population, fraction=fraction, threshold=threshold,
                         weight=weight, population_table=pop_df)
     except RiskError as exc:
@@ -143,6 +141,16 @@ def risk_command(
         typer.echo(report.to_json())
     else:
         render(report)
+
+
+def _inputs(table: Path, population_table: Path | None, separator: str | None,
+            qi: str | None) -> tuple[Any, Any, list[str] | None]:
+    """The table, the population table (or None) and the ``--qi`` columns (None: not given), as both the score
+    and the release read them; :class:`RiskError` when a table cannot be read."""
+    df = read_table(table, separator)
+    pop_df = read_table(population_table, separator) if population_table is not None else None
+    columns = [c.strip() for c in qi.split(",") if c.strip()] if qi is not None else None
+    return df, pop_df, columns
 
 
 def _release(table: Path, qi: str | None, specs: list[str], population: int | None, fraction: float | None,
@@ -167,9 +175,8 @@ def _release(table: Path, qi: str | None, specs: list[str], population: int | No
     try:
         target = Target(k=k, max_risk=max_risk, average_risk=average_risk, model=model,  # type: ignore[arg-type]
                         suppression=suppression, population=population, fraction=fraction, threshold=threshold)
-        df = read_table(table, separator)
-        pop_df = read_table(population_table, separator) if population_table is not None else None
-        columns = [c.strip() for c in qi.split(",") if c.strip()]
+        df, pop_df, columns = _inputs(table, population_table, separator, qi)
+        assert columns is not None  # --qi is required above
         hierarchies = {}
         for spec in specs:
             h = parse_spec(spec, df)
@@ -194,7 +201,7 @@ def _release(table: Path, qi: str | None, specs: list[str], population: int | No
             typer.echo(f"released table written to {out}")
 
 
-def _write(released, out: Path, source: Path, separator: str | None) -> None:  # released: pl.DataFrame
+def _write(released: Any, out: Path, source: Path, separator: str | None) -> None:  # released: pl.DataFrame
     """The released table as Parquet (by suffix) or CSV, with the source CSV's separator."""
     from deidpipe.risk.errors import RiskError
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from deidpipe.keys import ProjectKey
 from deidpipe.policy import Policy
-from deidpipe.serve.config import ConfigError, ServeConfig
+from deidpipe.serve.config import ServeConfig
 from deidpipe.serve.deliver import Deliverer
 from deidpipe.serve.process import Processor
 from deidpipe.serve.queue import Queue
@@ -27,10 +27,9 @@ class Node:
     def __init__(self, config: ServeConfig, key: ProjectKey, policy: Policy | None = None) -> None:
         if policy is None:
             policy = Policy.load(config.policy_file) if config.policy_file else Policy.basic()
-        if policy.risk_target is not None:
-            # a release's transformation is chosen over the whole archive; a node sees one object at a time
-            raise ConfigError("the policy's risk_target needs the whole archive: use it with deidpipe run, and "
-                              "gate the node's output with deidpipe scan")
+        from deidpipe.header.engine import refuse_risk_target
+
+        refuse_risk_target(policy, "deidpipe serve")  # a node sees one object at a time; gate it with scan
         self.config = config
         self.key = key
         self.policy = policy
