@@ -14,8 +14,9 @@ at least every second).
 
 By default a tool's time is its work inside its process (imports and interpreter start-up excluded).
 ``--whole-process`` times each process from launch to exit, as a user waits for it, and runs the tools that have
-a command line through it: ``deidpipe run`` (header stage only: a policy file with ``pixels: off``) and
-``dicognito --output-directory``; the others run this script's loop for them in a fresh interpreter. On small
+a command line through it: ``deidpipe run`` (header stage only, as the other tools: a policy file with
+``pixels: off`` and ``deface: off``) and ``dicognito --output-directory``; the others run this script's loop for
+them in a fresh interpreter. On small
 corpora start-up is a large share of the time: ``--files 1000 --small --whole-process`` is the case of issue 9
 (a whole ``deidpipe run`` at least 5x dicognito's whole process).
 
@@ -54,8 +55,8 @@ torch.nn.functional.conv2d(torch.randn(1, 3, 64, 64), torch.randn(4, 3, 3, 3))
 
 if __name__ == "__main__":
     workers = len(os.sched_getaffinity(0))
-    report = deidpipe.run(sys.argv[1], sys.argv[2], Policy.basic(pixels="off"), key=ProjectKey.from_env(),
-                          workers=workers)
+    report = deidpipe.run(sys.argv[1], sys.argv[2], Policy.basic(pixels="off", deface="off"),
+                          key=ProjectKey.from_env(), workers=workers)
     print(json.dumps({"files": report.written, "quarantined": report.quarantined, "index_s": report.index_s,
                       "execute_s": report.execute_s, "workers": workers}))
 """
@@ -109,7 +110,8 @@ def cli_command(tool: str, corpus: Path, out: Path, scratch: Path) -> list[str] 
         return [sys.executable, str(script), str(corpus), str(out / "dst")]
     if tool.startswith("deidpipe"):
         policy = scratch / "header-only.yaml"
-        policy.write_text('pixels: "off"\n', encoding="utf-8")  # quoted: YAML 1.1 reads a bare off as false
+        # quoted: YAML 1.1 reads a bare off as false
+        policy.write_text('pixels: "off"\ndeface: "off"\n', encoding="utf-8")
         workers = 1 if tool == "deidpipe-1" else len(os.sched_getaffinity(0))
         exe = bindir / "deidpipe"
         head = [str(exe)] if exe.exists() else [sys.executable, "-m", "deidpipe.cli"]
@@ -167,7 +169,7 @@ def run_tool(tool: str, corpus: Path, out: Path) -> dict:
             torch.nn.functional.conv2d(torch.randn(1, 3, 64, 64), torch.randn(4, 3, 3, 3))  # OpenMP pool started
         t0 = time.perf_counter()
         # Header stage only, like every tool it is compared with (the pixel stage has its own benchmark).
-        policy = Policy.basic(pixels="off")
+        policy = Policy.basic(pixels="off", deface="off")
         report = run(corpus, out / "dst", policy, key=ProjectKey(KEY.encode()), workers=workers)
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "files": report.written, "quarantined": report.quarantined,
