@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 #: Errors of a folder ``fsync`` on file systems that cannot sync a folder (some network and FUSE ones): passed
 #: over. Any other error is raised, so that nothing records as durable what may not be on disk.
@@ -51,10 +55,11 @@ def fsync_file(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: str | Path, parts: Iterable[bytes], *, mode: int | None = None) -> None:
+def write_synced(path: str | Path, parts: Iterable[bytes], *, mode: int | None = None, sync: bool = True) -> None:
     """Write ``parts`` one after the other to a new file ``path`` (replacing any file of that name) and fsync
     it; its name is not synced (see :func:`fsync_dir`). ``mode``: the file's permissions, exactly (the umask does
-    not apply), set before a byte is written; by default those of ``open``. On failure the file is removed."""
+    not apply), set before a byte is written; by default those of ``open``. ``sync=False``: no fsync, the caller
+    makes the file durable later (:class:`GroupCommit`, one sync for many files). On failure the file is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is not None else 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:  # owns the descriptor from here: closed whatever fails below
@@ -63,10 +68,40 @@ def write_synced(path: str | Path, parts: Iterable[bytes], *, mode: int | None =
             for part in parts:
                 fh.write(part)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
     except BaseException:
         Path(path).unlink(missing_ok=True)
         raise
+
+
+@cache
+def _libc() -> Any:
+    """The C library (for ``syncfs``), loaded once per process; None where it cannot be."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def syncfs(path: str | Path) -> bool:
+    """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
+    False where it is not available (not Linux, no libc), or failed: the caller then fsyncs file by file."""
+    libc = _libc()
+    if libc is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return bool(libc.syncfs(fd) == 0)
+    except AttributeError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def atomic_write(target: str | Path, parts: Iterable[bytes], *, tmp: str | Path | None = None,
@@ -89,3 +124,80 @@ def atomic_write(target: str | Path, parts: Iterable[bytes], *, tmp: str | Path 
     if sync_dir:
         fsync_dir(target.parent)
     return target
+
+
+@dataclass
+class _Batch:
+    """The writes that one sync makes durable: (temporary file, final name) pairs, and how their sync ended."""
+
+    items: list[tuple[Path, Path]] = field(default_factory=list)
+    done: bool = False
+    error: OSError | None = None
+
+
+class GroupCommit:
+    """Atomic durable writes from many threads into one folder, made durable together (group commit).
+
+    :meth:`write` writes its file under ``tmp_dir`` without an fsync and joins the open batch. When no sync is
+    running, the first writer of the batch takes it (every writer that joined meanwhile) and makes it durable:
+    one ``syncfs`` of the file system (an fsync per file where there is none), each file renamed onto its final
+    name, then one fsync of the final folder. Every writer of the batch returns once that is done; if it failed,
+    each gets the ``OSError`` (and a file not yet renamed is removed). So when :meth:`write` returns, the
+    bytes and the name are on disk, as after :func:`atomic_write`, and writers that arrive together (several
+    associations of a node) share one sync instead of paying one file fsync and one folder fsync each.
+
+    ``tmp_dir`` and the final folder must be on one file system. A crash leaves at most files in ``tmp_dir``,
+    which its owner empties at start (:meth:`deidpipe.serve.queue.Queue.recover`).
+    """
+
+    def __init__(self, tmp_dir: str | Path, folder: str | Path) -> None:
+        self.tmp_dir, self.folder = Path(tmp_dir), Path(folder)
+        self._cond = threading.Condition()
+        self._open = _Batch()
+        self._syncing = False
+        #: Batches made durable so far (the tests read it; a batch holds every writer that joined it).
+        self.syncs = 0
+
+    def write(self, name: str, parts: Iterable[bytes]) -> Path:
+        """Write ``parts`` to ``folder/name`` atomically and durably (see the class); raises OSError if not."""
+        tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}"
+        write_synced(tmp, parts, sync=False)
+        target = self.folder / name
+        with self._cond:
+            batch = self._open
+            batch.items.append((tmp, target))
+            while not batch.done and self._syncing:
+                self._cond.wait()
+            if not batch.done:  # no sync running, and this batch still open: this writer syncs it
+                self._syncing, self._open = True, _Batch()
+        if not batch.done:
+            self._commit(batch)
+        if batch.error is not None:
+            raise OSError(batch.error.errno, batch.error.strerror)
+        return target
+
+    def _sync(self, files: Sequence[Path]) -> None:
+        """Make the batch's files durable: one ``syncfs`` where it works, an fsync per file otherwise."""
+        if len(files) > 1 and syncfs(self.tmp_dir):
+            return
+        for f in files:
+            fsync_file(f)
+
+    def _commit(self, batch: _Batch) -> None:
+        try:
+            self._sync([tmp for tmp, _ in batch.items])
+            for tmp, target in batch.items:
+                os.replace(tmp, target)
+            fsync_dir(self.folder)
+        except OSError as exc:
+            # The writers are told it failed. Files not yet renamed go; one already renamed was synced first, so it
+            # is whole (only its name may not survive a crash), and removing it could remove an earlier copy of
+            # the same name that was reported durable.
+            batch.error = exc
+            for tmp, _ in batch.items:
+                tmp.unlink(missing_ok=True)
+        finally:
+            with self._cond:
+                batch.done, self._syncing = True, False
+                self.syncs += 1
+                self._cond.notify_all()

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from deidpipe.durable import atomic_write, fsync_dir, fsync_file
+from deidpipe.durable import atomic_write, fsync_dir, fsync_file, syncfs
 from deidpipe.errors import DeidError
 
 CONTROL_DIR = "_deidpipe"
@@ -124,42 +123,13 @@ def stage_output(dst: Path, data: bytes | Sequence[bytes], token: str) -> Path:
     return tmp
 
 
-@functools.cache
-def _libc() -> Any:
-    """The C library (for ``syncfs``), loaded once per process; None where it cannot be."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def _syncfs(path: Path) -> bool:
-    """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
-    False where it is not available (not Linux, no libc), or failed."""
-    libc = _libc()
-    if libc is None:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return libc.syncfs(fd) == 0
-    except AttributeError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def flush_staged(dst: Path, staged: Sequence[Path]) -> None:
     """Make staged files durable before they get a name in the tree, so that a crash or a power cut never leaves
     a short output. One ``syncfs`` for a whole task's files: an fsync per file cost about 5 ms per object on this
     machine's disk (a journal commit each), a third of the object's whole cost; elsewhere an fsync per file."""
     if not staged:
         return
-    if len(staged) > 1 and _syncfs(dst / TMP_DIR):
+    if len(staged) > 1 and syncfs(dst / TMP_DIR):
         return
     for tmp in staged:
         fsync_file(tmp)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deidpipe.durable import atomic_write, fsync_dir, fsync_file, write_synced
+from deidpipe.durable import GroupCommit, atomic_write, fsync_dir, fsync_file, write_synced
 
 DIRS = ("tmp", "incoming", "processing", "out", "outbox", "delivered", "quarantine")
 
@@ -46,6 +46,8 @@ class Queue:
             (self.root / "delivered" / name).mkdir(exist_ok=True)
         self._audit_lock = threading.Lock()
         self._audit_dirty = False
+        # Received objects: the SCP's threads (one per association) share a sync when they store together.
+        self._incoming = GroupCommit(self.path("tmp"), self.path("incoming"))
 
     def path(self, state: str, name: str = "") -> Path:
         return self.root / state / name if name else self.root / state
@@ -74,10 +76,10 @@ class Queue:
         atomic_write(target, parts, tmp=self.path("tmp", f"{target.name}.{uuid.uuid4().hex}"))
 
     def put(self, oid: str, parts: Sequence[bytes]) -> Path:
-        """Store a received object durably (data and name on disk when this returns); raises OSError if not."""
-        target = self.path("incoming", f"{oid}.dcm")
-        self._write_durable(target, parts)
-        return target
+        """Store a received object durably (data and name on disk when this returns); raises OSError if not.
+        Objects stored at the same time from several threads are made durable by one sync (group commit,
+        :class:`deidpipe.durable.GroupCommit`)."""
+        return self._incoming.write(f"{oid}.dcm", parts)
 
     # -- processing -----------------------------------------------------------------------------------------
     def incoming(self) -> list[str]:
