@@ -118,7 +118,9 @@ def craft_detector(weights: Path) -> Any:
     state = copyStateDict(torch.load(str(weights), map_location="cpu", weights_only=False))
     net.load_state_dict(state)  # strict: a parameter or buffer the file lacks raises
     try:
-        torch.quantization.quantize_dynamic(net, dtype=torch.qint8, inplace=True)
+        with warnings.catch_warnings():  # torch 2.9+ marks torch.ao.quantization deprecated; EasyOCR still uses it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.quantization.quantize_dynamic(net, dtype=torch.qint8, inplace=True)
     except Exception:  # noqa: BLE001, S110 - as get_detector: a torch without quantisation keeps the float net
         pass
     net.eval()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from deidpipe.pixels.detect import _detector_file, craft_detector, easyocr_model_dir
 
 
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")  # EasyOCR's own
 def test_craft_detector_is_easyocrs_own(ocr):
     """Against ``easyocr.detection.get_detector`` (the library's CPU path, random initialisation included): the
     same modules, the same state (every parameter and buffer equal), eval mode, and the same text boxes from the
