@@ -323,6 +323,58 @@ def dataset_truncation(data: bytes | memoryview, implicit: bool, start: int = 0)
     return None
 
 
+def sequence_is_plain(value: bytes | memoryview) -> bool:
+    """Whether the value of an Explicit VR Little Endian sequence of defined length is plain all the way down:
+    items of defined length only, each filled exactly by elements of a VR pydicom knows and of a defined length
+    (no command or File Meta group, no delimiter), any sequence among them plain in turn.
+
+    pydicom walks such a value the same way (an item tag and length, then each element's header) and builds its
+    Datasets from it without error, and every element then has the length it announces: what
+    :func:`deidpipe.dicomio.read.read_dataset` checks of a sequence holds. False for anything else (an undefined
+    length, an unknown VR, a length past its item), which pydicom is left to judge."""
+    try:
+        return _items_plain(value, 0, len(value))
+    except struct.error:
+        return False
+
+
+def _items_plain(data: bytes | memoryview, pos: int, end: int) -> bool:
+    while pos < end:
+        if pos + 8 > end:
+            return False
+        group, element, _, _ = _HEADER.unpack_from(data, pos)
+        length = _UINT32.unpack_from(data, pos + 4)[0]
+        pos += 8
+        if (group << 16 | element) != _ITEM or length == UNDEFINED or pos + length > end:
+            return False
+        if not _item_plain(data, pos, pos + length):
+            return False
+        pos += length
+    return True
+
+
+def _item_plain(data: bytes | memoryview, pos: int, end: int) -> bool:
+    while pos < end:
+        if pos + 8 > end:
+            return False
+        group, _, vr, length = _HEADER.unpack_from(data, pos)
+        if group <= 0x0002 or group == 0xFFFE:
+            return False
+        if vr in _SHORT_VRS:
+            pos += 8
+        elif vr in _LONG_VRS and pos + 12 <= end:
+            length = _UINT32.unpack_from(data, pos + 8)[0]
+            pos += 12
+        else:
+            return False
+        if length == UNDEFINED or pos + length > end:
+            return False
+        if vr == b"SQ" and not _items_plain(data, pos, pos + length):
+            return False
+        pos += length
+    return True
+
+
 def _raw(data: bytes, element: Element, implicit: bool) -> RawDataElement:
     """The RawDataElement pydicom's generator yields for an element of defined length, or for encapsulated
     Pixel Data (its items, up to the Sequence Delimitation Item)."""

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
 from deidpipe.dicomio.deflate import check_read_to_end, read_deflated
-from deidpipe.dicomio.plainread import dictionary_vr, parse_plain, truncation
+from deidpipe.dicomio.plainread import dictionary_vr, parse_plain, sequence_is_plain, truncation
 from deidpipe.dicomio.quiet import quiet as quiet_pydicom
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
 
@@ -50,7 +50,15 @@ def _describe(exc: BaseException) -> str:
     return f"cannot be parsed ({type(exc).__name__})"
 
 
-def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False, top: bool = False) -> None:
+def _walked(raw: object) -> bool:
+    """Whether ``raw`` is a sequence of defined length in Explicit VR Little Endian whose items the length walker
+    accounts for (:func:`deidpipe.dicomio.plainread.sequence_is_plain`): pydicom would parse it without error."""
+    return (isinstance(raw, RawDataElement) and raw.VR == "SQ" and not raw.is_implicit_VR and raw.is_little_endian
+            and raw.length != 0xFFFFFFFF and isinstance(raw.value, bytes) and sequence_is_plain(raw.value))
+
+
+def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False, top: bool = False,
+                     walk_sequences: bool = False) -> None:
     """Check every element's length and VR, and parse every sequence, without decoding other values.
 
     pydicom reads a value shorter than its announced length without complaint: that is a truncated file,
@@ -59,7 +67,8 @@ def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = Fa
     known to be sound (read by :mod:`deidpipe.dicomio.plainread`), only its sequences are left to parse. ``top``: ``ds``
     is the object's top level, whose (Float, Double Float) Pixel Data cut short is no structural error but
     incomplete pixel data, judged with the header by :mod:`deidpipe.dicomio.completeness` (quarantined, unless the
-    policy allows incomplete pixel data).
+    policy allows incomplete pixel data). ``walk_sequences``: a sequence the length walker accounts for is left
+    raw instead of parsed (:func:`_walked`); the answer is the same.
     """
     for tag in list(ds._dict):
         raw = ds._dict[tag]
@@ -76,6 +85,8 @@ def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = Fa
         else:
             vr = raw.VR
         if vr == "SQ":
+            if walk_sequences and _walked(raw):
+                continue
             try:
                 items = ds[tag].value
             except Exception as exc:  # noqa: BLE001 - any parser failure is an input problem
@@ -97,7 +108,8 @@ def _drop_stray_delimiter(ds: Dataset) -> None:
 
 
 def read_dataset(
-    source: str | Path | BinaryIO | bytes, *, stop_before_pixels: bool = False, name: str | None = None
+    source: str | Path | BinaryIO | bytes, *, stop_before_pixels: bool = False, name: str | None = None,
+    walk_sequences: bool = False,
 ) -> FileDataset:
     """Read a DICOM file completely or raise a typed :class:`InputError` that names the file and the reason.
 
@@ -105,6 +117,10 @@ def read_dataset(
     plausible data set. ``source`` may be the file's bytes: a plain file (see :mod:`deidpipe.dicomio.plainread`) is
     then read without pydicom's per-element reader, to the same data set. A whole read (not
     ``stop_before_pixels``) accounts for the file's bytes first: a file cut inside an element is refused.
+
+    ``walk_sequences`` (with bytes): the top-level sequences of a plain file that the length walker accounts for
+    are left raw, not parsed by pydicom; the read refuses exactly what it refuses otherwise. For a caller that
+    reads top-level attributes only (``serve``'s check before Success): parsing sequences was a third of it.
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
     if isinstance(source, bytes):
@@ -112,7 +128,8 @@ def read_dataset(
             ds = None if stop_before_pixels else parse_plain(source)
             if ds is not None:  # its walk accounted for every byte of the top level
                 try:
-                    _check_structure(ds, label, checked=True)  # its sequences: parse_plain checked the rest
+                    # its sequences: parse_plain checked the rest
+                    _check_structure(ds, label, checked=True, walk_sequences=walk_sequences)
                 except InputError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - as below

@@ -430,16 +430,17 @@ class StorageSCP:
         return Answer(STATUS_OUT_OF_RESOURCES)
 
     def _check(self, oid: str, sop_uid: str, data: bytes) -> Answer | None:
-        """Parse the whole object as the pipeline will (the same reader) and make the checks ``run`` makes
-        before its stages (:func:`refusal`): what they refuse is refused now, while the sender can still be told.
-        None: it may be queued."""
+        """Read the whole object as the pipeline will (the same reader, whose answer for malformed input is the
+        same; sequences the length walker accounts for are not parsed, nothing here reads them) and make the
+        checks ``run`` makes before its stages (:func:`refusal`): what they refuse is refused now, while the
+        sender can still be told. None: it may be queued."""
         from deidpipe.dicomio import read_dataset
 
         # A deflated data set is charged to the budget as it inflates, and inflates no further than the
         # processing processes will let it (so nothing answered Success fails there for its size).
         with charging(self.budget.take, self.config.max_inflated_bytes) as charge:
             try:
-                ds = read_dataset(data)
+                ds = read_dataset(data, walk_sequences=True)  # top-level attributes only: the same answer
                 refused = refusal(ds, sop_uid, self.policy)
                 del ds
             except InflateBudgetExceeded:

@@ -10,8 +10,9 @@ import pydicom
 from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 
-from deidpipe.dicomio import quiet_pydicom
-from deidpipe.dicomio.plainread import parse_plain, scan_elements
+from deidpipe.dicomio import quiet_pydicom, read_dataset
+from deidpipe.dicomio.plainread import parse_plain, scan_elements, sequence_is_plain
+from deidpipe.errors import InputError
 from deidpipe.pipeline.index import _facts_from_dataset, _header_facts, _is_part10, _read_header
 
 
@@ -124,3 +125,65 @@ def test_encapsulated_pixel_data_is_read_as_pydicom_reads_it() -> None:
     assert ours._dict[0x7FE00010].value == items
     broken = _part10(head + pixels.replace(b"\xfe\xff\x00\xe0\x04", b"\xfe\xff\x00\xe1\x04"), jpeg)
     assert parse_plain(broken) is None  # pydicom searches the bytes for the delimiter then: its judgement
+
+
+def _answer(data: bytes, **kw: object) -> tuple[str, str] | list[int]:
+    """What ``read_dataset`` says of ``data``: its top-level tags, or the error's type and fixed reason."""
+    try:
+        return [int(t) for t in read_dataset(data, **kw)._dict]
+    except InputError as exc:
+        return type(exc).__name__, exc.reason
+
+
+def _sequence_values(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each top-level sequence value of a plain file, the nested ones' included."""
+    ds = parse_plain(data)
+    out: list[tuple[int, int]] = []
+    if ds is None:
+        return out
+    for raw in ds._dict.values():
+        if isinstance(raw, RawDataElement) and raw.VR == "SQ" and raw.length and raw.length != 0xFFFFFFFF:
+            out.append((raw.value_tell, raw.length))
+    return out
+
+
+def test_walked_sequences_give_the_same_answer(small_archive) -> None:
+    """``read_dataset(..., walk_sequences=True)`` (serve's check before Success: sequences the length walker
+    accounts for are not parsed) accepts and refuses exactly what the whole read does, with the same reason: on
+    every file pydicom bundles, the synth archive, and 2,000 seeded corruptions of their sequences (a byte of an
+    item or element header, a length, a VR, an item cut short or made undefined)."""
+    import random
+
+    src, _ = small_archive
+    files = [p.read_bytes() for p in _bundled() + sorted(src.rglob("*.dcm"))]
+    walked = 0
+    for data in files:
+        assert _answer(data, walk_sequences=True) == _answer(data)
+        ds = parse_plain(data)
+        if ds is not None:
+            walked += sum(1 for raw in ds._dict.values() if isinstance(raw, RawDataElement) and raw.VR == "SQ"
+                          and sequence_is_plain(raw.value))
+    assert walked > 50  # the walker takes most sequences of plain files: the check gains its time there
+
+    rng = random.Random(19)
+    with_sequences = [(d, s) for d in files if (s := _sequence_values(d))]
+    assert len(with_sequences) > 20
+    answers = set()
+    for _ in range(2000):
+        data, spans = rng.choice(with_sequences)
+        offset, length = rng.choice(spans)
+        bad = bytearray(data)
+        at = offset + rng.randrange(min(length, 64))  # within the first item's headers, where it matters most
+        kind = rng.randrange(4)
+        if kind == 0:
+            bad[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # an element's VR made unknown, or another known one
+            bad[at:at + 2] = rng.choice([b"XX", b"UN", b"SQ", b"OB", b"LO", b"\0\0"])
+        elif kind == 2:  # a 32-bit length made undefined, or longer, or shorter
+            bad[at:at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\xff\x00\x00\x00", b"\x02\x00\x00\x00"])
+        else:
+            bad[at:at + 4] = rng.choice([b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"])
+        whole = _answer(bytes(bad))
+        assert _answer(bytes(bad), walk_sequences=True) == whole
+        answers.add("read" if isinstance(whole, list) else whole[0])
+    assert len(answers) > 1  # both verdicts among the corruptions: the comparison saw refusals too
