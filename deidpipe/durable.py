@@ -189,11 +189,12 @@ class GroupCommit:
             for tmp, target in batch.items:
                 os.replace(tmp, target)
             fsync_dir(self.folder)
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the sync, no writer of the batch may succeed
             # The writers are told it failed. Files not yet renamed go; one already renamed was synced first, so it
             # is whole (only its name may not survive a crash), and removing it could remove an earlier copy of
             # the same name that was reported durable.
-            batch.error = exc
+            batch.error = exc if isinstance(exc, OSError) else OSError(
+                errno.EIO, f"group commit failed ({type(exc).__name__})")
             for tmp, _ in batch.items:
                 tmp.unlink(missing_ok=True)
         finally:

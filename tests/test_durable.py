@@ -59,9 +59,9 @@ def test_fsync_of_folders_and_files(tmp_path):
 
 class _HeldSync(GroupCommit):
     """A group commit whose first sync waits for ``release``: the writers that come meanwhile join the next batch
-    (as objects arriving on other associations while one sync runs). ``fail``: every sync raises EIO."""
+    (as objects arriving on other associations while one sync runs). ``fail``: every sync raises it."""
 
-    def __init__(self, *args, fail: bool = False) -> None:
+    def __init__(self, *args, fail: BaseException | None = None) -> None:
         super().__init__(*args)
         self.release, self.held, self.fail = threading.Event(), threading.Event(), fail
 
@@ -69,8 +69,8 @@ class _HeldSync(GroupCommit):
         if not self.held.is_set():
             self.held.set()
             assert self.release.wait(30)
-        if self.fail:
-            raise OSError(errno.EIO, "Input/output error")
+        if self.fail is not None:
+            raise self.fail
         super()._sync(files)
 
 
@@ -115,11 +115,15 @@ def test_group_commit_writers_that_come_together_share_one_sync(tmp_path):
     assert gc.write("f", [b"alone"]) == tmp_path / "in" / "f" and gc.syncs == 3
 
 
-def test_group_commit_failed_sync_fails_every_writer_of_the_batch(tmp_path):
+@pytest.mark.parametrize("failure", [OSError(errno.EIO, "Input/output error"), RuntimeError("not an OSError")],
+                         ids=["oserror", "other"])
+def test_group_commit_failed_sync_fails_every_writer_of_the_batch(tmp_path, failure):
+    """Whatever ends a sync, every writer of its batch gets an OSError (EIO where the failure was no OSError):
+    none is told its object is durable."""
     (tmp_path / "tmp").mkdir()
     (tmp_path / "in").mkdir()
     GroupCommit(tmp_path / "tmp", tmp_path / "in").write("b", [b"earlier copy"])
-    gc = _HeldSync(tmp_path / "tmp", tmp_path / "in", fail=True)
+    gc = _HeldSync(tmp_path / "tmp", tmp_path / "in", fail=failure)
     errors = _start_while_held(gc, "a", ["b", "c"])
     assert sorted(errors) == ["a", "b", "c"]
     assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in errors.values())
