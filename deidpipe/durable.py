@@ -86,11 +86,27 @@ def _libc() -> Any:
         return None
 
 
+@cache
+def _syncfs_reports_errors() -> bool:
+    """Whether this kernel's ``syncfs`` reports a write-back error (Linux 5.8 and later; before, it returned 0
+    after an I/O error, where an fsync of the file reports it)."""
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
 def syncfs(path: str | Path) -> bool:
     """``syncfs(2)`` on the file system that holds ``path``: one call makes every file written there durable.
-    False where it is not available (not Linux, no libc), or failed: the caller then fsyncs file by file."""
+    False where it is not available (not Linux, no libc, a kernel before 5.8, whose ``syncfs`` does not report
+    write-back errors), or failed: the caller then fsyncs file by file."""
     libc = _libc()
-    if libc is None:
+    if libc is None or not _syncfs_reports_errors():
         return False
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -147,7 +163,9 @@ class GroupCommit:
     associations of a node) share one sync instead of paying one file fsync and one folder fsync each.
 
     ``tmp_dir`` and the final folder must be on one file system. A crash leaves at most files in ``tmp_dir``,
-    which its owner empties at start (:meth:`deidpipe.serve.queue.Queue.recover`).
+    which its owner empties at start (:meth:`deidpipe.serve.queue.Queue.recover`). A batch that fails after some
+    renames (the folder's fsync failed) leaves those files in place, whole; their writers were told it failed, and
+    a sender that sends again writes the same name.
     """
 
     def __init__(self, tmp_dir: str | Path, folder: str | Path) -> None:

@@ -326,7 +326,8 @@ def dataset_truncation(data: bytes | memoryview, implicit: bool, start: int = 0)
 def sequence_is_plain(value: bytes | memoryview) -> bool:
     """Whether the value of an Explicit VR Little Endian sequence of defined length is plain all the way down:
     items of defined length only, each filled exactly by elements of a VR pydicom knows and of a defined length
-    (no command or File Meta group, no delimiter), any sequence among them plain in turn.
+    (no command or File Meta group, no delimiter, no Specific Character Set: pydicom decodes that one while it
+    parses), any sequence among them plain in turn.
 
     pydicom walks such a value the same way (an item tag and length, then each element's header) and builds its
     Datasets from it without error, and every element then has the length it announces: what
@@ -334,7 +335,7 @@ def sequence_is_plain(value: bytes | memoryview) -> bool:
     length, an unknown VR, a length past its item), which pydicom is left to judge."""
     try:
         return _items_plain(value, 0, len(value))
-    except struct.error:
+    except (struct.error, RecursionError):  # nesting deeper than this walk goes: pydicom's to judge, and say
         return False
 
 
@@ -357,9 +358,9 @@ def _item_plain(data: bytes | memoryview, pos: int, end: int) -> bool:
     while pos < end:
         if pos + 8 > end:
             return False
-        group, _, vr, length = _HEADER.unpack_from(data, pos)
-        if group <= 0x0002 or group == 0xFFFE:
-            return False
+        group, element, vr, length = _HEADER.unpack_from(data, pos)
+        if group <= 0x0002 or group == 0xFFFE or (group, element) == (0x0008, 0x0005):
+            return False  # pydicom decodes an item's Specific Character Set as it parses: its value is judged
         if vr in _SHORT_VRS:
             pos += 8
         elif vr in _LONG_VRS and pos + 12 <= end:

@@ -4,6 +4,7 @@ execute pass's reader and the index pass's header scan, on every file pydicom bu
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import pydicom
@@ -187,3 +188,41 @@ def test_walked_sequences_give_the_same_answer(small_archive) -> None:
         assert _answer(bytes(bad), walk_sequences=True) == whole
         answers.add("read" if isinstance(whole, list) else whole[0])
     assert len(answers) > 1  # both verdicts among the corruptions: the comparison saw refusals too
+
+
+def _with_sequence(value: bytes) -> bytes:
+    """A small Part 10 file whose last top-level element is Referenced Image Sequence (0008,1140) holding
+    ``value`` (its items, as bytes)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue() + b"\x08\x00\x40\x11SQ\0\0" + struct.pack("<I", len(value)) + value
+
+
+def _item(content: bytes) -> bytes:
+    return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(content)) + content
+
+
+def test_walked_sequences_leave_item_character_sets_and_deep_nesting_to_pydicom() -> None:
+    """Review findings: pydicom decodes a Specific Character Set (0008,0005) inside an item while it parses (a
+    VR other than CS makes it fail), and nesting deeper than a Python walk goes ends in RecursionError. Both are
+    left to pydicom: the same answer and reason as the whole read."""
+    for vr, value in ((b"FD", struct.pack("<d", 1.5)), (b"US", b"\x01\x00"), (b"CS", b"ISO_IR 100"),
+                      (b"PN", b"Doe^J ")):
+        element = b"\x08\x00\x05\x00" + vr + struct.pack("<H", len(value)) + value
+        data = _with_sequence(_item(element))
+        assert not sequence_is_plain(_item(element))
+        assert _answer(data, walk_sequences=True) == _answer(data)
+    for depth in (3, 600, 1200):
+        value = b""
+        for _ in range(depth):
+            value = _item(b"\x08\x00\x40\x11SQ\0\0" + struct.pack("<I", len(value)) + value)
+        data = _with_sequence(value)
+        assert _answer(data, walk_sequences=True) == _answer(data), depth
