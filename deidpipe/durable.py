@@ -120,6 +120,15 @@ def syncfs(path: str | Path) -> bool:
         os.close(fd)
 
 
+def sync_files(files: Sequence[Path], fs_path: str | Path) -> None:
+    """Make ``files`` (written, not yet synced, all on the file system of ``fs_path``) durable: one ``syncfs``
+    for two or more where it works (an fsync each is a journal commit each), else an fsync per file."""
+    if len(files) > 1 and syncfs(fs_path):
+        return
+    for f in files:
+        fsync_file(f)
+
+
 def atomic_write(target: str | Path, parts: Iterable[bytes], *, tmp: str | Path | None = None,
                  mode: int | None = None, sync_dir: bool = True) -> Path:
     """Write ``parts`` to ``target`` durably and atomically: a temporary file, fsynced, renamed onto ``target``
@@ -195,11 +204,8 @@ class GroupCommit:
         return target
 
     def _sync(self, files: Sequence[Path]) -> None:
-        """Make the batch's files durable: one ``syncfs`` where it works, an fsync per file otherwise."""
-        if len(files) > 1 and syncfs(self.tmp_dir):
-            return
-        for f in files:
-            fsync_file(f)
+        """Make the batch's files durable (:func:`sync_files`)."""
+        sync_files(files, self.tmp_dir)
 
     def _commit(self, batch: _Batch) -> None:
         try:

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
 from deidpipe.dicomio.deflate import check_read_to_end, read_deflated
-from deidpipe.dicomio.plainread import dictionary_vr, parse_plain, sequence_is_plain, truncation
+from deidpipe.dicomio.plainread import UNDEFINED, dictionary_vr, parse_plain, sequence_is_plain, truncation
 from deidpipe.dicomio.quiet import quiet as quiet_pydicom
 from deidpipe.errors import InputError, InvalidValueError, NotDicomError, TruncatedError
 
@@ -54,7 +54,7 @@ def _walked(raw: object) -> bool:
     """Whether ``raw`` is a sequence of defined length in Explicit VR Little Endian whose items the length walker
     accounts for (:func:`deidpipe.dicomio.plainread.sequence_is_plain`): pydicom would parse it without error."""
     return (isinstance(raw, RawDataElement) and raw.VR == "SQ" and not raw.is_implicit_VR and raw.is_little_endian
-            and raw.length != 0xFFFFFFFF and isinstance(raw.value, bytes) and sequence_is_plain(raw.value))
+            and raw.length != UNDEFINED and isinstance(raw.value, bytes) and sequence_is_plain(raw.value))
 
 
 def _check_structure(ds: Dataset, path: str | Path | None, *, checked: bool = False, top: bool = False,

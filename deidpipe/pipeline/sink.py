@@ -32,7 +32,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from deidpipe.durable import atomic_write, fsync_dir, fsync_file, syncfs
+from deidpipe.durable import atomic_write, fsync_dir, sync_files
 from deidpipe.errors import DeidError
 
 CONTROL_DIR = "_deidpipe"
@@ -127,12 +127,7 @@ def flush_staged(dst: Path, staged: Sequence[Path]) -> None:
     """Make staged files durable before they get a name in the tree, so that a crash or a power cut never leaves
     a short output. One ``syncfs`` for a whole task's files: an fsync per file cost about 5 ms per object on this
     machine's disk (a journal commit each), a third of the object's whole cost; elsewhere an fsync per file."""
-    if not staged:
-        return
-    if len(staged) > 1 and syncfs(dst / TMP_DIR):
-        return
-    for tmp in staged:
-        fsync_file(tmp)
+    sync_files(staged, dst / TMP_DIR)
 
 
 def publish(dst: Path, relpath: str, tmp: Path) -> str:

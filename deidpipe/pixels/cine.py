@@ -87,8 +87,6 @@ class CinePlan:
     anatomy_share: float = 0.0
 
 
-
-
 def summary_image(frames8: np.ndarray) -> np.ndarray:
     """The per-pixel mean of the frames, rounded, as an 8-bit image (grey or RGB)."""
     n = frames8.shape[0]
