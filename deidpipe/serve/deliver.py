@@ -364,39 +364,61 @@ class Deliverer(LoopThread):
         return len(due)
 
     def _settle(self, t: dict[str, Any], kind: str, reason: str, now: float) -> dict[str, Any]:
+        """Close, retry or quarantine ``t`` after a send; returns its audit line. A ticket that a newer copy of
+        the same object has superseded (received again and processed while ``t`` waited) is neither retried nor
+        quarantined: the newer copy's ticket takes its place and is delivered in its turn."""
         oid, name = t["object_id"], self.dest.name
         record = {"object_id": oid, "event": "deliver", "destination": name, "status": kind, "reason": reason,
                   "attempts": t["attempts"] + 1, "time": now}
         if kind == DELIVERED:
-            self.queue.close_ticket(t, "delivered")
+            newer = self.queue.close_ticket(t, "delivered")
             self.stats["delivered"] += 1
-        else:
+            self._replace_pending(t, newer)
+            return record
+        newer = self.queue.newer_ticket(t)
+        if newer is None:
             t = dict(t, attempts=t["attempts"] + 1, last_error=reason)
             too_old = now - t["queued_at"] >= self.retry.max_age_s
             if kind == RETRY and not too_old and t["attempts"] < self.retry.max_attempts:
                 t["next_at"] = now + self.retry.delay(t["attempts"])
-                self.queue.update_ticket(t)
-                self.stats["retries"] += 1
-                with self._lock:
-                    self.pending[oid] = t
-                log.info("object %s to %s: %s; retry %d in %.1f s", oid[:12], name, reason, t["attempts"],
-                         t["next_at"] - now)
-                return dict(record, status="retry")
-            why = f"{reason} (gave up after {t['attempts']} attempt(s), {now - t['queued_at']:.0f} s)" \
-                if kind == RETRY else reason
-            self.queue.quarantine(f"{oid}.{name}", {"object_id": oid, "input_path_hash": oid, "destination": name,
-                                                    "stage": "deliver", "reason": why, "attempts": t["attempts"],
-                                                    "out_hash": t.get("out_hash"), "time": now})
-            self.queue.close_ticket(t, "quarantine")
-            self.stats["quarantined"] += 1
-            if kind == RETRY:
-                log.error("ALERT: object %s not delivered to %s: %s; quarantined", oid[:12], name, why)
+                newer = self.queue.update_ticket(t)
+                if newer is None:
+                    self.stats["retries"] += 1
+                    self._replace_pending(t, t)
+                    log.info("object %s to %s: %s; retry %d in %.1f s", oid[:12], name, reason, t["attempts"],
+                             t["next_at"] - now)
+                    return dict(record, status="retry")
             else:
-                log.error("object %s refused by %s (%s); quarantined", oid[:12], name, reason)
-            record["status"] = "quarantined"
-        with self._lock:
-            self.pending.pop(oid, None)
+                why = f"{reason} (gave up after {t['attempts']} attempt(s), {now - t['queued_at']:.0f} s)" \
+                    if kind == RETRY else reason
+                self.queue.quarantine(f"{oid}.{name}", {"object_id": oid, "input_path_hash": oid,
+                                                        "destination": name, "stage": "deliver", "reason": why,
+                                                        "attempts": t["attempts"], "out_hash": t.get("out_hash"),
+                                                        "time": now})
+                newer = self.queue.close_ticket(t, "quarantine")
+                self.stats["quarantined"] += 1
+                if kind == RETRY:
+                    log.error("ALERT: object %s not delivered to %s: %s; quarantined", oid[:12], name, why)
+                else:
+                    log.error("object %s refused by %s (%s); quarantined", oid[:12], name, reason)
+                record["status"] = "quarantined"
+        if newer is not None and record["status"] != "quarantined":
+            record.update(status="superseded", reason="a newer copy of the object took its place")
+        self._replace_pending(t, newer)
         return record
+
+    def _replace_pending(self, t: dict[str, Any], replacement: dict[str, Any] | None) -> None:
+        """``t``'s place in :attr:`pending` goes to ``replacement`` (None: it leaves), unless :meth:`add` has
+        already put a newer copy's ticket there."""
+        oid = t["object_id"]
+        with self._lock:
+            current = self.pending.get(oid)
+            if current is not None and current.get("copy") != t.get("copy"):
+                return
+            if replacement is None:
+                self.pending.pop(oid, None)
+            else:
+                self.pending[oid] = replacement
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -164,10 +164,11 @@ class Processor(LoopThread):
         tickets = []
         for r in results:
             if r.status == STATUS_WRITTEN:
+                stamp = self.queue.stamp(r.output)  # this copy of the object, apart from any other copy of it
                 for dest in self.queue.destinations:
                     tickets.append({"object_id": r.object_id, "destination": dest, "output": r.output,
                                     "bytes": r.bytes_out, "out_hash": r.out_hash, "queued_at": now,
-                                    "attempts": 0, "next_at": 0.0})
+                                    "attempts": 0, "next_at": 0.0, **stamp})
             elif r.status == STATUS_SKIPPED:  # set aside by the policy (an encapsulated document): audited only
                 log.info("object %s skipped at %s: %s", r.object_id[:12], r.stage, r.reason)
             else:

@@ -134,27 +134,89 @@ class Queue:
                 continue
         return out
 
-    def update_ticket(self, t: dict[str, Any]) -> None:
-        """A ticket's retry count and next attempt (atomic, not synced: a lost update only retries sooner)."""
-        target = self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
+    def stamp(self, relpath: str | None) -> dict[str, Any]:
+        """What tells one processing of an object from another, for its tickets: ``copy``, a fresh random id,
+        and ``file``, the identity of the output file it wrote (inode and modification time: the pipeline's sink
+        replaces a file by rename, so a later copy of the same instance has another, even where the file system
+        reuses the inode). A second copy of an instance is processed into the same output path while the first
+        copy's tickets may still be open: these two fields keep the first copy's delivery from closing the
+        second copy's ticket or removing its output (:meth:`close_ticket`)."""
+        return {"copy": uuid.uuid4().hex, "file": _file_identity(self.output_path(relpath))}
+
+    def _ticket_path(self, t: dict[str, Any]) -> Path:
+        return self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
+
+    def newer_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
+        """The ticket now in the outbox for ``t``'s object and destination when it is another copy's (a copy
+        received and processed after ``t``'s: it supersedes ``t``), else None."""
+        try:
+            current = json.loads(self._ticket_path(t).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return None if current.get("copy") == t.get("copy") else current
+
+    def update_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
+        """A ticket's retry count and next attempt (atomic, not synced: a lost update only retries sooner). A
+        ticket that another copy's has superseded is not written back: the newer ticket is returned instead.
+        (Between that check and the rename a newer ticket could still be overwritten, a window of microseconds;
+        the retry then sends the output file, which is the newer copy's, and only the audit's hash is the older
+        one's.)"""
+        newer = self.newer_ticket(t)
+        if newer is not None:
+            return newer
         tmp = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}")
         tmp.write_bytes(json.dumps(t, sort_keys=True).encode())
-        os.replace(tmp, target)
+        os.replace(tmp, self._ticket_path(t))
+        return None
 
-    def close_ticket(self, t: dict[str, Any], state: str) -> None:
+    def close_ticket(self, t: dict[str, Any], state: str) -> dict[str, Any] | None:
         """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the output goes once no
-        destination still needs it."""
-        dest, oid = t["destination"], t["object_id"]
-        src = self.path("outbox", f"{dest}/{oid}.json")
-        if state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
-            os.replace(src, self.path("delivered", f"{dest}/{oid}.json"))
-        else:
-            src.unlink(missing_ok=True)
-        if not any(self.path("outbox", f"{d}/{oid}.json").exists()
-                   or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
-            out = self.output_path(t["output"])
-            if out is not None:
-                out.unlink(missing_ok=True)
+        destination still needs it. Returns the ticket of a newer copy of the object that has superseded ``t``
+        (which is then left in the outbox, with its output), else None.
+
+        The ticket is first renamed aside and only then read: processing may replace it with a newer copy's at
+        any moment, and a check followed by a move could move that newer ticket to ``delivered`` unsent."""
+        src = self._ticket_path(t)
+        aside = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}.close")
+        newer = None
+        try:
+            os.replace(src, aside)
+        except FileNotFoundError:
+            aside = None
+        if aside is not None:
+            try:
+                taken = json.loads(aside.read_bytes())
+            except (OSError, ValueError):
+                taken = {}
+            if taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place, unless a newer still
+                newer = taken
+                try:
+                    os.link(aside, src)
+                except FileExistsError:
+                    pass
+                aside.unlink()
+            elif state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
+                os.replace(aside, self.path("delivered", f"{t['destination']}/{t['object_id']}.json"))
+            else:
+                aside.unlink()
+        self._release_output(t)
+        return newer
+
+    def _release_output(self, t: dict[str, Any]) -> None:
+        """Remove ``t``'s output once no destination has a ticket for the object, and only if the file is still
+        the one ``t``'s processing wrote (:meth:`stamp`): a newer copy's output at the same path stays. (A newer copy
+        renamed into place between the check and the removal, a window of microseconds, would lose its output:
+        its delivery then fails closed, quarantined as "output is missing".)"""
+        oid = t["object_id"]
+        if any(self.path("outbox", f"{d}/{oid}.json").exists()
+               or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
+            return
+        out = self.output_path(t["output"])
+        if out is None:
+            return
+        if t.get("file") is not None and _file_identity(out) != t["file"]:
+            return
+        out.unlink(missing_ok=True)
 
     def output_path(self, relpath: str | None) -> Path | None:
         if not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
@@ -189,3 +251,12 @@ class Queue:
                 return
             self._audit_dirty = False
             fsync_file(self.root / "audit.jsonl")
+
+
+def _file_identity(path: Path | None) -> str | None:
+    """Inode and modification time (ns) of ``path``, or None when there is no file."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"

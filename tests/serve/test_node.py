@@ -471,6 +471,23 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     return folder / "ca.pem", folder / "node.pem", folder / "node.key"
 
 
+def test_objects_sent_again_are_delivered_not_quarantined(tmp_path, small):
+    """A sender that sends the same objects again (after a lost answer, or a whole resend) while the first copies
+    are processed and delivered: every object arrives as ``run`` writes it, nothing is quarantined, and the
+    queue keeps no output behind (tests/serve/test_queue.py has the orders of events one by one)."""
+    archive, _, expected = small
+    cfg = config(tmp_path, Destination("copy", "folder", path=tmp_path / "copy"))
+    with Node(cfg, KEY, HEADER_POLICY) as node:
+        for _ in range(3):
+            assert storescu(node.port, archive).returncode == 0
+        assert node.wait_idle(120)
+    assert {p.name[:-4]: p.read_bytes() for p in (tmp_path / "copy").rglob("*.dcm")} == expected
+    assert not list((cfg.queue / "quarantine").iterdir())
+    assert not [p for p in (cfg.queue / "out").rglob("*") if p.is_file()]
+    audit = [json.loads(x) for x in (cfg.queue / "audit.jsonl").read_text().splitlines()]
+    assert {a["status"] for a in audit if a.get("event") == "deliver"} <= {"delivered", "superseded"}
+
+
 def test_tls(tmp_path, small):
     archive, _, expected = small
     ca, cert, key = _certificates(tmp_path / "pki")
