@@ -303,6 +303,8 @@ class Deliverer(LoopThread):
         #: Whether tickets arrive as files from another process (polled) rather than through :meth:`add`.
         self.poll_outbox = False
         self.stats = {"delivered": 0, "retries": 0, "quarantined": 0}
+        #: Closed tickets whose output could not be released yet (a processing round held the output lock).
+        self.unreleased: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def add(self, tickets: list[dict[str, Any]]) -> None:
@@ -338,8 +340,15 @@ class Deliverer(LoopThread):
         due.sort(key=lambda t: t["queued_at"])
         return due[: self.dest.batch]
 
+    def _release(self, tickets: list[dict[str, Any]]) -> None:
+        """Let closed tickets' outputs go (:meth:`Queue.release_output`); those refused now wait in
+        :attr:`unreleased` for the next round."""
+        self.unreleased = [t for t in self.unreleased + tickets if not self.queue.release_output(t)]
+
     def step(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        if self.unreleased:
+            self._release([])
         if self.poll_outbox:
             self.refresh()
         due = self._due(now)
@@ -358,6 +367,7 @@ class Deliverer(LoopThread):
         audit = []
         for t, (kind, reason) in zip(due, outcomes, strict=True):
             audit.append(self._settle(t, kind, reason, now))
+        self._release([t for t, rec in zip(due, audit, strict=True) if rec["status"] in ("delivered", "quarantined")])
         # Neither the ticket's move to delivered/ nor the audit line is synced here: after a crash an object may be
         # delivered again (destinations are idempotent by SOP Instance UID); the node syncs the audit every 2 s.
         self.queue.audit(audit, sync=False)
@@ -431,7 +441,7 @@ class Deliverer(LoopThread):
             if not n:
                 with self._lock:
                     nxt = min((t["next_at"] for t in self.pending.values()), default=None)
-                cap = 0.02 if self.poll_outbox else 1.0
+                cap = 0.02 if self.poll_outbox or self.unreleased else 1.0
                 wait = cap if nxt is None else max(0.01, min(cap, nxt - time.time()))
                 self.wake.wait(wait)
                 self.wake.clear()

@@ -141,7 +141,7 @@ class Node:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not self.queue.incoming() and not any(self.queue.path("processing").glob("*.dcm")) \
-                    and all(not d.pending for d in self.deliverers.values()) \
+                    and all(not d.pending and not d.unreleased for d in self.deliverers.values()) \
                     and not any(any(self.queue.path("outbox", n).glob("*.json")) for n in self.deliverers):
                 return True
             time.sleep(0.05)

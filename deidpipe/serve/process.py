@@ -81,7 +81,9 @@ class Processor(LoopThread):
             held = self.held.pop(series)
             rows = list(held.rows.values())
             tasks += self._tasks(series, rows, needed_stages(SeriesFacts.from_rows(rows), self.policy))
-        done += self._execute(tasks)
+        if tasks:  # outputs written and their tickets made under the queue's output lock (Queue.output_lock)
+            with self.queue.output_lock():
+                done += self._execute(tasks)
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done
 
@@ -164,7 +166,7 @@ class Processor(LoopThread):
         tickets = []
         for r in results:
             if r.status == STATUS_WRITTEN:
-                stamp = self.queue.stamp(r.output)  # this copy of the object, apart from any other copy of it
+                stamp = self.queue.stamp()  # this copy of the object, apart from any other copy of it
                 for dest in self.queue.destinations:
                     tickets.append({"object_id": r.object_id, "destination": dest, "output": r.output,
                                     "bytes": r.bytes_out, "out_hash": r.out_hash, "queued_at": now,

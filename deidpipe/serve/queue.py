@@ -24,7 +24,8 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,33 @@ class Queue:
                 continue
         return out
 
-    def stamp(self, relpath: str | None) -> dict[str, Any]:
-        """What tells one processing of an object from another, for its tickets: ``copy``, a fresh random id,
-        and ``file``, the identity of the output file it wrote (inode and modification time: the pipeline's sink
-        replaces a file by rename, so a later copy of the same instance has another, even where the file system
-        reuses the inode). A second copy of an instance is processed into the same output path while the first
-        copy's tickets may still be open: these two fields keep the first copy's delivery from closing the
-        second copy's ticket or removing its output (:meth:`close_ticket`)."""
-        return {"copy": uuid.uuid4().hex, "file": _file_identity(self.output_path(relpath))}
+    def stamp(self) -> dict[str, Any]:
+        """What tells one processing of an object from another, for its tickets: ``copy``, a fresh random id. A
+        second copy of an instance is processed into the same output path while the first copy's tickets may
+        still be open; with it, the first copy's delivery does not close the second copy's ticket
+        (:meth:`close_ticket`)."""
+        return {"copy": uuid.uuid4().hex}
+
+    @contextmanager
+    def output_lock(self, blocking: bool = True) -> Iterator[bool]:
+        """The lock between writing outputs and removing them (``QUEUE/out.lock``, ``flock``: the processing
+        stage may run in another process). The processing stage holds it for a whole round, from its workers'
+        writes to its tickets; :meth:`release_output` takes it before it looks for tickets and removes an output.
+        Without it a delivery that closed an object's last ticket could remove the output a second copy of the
+        object has just been processed into (the sink found the same bytes there and kept them) before the
+        second copy's tickets exist. Yields whether the lock is held (always, when ``blocking``)."""
+        import fcntl
+
+        with open(self.root / "out.lock", "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _ticket_path(self, t: dict[str, Any]) -> Path:
         return self.path("outbox", f"{t['destination']}/{t['object_id']}.json")
@@ -170,9 +190,9 @@ class Queue:
         return None
 
     def close_ticket(self, t: dict[str, Any], state: str) -> dict[str, Any] | None:
-        """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the output goes once no
-        destination still needs it. Returns the ticket of a newer copy of the object that has superseded ``t``
-        (which is then left in the outbox, with its output), else None.
+        """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); then :meth:`release_output`.
+        Returns the ticket of a newer copy of the object that has superseded ``t`` (which is then left in the
+        outbox), else None.
 
         The ticket is first renamed aside and only then read: processing may replace it with a newer copy's at
         any moment, and a check followed by a move could move that newer ticket to ``delivered`` unsent."""
@@ -199,24 +219,21 @@ class Queue:
                 os.replace(aside, self.path("delivered", f"{t['destination']}/{t['object_id']}.json"))
             else:
                 aside.unlink()
-        self._release_output(t)
         return newer
 
-    def _release_output(self, t: dict[str, Any]) -> None:
-        """Remove ``t``'s output once no destination has a ticket for the object, and only if the file is still
-        the one ``t``'s processing wrote (:meth:`stamp`): a newer copy's output at the same path stays. (A newer copy
-        renamed into place between the check and the removal, a window of microseconds, would lose its output:
-        its delivery then fails closed, quarantined as "output is missing".)"""
+    def release_output(self, t: dict[str, Any]) -> bool:
+        """Remove ``t``'s output if no destination has a ticket for the object any more. False, and nothing
+        done, while a processing round holds :meth:`output_lock` (the caller tries again later)."""
         oid = t["object_id"]
-        if any(self.path("outbox", f"{d}/{oid}.json").exists()
-               or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
-            return
-        out = self.output_path(t["output"])
-        if out is None:
-            return
-        if t.get("file") is not None and _file_identity(out) != t["file"]:
-            return
-        out.unlink(missing_ok=True)
+        with self.output_lock(blocking=False) as held:
+            if not held:
+                return False
+            if not any(self.path("outbox", f"{d}/{oid}.json").exists()
+                       or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
+                out = self.output_path(t["output"])
+                if out is not None:
+                    out.unlink(missing_ok=True)
+        return True
 
     def output_path(self, relpath: str | None) -> Path | None:
         if not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
@@ -252,11 +269,3 @@ class Queue:
             self._audit_dirty = False
             fsync_file(self.root / "audit.jsonl")
 
-
-def _file_identity(path: Path | None) -> str | None:
-    """Inode and modification time (ns) of ``path``, or None when there is no file."""
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return None if st is None else f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
