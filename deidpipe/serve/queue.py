@@ -10,6 +10,7 @@ Layout under ``QUEUE``::
     delivered/<dest>/<oid>.json  the ticket once the destination has the object
     quarantine/<name>.json     one record per object that failed (like ``run``'s), never the object
     audit.jsonl                one line per object processed, and one per delivery or delivery failure
+    out.lock                   held by a processing round; an output is removed only under it
 
 ``<oid>`` is a keyed hash of the object's SOP Instance UID: a second copy of an instance replaces the first while
 it waits, and nothing in a name is an original value. Every step is a rename of a durable file, so a crash at
