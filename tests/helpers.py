@@ -77,3 +77,19 @@ def dciodvfy_errors(path: Path) -> set[str]:
             line = re.sub(r"UID [\d.]+|\b\d+(\.\d+){2,}\b|<[0-9.]+>|(=|value) <[^>]*>", "", line)
             errors.add(line.strip())
     return errors
+
+
+def associate(ae, *args, **kwargs):
+    """``ae.associate(*args, **kwargs)`` (pynetdicom), made safe for several requests in a row.
+
+    pynetdicom 3.0 runs an association reactor thread beside ``send_c_store``. Each request pauses it and lets it
+    go again afterwards; when the reactor has not run yet by the next request, its pause flag still reads "paused"
+    from the last one, the request goes out without waiting, and the reactor can then take the response off the
+    DIMSE queue (pydicom/pynetdicom#435, still in 3.0.4). The caller waits out its DIMSE timeout for a response
+    that came: about one association in a few hundred here, with both cores busy. A requestor that only sends
+    requests never needs the reactor to take a message, so its non-blocking reads of the queue come back empty;
+    the requests' own (blocking) reads are pynetdicom's, unchanged."""
+    assoc = ae.associate(*args, **kwargs)
+    get_msg = assoc.dimse.get_msg
+    assoc.dimse.get_msg = lambda block=False: get_msg(block) if block else (None, None)
+    return assoc

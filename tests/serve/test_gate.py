@@ -38,6 +38,7 @@ from deidpipe.serve.pdu import (
 )
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP
+from tests.helpers import associate
 
 KEY = ProjectKey(b"serve-limits-test-key-0123456789abcdef")
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -207,7 +208,7 @@ def test_no_free_slot_gives_transient_rejection(scp_factory):
     for _ in range(2):
         ae = AE(ae_title="SENDER")
         ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+        assoc = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
         assert assoc.is_established
         held.append(assoc)
     got: list[tuple[int, int, int]] = []
@@ -218,14 +219,14 @@ def test_no_free_slot_gives_transient_rejection(scp_factory):
 
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(Verification)
-    third = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE", evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    third = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE", evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     # the PDU the peer read, not third.is_rejected: see test_pdu.test_calling_ae_title_not_allowed_is_rejected
     assert not third.is_established and got == [(2, 3, 2)]
     held.pop().release()
     end = time.monotonic() + 5
     while node_scp.gate.associations > 1 and time.monotonic() < end:
         time.sleep(0.02)
-    again = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    again = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
     assert again.is_established and again.send_c_echo().Status == 0
     again.release()
     held.pop().release()

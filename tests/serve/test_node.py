@@ -28,7 +28,7 @@ from deidpipe.serve.net import free_port, wait_port
 from deidpipe.serve.node import Node
 from deidpipe.serve.status import queue_status
 from deidpipe.synth import generate_archive
-from tests.helpers import cli_command, run_cli
+from tests.helpers import associate, cli_command, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("storescp") is None,
                                 reason="dcmtk is not installed")
@@ -130,7 +130,7 @@ def pynetdicom_store(port: int, files: list[Path], aet: str = "SENDER", tls_args
         contexts.add((str(meta.MediaStorageSOPClassUID), native if ts in native else (ts,)))
     for sop, syntaxes in sorted(contexts):
         ae.add_requested_context(sop, list(syntaxes))
-    assoc = ae.associate("127.0.0.1", port, ae_title="DEIDPIPE", tls_args=tls_args)
+    assoc = associate(ae, "127.0.0.1", port, ae_title="DEIDPIPE", tls_args=tls_args)
     statuses = []
     try:
         if not assoc.is_established:
@@ -667,7 +667,7 @@ def test_private_sop_class_and_compressed_syntax_beside_uncompressed_are_accepte
         sc = str(pydicom.dcmread(jpeg, stop_before_pixels=True).SOPClassUID)
         ae.add_requested_context(sc, [*uncompressed, "1.2.840.10008.1.2.4.50"])  # the sender's own order
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="DEIDPIPE")
+        assoc = associate(ae, "127.0.0.1", node.port, ae_title="DEIDPIPE")
         assert assoc.is_established
         try:
             accepted = {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}

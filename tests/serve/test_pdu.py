@@ -30,6 +30,7 @@ from deidpipe.serve.deliver import _file_head_pydicom, file_head
 from deidpipe.serve.net import free_port, wait_port
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP
+from tests.helpers import associate
 
 KEY = ProjectKey(b"serve-ul-test-key-0123456789abcdef")
 FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm"]
@@ -114,7 +115,7 @@ def test_pynetdicom_scu_to_the_node(scp):
     for name in FILES:
         ds = pydicom.dcmread(get_testdata_file(name))
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    assoc = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     sent = {}
@@ -147,7 +148,7 @@ def test_calling_ae_title_not_allowed_is_rejected(scp):
 
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE", evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assoc = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE", evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     assert not assoc.is_established and got == [(1, 1, 3)]
     end = time.monotonic() + 5  # counted by the node's thread just after it answered
     while node_scp.stats["refused"] != 1 and time.monotonic() < end:
@@ -169,7 +170,7 @@ def test_garbage_is_dropped_and_the_node_serves_on(scp):
                 pass
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+    assoc = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
@@ -242,7 +243,7 @@ def test_many_concurrent_associations(scp):
     def send(k: int) -> None:
         ae = AE(ae_title="SENDER")
         ae.add_requested_context(CTImageStorage, ds0.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
+        assoc = associate(ae, "127.0.0.1", node_scp.port, ae_title="DEIDPIPE")
         if not assoc.is_established:
             errors.append("not established")
             return

@@ -25,6 +25,7 @@ from deidpipe.serve.dimse import STATUS_CANNOT_UNDERSTAND, STATUS_MISMATCH
 from deidpipe.serve.node import Node
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP, refusal
+from tests.helpers import associate
 
 KEY = ProjectKey(b"serve-refusals-test-key-0123456789abcdef")
 HEADER_POLICY = Policy(pixels="off", deface="off")
@@ -67,7 +68,7 @@ def _send(port: int, files: list[Path]) -> list[tuple[int, str | None]]:
     ae = AE(ae_title="SENDER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(CT_IMAGE, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DEIDPIPE")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="DEIDPIPE")
     assert assoc.is_established
     answers = []
     try:
