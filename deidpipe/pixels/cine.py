@@ -66,6 +66,10 @@ WHOLE_SHARE = 1 / 3
 #: When moving regions that are not text-sized (anatomy) cover more than this share of the frame, every frame is
 #: checked on its own.
 MAX_ANATOMY_SHARE = 0.75
+#: A frame's crop of a change region is compared with the crops of the last this many frames checked there (not
+#: all of them: a counter that changes every frame would make that quadratic in the frames, 2,000 frames 2
+#: million comparisons). A frame that shows again what an older checked frame showed is only checked once more.
+RECENT = 8
 
 
 @dataclass
@@ -154,8 +158,8 @@ def plan_cine(frames8: np.ndarray) -> CinePlan | None:
         crops = frames8[:, region.y0:region.y1, region.x0:region.x1]
         checked: list[int] = []
         for k in range(n):
-            if any(_same(crops[k], crops[j]) for j in checked):
-                continue  # shows what a checked frame showed here
+            if any(_same(crops[k], crops[j]) for j in checked[-RECENT:]):
+                continue  # shows what a recently checked frame showed here
             checked.append(k)
             per_frame.setdefault(k, []).append(_window(region, (h, w)))
     for k in sorted(per_frame):

@@ -17,9 +17,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from deidpipe.pixels import PixelOptions, decode, detect_text, displayed_frames, redact_dataset
+from deidpipe.pixels import PixelOptions, cine, decode, detect_text, displayed_frames, redact_dataset
 from deidpipe.pixels.candidates import StrokeMaps
-from deidpipe.pixels.cine import CINE_MIN_FRAMES, moving_mask, plan_cine
+from deidpipe.pixels.cine import CINE_MIN_FRAMES, RECENT, moving_mask, plan_cine
 from deidpipe.pixels.fills import without_fills
 from deidpipe.pixels.lines import text_lines
 from deidpipe.synth.burned import BurnedKey
@@ -149,3 +149,23 @@ def test_short_and_all_moving_objects_keep_the_per_frame_path(cines):
     result, after = _redact(everything)
     letters = moving[0] == 255
     assert result.cine_passes == 0 and (after[:, letters] == after.min()).mean() >= 0.95
+
+
+def test_a_counter_that_changes_every_frame_costs_a_bounded_number_of_comparisons(monkeypatch):
+    """A frame counter burned into a long cine changes in every frame: each frame is checked in the counter's
+    window (none shows what another showed), and the plan compares each frame with at most :data:`RECENT` checked
+    ones, not with every frame before it."""
+    n = 400
+    frames = np.zeros((n, 96, 160), np.uint8)
+    frames[:, 60:90, 20:140] = 90  # static ground under the text
+    for k in range(n):
+        cv2.putText(frames[k], "DOE 1961", (24, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1, cv2.LINE_8)
+        cv2.putText(frames[k], f"{k:04d}", (40, 82), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1, cv2.LINE_8)
+    calls = []
+    real = cine._same
+    monkeypatch.setattr(cine, "_same", lambda a, b: calls.append(1) or real(a, b))
+    plan = plan_cine(frames)
+    assert plan is not None and len(plan.regions) >= 1
+    checked = {k for k, _ in plan.windows} | set(plan.whole)
+    assert checked == set(range(n))  # every frame shows a new count: every frame is looked at
+    assert len(calls) <= n * RECENT * len(plan.regions)
