@@ -307,9 +307,19 @@ class Deliverer(LoopThread):
         self.unreleased: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
+    def reload(self) -> None:
+        """Pending tickets read again from the outbox (at start, after :meth:`Queue.recover`)."""
+        with self._lock:
+            self.pending = {t["object_id"]: t for t in self.queue.tickets(self.dest.name)}
+
     def add(self, tickets: list[dict[str, Any]]) -> None:
+        """Take up new tickets. One that replaces a pending ticket of another copy of the object supersedes it:
+        the older ticket's output is released (it stays where the newer ticket names the same path)."""
         with self._lock:
             for t in tickets:
+                old = self.pending.get(t["object_id"])
+                if old is not None and old.get("copy") != t.get("copy"):
+                    self.unreleased.append(old)
                 self.pending[t["object_id"]] = t
         self.wake.set()
 
@@ -340,15 +350,19 @@ class Deliverer(LoopThread):
         due.sort(key=lambda t: t["queued_at"])
         return due[: self.dest.batch]
 
-    def _release(self, tickets: list[dict[str, Any]]) -> None:
-        """Let closed tickets' outputs go (:meth:`Queue.release_output`); those refused now wait in
-        :attr:`unreleased` for the next round."""
-        self.unreleased = [t for t in self.unreleased + tickets if not self.queue.release_output(t)]
+    def _release(self) -> None:
+        """Let settled tickets' outputs go (:meth:`Queue.release_outputs`); while a processing round holds the
+        output lock they stay in :attr:`unreleased` for the next step."""
+        with self._lock:
+            todo, self.unreleased = self.unreleased, []
+        left = self.queue.release_outputs(todo)
+        with self._lock:
+            self.unreleased = left + self.unreleased
 
     def step(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         if self.unreleased:
-            self._release([])
+            self._release()
         if self.poll_outbox:
             self.refresh()
         due = self._due(now)
@@ -367,7 +381,7 @@ class Deliverer(LoopThread):
         audit = []
         for t, (kind, reason) in zip(due, outcomes, strict=True):
             audit.append(self._settle(t, kind, reason, now))
-        self._release([t for t, rec in zip(due, audit, strict=True) if rec["status"] in ("delivered", "quarantined")])
+        self._release()
         # Neither the ticket's move to delivered/ nor the audit line is synced here: after a crash an object may be
         # delivered again (destinations are idempotent by SOP Instance UID); the node syncs the audit every 2 s.
         self.queue.audit(audit, sync=False)
@@ -406,22 +420,28 @@ class Deliverer(LoopThread):
                                                         "attempts": t["attempts"], "out_hash": t.get("out_hash"),
                                                         "time": now})
                 newer = self.queue.close_ticket(t, "quarantine")
-                self.stats["quarantined"] += 1
-                if kind == RETRY:
-                    log.error("ALERT: object %s not delivered to %s: %s; quarantined", oid[:12], name, why)
-                else:
-                    log.error("object %s refused by %s (%s); quarantined", oid[:12], name, reason)
-                record["status"] = "quarantined"
-        if newer is not None and record["status"] != "quarantined":
+                if newer is None:
+                    self.stats["quarantined"] += 1
+                    if kind == RETRY:
+                        log.error("ALERT: object %s not delivered to %s: %s; quarantined", oid[:12], name, why)
+                    else:
+                        log.error("object %s refused by %s (%s); quarantined", oid[:12], name, reason)
+                    record["status"] = "quarantined"
+                else:  # a newer copy came while the record was written: it is delivered in its turn
+                    self.queue.path("quarantine", f"{oid}.{name}.json").unlink(missing_ok=True)
+        if newer is not None:
             record.update(status="superseded", reason="a newer copy of the object took its place")
         self._replace_pending(t, newer)
         return record
 
     def _replace_pending(self, t: dict[str, Any], replacement: dict[str, Any] | None) -> None:
         """``t``'s place in :attr:`pending` goes to ``replacement`` (None: it leaves), unless :meth:`add` has
-        already put a newer copy's ticket there."""
+        already put a newer copy's ticket there. A ticket that is settled (not ``t`` again, for a retry) joins
+        :attr:`unreleased` first, so that :meth:`Node.wait_idle` never sees it in neither."""
         oid = t["object_id"]
         with self._lock:
+            if replacement is not t:  # settled (delivered, quarantined or superseded): its output may go now
+                self.unreleased.append(t)
             current = self.pending.get(oid)
             if current is not None and current.get("copy") != t.get("copy"):
                 return
@@ -450,3 +470,4 @@ class Deliverer(LoopThread):
         super().stop(timeout)
         if self._thread is None or not self._thread.is_alive():  # never from under a send still running
             self.sender.close()
+            self._release()  # processing has stopped by now; what it still refuses, the next start sweeps

@@ -88,6 +88,7 @@ class Node:
         if again:
             log.info("%d object(s) taken up again from an earlier run", again)
         for d in self.deliverers.values():
+            d.reload()  # the outbox as recover() left it (a ticket set aside when a crash came is back)
             d.start()
         if self.config.process_in_child:
             from deidpipe.pipeline.executors import worker_context

@@ -2,7 +2,8 @@
 
 Layout under ``QUEUE``::
 
-    tmp/                       partial writes (emptied at start)
+    tmp/                       partial writes, and tickets set aside while they close (``*.close``: put back
+                               at start, then the folder is emptied)
     incoming/<oid>.dcm         received objects, durable: the SCP answers Success only once one is here
     processing/<oid>.dcm       claimed by the processing stage (moved back to incoming/ at start)
     out/                       de-identified objects, written by the pipeline's own sink (``<patient>/...``)
@@ -33,6 +34,8 @@ from typing import Any
 from deidpipe.durable import GroupCommit, atomic_write, fsync_dir, fsync_file, write_synced
 
 DIRS = ("tmp", "incoming", "processing", "out", "outbox", "delivered", "quarantine")
+#: Suffix of a ticket set aside in ``tmp/`` by :meth:`Queue.close_ticket` (put back by :meth:`Queue.recover`).
+ASIDE = ".close"
 
 
 class Queue:
@@ -47,6 +50,9 @@ class Queue:
             (self.root / "outbox" / name).mkdir(exist_ok=True)
             (self.root / "delivered" / name).mkdir(exist_ok=True)
         self._audit_lock = threading.Lock()
+        # Held while a ticket is set aside by close_ticket and while release_output looks for tickets: another
+        # destination's thread must never see an object without tickets because one is set aside for a moment.
+        self._tickets_lock = threading.Lock()
         self._audit_dirty = False
         # Received objects: the SCP's threads (one per association) share a sync when they store together.
         self._incoming = GroupCommit(self.path("tmp"), self.path("incoming"))
@@ -56,8 +62,11 @@ class Queue:
 
     # -- start-up -------------------------------------------------------------------------------------------
     def recover(self) -> int:
-        """After a stop or a crash: partial writes go, claimed objects go back to incoming/. Returns how many
-        objects were taken up again."""
+        """After a stop or a crash: tickets set aside by :meth:`close_ticket` go back to the outbox where no
+        ticket took their place, partial writes go, claimed objects go back to incoming/, and outputs no ticket
+        names any more go (their release was cut short). Returns how many objects were taken up again."""
+        for p in self.path("tmp").glob(f"*{ASIDE}"):
+            self._put_back(p)
         for p in self.path("tmp").iterdir():
             p.unlink(missing_ok=True)
         for name in self.destinations:  # tickets of a batch cut short: its objects are processed again
@@ -70,7 +79,18 @@ class Queue:
                 n += 1
         fsync_dir(self.path("incoming"))
         fsync_dir(self.path("processing"))
+        self._sweep_outputs()
         return n
+
+    def _sweep_outputs(self) -> None:
+        """Remove every file under ``out/`` that no ticket in the outbox names (an object is processed again from
+        incoming/ into a fresh output, so nothing that is still wanted goes)."""
+        wanted = {t.get("output") for d in self.destinations for t in self.tickets(d)}
+        root = self.path("out")
+        for p in list(root.rglob("*.dcm")):
+            rel = p.relative_to(root).as_posix()
+            if rel not in wanted and not rel.startswith("_"):  # the sink's own folders (_deidpipe) stay
+                p.unlink(missing_ok=True)
 
     # -- durable writes ---------------------------------------------------------------------------------------
     def _write_durable(self, target: Path, parts: Sequence[bytes]) -> None:
@@ -147,7 +167,7 @@ class Queue:
     def output_lock(self, blocking: bool = True) -> Iterator[bool]:
         """The lock between writing outputs and removing them (``QUEUE/out.lock``, ``flock``: the processing
         stage may run in another process). The processing stage holds it for a whole round, from its workers'
-        writes to its tickets; :meth:`release_output` takes it before it looks for tickets and removes an output.
+        writes to its tickets; :meth:`release_outputs` takes it before it looks for tickets and removes outputs.
         Without it a delivery that closed an object's last ticket could remove the output a second copy of the
         object has just been processed into (the sink found the same bytes there and kept them) before the
         second copy's tickets exist. Yields whether the lock is held (always, when ``blocking``)."""
@@ -191,50 +211,77 @@ class Queue:
         return None
 
     def close_ticket(self, t: dict[str, Any], state: str) -> dict[str, Any] | None:
-        """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); then :meth:`release_output`.
-        Returns the ticket of a newer copy of the object that has superseded ``t`` (which is then left in the
-        outbox), else None.
+        """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the caller then releases its output
+        (:meth:`release_outputs`). Returns the ticket of a newer copy of the object that has superseded ``t``
+        (which is then left in the outbox), else None.
 
-        The ticket is first renamed aside and only then read: processing may replace it with a newer copy's at
-        any moment, and a check followed by a move could move that newer ticket to ``delivered`` unsent."""
+        The ticket is first renamed aside (``tmp/*.close``) and only then read: processing may replace it with a
+        newer copy's at any moment, and a check followed by a move could move that newer ticket to ``delivered``
+        unsent. A newer ticket goes back in place; :meth:`recover` puts back one a crash left aside."""
         src = self._ticket_path(t)
-        aside = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}.close")
-        newer = None
-        try:
-            os.replace(src, aside)
-        except FileNotFoundError:
-            aside = None
-        if aside is not None:
+        aside = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}{ASIDE}")
+        with self._tickets_lock:
+            try:
+                os.replace(src, aside)
+            except FileNotFoundError:
+                return None
             try:
                 taken = json.loads(aside.read_bytes())
             except (OSError, ValueError):
                 taken = {}
-            if taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place, unless a newer still
-                newer = taken
-                try:
-                    os.link(aside, src)
-                except FileExistsError:
-                    pass
-                aside.unlink()
-            elif state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
+            if taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place
+                self._put_back(aside)
+                return taken
+            if state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
                 os.replace(aside, self.path("delivered", f"{t['destination']}/{t['object_id']}.json"))
             else:
                 aside.unlink()
-        return newer
+        return None
 
-    def release_output(self, t: dict[str, Any]) -> bool:
-        """Remove ``t``'s output if no destination has a ticket for the object any more. False, and nothing
-        done, while a processing round holds :meth:`output_lock` (the caller tries again later)."""
-        oid = t["object_id"]
+    def _put_back(self, aside: Path) -> None:
+        """A ticket set aside returns to its outbox place, unless a newer ticket is there; the aside name goes."""
+        try:
+            t = json.loads(aside.read_bytes())
+            os.link(aside, self._ticket_path(t))
+        except FileExistsError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable: it was never a ticket of ours whole
+            pass
+        aside.unlink(missing_ok=True)
+
+    def release_outputs(self, tickets: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Remove each settled ticket's output unless a ticket in the outbox still names that output (another
+        destination's, or a newer copy's with the same path). Done under :meth:`output_lock`, taken once and
+        without waiting: while a processing round holds it nothing is done, and every ticket comes back for the
+        caller to try again later. Returns the tickets not done."""
+        if not tickets:
+            return []
         with self.output_lock(blocking=False) as held:
             if not held:
-                return False
-            if not any(self.path("outbox", f"{d}/{oid}.json").exists()
-                       or self.path("outbox", f"{d}/.{oid}.json.tmp").exists() for d in self.destinations):
-                out = self.output_path(t["output"])
-                if out is not None:
-                    out.unlink(missing_ok=True)
-        return True
+                return list(tickets)
+            for t in tickets:
+                out = self.output_path(t.get("output"))
+                if out is None:
+                    continue
+                with self._tickets_lock:
+                    if not self._output_wanted(t["object_id"], t["output"]):
+                        out.unlink(missing_ok=True)
+        return []
+
+    def _output_wanted(self, oid: str, relpath: str) -> bool:
+        """Whether a ticket in the outbox (or one being written) for ``oid`` names ``relpath``."""
+        for d in self.destinations:
+            if self.path("outbox", f"{d}/.{oid}.json.tmp").exists():
+                return True
+            try:
+                current = json.loads(self.path("outbox", f"{d}/{oid}.json").read_bytes())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return True  # unreadable: keep the output rather than guess
+            if current.get("output") == relpath:
+                return True
+        return False
 
     def output_path(self, relpath: str | None) -> Path | None:
         if not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
