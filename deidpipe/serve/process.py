@@ -83,6 +83,8 @@ class Processor(LoopThread):
             tasks += self._tasks(series, rows, needed_stages(SeriesFacts.from_rows(rows), self.policy))
         if tasks:  # outputs written and their tickets made under the queue's output lock (Queue.output_lock)
             with self.queue.output_lock():
+                # a newer copy of an object still waiting to be delivered takes its place (Queue.make_way)
+                self.queue.make_way(oid for task in tasks for oid in task.object_ids)
                 done += self._execute(tasks)
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done

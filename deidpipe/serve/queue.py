@@ -268,6 +268,33 @@ class Queue:
                         out.unlink(missing_ok=True)
         return []
 
+    def make_way(self, oids: Iterable[str]) -> int:
+        """Before a processing round (which holds :meth:`output_lock`): remove the outputs that open tickets of
+        these objects name. A newer copy of an instance (a corrected object under the same SOP Instance UID) is
+        then written where the older copy's output waits for delivery, instead of being refused by the sink as
+        a different object on the same path; its tickets replace the older copy's at the end of the round. A
+        delivery that finds the output gone meanwhile waits for the round (:meth:`round_running`) and then
+        finds the newer ticket. Returns how many outputs were removed."""
+        removed = 0
+        for oid in oids:
+            paths = set()
+            for d in self.destinations:
+                try:
+                    paths.add(json.loads(self.path("outbox", f"{d}/{oid}.json").read_bytes()).get("output"))
+                except (OSError, ValueError):
+                    continue
+            for rel in paths:
+                out = self.output_path(rel)
+                if out is not None and out.exists():
+                    out.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def round_running(self) -> bool:
+        """Whether a processing round holds :meth:`output_lock` now."""
+        with self.output_lock(blocking=False) as held:
+            return not held
+
     def _output_wanted(self, oid: str, relpath: str) -> bool:
         """Whether a ticket in the outbox (or one being written) for ``oid`` names ``relpath``."""
         for d in self.destinations:

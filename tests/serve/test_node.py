@@ -286,6 +286,51 @@ def test_destination_down_then_up_delivers_everything_once(tmp_path, small):
     assert queue_status(cfg.queue)["quarantined"] == 0
 
 
+def test_corrected_copy_replaces_one_waiting_for_its_destination(tmp_path):
+    """A corrected object (other pixels, the same SOP Instance UID) arrives while the first copy waits for a
+    destination that is down: the corrected one takes its place (docs/serve.md, queue), rather than being refused
+    as "the output path already holds a different object"; once the destination is up, it is what arrives."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.save_as(src / "first.dcm")
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 7
+    ds.PixelData = pixels.tobytes()
+    corrected = tmp_path / "corrected"
+    corrected.mkdir()
+    ds.save_as(corrected / "corrected.dcm")
+    expected = reference(corrected, tmp_path, HEADER_POLICY)
+    dport = free_port()  # nothing listens yet
+    cfg = config(tmp_path, parse_dicom_dest(f"DEST@127.0.0.1:{dport}", "pacs"))
+
+    def ticket() -> dict | None:
+        tickets = list((cfg.queue / "outbox" / "pacs").glob("*.json"))
+        return json.loads(tickets[0].read_bytes()) if tickets else None
+
+    with Node(cfg, KEY, HEADER_POLICY) as node:
+        assert storescu(node.port, src).returncode == 0
+        end = time.monotonic() + 60
+        while time.monotonic() < end and ticket() is None:
+            time.sleep(0.05)
+        first = ticket()
+        assert first is not None
+        assert storescu(node.port, corrected).returncode == 0
+        while time.monotonic() < end and ticket()["copy"] == first["copy"]:
+            time.sleep(0.05)
+        assert ticket()["out_hash"] != first["out_hash"]
+        with storescp(tmp_path / "scp", port=dport):
+            assert node.wait_idle(120)
+            time.sleep(0.5)
+    got = received(tmp_path / "scp")
+    assert set(got) == set(expected) and dataset_part(got[next(iter(got))]) == dataset_part(
+        next(iter(expected.values())))
+    assert queue_status(cfg.queue)["quarantined"] == 0
+
+
 def test_retry_limit_quarantines_with_alert(tmp_path, small, caplog):
     archive, _, expected = small
     cfg = config(tmp_path, parse_dicom_dest(f"DEST@127.0.0.1:{free_port()}", "pacs"),

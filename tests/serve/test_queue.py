@@ -210,3 +210,23 @@ def test_deliverer_waits_for_the_round_to_release_and_releases_at_stop(tmp_path:
         assert deliverer.step(now=1e12) == 1 and deliverer.unreleased
     deliverer.stop()  # the loop never ran: stop releases what is left
     assert not deliverer.unreleased and not queue.output_path(REL).exists()
+
+
+def test_corrected_copy_takes_the_place_of_one_waiting(tmp_path: Path) -> None:
+    """A corrected copy (other bytes, same path) while the first copy's ticket waits: the round makes way (the
+    first output goes, so the sink writes the new one rather than refusing it as a different object); a
+    delivery of the first copy during the round is retried, not quarantined, and then finds the newer ticket."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    first = _process(queue, b"first")
+    deliverer = _deliverer(queue, tmp_path)
+    with queue.output_lock():  # the round
+        assert queue.make_way([OID, "cd" * 32]) == 1 and not queue.output_path(REL).exists()
+        assert deliverer.step(now=1.0) == 1  # the first copy's send finds no output while the round runs
+        assert deliverer.pending[OID]["attempts"] == 1 and not list(queue.path("quarantine").iterdir())
+        second = _process(queue, b"second")
+        deliverer.add(second)
+    while deliverer.pending:
+        assert deliverer.step(now=2.0) > 0
+    assert (tmp_path / "dest" / REL).read_bytes() == b"second"
+    assert json.loads(queue.path("delivered", f"copy/{OID}.json").read_bytes())["copy"] == second[0]["copy"]
+    assert not list(queue.path("quarantine").iterdir()) and first[0]["copy"] != second[0]["copy"]
