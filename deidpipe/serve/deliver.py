@@ -155,18 +155,19 @@ class DicomSender(Sender):
         from deidpipe.serve.net import ProtocolError
 
         out: list[tuple[str, str] | None] = [None] * len(tickets)
-        files: list[tuple[int, Path, tuple[str, str, str, int]]] = []
+        files: list[tuple[int, Path, tuple[str, str, str, int], tuple[int, int]]] = []
         for i, t in enumerate(tickets):
             path = self.queue.output_path(t["output"])
             try:
-                files.append((i, path, file_head(path)))  # type: ignore[arg-type]
+                st = path.stat()  # type: ignore[union-attr]
+                files.append((i, path, file_head(path), (st.st_ino, st.st_mtime_ns)))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - the output is gone or damaged: nothing to retry
                 out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
-        needed = {(sop, ts) for _, _, (sop, _, ts, _) in files}
+        needed = {(sop, ts) for _, _, (sop, _, ts, _), _ in files}
         if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
             wanted = needed | (self.contexts if self.assoc is not None else set())
             self._open(wanted if len(wanted) <= 128 else needed)  # PS3.8: at most 128 contexts
-        for i, path, (sop, inst, ts, offset) in files:
+        for i, path, (sop, inst, ts, offset), ident in files:
             if self.assoc is None:  # closed by a failure earlier in this batch
                 out[i] = (RETRY, "association lost")
                 continue  # the rest of the batch: retried, not sent on a dead association
@@ -178,6 +179,11 @@ class DicomSender(Sender):
                 fh.seek(offset)
             except OSError as exc:
                 out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+                continue
+            st = os.fstat(fh.fileno())
+            if (st.st_ino, st.st_mtime_ns) != ident:  # a newer copy took the path since its head was read
+                fh.close()
+                out[i] = (RETRY, "de-identified output replaced by a newer copy")
                 continue
             try:
                 with fh:
@@ -422,7 +428,7 @@ class Deliverer(LoopThread):
                 self.queue.quarantine(f"{oid}.{name}", {"object_id": oid, "input_path_hash": oid,
                                                         "destination": name, "stage": "deliver", "reason": why,
                                                         "attempts": t["attempts"], "out_hash": t.get("out_hash"),
-                                                        "time": now})
+                                                        "output": t.get("output"), "time": now})
                 newer = self.queue.close_ticket(t, "quarantine")
                 if newer is None:
                     self.stats["quarantined"] += 1

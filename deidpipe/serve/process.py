@@ -201,14 +201,13 @@ class Processor(LoopThread):
         self.close()
 
     def _requeue(self) -> None:
-        """After a failed round: claimed objects that are not held go back to ``incoming/``."""
-        import os
-
+        """After a failed round: claimed objects that are not held go back to ``incoming/`` (where a newer copy
+        received meanwhile is kept instead: :meth:`Queue.unclaim`)."""
         held = {oid for h in self.held.values() for oid in h.rows}
         for p in self.queue.path("processing").glob("*.dcm"):
             if p.name[:-4] not in held:
                 try:
-                    os.replace(p, self.queue.path("incoming", p.name))
+                    self.queue.unclaim(p.name[:-4])
                 except OSError:
                     pass
 

@@ -75,7 +75,7 @@ class Queue:
         n = 0
         for p in list(self.path("processing").iterdir()):
             if p.suffix == ".dcm":
-                os.replace(p, self.path("incoming", p.name))
+                self.unclaim(p.name[:-4])
                 n += 1
         fsync_dir(self.path("incoming"))
         fsync_dir(self.path("processing"))
@@ -126,6 +126,18 @@ class Queue:
                 continue
             taken.append(oid)
         return taken
+
+    def unclaim(self, oid: str) -> None:
+        """A claimed object back to ``incoming/``, unless a newer copy of it has been received there meanwhile
+        (then the claimed one goes: the newer copy is what the sender meant)."""
+        src = self.path("processing", f"{oid}.dcm")
+        try:
+            os.link(src, self.path("incoming", f"{oid}.dcm"))
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            return
+        src.unlink(missing_ok=True)
 
     def done_processing(self, oids: Iterable[str]) -> None:
         for oid in oids:
@@ -198,17 +210,35 @@ class Queue:
 
     def update_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
         """A ticket's retry count and next attempt (atomic, not synced: a lost update only retries sooner). A
-        ticket that another copy's has superseded is not written back: the newer ticket is returned instead.
-        (Between that check and the rename a newer ticket could still be overwritten, a window of microseconds;
-        the retry then sends the output file, which is the newer copy's, and only the audit's hash is the older
-        one's.)"""
-        newer = self.newer_ticket(t)
-        if newer is not None:
-            return newer
+        ticket that another copy's has superseded is not written back: the newer ticket is returned instead. As
+        in :meth:`close_ticket`, the ticket in place is set aside before it is read, and the update takes its
+        place only where no newer ticket has arrived since (``os.link`` never replaces one)."""
+        target = self._ticket_path(t)
         tmp = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}")
         tmp.write_bytes(json.dumps(t, sort_keys=True).encode())
-        os.replace(tmp, self._ticket_path(t))
-        return None
+        aside = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}{ASIDE}")
+        newer = None
+        with self._tickets_lock:
+            try:
+                os.replace(target, aside)
+            except FileNotFoundError:  # closed meanwhile (never by another thread: one per destination)
+                tmp.unlink()
+                return None
+            try:
+                taken = json.loads(aside.read_bytes())
+            except (OSError, ValueError):
+                taken = {}
+            if taken.get("copy") != t.get("copy"):
+                self._put_back(aside)
+                newer = taken
+            else:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:  # a newer copy's ticket arrived while this one was aside
+                    newer = json.loads(target.read_bytes())
+                aside.unlink()
+        tmp.unlink()
+        return newer
 
     def close_ticket(self, t: dict[str, Any], state: str) -> dict[str, Any] | None:
         """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the caller then releases its output
@@ -269,18 +299,23 @@ class Queue:
         return []
 
     def make_way(self, oids: Iterable[str]) -> int:
-        """Before a processing round (which holds :meth:`output_lock`): remove the outputs that open tickets of
-        these objects name. A newer copy of an instance (a corrected object under the same SOP Instance UID) is
-        then written where the older copy's output waits for delivery, instead of being refused by the sink as
-        a different object on the same path; its tickets replace the older copy's at the end of the round. A
-        delivery that finds the output gone meanwhile waits for the round (:meth:`round_running`) and then
-        finds the newer ticket. Returns how many outputs were removed."""
+        """Before a processing round (which holds :meth:`output_lock`): remove every output an earlier copy of
+        these objects left, as named by their tickets (open, delivered or set aside) and delivery quarantine
+        records. A newer copy of an instance (a corrected object under the same SOP Instance UID) is then
+        written where the older copy's output waits for delivery or release, instead of being refused by the
+        sink as a different object on the same path; its tickets replace the older copy's at the end of the
+        round. A delivery that finds the output gone meanwhile waits for the round (:meth:`round_running`) and
+        then finds the newer ticket. Returns how many outputs were removed."""
         removed = 0
         for oid in oids:
+            records = [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations]
+            records += [self.path("delivered", f"{d}/{oid}.json") for d in self.destinations]
+            records += [self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations]
+            records += list(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
             paths = set()
-            for d in self.destinations:
+            for record in records:
                 try:
-                    paths.add(json.loads(self.path("outbox", f"{d}/{oid}.json").read_bytes()).get("output"))
+                    paths.add(json.loads(record.read_bytes()).get("output"))
                 except (OSError, ValueError):
                     continue
             for rel in paths:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from deidpipe.durable import atomic_write
+from deidpipe.pipeline.sink import OutputConflictError, publish, stage_output
 from deidpipe.serve.config import Destination, RetryConfig
 from deidpipe.serve.deliver import Deliverer
 from deidpipe.serve.queue import ASIDE, Queue
@@ -29,13 +30,11 @@ REL2 = "P2/ST/SE/instance.dcm"  # a corrected copy whose de-identified patient d
 
 
 def _process(queue: Queue, content: bytes = b"same", dests: tuple[str, ...] = ("copy",), rel: str = REL) -> list[dict]:
-    """What the processing stage does for one object: the sink writes the output (kept where the same bytes are
-    there already), then one ticket per destination, stamped with this copy."""
-    out = queue.output_path(rel)
-    assert out is not None
-    if not (out.exists() and out.read_bytes() == content):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, [content])
+    """What the processing stage does for one object: the pipeline's sink publishes the output (keeps the file
+    where the same bytes are there already, refuses different bytes), then one ticket per destination, stamped
+    with this copy."""
+    out_root = queue.path("out")
+    publish(out_root, rel, stage_output(out_root, content, uuid.uuid4().hex))
     tickets = [{"object_id": OID, "destination": d, "output": rel, "bytes": len(content), "out_hash": content.hex(),
                 "queued_at": 0.0, "attempts": 0, "next_at": 0.0, **queue.stamp()} for d in dests]
     queue.add_tickets(tickets)
@@ -136,7 +135,7 @@ def test_start_removes_outputs_no_ticket_names(tmp_path: Path) -> None:
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"orphan")
     own = queue.path("out") / "_deidpipe" / "state.dcm"
-    own.parent.mkdir()
+    own.parent.mkdir(exist_ok=True)
     own.write_bytes(b"x")
     queue.recover()
     assert not orphan.exists() and queue.output_path(REL).exists() and own.exists()
@@ -230,3 +229,32 @@ def test_corrected_copy_takes_the_place_of_one_waiting(tmp_path: Path) -> None:
     assert (tmp_path / "dest" / REL).read_bytes() == b"second"
     assert json.loads(queue.path("delivered", f"copy/{OID}.json").read_bytes())["copy"] == second[0]["copy"]
     assert not list(queue.path("quarantine").iterdir()) and first[0]["copy"] != second[0]["copy"]
+
+
+def test_corrected_copy_after_a_release_was_refused(tmp_path: Path) -> None:
+    """The first copy is delivered while a round holds the lock, so its output stays (unreleased); a corrected
+    copy in the next round still takes the path: make_way removes what the delivered ticket names."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    first = _process(queue, b"first")
+    deliverer = _deliverer(queue, tmp_path)
+    with queue.output_lock():
+        assert deliverer.step(now=1.0) == 1 and deliverer.unreleased
+    with pytest.raises(OutputConflictError):  # what the sink does without make_way
+        _process(queue, b"second")
+    with queue.output_lock():
+        assert queue.make_way([OID]) == 1
+        second = _process(queue, b"second")
+    assert first[0]["copy"] != second[0]["copy"] and queue.output_path(REL).read_bytes() == b"second"
+
+
+def test_claimed_copy_goes_back_only_where_no_newer_copy_waits(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q", ["copy"])
+    queue.put(OID, [b"A"])
+    assert queue.claim([OID]) == [OID]
+    queue.put(OID, [b"A-corrected"])  # received while A is being processed
+    queue.recover()  # a crash (or a failed round: Processor._requeue) sends the claimed copy back
+    assert queue.path("incoming", f"{OID}.dcm").read_bytes() == b"A-corrected"
+    assert not list(queue.path("processing").iterdir())
+    assert queue.claim([OID]) == [OID]
+    queue.unclaim(OID)
+    assert queue.path("incoming", f"{OID}.dcm").read_bytes() == b"A-corrected"
