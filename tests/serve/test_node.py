@@ -331,6 +331,38 @@ def test_corrected_copy_replaces_one_waiting_for_its_destination(tmp_path):
     assert queue_status(cfg.queue)["quarantined"] == 0
 
 
+def test_sender_sends_only_the_file_whose_head_it_read(tmp_path, small, monkeypatch):
+    """The C-STORE sender reads each output's head (SOP, syntax, data set offset) for a batch, then opens it to
+    send: an output a newer copy replaced in between is not sent with the older head, it is tried again."""
+    from deidpipe.serve import deliver
+    from deidpipe.serve.queue import Queue
+
+    _, _, expected = small
+    queue = Queue(tmp_path / "queue", ["pacs"])
+    out = queue.path("out") / "P" / "o.dcm"
+    out.parent.mkdir(parents=True)
+    first, other = list(expected.values())[:2]
+    out.write_bytes(first)
+    real_head = deliver.file_head
+
+    def head_then_replaced(path):
+        head = real_head(path)
+        tmp = path.with_name("newer.tmp")
+        tmp.write_bytes(other)
+        tmp.replace(path)  # a newer copy takes the path (Queue.make_way, then the sink)
+        return head
+
+    monkeypatch.setattr(deliver, "file_head", head_then_replaced)
+    with storescp(tmp_path / "scp") as port:
+        sender = deliver.DicomSender(parse_dicom_dest(f"DEST@127.0.0.1:{port}", "pacs"), "DEIDPIPE", queue)
+        try:
+            outcome = sender.send([{"object_id": "x", "destination": "pacs", "output": "P/o.dcm"}])
+        finally:
+            sender.close()
+    assert outcome == [(deliver.RETRY, "de-identified output replaced by a newer copy")]
+    assert not received(tmp_path / "scp")
+
+
 def test_retry_limit_quarantines_with_alert(tmp_path, small, caplog):
     archive, _, expected = small
     cfg = config(tmp_path, parse_dicom_dest(f"DEST@127.0.0.1:{free_port()}", "pacs"),
