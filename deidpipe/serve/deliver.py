@@ -59,6 +59,36 @@ class Sender:
     """A destination's sender: ``send(tickets)``, plus ``idle()`` (between batches: release what is unused) and
     ``close()`` (at stop), which do nothing unless the sender holds a connection."""
 
+    def _send_files(self, files: list[tuple[int, Any, tuple[str, str, str, int]]],
+                    out: list[tuple[str, str] | None]) -> None:
+        """Send each open output of a batch (see :meth:`send`), its outcome into ``out``."""
+        from deidpipe.serve.net import ProtocolError
+
+        needed = {(sop, ts) for _, _, (sop, _, ts, _) in files}
+        if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
+            wanted = needed | (self.contexts if self.assoc is not None else set())
+            self._open(wanted if len(wanted) <= 128 else needed)  # PS3.8: at most 128 contexts
+        for i, fh, (sop, inst, ts, offset) in files:
+            if self.assoc is None:  # closed by a failure earlier in this batch
+                out[i] = (RETRY, "association lost")
+                continue  # the rest of the batch: retried, not sent on a dead association
+            if (sop, ts) not in self.assoc.contexts:
+                out[i] = (FAILED, "the destination accepted no presentation context for this object")
+                continue
+            try:
+                fh.seek(offset)
+                status = self.assoc.store(sop, inst, ts, fh)
+            except OSError as exc:  # the file, read while sending: the message is cut, so is the association
+                self.assoc.abort()
+                self.close()
+                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+                continue
+            except ProtocolError as exc:  # objects sent before this one keep their outcome
+                self.close()
+                out[i] = (RETRY, f"no response ({exc})")
+                continue
+            out[i] = (classify_status(int(status)), f"status 0x{int(status):04X}")
+
     def idle(self) -> None:
         pass
 
@@ -152,52 +182,35 @@ class DicomSender(Sender):
             self.close()
 
     def send(self, tickets: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        from deidpipe.serve.net import ProtocolError
-
         out: list[tuple[str, str] | None] = [None] * len(tickets)
-        files: list[tuple[int, Path, tuple[str, str, str, int], tuple[int, int]]] = []
-        for i, t in enumerate(tickets):
-            path = self.queue.output_path(t["output"])
-            try:
-                st = path.stat()  # type: ignore[union-attr]
-                files.append((i, path, file_head(path), (st.st_ino, st.st_mtime_ns)))  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - the output is gone or damaged: nothing to retry
-                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
-        needed = {(sop, ts) for _, _, (sop, _, ts, _), _ in files}
-        if files and (self.assoc is None or not self.assoc.is_established or not needed <= self.contexts):
-            wanted = needed | (self.contexts if self.assoc is not None else set())
-            self._open(wanted if len(wanted) <= 128 else needed)  # PS3.8: at most 128 contexts
-        for i, path, (sop, inst, ts, offset), ident in files:
-            if self.assoc is None:  # closed by a failure earlier in this batch
-                out[i] = (RETRY, "association lost")
-                continue  # the rest of the batch: retried, not sent on a dead association
-            if (sop, ts) not in self.assoc.contexts:
-                out[i] = (FAILED, "the destination accepted no presentation context for this object")
-                continue
-            try:
-                fh = open(path, "rb")  # noqa: SIM115 - closed below
-                fh.seek(offset)
-            except OSError as exc:
-                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
-                continue
-            st = os.fstat(fh.fileno())
-            if (st.st_ino, st.st_mtime_ns) != ident:  # a newer copy took the path since its head was read
+        # Each output is opened before its head is read and sent from that same open file: a newer copy of the
+        # object may take the path meanwhile (Queue.make_way), and its head must not go with these bytes. The
+        # open file keeps its inode, so "the path is still this file" is a sound check after the head is read.
+        files: list[tuple[int, Any, tuple[str, str, str, int]]] = []
+        try:
+            for i, t in enumerate(tickets):
+                path = self.queue.output_path(t["output"])
+                try:
+                    fh = open(path, "rb")  # type: ignore[arg-type]  # noqa: SIM115 - closed in the finally
+                except Exception as exc:  # noqa: BLE001 - the output is gone: nothing to retry
+                    out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+                    continue
+                try:
+                    head = file_head(path)  # type: ignore[arg-type]
+                    same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - damaged, or replaced and removed meanwhile
+                    fh.close()
+                    out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
+                    continue
+                if not same:  # a newer copy took the path while the head was read
+                    fh.close()
+                    out[i] = (RETRY, "de-identified output replaced by a newer copy")
+                    continue
+                files.append((i, fh, head))
+            self._send_files(files, out)
+        finally:
+            for _, fh, _ in files:
                 fh.close()
-                out[i] = (RETRY, "de-identified output replaced by a newer copy")
-                continue
-            try:
-                with fh:
-                    status = self.assoc.store(sop, inst, ts, fh)
-            except OSError as exc:  # the file, read while sending: the message is cut, so is the association
-                self.assoc.abort()
-                self.close()
-                out[i] = (FAILED, f"de-identified output cannot be read ({type(exc).__name__})")
-                continue
-            except ProtocolError as exc:  # objects sent before this one keep their outcome
-                self.close()
-                out[i] = (RETRY, f"no response ({exc})")
-                continue
-            out[i] = (classify_status(int(status)), f"status 0x{int(status):04X}")
         self.last_used = time.monotonic()
         return [o if o is not None else (RETRY, "not sent") for o in out]
 

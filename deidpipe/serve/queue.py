@@ -209,36 +209,47 @@ class Queue:
         return None if current.get("copy") == t.get("copy") else current
 
     def update_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
-        """A ticket's retry count and next attempt (atomic, not synced: a lost update only retries sooner). A
-        ticket that another copy's has superseded is not written back: the newer ticket is returned instead. As
-        in :meth:`close_ticket`, the ticket in place is set aside before it is read, and the update takes its
-        place only where no newer ticket has arrived since (``os.link`` never replaces one)."""
+        """A ticket's retry count and next attempt. A ticket that another copy's has superseded is not written
+        back: the newer ticket is returned instead. As in :meth:`close_ticket`, the ticket in place is set aside
+        before it is read, and the update (synced first: the name it takes was renamed away, so nothing else
+        guards its content across a power cut) takes its place only where no newer ticket has arrived since
+        (``os.link`` never replaces one). On any error the ticket set aside goes back."""
         target = self._ticket_path(t)
         tmp = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}")
-        tmp.write_bytes(json.dumps(t, sort_keys=True).encode())
         aside = self.path("tmp", f"{t['object_id']}.{uuid.uuid4().hex}{ASIDE}")
-        newer = None
-        with self._tickets_lock:
-            try:
-                os.replace(target, aside)
-            except FileNotFoundError:  # closed meanwhile (never by another thread: one per destination)
-                tmp.unlink()
-                return None
-            try:
-                taken = json.loads(aside.read_bytes())
-            except (OSError, ValueError):
-                taken = {}
-            if taken.get("copy") != t.get("copy"):
-                self._put_back(aside)
-                newer = taken
-            else:
+        try:
+            write_synced(tmp, [json.dumps(t, sort_keys=True).encode()])
+            with self._tickets_lock:
                 try:
-                    os.link(tmp, target)
-                except FileExistsError:  # a newer copy's ticket arrived while this one was aside
-                    newer = json.loads(target.read_bytes())
-                aside.unlink()
-        tmp.unlink()
-        return newer
+                    os.replace(target, aside)
+                except FileNotFoundError:  # closed meanwhile (never by another thread: one per destination)
+                    return None
+                try:
+                    taken = self._read_ticket(aside)
+                    if taken is not None and taken.get("copy") != t.get("copy"):
+                        self._put_back(aside)
+                        return taken
+                    try:
+                        os.link(tmp, target)
+                    except FileExistsError:  # a newer copy's ticket arrived while this one was aside
+                        aside.unlink()
+                        return self._read_ticket(target)
+                    aside.unlink()
+                    return None
+                except BaseException:
+                    if aside.exists():
+                        self._put_back(aside)
+                    raise
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_ticket(path: Path) -> dict[str, Any] | None:
+        """A ticket's fields, or None where the file cannot be read as one (then it counts as the caller's own)."""
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
 
     def close_ticket(self, t: dict[str, Any], state: str) -> dict[str, Any] | None:
         """Move a ticket to ``delivered`` (or drop it, for ``quarantine``); the caller then releases its output
@@ -255,11 +266,8 @@ class Queue:
                 os.replace(src, aside)
             except FileNotFoundError:
                 return None
-            try:
-                taken = json.loads(aside.read_bytes())
-            except (OSError, ValueError):
-                taken = {}
-            if taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place
+            taken = self._read_ticket(aside)
+            if taken is not None and taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place
                 self._put_back(aside)
                 return taken
             if state == "delivered":  # the ticket as it was queued; the audit line has the time of delivery
@@ -308,22 +316,24 @@ class Queue:
         then finds the newer ticket. Returns how many outputs were removed."""
         removed = 0
         for oid in oids:
-            records = [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations]
-            records += [self.path("delivered", f"{d}/{oid}.json") for d in self.destinations]
-            records += [self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations]
-            records += list(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
-            paths = set()
-            for record in records:
-                try:
-                    paths.add(json.loads(record.read_bytes()).get("output"))
-                except (OSError, ValueError):
-                    continue
+            # In the order a ticket moves (outbox, set aside, delivered; a quarantine record is written before
+            # its ticket closes), and the outbox once more: a ticket a delivery thread moves meanwhile is seen
+            # in one place or the next.
+            outbox = [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations]
+            paths = self._outputs_named(outbox)
+            paths |= self._outputs_named(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
+            paths |= self._outputs_named(self.path("delivered", f"{d}/{oid}.json") for d in self.destinations)
+            paths |= self._outputs_named(self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations)
+            paths |= self._outputs_named(outbox)
             for rel in paths:
                 out = self.output_path(rel)
                 if out is not None and out.exists():
                     out.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def _outputs_named(self, records: Iterable[Path]) -> set[str | None]:
+        return {t.get("output") for t in map(self._read_ticket, records) if t is not None}
 
     def round_running(self) -> bool:
         """Whether a processing round holds :meth:`output_lock` now."""

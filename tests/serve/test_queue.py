@@ -258,3 +258,29 @@ def test_claimed_copy_goes_back_only_where_no_newer_copy_waits(tmp_path: Path) -
     assert queue.claim([OID]) == [OID]
     queue.unclaim(OID)
     assert queue.path("incoming", f"{OID}.dcm").read_bytes() == b"A-corrected"
+
+
+def test_make_way_finds_outputs_named_by_quarantine_records_and_set_aside_tickets(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q", ["copy", "other"])
+    _process(queue, b"first", ("copy", "other"))
+    queue.quarantine(f"{OID}.copy", {"object_id": OID, "output": REL})
+    os.replace(queue.path("outbox", f"copy/{OID}.json"), queue.path("tmp", f"{OID}.0123{ASIDE}"))
+    queue.path("outbox", f"other/{OID}.json").unlink()  # only the record and the set-aside ticket name it
+    with queue.output_lock():
+        assert queue.make_way([OID]) == 1 and not queue.output_path(REL).exists()
+    queue.path("tmp", f"{OID}.0123{ASIDE}").unlink()
+    publish(queue.path("out"), REL, stage_output(queue.path("out"), b"first", "t"))
+    with queue.output_lock():
+        assert queue.make_way([OID]) == 1  # named by the quarantine record alone
+
+
+def test_claimed_copy_left_in_both_places_by_a_crash(tmp_path: Path) -> None:
+    """A crash between the link into incoming/ and the unlink from processing/ (Queue.unclaim): at start the
+    object is in incoming/ once, as it was."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    queue.put(OID, [b"A"])
+    queue.claim([OID])
+    os.link(queue.path("processing", f"{OID}.dcm"), queue.path("incoming", f"{OID}.dcm"))
+    assert queue.recover() == 1
+    assert queue.incoming() == [OID] and not list(queue.path("processing").iterdir())
+    assert queue.path("incoming", f"{OID}.dcm").read_bytes() == b"A"
