@@ -419,10 +419,8 @@ class Deliverer(LoopThread):
             self._replace_pending(t, newer)
             return record
         newer = self.queue.newer_ticket(t)
-        if newer is None and kind == FAILED and self.queue.round_running():
-            out = self.queue.output_path(t.get("output"))
-            if out is not None and not out.exists():  # a newer copy is being processed in its place (make_way)
-                kind, reason = RETRY, "de-identified output is being replaced by a newer copy"
+        if newer is None and kind == FAILED and self.queue.replacing(t):
+            kind, reason = RETRY, "de-identified output is being replaced by a newer copy"
         if newer is None:
             t = dict(t, attempts=t["attempts"] + 1, last_error=reason)
             too_old = now - t["queued_at"] >= self.retry.max_age_s

@@ -340,6 +340,18 @@ class Queue:
         with self.output_lock(blocking=False) as held:
             return not held
 
+    def replacing(self, t: dict[str, Any]) -> bool:
+        """Whether ``t``'s output is missing because a newer copy of its object is on its way: a round is
+        running (it may have made way, :meth:`make_way`), or a copy waits in ``incoming/`` or ``processing/`` (a
+        round that failed after making way put it back). A delivery that fails on a missing output then tries
+        again rather than quarantining an object that is about to be replaced."""
+        out = self.output_path(t.get("output"))
+        if out is None or out.exists():
+            return False
+        oid = t["object_id"]
+        return (self.path("incoming", f"{oid}.dcm").exists() or self.path("processing", f"{oid}.dcm").exists()
+                or self.round_running())
+
     def _output_wanted(self, oid: str, relpath: str) -> bool:
         """Whether a ticket in the outbox (or one being written) for ``oid`` names ``relpath``."""
         for d in self.destinations:

@@ -284,3 +284,20 @@ def test_claimed_copy_left_in_both_places_by_a_crash(tmp_path: Path) -> None:
     assert queue.recover() == 1
     assert queue.incoming() == [OID] and not list(queue.path("processing").iterdir())
     assert queue.path("incoming", f"{OID}.dcm").read_bytes() == b"A"
+
+
+def test_delivery_retries_while_a_newer_copy_waits_to_be_processed(tmp_path: Path) -> None:
+    """A round made way for a newer copy and then failed (the copy went back to incoming/): the older copy's
+    delivery, which finds no output, is retried rather than quarantined; with no newer copy on its way it is
+    quarantined as before."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    _process(queue, b"first")
+    deliverer = _deliverer(queue, tmp_path)
+    with queue.output_lock():
+        queue.make_way([OID])
+    queue.put(OID, [b"the newer copy, received"])
+    assert deliverer.step(now=1.0) == 1
+    assert deliverer.pending[OID]["attempts"] == 1 and not list(queue.path("quarantine").iterdir())
+    queue.path("incoming", f"{OID}.dcm").unlink()  # the newer copy is gone after all (say, quarantined)
+    deliverer.step(now=2.0)
+    assert not deliverer.pending and len(list(queue.path("quarantine").iterdir())) == 1
