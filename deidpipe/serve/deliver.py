@@ -439,7 +439,8 @@ class Deliverer(LoopThread):
                 self.queue.quarantine(f"{oid}.{name}", {"object_id": oid, "input_path_hash": oid,
                                                         "destination": name, "stage": "deliver", "reason": why,
                                                         "attempts": t["attempts"], "out_hash": t.get("out_hash"),
-                                                        "output": t.get("output"), "time": now})
+                                                        "output": t.get("output"),
+                                                        "content_hash": t.get("content_hash"), "time": now})
                 newer = self.queue.close_ticket(t, "quarantine")
                 if newer is None:
                     self.stats["quarantined"] += 1

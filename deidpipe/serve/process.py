@@ -84,7 +84,8 @@ class Processor(LoopThread):
         if tasks:  # outputs written and their tickets made under the queue's output lock (Queue.output_lock)
             with self.queue.output_lock():
                 # a newer copy of an object still waiting to be delivered takes its place (Queue.make_way)
-                self.queue.make_way(oid for task in tasks for oid in task.object_ids)
+                self.queue.make_way([i.object_id for task in tasks for i in task.items],
+                                    {i.object_id: i.content_hash for task in tasks for i in task.items})
                 done += self._execute(tasks)
         self.stats["held"] = sum(len(h.rows) for h in self.held.values())
         return done
@@ -172,6 +173,7 @@ class Processor(LoopThread):
                 for dest in self.queue.destinations:
                     tickets.append({"object_id": r.object_id, "destination": dest, "output": r.output,
                                     "bytes": r.bytes_out, "out_hash": r.out_hash, "queued_at": now,
+                                    "content_hash": r.content_hash,
                                     "attempts": 0, "next_at": 0.0, **stamp})
             elif r.status == STATUS_SKIPPED:  # set aside by the policy (an encapsulated document): audited only
                 log.info("object %s skipped at %s: %s", r.object_id[:12], r.stage, r.reason)

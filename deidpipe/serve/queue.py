@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -306,34 +306,40 @@ class Queue:
                         out.unlink(missing_ok=True)
         return []
 
-    def make_way(self, oids: Iterable[str]) -> int:
+    def make_way(self, oids: Iterable[str], content_hashes: Mapping[str, str | None] | None = None) -> int:
         """Before a processing round (which holds :meth:`output_lock`): remove every output an earlier copy of
         these objects left, as named by their tickets (open, delivered or set aside) and delivery quarantine
         records. A newer copy of an instance (a corrected object under the same SOP Instance UID) is then
         written where the older copy's output waits for delivery or release, instead of being refused by the
         sink as a different object on the same path; its tickets replace the older copy's at the end of the
-        round. A delivery that finds the output gone meanwhile waits for the round (:meth:`round_running`) and
-        then finds the newer ticket. Returns how many outputs were removed."""
+        round. A delivery that finds the output gone meanwhile is retried (:meth:`replacing`) and then finds
+        the newer ticket. ``content_hashes``: the round's objects' input hashes; an object received again with
+        the bytes every earlier copy's record names keeps its output (the same input gives the same output,
+        which the sink finds in place), so a plain resend costs no retry. Returns how many outputs were
+        removed."""
         removed = 0
+        hashes = content_hashes or {}
         for oid in oids:
             # In the order a ticket moves (outbox, set aside, delivered; a quarantine record is written before
             # its ticket closes), and the outbox once more: a ticket a delivery thread moves meanwhile is seen
             # in one place or the next.
             outbox = [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations]
-            paths = self._outputs_named(outbox)
-            paths |= self._outputs_named(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
-            paths |= self._outputs_named(self.path("delivered", f"{d}/{oid}.json") for d in self.destinations)
-            paths |= self._outputs_named(self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations)
-            paths |= self._outputs_named(outbox)
-            for rel in paths:
+            records = self._records(outbox)
+            records += self._records(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
+            records += self._records(self.path("delivered", f"{d}/{oid}.json") for d in self.destinations)
+            records += self._records(self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations)
+            records += self._records(outbox)
+            if hashes.get(oid) is not None and all(r.get("content_hash") == hashes[oid] for r in records):
+                continue  # the same input again: the same output, kept where it is
+            for rel in {r.get("output") for r in records}:
                 out = self.output_path(rel)
                 if out is not None and out.exists():
                     out.unlink(missing_ok=True)
                     removed += 1
         return removed
 
-    def _outputs_named(self, records: Iterable[Path]) -> set[str | None]:
-        return {t.get("output") for t in map(self._read_ticket, records) if t is not None}
+    def _records(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
+        return [t for t in map(self._read_ticket, paths) if t is not None]
 
     def round_running(self) -> bool:
         """Whether a processing round holds :meth:`output_lock` now."""

@@ -36,6 +36,7 @@ def _process(queue: Queue, content: bytes = b"same", dests: tuple[str, ...] = ("
     out_root = queue.path("out")
     publish(out_root, rel, stage_output(out_root, content, uuid.uuid4().hex))
     tickets = [{"object_id": OID, "destination": d, "output": rel, "bytes": len(content), "out_hash": content.hex(),
+                "content_hash": f"in-{content.hex()}",
                 "queued_at": 0.0, "attempts": 0, "next_at": 0.0, **queue.stamp()} for d in dests]
     queue.add_tickets(tickets)
     return tickets
@@ -301,3 +302,14 @@ def test_delivery_retries_while_a_newer_copy_waits_to_be_processed(tmp_path: Pat
     queue.path("incoming", f"{OID}.dcm").unlink()  # the newer copy is gone after all (say, quarantined)
     deliverer.step(now=2.0)
     assert not deliverer.pending and len(list(queue.path("quarantine").iterdir())) == 1
+
+
+def test_plain_resend_keeps_its_output(tmp_path: Path) -> None:
+    """The same input again (the same content hash as every earlier copy's record): the round keeps the output
+    (the sink finds the same bytes in place), so the waiting copy's delivery is not sent into a retry; other
+    input makes way."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    _process(queue, b"first")
+    with queue.output_lock():
+        assert queue.make_way([OID], {OID: f"in-{b'first'.hex()}"}) == 0 and queue.output_path(REL).exists()
+        assert queue.make_way([OID], {OID: "in-other"}) == 1 and not queue.output_path(REL).exists()
