@@ -50,7 +50,7 @@ class Queue:
             (self.root / "outbox" / name).mkdir(exist_ok=True)
             (self.root / "delivered" / name).mkdir(exist_ok=True)
         self._audit_lock = threading.Lock()
-        # Held while a ticket is set aside by close_ticket and while release_output looks for tickets: another
+        # Held while a ticket is set aside by close_ticket and while release_outputs looks for tickets: another
         # destination's thread must never see an object without tickets because one is set aside for a moment.
         self._tickets_lock = threading.Lock()
         self._audit_dirty = False
@@ -160,13 +160,7 @@ class Queue:
             fsync_dir(d)
 
     def tickets(self, dest: str) -> list[dict[str, Any]]:
-        out = []
-        for p in sorted(self.path("outbox", dest).glob("*.json")):
-            try:
-                out.append(json.loads(p.read_bytes()))
-            except (OSError, ValueError):
-                continue
-        return out
+        return self._records(sorted(self.path("outbox", dest).glob("*.json")))
 
     def stamp(self) -> dict[str, Any]:
         """What tells one processing of an object from another, for its tickets: ``copy``, a fresh random id. A
@@ -202,11 +196,8 @@ class Queue:
     def newer_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
         """The ticket now in the outbox for ``t``'s object and destination when it is another copy's (a copy
         received and processed after ``t``'s: it supersedes ``t``), else None."""
-        try:
-            current = json.loads(self._ticket_path(t).read_bytes())
-        except (OSError, ValueError):
-            return None
-        return None if current.get("copy") == t.get("copy") else current
+        current = self._read_ticket(self._ticket_path(t))
+        return None if current is None or current.get("copy") == t.get("copy") else current
 
     def update_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
         """A ticket's retry count and next attempt. A ticket that another copy's has superseded is not written
@@ -278,12 +269,11 @@ class Queue:
 
     def _put_back(self, aside: Path) -> None:
         """A ticket set aside returns to its outbox place, unless a newer ticket is there; the aside name goes."""
+        t = self._read_ticket(aside)
         try:
-            t = json.loads(aside.read_bytes())
-            os.link(aside, self._ticket_path(t))
-        except FileExistsError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError):  # unreadable: it was never a ticket of ours whole
+            if t is not None:  # unreadable: it was never a ticket of ours whole
+                os.link(aside, self._ticket_path(t))
+        except (OSError, KeyError, TypeError):  # FileExistsError: a newer ticket is in place
             pass
         aside.unlink(missing_ok=True)
 
@@ -319,16 +309,21 @@ class Queue:
         removed."""
         removed = 0
         hashes = content_hashes or {}
+        oids = list(oids)
+        # In the order a ticket moves (outbox, set aside, delivered; a quarantine record is written before its
+        # ticket closes), and the outbox once more: a ticket a delivery thread moves meanwhile is seen in one
+        # place or the next. tmp/ is scanned once for the round, after every object's outbox was read.
+        outboxes = {oid: [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations] for oid in oids}
+        found = {oid: self._records(paths) for oid, paths in outboxes.items()}
+        for p in self.path("tmp").glob(f"*{ASIDE}"):
+            oid = p.name.split(".", 1)[0]
+            if oid in found:
+                found[oid] += self._records([p])
         for oid in oids:
-            # In the order a ticket moves (outbox, set aside, delivered; a quarantine record is written before
-            # its ticket closes), and the outbox once more: a ticket a delivery thread moves meanwhile is seen
-            # in one place or the next.
-            outbox = [self.path("outbox", f"{d}/{oid}.json") for d in self.destinations]
-            records = self._records(outbox)
-            records += self._records(self.path("tmp").glob(f"{oid}.*{ASIDE}"))
+            records = found[oid]
             records += self._records(self.path("delivered", f"{d}/{oid}.json") for d in self.destinations)
             records += self._records(self.path("quarantine", f"{oid}.{d}.json") for d in self.destinations)
-            records += self._records(outbox)
+            records += self._records(outboxes[oid])
             if hashes.get(oid) is not None and all(r.get("content_hash") == hashes[oid] for r in records):
                 continue  # the same input again: the same output, kept where it is
             for rel in {r.get("output") for r in records}:
