@@ -392,9 +392,20 @@ def _raw(data: bytes, element: Element, implicit: bool) -> RawDataElement:
 _new_tuple = tuple.__new__
 
 
-def parse_plain(data: bytes) -> FileDataset | None:
+#: Explicit VRs of the private elements :func:`parse_plain` keeps when it leaves private elements out: person
+#: names and sequences, which the header stage's identity collection reads (every PN at any level).
+_PRIVATE_READ_VRS = frozenset({b"PN", b"SQ"})
+
+
+def parse_plain(data: bytes, *, leave_out_private: bool = False) -> FileDataset | None:
     """What ``pydicom.dcmread(io.BytesIO(data))`` returns, for a plain file (see the module docstring); None
-    for any other."""
+    for any other.
+
+    ``leave_out_private``: top-level private elements (odd group) are walked, so the file is judged as before,
+    but not built, but those of VR PN or SQ; their tags are listed in the data set's ``private_left_out``.
+    For the header stage under a policy that removes every private element without reading it (see
+    :func:`deidpipe.header.engine.reads_private_elements`): a CT slice from a scanner holds hundreds, and
+    building them was most of the read."""
     if len(data) < 140 or data[128:132] != b"DICM":
         return None
     try:
@@ -410,8 +421,11 @@ def parse_plain(data: bytes) -> FileDataset | None:
         if syntax is None:
             return None
         implicit = _is_implicit(data[syntax[3]:syntax[3] + syntax[2]])
-        elements = {raw.tag: raw for raw in (
-            _raw(data, e, implicit) for e in _elements(data, pos, implicit, UNDEFINED, True, skip_sequences=False))}
+        walked = _elements(data, pos, implicit, UNDEFINED, True, skip_sequences=False)
+        left_out: list[int] = []
+        if leave_out_private:
+            walked = _keep_private_read(walked, left_out)
+        elements = {raw.tag: raw for raw in (_raw(data, e, implicit) for e in walked)}
         # As pydicom's read_dataset and read_partial finish.
         dataset = Dataset(elements, parent_encoding=default_encoding)
         encoding: str | list[str] = default_encoding
@@ -424,4 +438,16 @@ def parse_plain(data: bytes) -> FileDataset | None:
     fp.seek(len(data))
     ds = FileDataset(fp, dataset, data[:128], meta, implicit, True)
     ds.set_original_encoding(implicit, True, dataset._character_set)
+    if leave_out_private:
+        ds.private_left_out = tuple(left_out)
     return ds
+
+
+def _keep_private_read(walked: Iterator[Element], left_out: list[int]) -> Iterator[Element]:
+    """``walked`` without its private elements but those of VR PN or SQ; the tags left out go into ``left_out``."""
+    for element in walked:
+        tag, vr = element[0], element[1]
+        if tag >> 16 & 1 and vr not in _PRIVATE_READ_VRS:
+            left_out.append(tag)
+            continue
+        yield element

@@ -109,7 +109,7 @@ def _drop_stray_delimiter(ds: Dataset) -> None:
 
 def read_dataset(
     source: str | Path | BinaryIO | bytes, *, stop_before_pixels: bool = False, name: str | None = None,
-    walk_sequences: bool = False,
+    walk_sequences: bool = False, leave_out_private: bool = False,
 ) -> FileDataset:
     """Read a DICOM file completely or raise a typed :class:`InputError` that names the file and the reason.
 
@@ -121,11 +121,16 @@ def read_dataset(
     ``walk_sequences`` (with bytes): the top-level sequences of a plain file that the length walker accounts for
     are left raw, not parsed by pydicom; the read refuses exactly what it refuses otherwise. For a caller that
     reads top-level attributes only (``serve``'s check before Success): parsing sequences was a third of it.
+
+    ``leave_out_private`` (with bytes): a plain file's top-level private elements are judged but not built, but
+    person names and sequences (see :func:`~deidpipe.dicomio.plainread.parse_plain`); the data set's
+    ``private_left_out`` lists them. Only for the header stage, which removes them unread: the data set is not the
+    whole object.
     """
     label = name if name is not None else (str(source) if isinstance(source, str | Path) else None)
     if isinstance(source, bytes):
         with quiet_pydicom():  # parse_plain decodes the File Meta and the character set
-            ds = None if stop_before_pixels else parse_plain(source)
+            ds = None if stop_before_pixels else parse_plain(source, leave_out_private=leave_out_private)
             if ds is not None:  # its walk accounted for every byte of the top level
                 try:
                     # its sequences: parse_plain checked the rest

@@ -191,6 +191,14 @@ def clean_pixel_stream(out: Dataset, ts: str, counts: Counter[str]) -> None:
         counts[ACTION] += removed
 
 
+def reads_private_elements(policy: Policy) -> bool:
+    """Whether de-identification under ``policy`` reads private elements beyond person names and sequences (which
+    the identity collection reads wherever they are): Retain Safe Private keeps some, and a reversible policy
+    stores the originals of every element it removes. Otherwise the reader may leave them out
+    (``read_dataset(leave_out_private=True)``): they are removed unread, and counted as removed."""
+    return "RetainSafePrivate" in policy.options or bool(policy.recipients)
+
+
 def deidentify(ds: Dataset, policy: Policy, key: ProjectKey) -> HeaderResult:
     """De-identify the header of one object under ``policy``; ``ds`` itself is not modified.
 

@@ -305,7 +305,7 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     """Keep a private element only under Retain Safe Private, when its creator-qualified tag is safe."""
     group, el = tag.group, tag.element
     if el < 0x1000 or "RetainSafePrivate" not in ctx.policy.options:
-        ctx.counts["X"] += 1 if el >= 0x0100 or el < 0x0010 else 0
+        ctx.counts["X"] += _private_x(el)
         return None
     block = el >> 8
     creator = private_creator(src, int(tag))
@@ -320,14 +320,27 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True)
 
 
+def _private_x(element: int) -> int:
+    """How a removed private element counts under X: a Private Creator (gggg,0010-00FF) is not counted, it goes
+    with its block."""
+    return 1 if element >= 0x0100 or element < 0x0010 else 0
+
+
 def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level: bool = True) -> Dataset:
-    """A new Dataset holding the de-identified elements of ``src`` (whose values are left untouched)."""
+    """A new Dataset holding the de-identified elements of ``src`` (whose values are left untouched).
+
+    Private elements the reader left out (``private_left_out``, see :func:`deidpipe.dicomio.read_dataset`) are
+    counted as removed, as they would have been."""
     out = Dataset()
     # Same encoding as the source, so that raw (kept) elements are written back without re-encoding.
     out.set_original_encoding(*src.original_encoding, src.original_character_set)
     kept_blocks: set[tuple[int, int]] = set()
     removed_overlays: set[int] = set()
     safe_private = "RetainSafePrivate" in ctx.policy.options
+    if top_level and (left_out := getattr(src, "private_left_out", None)):
+        if safe_private:  # the reader was asked for them where they are not read: never written unscrubbed
+            raise PolicyError("private elements were left out of an object whose policy keeps safe ones")
+        ctx.counts["X"] += sum(_private_x(t & 0xFFFF) for t in left_out)
     for tag in sorted(src._dict, key=int):  # key=int: BaseTag's own comparison is Python code
         t = int(tag)
         group, element = t >> 16, t & 0xFFFF
@@ -335,7 +348,7 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level
             continue  # group lengths are retired and recomputed by nobody: drop them
         if group & 1:
             if not safe_private:  # the common case, decided without looking at the element
-                ctx.counts["X"] += 1 if element >= 0x0100 or element < 0x0010 else 0
+                ctx.counts["X"] += _private_x(element)
                 continue
             new = _scrub_private(src, tag, ctx, mode, kept_blocks)
         else:

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from deidpipe import errors
 from deidpipe.dicomio import encode_dataset, read_dataset
 from deidpipe.errors import InputError, SkippedError
+from deidpipe.header.engine import reads_private_elements
 from deidpipe.keys import ProjectKey
 from deidpipe.pipeline.audit import STATUS_QUARANTINED, STATUS_SKIPPED, STATUS_WRITTEN, ObjectResult
 from deidpipe.pipeline.budget import BUDGET_REASON, Budget, ObjectTimeout, default_object_budget
@@ -149,10 +150,12 @@ def _read_input(w: _Work, ctx: WorkContext) -> bytes:
 
 
 def _read(w: _Work, ctx: WorkContext, keep_source: bool = False) -> None:
+    """Read the object for its stages. Where no stage reads the original object (``keep_source``) and the
+    header stage removes private elements unread, they are not built (see :func:`reads_private_elements`)."""
     t0 = time.perf_counter()
     try:
         data = _read_input(w, ctx)
-        w.ds = read_dataset(data)
+        w.ds = read_dataset(data, leave_out_private=not keep_source and not reads_private_elements(ctx.policy))
         if keep_source:  # a later stage reads the original header values; held only then (memory, GC)
             w.source = w.ds
     except Exception as exc:  # noqa: BLE001 - every failure quarantines the object, the batch goes on

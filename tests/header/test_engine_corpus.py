@@ -124,3 +124,61 @@ def test_fast_encoder_pads_odd_pixel_data_as_pydicom_does():
     expected = io.BytesIO()
     write_dataset(copy.deepcopy(odd), expected)
     assert b"".join(encode_dataset(odd)) == expected.getvalue()
+
+
+def _outcome(data: bytes, policy: Policy, key, leave_out_private: bool) -> tuple[str, object, object]:
+    """What the header stage makes of a file's bytes: its output bytes and action counts, or its error."""
+    from deidpipe.dicomio import encode_dataset
+
+    try:
+        result = deidentify(read_dataset(data, leave_out_private=leave_out_private), policy, key)
+    except DeidError as exc:
+        return "error", type(exc).__name__, str(exc)
+    return "written", b"".join(encode_dataset(result.dataset)), dict(result.actions)
+
+
+def _private_names_and_sequences() -> bytes:
+    """CT_small with a private person name, and a private sequence whose item holds the patient's name and ID:
+    the identity collection reads both, so a read that leaves private elements out must keep them."""
+    import io
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = read_dataset(get_testdata_files("CT_small.dcm")[0])
+    ds.PatientName, ds.PatientID = "Okafor^Ngozi", "MRN77123"
+    ds.StudyDescription = "follow-up for Ngozi Okafor (MRN77123), referred by Tunde Adeyemi"
+    block = ds.private_block(0x0041, "DEIDPIPE TEST", create=True)
+    block.add_new(0x01, "PN", "Adeyemi^Tunde")
+    item = Dataset()
+    item.PatientName, item.OtherPatientIDs = "Okafor^Ngozi", "NHS 9434765919"
+    block.add_new(0x02, "SQ", Sequence([item]))
+    block.add_new(0x03, "LO", "Tunde Adeyemi")
+    ds.InstitutionName = "Clinic of Tunde Adeyemi"
+    buf = io.BytesIO()
+    write_dataset(ds, buf)
+    return buf.getvalue()
+
+
+def test_private_elements_left_out_give_the_same_output(key, small_archive):
+    """``read_dataset(leave_out_private=True)``, as ``run`` reads for the header stage where the policy removes
+    private elements unread: every bundled file, every file of the synth archive and a file whose private
+    elements hold a name and a sequence give the same output bytes and action counts, or the same error."""
+    policies = [Policy.basic(), Policy.basic(options=("RetainLongModifiedDates", "CleanDescriptors"))]
+    inputs = [Path(p).read_bytes() for p in FILES]
+    inputs += [p.read_bytes() for p in sorted(small_archive[0].rglob("*")) if p.is_file() and p.suffix != ".json"]
+    inputs.append(_private_names_and_sequences())
+    written = 0
+    for data in inputs:
+        for policy in policies:
+            full = _outcome(data, policy, key, leave_out_private=False)
+            assert _outcome(data, policy, key, leave_out_private=True) == full
+            written += full[0] == "written"
+    assert written >= 2 * 170
+    lean = read_dataset(inputs[-1], leave_out_private=True)
+    block = {t for t in lean.private_left_out if t >> 16 == 0x0041}
+    assert len(block) == 2  # the block's creator and its LO are left out; its PN and SQ were read
+    assert all(t in lean._dict for t in (0x00411001, 0x00411002))
+    cleaned = _outcome(inputs[-1], policies[1], key, leave_out_private=True)  # the description is cleaned
+    assert cleaned[0] == "written" and b"referred by" in cleaned[1]
+    assert b"Adeyemi" not in cleaned[1] and b"Okafor" not in cleaned[1]
