@@ -324,6 +324,9 @@ class Deliverer(LoopThread):
         self.stats = {"delivered": 0, "retries": 0, "quarantined": 0}
         #: Closed tickets whose output could not be released yet (a processing round held the output lock).
         self.unreleased: list[dict[str, Any]] = []
+        #: Outbox file name -> the inode it had when :meth:`refresh` last read it. Tickets are renamed into place,
+        #: so a new inode under a pending object's name is a ticket written since: a newer copy's, or a retry's.
+        self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def reload(self) -> None:
@@ -343,23 +346,33 @@ class Deliverer(LoopThread):
         self.wake.set()
 
     def refresh(self) -> None:
-        """Take up tickets another process (the processing stage) has left in this destination's outbox."""
+        """Take up tickets another process (the processing stage) has left in this destination's outbox: new
+        objects, and newer copies of pending ones (which then take the older ticket's place at once, rather than
+        at its retry time). A file is read again only when its inode changed."""
         import json
 
         folder = self.queue.path("outbox", self.dest.name)
         try:
             with os.scandir(folder) as it:
-                names = [e.name for e in it if e.name.endswith(".json")]
+                names = {e.name: e.inode() for e in it if e.name.endswith(".json")}
         except FileNotFoundError:
             return
+        self._seen = {n: ino for n, ino in self._seen.items() if names.get(n) == ino}
         with self._lock:
-            new = [n for n in names if n[:-5] not in self.pending]
+            pending = set(self.pending)
+        # Not pending: read whatever its inode (a closed ticket's inode may have been reused by a new one).
+        changed = [n for n, ino in names.items() if n[:-5] not in pending or self._seen.get(n) != ino]
         found = []
-        for n in new:
+        for n in changed:
             try:
-                found.append(json.loads((folder / n).read_bytes()))
+                t = json.loads((folder / n).read_bytes())
             except (OSError, ValueError):
                 continue  # being written (never: tickets are renamed into place) or just closed
+            self._seen[n] = names[n]
+            with self._lock:
+                current = self.pending.get(t.get("object_id"))
+            if current is None or current.get("copy") != t.get("copy"):  # not this ticket's own retry update
+                found.append(t)
         if found:
             self.add(found)
 

@@ -313,3 +313,39 @@ def test_plain_resend_keeps_its_output(tmp_path: Path) -> None:
     with queue.output_lock():
         assert queue.make_way([OID], {OID: f"in-{b'first'.hex()}"}) == 0 and queue.output_path(REL).exists()
         assert queue.make_way([OID], {OID: "in-other"}) == 1 and not queue.output_path(REL).exists()
+
+
+def test_polled_newer_copy_takes_the_place_of_a_ticket_waiting_to_retry(tmp_path: Path) -> None:
+    """Child-process mode (tickets polled from the outbox): the first copy's ticket waits for its retry time when
+    a corrected copy's ticket replaces it on disk. The deliverer takes up the newer ticket at once, not at the
+    older one's retry time, and delivers the newer copy; the older one's output goes."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    first = _process(queue, b"first")[0]
+    deliverer = _deliverer(queue, tmp_path)
+    deliverer.poll_outbox = True
+    waiting = dict(first, attempts=1, next_at=1e12, last_error="destination down")
+    assert queue.update_ticket(waiting) is None
+    deliverer._replace_pending(waiting, waiting)  # as _settle leaves a retry
+    deliverer.refresh()  # its own retry update, read back: nothing changes
+    assert deliverer.pending[OID] is waiting and not deliverer.unreleased
+    second = _process(queue, b"second", rel=REL2)[0]
+    assert deliverer.step(now=1.0) == 1  # due now: the newer ticket, not the retry a long way off
+    assert (tmp_path / "dest" / REL2).read_bytes() == b"second" and not deliverer.pending
+    assert json.loads(queue.path("delivered", f"copy/{OID}.json").read_bytes())["copy"] == second["copy"]
+    assert not queue.output_path(REL).exists() and not queue.output_path(REL2).exists()
+    assert not list(queue.path("quarantine").iterdir())
+
+
+def test_polled_ticket_of_an_object_delivered_before_is_taken_up(tmp_path: Path) -> None:
+    """An object delivered, then sent again later: its new ticket has the name of the closed one (and may have
+    its inode, reused by the file system); it is taken up all the same."""
+    queue = Queue(tmp_path / "q", ["copy"])
+    deliverer = _deliverer(queue, tmp_path)
+    deliverer.poll_outbox = True
+    _process(queue, b"first")
+    assert deliverer.step(now=1.0) == 1 and not deliverer.pending
+    second = _process(queue, b"again", rel=REL2)[0]
+    deliverer._seen[f"{OID}.json"] = queue.path("outbox", f"copy/{OID}.json").stat().st_ino  # as if reused
+    assert deliverer.step(now=1.0) == 1
+    assert (tmp_path / "dest" / REL2).read_bytes() == b"again"
+    assert json.loads(queue.path("delivered", f"copy/{OID}.json").read_bytes())["copy"] == second["copy"]
