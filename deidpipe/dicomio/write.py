@@ -176,9 +176,11 @@ def _item_is_plain(item: Dataset, implicit: bool) -> bool | None:
     """How a sequence item can be written by :func:`_write_elements`: True (its raw elements as they are: it keeps
     the encoding it was read with), False (made here: no raw element), None (pydicom must write it: it would
     re-encode the item, or correct an ambiguous VR)."""
+    if any(" or " in (e.VR or "") for e in item._dict.values() if not isinstance(e, RawDataElement)):
+        return None  # pydicom's writer resolves an ambiguous VR first (correct_ambiguous_vr)
     if item.original_encoding == (implicit, True) and item.original_character_set == item._character_set:
         return True
-    if any(isinstance(e, RawDataElement) or " or " in (e.VR or "") for e in item._dict.values()):
+    if any(isinstance(e, RawDataElement) for e in item._dict.values()):
         return None
     return False
 

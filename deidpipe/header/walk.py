@@ -332,8 +332,11 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level
     Private elements the reader left out (``private_left_out``, see :func:`deidpipe.dicomio.read_dataset`) are
     counted as removed, as they would have been."""
     out = Dataset()
-    # Same encoding as the source, so that raw (kept) elements are written back without re-encoding.
+    # Same encoding as the source, so that raw (kept) elements are written back without re-encoding; and an item
+    # the character set it inherits from its parent, as pydicom's reader gave the source item (a new Dataset
+    # would decode its raw text as ASCII/Latin-1, and be taken for re-encoded by the writer: pydicom's slow path).
     out.set_original_encoding(*src.original_encoding, src.original_character_set)
+    out._parent_encoding = src._parent_encoding
     kept_blocks: set[tuple[int, int]] = set()
     removed_overlays: set[int] = set()
     safe_private = "RetainSafePrivate" in ctx.policy.options
