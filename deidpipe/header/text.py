@@ -146,8 +146,8 @@ class DenyList:
     """Identifying strings of one object, compiled into a few patterns over folded text (see :func:`fold`).
 
     Attributes:
-        patterns: one per group of terms (:meth:`from_groups`: the patient's own, then the rest), each with its
-            terms longest first, grouped by first character; empty when no term is long enough.
+        groups: one per group of terms (:meth:`from_groups`: the patient's own, then the rest), each compiled into
+            one pattern, its terms longest first, grouped by first character; empty when no term is long enough.
         parts: folded name components of any length, and their initials; a hit grows over a neighbouring part,
             so that masking never leaves a short surname beside a masked given name ("*** Li").
 
@@ -158,16 +158,27 @@ class DenyList:
     matches; spans from the groups may overlap, and :func:`screen_text` merges them, so a term of one group
     that starts inside a match of the other is masked whole (one pattern's non-overlapping matches could
     leave its tail).
+
+    Why a group is compiled only when a text may hold one of its terms: Python compiles a pattern in Python, and
+    an object of a new study or series (every object of an archive of radiographs) brought one of 1 to 7 ms. A
+    term's pattern matches only text whose letters and digits, separators left out, hold the term's own in a
+    row (:func:`skeleton`), so a text without any of them cannot match, and most values that survive the
+    policy hold none.
     """
 
-    patterns: tuple[re.Pattern[str], ...] = ()
+    groups: tuple[TermGroup, ...] = ()
     parts: frozenset[str] = frozenset()
     _seen: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def empty(self) -> bool:
         """No term long enough to match: nothing is ever found."""
-        return not self.patterns
+        return not self.groups
+
+    def _candidates(self, folded: str) -> list[re.Pattern[str]]:
+        """The patterns of the groups that may match ``folded`` (compiled now, where not yet)."""
+        text = skeleton(folded)
+        return [g.pattern() for g in self.groups if any(t in text for t in g.skeletons)]
 
     @classmethod
     def from_terms(cls, terms: Iterable[str], parts: Iterable[str] = (),
@@ -185,12 +196,12 @@ class DenyList:
         return _denylist(tuple(frozenset(g) for g in groups), frozenset(parts), common)
 
     def _search(self, folded: str) -> bool:
-        return any(p.search(folded) is not None for p in self.patterns)
+        return any(p.search(folded) is not None for p in self._candidates(folded))
 
     def hits(self, text: str) -> bool:
         """Whether any term occurs in ``text``. Results are remembered per text (kept values repeat from
         object to object: objects with the same terms, about a series, share one deny-list)."""
-        if not self.patterns or not text:
+        if not self.groups or not text:
             return False
         if len(text) > _REMEMBERED_LENGTH:
             return self._search(fold(text))
@@ -204,10 +215,10 @@ class DenyList:
     def spans(self, text: str) -> list[tuple[int, int]]:
         """The (start, end) of every occurrence in ``text``, each grown over the name parts beside it, in order
         of start (those of different groups may overlap)."""
-        if not self.patterns or not text:
+        if not self.groups or not text:
             return []
         folded, where = _fold_with_map(text)
-        found = sorted({(where[m.start()], where[m.end() - 1] + 1) for p in self.patterns
+        found = sorted({(where[m.start()], where[m.end() - 1] + 1) for p in self._candidates(folded)
                         for m in p.finditer(folded) if m.end()})
         return [self.grow(text, s, e) for s, e in found]
 
@@ -236,14 +247,47 @@ _WORD_AFTER = re.compile(r"[\W_]{1,3}([^\W_]+)")
 def _denylist(groups: tuple[frozenset[str], ...], parts: frozenset[str], common: frozenset[str]) -> DenyList:
     """Cached on the raw terms: objects with the same terms (about a series) share the deny-list and its memory of
     texts, and each group's pattern is cached apart (:func:`_compile_terms`): nothing is compiled twice."""
-    patterns = []
+    kept = []
     for terms in groups:
         cleaned = frozenset(t.strip() for t in terms if t and t.strip())
-        pattern = _compile_terms(cleaned, common) if cleaned else None
-        if pattern is not None:
-            patterns.append(pattern)
+        group = _term_group(cleaned, common) if cleaned else None
+        if group is not None:
+            kept.append(group)
     folded = {fold(p.strip()) for p in parts if p and p.strip()}
-    return DenyList(tuple(patterns), frozenset(folded | {p[0] for p in folded}))  # the parts and their initials
+    return DenyList(tuple(kept), frozenset(folded | {p[0] for p in folded}))  # the parts and their initials
+
+
+_SEPARATORS = re.compile(r"[\W_]+")
+
+
+def skeleton(folded: str) -> str:
+    """The letters and digits of folded text, separators left out: a term's pattern (:func:`_term_pattern`)
+    matches only where the text's skeleton holds the term's skeleton, for its letters and digits are matched in
+    order with nothing but separators (``[\\W_]``) between them, and its look-arounds consume nothing."""
+    return _SEPARATORS.sub("", folded)
+
+
+@dataclass(frozen=True)
+class TermGroup:
+    """One group of a deny-list's terms: their skeletons (those whose pattern is not None), and the group's
+    pattern, compiled the first time it is asked for (and cached apart, :func:`_compile_terms`)."""
+
+    terms: frozenset[str]
+    common: frozenset[str]
+    skeletons: tuple[str, ...]
+
+    def pattern(self) -> re.Pattern[str]:
+        pattern = _compile_terms(self.terms, self.common)
+        assert pattern is not None  # a group has a skeleton only where a term has a pattern
+        return pattern
+
+
+@lru_cache(maxsize=256)
+def _term_group(terms: frozenset[str], common: frozenset[str]) -> TermGroup | None:
+    """The group of ``terms``, or None when no term is long enough to match (as :func:`_compile_terms`)."""
+    folded_common = frozenset(fold(w) for w in common)
+    skeletons = {skeleton(fold(t)) for t in terms if _term_pattern(t, folded_common) is not None}
+    return TermGroup(terms, common, tuple(sorted(skeletons))) if skeletons else None
 
 
 @lru_cache(maxsize=256)

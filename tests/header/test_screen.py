@@ -439,3 +439,47 @@ def test_an_object_naming_thousands_of_people_is_refused_quickly(key):
     with pytest.raises(InvalidValueError) as info:
         _run(ds, key=key)
     assert info.value.reason == TOO_MANY_TERMS and time.perf_counter() - t0 < 5
+
+
+def test_group_is_compiled_only_for_a_text_that_may_hold_one_of_its_terms():
+    """A deny-list's group is compiled the first time a text holds one of its terms' letters and digits in a row
+    (separators left out): a value without them cannot match, and most values hold none."""
+    from deidpipe.header import text
+
+    text._compile_terms.cache_clear()
+    deny = DenyList.from_groups([{"Okafor^Ngozi", "MRN-77123"}, {"Clinic of St Brendan"}], ["Okafor", "Ngozi"])
+    assert not deny.hits("CT ABDOMEN W CONTRAST") and deny.spans("follow-up 3 months") == []
+    assert text._compile_terms.cache_info().currsize == 0
+    assert deny.hits("seen by Dr. OKAFOR, ngozi") and deny.hits("mrn 77 123")
+    assert text._compile_terms.cache_info().currsize == 1  # the first group only
+
+
+def test_lazily_compiled_groups_find_what_their_patterns_find():
+    """Screening through the skeleton check finds exactly what every group's compiled pattern finds, on texts
+    made of the terms' pieces, separators, accents, case and digits around them (a seeded random sample)."""
+    import random
+
+    from deidpipe.header import text
+
+    groups = [{"Okafor^Ngozi", "Ngozi Okafor", "MRN-77123", "19660417", "Søren Kierkegård"},
+              {"AB-12345", "St Brendan's Clinic", "山田^太郎"}, {"Li^Wei", "X9"}]
+    deny = DenyList.from_groups(groups, ["Okafor", "Ngozi", "Li", "Wei"])
+    common = frozenset()
+    patterns = [p for g in groups
+                if (p := text._compile_terms(frozenset(t.strip() for t in g), common)) is not None]
+    pieces = ["okafor", "OKAFOR", "ngozi", "Ngo", "zi", "mrn", "77123", "7712", "3", "1966", "04", "17", "søren",
+              "Soren", "kierkegard", "Kierkegård", "ab", "12345", "st", "brendan's", "clinic", "山田", "太郎", "li",
+              "wei", "x9", "X", "9", "the", "scan", "of", "and"]
+    pieces += [t.replace("^", rng_sep) for g in groups for t in g for rng_sep in ("^", " ", "")]  # whole terms
+    seps = ["", " ", "-", "_", "^", ".", ", ", "/", "  ", "---", "\t"]
+    rng = random.Random(19)
+    matched = 0
+    for _ in range(3000):
+        sample = "".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(1, 6)))
+        folded, where = text._fold_with_map(sample)
+        expected = sorted({(where[m.start()], where[m.end() - 1] + 1) for p in patterns
+                           for m in p.finditer(folded) if m.end()})
+        assert deny.spans(sample) == [deny.grow(sample, s, e) for s, e in expected], sample
+        assert deny.hits(sample) == bool(expected), sample
+        matched += bool(expected)
+    assert 600 < matched < 2400  # both kinds of text are well represented
