@@ -93,7 +93,8 @@ class ProjectKey:
         data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
         inner, outer = _hmac_states(self.secret)
         h = inner.copy()
-        h.update(domain.encode() + b"\x00" + data)
+        h.update(domain.encode() + b"\x00")
+        h.update(data)  # apart: a file's bytes are not copied into one string with the domain
         o = outer.copy()
         o.update(h.digest())
         return o.digest()
