@@ -8,6 +8,8 @@ Like pydicom's ``filereader`` and ``filewriter``, one package holds what deidpip
   set), the header scan of the index pass, and truncation found by byte accounting;
 * :mod:`~deidpipe.dicomio.deflate`: deflated data sets inflated in bounded chunks (no deflate bomb);
 * :mod:`~deidpipe.dicomio.completeness`: is the pixel data all there, judged from lengths and the header;
+* :mod:`~deidpipe.dicomio.head`: a Part 10 file's File Meta UIDs and where its data set starts (what a sender
+  offers on an association);
 * :mod:`~deidpipe.dicomio.write`: the one writer, :func:`write_dataset` / :func:`encode_dataset` and the node's
   File Meta Information (:func:`~deidpipe.dicomio.write.file_meta_bytes`), and the Implementation Class UID and
   Version Name of every file deidpipe writes;

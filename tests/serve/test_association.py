@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
+from deidpipe.dicomio.head import file_head
 from deidpipe.keys import ProjectKey
 from deidpipe.serve.association import TRANSITIONS, Event, Machine, Requestor, State, StateError
 from deidpipe.serve.config import ServeConfig
-from deidpipe.serve.deliver import file_head
 from deidpipe.serve.net import AssociationRejected, PeerAborted, free_port
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP

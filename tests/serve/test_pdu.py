@@ -23,10 +23,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
+from deidpipe.dicomio.head import file_head, file_head_pydicom
 from deidpipe.keys import ProjectKey
 from deidpipe.serve import association, dimse, net, pdu
 from deidpipe.serve.config import ServeConfig
-from deidpipe.serve.deliver import _file_head_pydicom, file_head
 from deidpipe.serve.net import free_port, wait_port
 from deidpipe.serve.queue import Queue
 from deidpipe.serve.scp import StorageSCP
@@ -267,7 +267,7 @@ def test_many_concurrent_associations(scp):
 @pytest.mark.parametrize("name", FILES + ["rtplan.dcm", "ExplVR_BigEnd.dcm"])
 def test_file_head_agrees_with_pydicom(name):
     path = Path(get_testdata_file(name))
-    assert file_head(path) == _file_head_pydicom(path)
+    assert file_head(path) == file_head_pydicom(path)
 
 
 def test_messages_in_fragments_and_limits():
