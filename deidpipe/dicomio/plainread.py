@@ -426,6 +426,8 @@ def parse_plain(data: bytes, *, leave_out_private: bool = False) -> FileDataset 
         if leave_out_private:
             walked = _keep_private_read(walked, left_out)
         elements = {raw.tag: raw for raw in (_raw(data, e, implicit) for e in walked)}
+        if leave_out_private and (len(set(left_out)) < len(left_out) or not elements.keys().isdisjoint(left_out)):
+            return parse_plain(data)  # a tag repeated: the whole read keeps the last, as pydicom does
         # As pydicom's read_dataset and read_partial finish.
         dataset = Dataset(elements, parent_encoding=default_encoding)
         encoding: str | list[str] = default_encoding

@@ -25,7 +25,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deidpipe.dicomio.quiet import quiet as quiet_pydicom
 from deidpipe.version import __version__
@@ -269,7 +269,10 @@ def _own_file_meta(ds: Dataset) -> bytes | None:
     uids = []
     for _, keyword, tag in _SOP_UIDS:  # as below: the data set's UID where it has one that differs
         in_meta, in_ds = meta[tag].value, ds.get(keyword)
-        uids.append(in_ds if in_ds and in_ds != in_meta else in_meta)
+        uid = in_ds if in_ds and in_ds != in_meta else in_meta
+        if not isinstance(uid, UID):
+            return None  # below it becomes a pydicom UID on the way in (surrounding spaces go): pydicom's to write
+        uids.append(uid)
     syntax = meta[0x00020010].value
     if not all(uids) or not syntax or not all(isinstance(u, str) for u in uids):
         return None

@@ -343,7 +343,8 @@ def scrub_dataset(src: Dataset, ctx: ScrubContext, mode: str = NORMAL, top_level
     if top_level and (left_out := getattr(src, "private_left_out", None)):
         if safe_private:  # the reader was asked for them where they are not read: never written unscrubbed
             raise PolicyError("private elements were left out of an object whose policy keeps safe ones")
-        ctx.counts["X"] += sum(_private_x(t & 0xFFFF) for t in left_out)
+        # as the loop below counts them: group lengths not at all (dropped for every group), the rest by _private_x
+        ctx.counts["X"] += sum(_private_x(t & 0xFFFF) for t in left_out if t & 0xFFFF)
     for tag in sorted(src._dict, key=int):  # key=int: BaseTag's own comparison is Python code
         t = int(tag)
         group, element = t >> 16, t & 0xFFFF

@@ -3,6 +3,7 @@ none crashes the engine, and dciodvfy finds no error in an output that its input
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,22 @@ def test_fast_encoder_writes_pydicoms_bytes(key):
     assert compared >= 140
 
 
+def test_fast_encoder_writes_a_kept_uid_of_another_vr_as_pydicom_does(key):
+    """A SOP Class UID stored in another VR with a leading space (the header check strips it): the File Meta is
+    written as pydicom writes it, the UID without the space (review: the packed File Meta wrote it as stored)."""
+    import io
+
+    from deidpipe.dicomio import encode_dataset
+
+    for vr in (b"LO", b"SH"):
+        data = _with_raw_elements(False, [(0x0008, 0x0016, vr, b" 1.2.840.10008.5.1.4.1.1.7"),
+                                          (0x0008, 0x0018, b"UI", b"1.2.3.4"), (0x0008, 0x0060, b"CS", b"OT")])
+        out = deidentify(read_dataset(data), Policy.basic(), key).dataset
+        buf = io.BytesIO()
+        write_dataset(copy.deepcopy(out), buf)
+        assert b"".join(encode_dataset(out)) == buf.getvalue()
+
+
 def test_fast_encoder_pads_odd_pixel_data_as_pydicom_does():
     """Odd-length native Pixel Data (invalid, but readable): pydicom pads it when writing; so does
     encode_dataset, rather than copying the raw bytes."""
@@ -160,6 +177,43 @@ def _private_names_and_sequences() -> bytes:
     return buf.getvalue()
 
 
+def _with_raw_elements(implicit: bool, elements: list[tuple[int, int, bytes, bytes]]) -> bytes:
+    """A small Part 10 file whose data set is the given elements (group, element, VR, value), written as they are:
+    what pydicom would not write (a private group length, a tag given twice, a UID in another VR)."""
+    import io
+    import struct
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    out = [buf.getvalue()]
+    for group, element, vr, value in elements:
+        value += b" " if len(value) % 2 else b""
+        out.append(struct.pack("<HHI", group, element, len(value)) if implicit
+                   else struct.pack("<HH2sH", group, element, vr, len(value)))
+        out.append(value)
+    return b"".join(out)
+
+
+def _odd_private_files() -> list[bytes]:
+    """A private group length (dropped uncounted, as every group length), and a private tag given twice (the
+    whole read keeps the last), in both encodings (review of the leave-out read)."""
+    head = [(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7"), (0x0008, 0x0018, b"UI", b"1.2.3.4"),
+            (0x0008, 0x0060, b"CS", b"OT")]
+    tail = [(0x0010, 0x0010, b"PN", b"Doe^John"), (0x0010, 0x0020, b"LO", b"ID1")]
+    length = [(0x0009, 0x0000, b"UL", (30).to_bytes(4, "little")), (0x0009, 0x0010, b"LO", b"ACME"),
+              (0x0009, 0x1001, b"LO", b"x")]
+    twice = [(0x0009, 0x0010, b"LO", b"ACME"), (0x0009, 0x1001, b"PN", b"Doe^John"), (0x0009, 0x1001, b"LO", b"y")]
+    return [_with_raw_elements(implicit, head + block + tail)
+            for implicit in (False, True) for block in (length, twice)]
+
+
 def test_private_elements_left_out_give_the_same_output(key, small_archive):
     """``read_dataset(leave_out_private=True)``, as ``run`` reads for the header stage where the policy removes
     private elements unread: every bundled file, every file of the synth archive and a file whose private
@@ -167,6 +221,7 @@ def test_private_elements_left_out_give_the_same_output(key, small_archive):
     policies = [Policy.basic(), Policy.basic(options=("RetainLongModifiedDates", "CleanDescriptors"))]
     inputs = [Path(p).read_bytes() for p in FILES]
     inputs += [p.read_bytes() for p in sorted(small_archive[0].rglob("*")) if p.is_file() and p.suffix != ".json"]
+    inputs += _odd_private_files()
     inputs.append(_private_names_and_sequences())
     written = 0
     for data in inputs:
