@@ -248,6 +248,10 @@ def screened(src: Dataset, elem: DataElement | RawDataElement, head: Head, ctx: 
     if texts is None:
         return elem
     result = screen_values(texts, vr, ctx.denylist, ctx.counts)
+    if not result.changed and (misread := _read_as_latin1(elem, vr, texts)) is not None:
+        again = screen_values(misread, vr, ctx.denylist, ctx.counts)
+        if again.changed:  # the identity the replacement characters hid: acted on as any hit
+            texts, result = misread, again
     if not result.changed:
         return elem
     tag = head.tag
@@ -276,6 +280,17 @@ def _texts(src: Dataset, elem: DataElement | RawDataElement, vr: str) -> list[st
         return None
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     return ["" if v is None else str(v) for v in values]
+
+
+def _read_as_latin1(elem: DataElement | RawDataElement, vr: str, texts: list[str]) -> list[str] | None:
+    """The values of a raw text value whose bytes its character set cannot decode (pydicom put U+FFFD in their
+    place), read byte for byte as Latin-1: a name written in Latin-1 under a UTF-8 declaration is then seen as the
+    name it is, not as "M?ller". None where the value decoded cleanly, or is not raw."""
+    value = elem.value
+    if not isinstance(value, bytes) or not any("\ufffd" in t for t in texts):
+        return None
+    values = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
+    return values if len(values) == len(texts) else None
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

@@ -483,3 +483,38 @@ def test_lazily_compiled_groups_find_what_their_patterns_find():
         assert deny.hits(sample) == bool(expected), sample
         matched += bool(expected)
     assert 600 < matched < 2400  # both kinds of text are well represented
+
+
+def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
+    """A kept value written in Latin-1 under a UTF-8 declaration (a common mislabelling): pydicom decodes it with a
+    replacement character ("M?ller"), which no term matches. The screen reads such a value byte for byte as well
+    and finds the patient's name, at the top level and in a sequence item (before, both went out as written)."""
+    import struct
+
+    def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+        value += b" " if len(value) % 2 else b""
+        if vr == b"SQ":
+            return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    head = Dataset()
+    head.file_meta = meta
+    buf = io.BytesIO()
+    head.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    item = (element(0x0008, 0x0100, b"SH", b"T-28000") + element(0x0008, 0x0102, b"SH", b"SRT")
+            + element(0x0008, 0x0104, b"LO", b"Lunge M\xfcller"))
+    data = (buf.getvalue() + element(0x0008, 0x0005, b"CS", b"ISO_IR 192")
+            + element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7") + element(0x0008, 0x0018, b"UI", b"1.2.3.4")
+            + element(0x0008, 0x0060, b"CS", b"OT") + element(0x0008, 0x1090, b"LO", b"Scanner M\xfcller")
+            + element(0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item)
+            + element(0x0010, 0x0010, b"PN", "Müller^Hans".encode()))
+    result = deidentify(read_dataset(data), Policy.basic(), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert b"M\xfcller" not in out.getvalue() and "Müller".encode() not in out.getvalue()
+    assert result.actions[SCREENED_COUNT] == 2
+    # a value that decodes cleanly is not read twice: an ordinary kept value stays as it was
+    assert result.dataset.AnatomicRegionSequence[0].CodeValue == "T-28000"
