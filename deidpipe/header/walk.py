@@ -210,7 +210,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             return screened(src, elem, head, ctx, top_level)
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
-        value = actions.clean_value(elem, ctx)
+        value = actions.clean_value(_latin1_if_misread(stored, elem), ctx)
         if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
             action = "D"
     if action != "K":
@@ -291,6 +291,20 @@ def _read_as_latin1(elem: DataElement | RawDataElement, vr: str, texts: list[str
         return None
     values = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
     return values if len(values) == len(texts) else None
+
+
+def _latin1_if_misread(stored: DataElement | RawDataElement, elem: DataElement) -> DataElement:
+    """``elem`` to clean (action C), or, where pydicom could not decode its raw bytes in their character set, the
+    same values read as Latin-1 (:func:`_read_as_latin1`), so that the cleaning sees the names in them; the cleaned
+    text is then written in the object's character set."""
+    value = elem.value
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, MultiValue | list) else None
+    if texts is None or not all(isinstance(t, str) for t in texts):
+        return elem
+    misread = _read_as_latin1(stored, elem.VR, texts)
+    if misread is None:
+        return elem
+    return DataElement(elem.tag, elem.VR, misread if len(misread) > 1 else misread[0])
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

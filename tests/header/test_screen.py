@@ -485,17 +485,10 @@ def test_lazily_compiled_groups_find_what_their_patterns_find():
     assert 600 < matched < 2400  # both kinds of text are well represented
 
 
-def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
-    """A kept value written in Latin-1 under a UTF-8 declaration (a common mislabelling): pydicom decodes it with a
-    replacement character ("M?ller"), which no term matches. The screen reads such a value byte for byte as well
-    and finds the patient's name, at the top level and in a sequence item (before, both went out as written)."""
+def _raw_file(elements: list[tuple[int, int, bytes, bytes]]) -> bytes:
+    """A Part 10 file (Explicit VR Little Endian) whose data set is ``elements`` (group, element, VR, value) as
+    given: values pydicom would not write, such as Latin-1 bytes under a UTF-8 declaration."""
     import struct
-
-    def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
-        value += b" " if len(value) % 2 else b""
-        if vr == b"SQ":
-            return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
-        return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
 
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -504,13 +497,31 @@ def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
     head.file_meta = meta
     buf = io.BytesIO()
     head.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    item = (element(0x0008, 0x0100, b"SH", b"T-28000") + element(0x0008, 0x0102, b"SH", b"SRT")
-            + element(0x0008, 0x0104, b"LO", b"Lunge M\xfcller"))
-    data = (buf.getvalue() + element(0x0008, 0x0005, b"CS", b"ISO_IR 192")
-            + element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7") + element(0x0008, 0x0018, b"UI", b"1.2.3.4")
-            + element(0x0008, 0x0060, b"CS", b"OT") + element(0x0008, 0x1090, b"LO", b"Scanner M\xfcller")
-            + element(0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item)
-            + element(0x0010, 0x0010, b"PN", "Müller^Hans".encode()))
+    out = [buf.getvalue()]
+    for group, elem, vr, value in elements:
+        value += b" " if len(value) % 2 else b""
+        out.append(struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) if vr == b"SQ"
+                   else struct.pack("<HH2sH", group, elem, vr, len(value)))
+        out.append(value)
+    return b"".join(out)
+
+
+_MISLABELLED_HEAD = [(0x0008, 0x0005, b"CS", b"ISO_IR 192"), (0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7"),
+                     (0x0008, 0x0018, b"UI", b"1.2.3.4"), (0x0008, 0x0060, b"CS", b"OT")]
+_MISLABELLED_NAME = (0x0010, 0x0010, b"PN", "Müller^Hans".encode())
+
+
+def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
+    """A kept value written in Latin-1 under a UTF-8 declaration (a common mislabelling): pydicom decodes it with a
+    replacement character ("M?ller"), which no term matches. The screen reads such a value byte for byte as well
+    and finds the patient's name, at the top level and in a sequence item (before, both went out as written)."""
+    import struct
+
+    item = b"".join(struct.pack("<HH2sH", 0x0008, e, vr, len(v)) + v for e, vr, v in (
+        (0x0100, b"SH", b"T-28000"), (0x0102, b"SH", b"SRT "), (0x0104, b"LO", b"Lunge M\xfcller ")))
+    data = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1090, b"LO", b"Scanner M\xfcller"),
+                      (0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item),
+                      _MISLABELLED_NAME])
     result = deidentify(read_dataset(data), Policy.basic(), key)
     out = io.BytesIO()
     write_dataset(result.dataset, out)
@@ -518,3 +529,14 @@ def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
     assert result.actions[SCREENED_COUNT] == 2
     # a value that decodes cleanly is not read twice: an ordinary kept value stays as it was
     assert result.dataset.AnatomicRegionSequence[0].CodeValue == "T-28000"
+
+
+def test_cleaned_value_in_bytes_its_character_set_cannot_decode_loses_the_name(key):
+    """Action C (Clean Descriptors) on a description written in Latin-1 under a UTF-8 declaration: the cleaning
+    reads it as Latin-1, masks the name, and writes the rest in the object's character set."""
+    data = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), _MISLABELLED_NAME])
+    result = deidentify(read_dataset(data), Policy.basic(options=("CleanDescriptors",)), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert b"M\xfcller" not in out.getvalue() and "Müller".encode() not in out.getvalue()
+    assert result.dataset.StudyDescription == "Follow-up ***"  # not "Follow-up *** M?ller"
