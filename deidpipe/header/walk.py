@@ -210,7 +210,8 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             return screened(src, elem, head, ctx, top_level)
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
-        value = actions.clean_value(_latin1_if_misread(stored, elem), ctx)
+        # A value whose bytes hide a name from the decoder (see _misread_hits) is not cleaned but replaced.
+        value = None if _misread_hits(stored, elem.VR, _strings(elem.value), ctx) else actions.clean_value(elem, ctx)
         if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
             action = "D"
     if action != "K":
@@ -248,10 +249,9 @@ def screened(src: Dataset, elem: DataElement | RawDataElement, head: Head, ctx: 
     if texts is None:
         return elem
     result = screen_values(texts, vr, ctx.denylist, ctx.counts)
-    if not result.changed and (misread := _read_as_latin1(elem, vr, texts)) is not None:
-        again = screen_values(misread, vr, ctx.denylist, ctx.counts)
-        if again.changed:  # the identity the replacement characters hid: acted on as any hit
-            texts, result = misread, again
+    for i in _misread_hits(elem, vr, texts, ctx):  # the identity replacement characters hid: a hit as any other
+        if result.values[i] is not None:
+            result.values[i], result.hits, result.changed = None, result.hits + 1, True
     if not result.changed:
         return elem
     tag = head.tag
@@ -282,29 +282,27 @@ def _texts(src: Dataset, elem: DataElement | RawDataElement, vr: str) -> list[st
     return ["" if v is None else str(v) for v in values]
 
 
-def _read_as_latin1(elem: DataElement | RawDataElement, vr: str, texts: list[str]) -> list[str] | None:
-    """The values of a raw text value whose bytes its character set cannot decode (pydicom put U+FFFD in their
-    place), read byte for byte as Latin-1: a name written in Latin-1 under a UTF-8 declaration is then seen as the
-    name it is, not as "M?ller". None where the value decoded cleanly, or is not raw."""
+def _misread_hits(elem: DataElement | RawDataElement, vr: str, texts: list[str] | None,
+                  ctx: ScrubContext) -> list[int]:
+    """The indexes of the values whose raw bytes the character set could not decode (pydicom put U+FFFD where a
+    byte failed, and "M?ller" matches no term) and whose bytes, read one by one as Latin-1, hold the object's
+    identity: a name written in Latin-1 under a UTF-8 declaration, a common mislabelling. Each value is judged
+    apart; those that decoded cleanly are not read again. Empty where the value is not raw, or where the Latin-1
+    reading splits into another number of values (0x5C inside a two-byte character): the decoding stands."""
     value = elem.value
-    if not isinstance(value, bytes) or not any("\ufffd" in t for t in texts):
-        return None
-    values = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
-    return values if len(values) == len(texts) else None
+    if not texts or not isinstance(value, bytes) or not any("\ufffd" in t for t in texts):
+        return []
+    misread = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
+    if len(misread) != len(texts):
+        return []
+    return [i for i, (text, latin1) in enumerate(zip(texts, misread, strict=True))
+            if "\ufffd" in text and ctx.denylist.hits(latin1)]
 
 
-def _latin1_if_misread(stored: DataElement | RawDataElement, elem: DataElement) -> DataElement:
-    """``elem`` to clean (action C), or, where pydicom could not decode its raw bytes in their character set, the
-    same values read as Latin-1 (:func:`_read_as_latin1`), so that the cleaning sees the names in them; the cleaned
-    text is then written in the object's character set."""
-    value = elem.value
-    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, MultiValue | list) else None
-    if texts is None or not all(isinstance(t, str) for t in texts):
-        return elem
-    misread = _read_as_latin1(stored, elem.VR, texts)
-    if misread is None:
-        return elem
-    return DataElement(elem.tag, elem.VR, misread if len(misread) > 1 else misread[0])
+def _strings(value: object) -> list[str] | None:
+    """A decoded text value's values as a list of strings, or None for any other kind of value."""
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, MultiValue | list) else None
+    return values if values is not None and all(isinstance(v, str) for v in values) else None
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

@@ -531,12 +531,36 @@ def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
     assert result.dataset.AnatomicRegionSequence[0].CodeValue == "T-28000"
 
 
-def test_cleaned_value_in_bytes_its_character_set_cannot_decode_loses_the_name(key):
-    """Action C (Clean Descriptors) on a description written in Latin-1 under a UTF-8 declaration: the cleaning
-    reads it as Latin-1, masks the name, and writes the rest in the object's character set."""
-    data = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), _MISLABELLED_NAME])
-    result = deidentify(read_dataset(data), Policy.basic(options=("CleanDescriptors",)), key)
+def test_cleaned_value_in_bytes_its_character_set_cannot_decode_is_replaced(key):
+    """Action C (Clean Descriptors) on a description whose Latin-1 bytes hide the name from the decoder: it is
+    replaced by a dummy (the name cannot be masked in a text pydicom could not read). A description whose name is
+    in proper UTF-8 beside one bad byte is cleaned as before: the name is masked, nothing is read as Latin-1."""
+    policy = Policy.basic(options=("CleanDescriptors",))
+    hidden = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), _MISLABELLED_NAME])
+    result = deidentify(read_dataset(hidden), policy, key)
     out = io.BytesIO()
     write_dataset(result.dataset, out)
     assert b"M\xfcller" not in out.getvalue() and "Müller".encode() not in out.getvalue()
-    assert result.dataset.StudyDescription == "Follow-up ***"  # not "Follow-up *** M?ller"
+    assert result.dataset.StudyDescription.startswith("ANON") and result.actions["D"] >= 1
+    proper = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", "Follow-up Müller ".encode() + b"\xff"),
+                        _MISLABELLED_NAME])
+    cleaned = deidentify(read_dataset(proper), policy, key).dataset.StudyDescription
+    assert cleaned.startswith("Follow-up ***") and "ller" not in cleaned
+
+
+def test_only_the_values_whose_bytes_hide_a_name_are_replaced(key):
+    """Of a multi-valued kept value (a Code Meaning in a sequence item, where a hit replaces values rather than
+    removing the element), one in proper UTF-8 stays as it was, a URI stays cleaned as a URI, and only the value
+    whose Latin-1 bytes hold the name is replaced (review of the Latin-1 reading)."""
+    import struct
+
+    meaning = "Zürich".encode() + b"\\M\xfcller\\http://h/a?q=1"
+    item = b"".join(struct.pack("<HH2sH", 0x0008, e, vr, len(v)) + v for e, vr, v in (
+        (0x0100, b"SH", b"T-28000 "), (0x0102, b"SH", b"SRT "), (0x0104, b"LO", meaning + b" " * (len(meaning) % 2))))
+    data = _raw_file([*_MISLABELLED_HEAD,
+                      (0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item),
+                      _MISLABELLED_NAME])
+    result = deidentify(read_dataset(data), Policy.basic(), key)
+    values = list(result.dataset.AnatomicRegionSequence[0].CodeMeaning)
+    assert values[0] == "Zürich" and values[1].startswith("ANON") and values[2] == "http://h/a"
+    assert result.actions[SCREENED_COUNT] == 1
