@@ -79,9 +79,11 @@ def screen_values(values: list[str], vr: str, deny: DenyList, counts: dict[str, 
 
 def text_of_bytes(raw: bytes, vr: str) -> str | None:
     """A raw value as text where that is cheap and certain: ASCII (every character set's common part; but not
-    ISO 2022 text, whose escape sequences switch to other sets in 7-bit bytes), and for UN, bytes that decode as
-    UTF-8 to printable text; None otherwise (the caller decodes with the object's character set, or, for UN,
-    treats the value as binary)."""
+    ISO 2022 text, whose escape sequences switch to other sets in 7-bit bytes), and for UN, bytes that read as
+    printable text in UTF-8, or else byte for byte in Latin-1 (the character set of most 8-bit text, and the
+    misdeclared one of the rest: a kept attribute written as UN with a Latin-1 name in it went out unscreened);
+    None otherwise (the caller decodes with the object's character set, or, for UN, treats the value as
+    binary: control characters, as binary values hold, are not text)."""
     data = raw.rstrip(b"\x00 ")
     if data.isascii() and b"\x1b" not in data:
         text = data.decode("ascii")
@@ -89,7 +91,7 @@ def text_of_bytes(raw: bytes, vr: str) -> str | None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return None
+            text = data.decode("latin-1")
     else:
         return None
     if vr == "UN" and not text.replace("\r", "").replace("\n", "").replace("\t", "").isprintable():

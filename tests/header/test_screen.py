@@ -500,7 +500,7 @@ def _raw_file(elements: list[tuple[int, int, bytes, bytes]]) -> bytes:
     out = [buf.getvalue()]
     for group, elem, vr, value in elements:
         value += b" " if len(value) % 2 else b""
-        out.append(struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) if vr == b"SQ"
+        out.append(struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) if vr in (b"SQ", b"UN", b"UT", b"OB")
                    else struct.pack("<HH2sH", group, elem, vr, len(value)))
         out.append(value)
     return b"".join(out)
@@ -564,3 +564,18 @@ def test_only_the_values_whose_bytes_hide_a_name_are_replaced(key):
     values = list(result.dataset.AnatomicRegionSequence[0].CodeMeaning)
     assert values[0] == "Zürich" and values[1].startswith("ANON") and values[2] == "http://h/a"
     assert result.actions[SCREENED_COUNT] == 1
+
+
+@pytest.mark.parametrize(("charset", "name"), [(b"ISO_IR 100", b"Scanner M\xfcller"),
+                                               (b"ISO_IR 192", b"Scanner M\xfcller")])
+def test_kept_attribute_written_as_un_in_latin1_is_screened(charset, name, key):
+    """A kept attribute that a converter wrote with VR UN, its text in Latin-1 (the declared character set, or a
+    mislabelled one): the screen reads it and removes it (an UN element may go) where it holds the name. Before,
+    only UTF-8 counted as text in UN, and the name went out."""
+    patient = "Müller^Hans".encode("latin-1" if charset == b"ISO_IR 100" else "utf-8")
+    data = _raw_file([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:], (0x0008, 0x1090, b"UN", name),
+                      (0x0010, 0x0010, b"PN", patient)])
+    result = deidentify(read_dataset(data), Policy.basic(), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert b"ller" not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
