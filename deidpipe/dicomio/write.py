@@ -251,6 +251,12 @@ _SOP_UIDS = (("MediaStorageSOPClassUID", "SOPClassUID", 0x00020002),
              ("MediaStorageSOPInstanceUID", "SOPInstanceUID", 0x00020003))
 
 
+def _meta_uid(in_meta: Any, in_ds: Any) -> Any:
+    """The SOP Class or Instance UID the File Meta is written with: the data set's where it has one that differs
+    from the File Meta's (or the File Meta has none), else the File Meta's, as ``save_as`` takes it."""
+    return in_ds if in_meta is None or (in_ds and in_ds != in_meta) else in_meta
+
+
 def _own_file_meta(ds: Dataset) -> bytes | None:
     """What :func:`_write_file_meta` writes, packed by :func:`file_meta_bytes` (no copy of the File Meta, no
     pydicom validation: a fifth of an object's encoding), where the File Meta is the header engine's own: these
@@ -267,9 +273,8 @@ def _own_file_meta(ds: Dataset) -> bytes | None:
     if meta[0x00020012].value != IMPLEMENTATION_CLASS_UID or meta[0x00020013].value != IMPLEMENTATION_VERSION_NAME:
         return None
     uids = []
-    for _, keyword, tag in _SOP_UIDS:  # as below: the data set's UID where it has one that differs
-        in_meta, in_ds = meta[tag].value, ds.get(keyword)
-        uid = in_ds if in_ds and in_ds != in_meta else in_meta
+    for _, keyword, tag in _SOP_UIDS:
+        uid = _meta_uid(meta[tag].value, ds.get(keyword))
         if not isinstance(uid, UID):
             return None  # below it becomes a pydicom UID on the way in (surrounding spaces go): pydicom's to write
         uids.append(uid)
@@ -293,9 +298,9 @@ def _write_file_meta(fp: DicomBytesIO, ds: Dataset) -> None:
     for tag, elem in ds.file_meta._dict.items():
         meta._dict[tag] = copy.copy(elem)
     for meta_keyword, keyword, _ in _SOP_UIDS:
-        in_meta, in_ds = meta.get(meta_keyword), ds.get(keyword)
-        if in_meta is None or (in_ds and in_ds != in_meta):
-            setattr(meta, meta_keyword, in_ds)
+        in_meta = meta.get(meta_keyword)
+        if (uid := _meta_uid(in_meta, ds.get(keyword))) is not in_meta:
+            setattr(meta, meta_keyword, uid)
     validate_file_meta(meta, enforce_standard=True)
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False

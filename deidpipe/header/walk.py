@@ -211,7 +211,8 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         # A value whose bytes hide a name from the decoder (see _misread_hits) is not cleaned but replaced.
-        value = None if _misread_hits(stored, elem.VR, _strings(elem.value), ctx) else actions.clean_value(elem, ctx)
+        misread = _misread_hits(stored, elem.VR, _texts(src, elem, elem.VR), ctx)
+        value = None if misread else actions.clean_value(elem, ctx)
         if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
             action = "D"
     if action != "K":
@@ -297,12 +298,6 @@ def _misread_hits(elem: DataElement | RawDataElement, vr: str, texts: list[str] 
         return []
     return [i for i, (text, latin1) in enumerate(zip(texts, misread, strict=True))
             if "\ufffd" in text and ctx.denylist.hits(latin1)]
-
-
-def _strings(value: object) -> list[str] | None:
-    """A decoded text value's values as a list of strings, or None for any other kind of value."""
-    values = [value] if isinstance(value, str) else list(value) if isinstance(value, MultiValue | list) else None
-    return values if values is not None and all(isinstance(v, str) for v in values) else None
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

@@ -311,8 +311,6 @@ class Deliverer(LoopThread):
         """Take up tickets another process (the processing stage) has left in this destination's outbox: new
         objects, and newer copies of pending ones (which then take the older ticket's place at once, rather than
         at its retry time). A file is read again only when its inode changed."""
-        import json
-
         folder = self.queue.path("outbox", self.dest.name)
         try:
             with os.scandir(folder) as it:
@@ -326,10 +324,9 @@ class Deliverer(LoopThread):
         changed = [n for n, ino in names.items() if n[:-5] not in pending or self._seen.get(n) != ino]
         found = []
         for n in changed:
-            try:
-                t = json.loads((folder / n).read_bytes())
-            except (OSError, ValueError):
-                continue  # being written (never: tickets are renamed into place) or just closed
+            t = self.queue.read_ticket(folder / n)
+            if t is None:
+                continue  # just closed (tickets are renamed into place, never seen half written)
             self._seen[n] = names[n]
             with self._lock:
                 current = self.pending.get(t.get("object_id"))

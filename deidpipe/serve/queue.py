@@ -196,7 +196,7 @@ class Queue:
     def newer_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
         """The ticket now in the outbox for ``t``'s object and destination when it is another copy's (a copy
         received and processed after ``t``'s: it supersedes ``t``), else None."""
-        current = self._read_ticket(self._ticket_path(t))
+        current = self.read_ticket(self._ticket_path(t))
         return None if current is None or current.get("copy") == t.get("copy") else current
 
     def update_ticket(self, t: dict[str, Any]) -> dict[str, Any] | None:
@@ -216,7 +216,7 @@ class Queue:
                 except FileNotFoundError:  # closed meanwhile (never by another thread: one per destination)
                     return None
                 try:
-                    taken = self._read_ticket(aside)
+                    taken = self.read_ticket(aside)
                     if taken is not None and taken.get("copy") != t.get("copy"):
                         self._put_back(aside)
                         return taken
@@ -224,7 +224,7 @@ class Queue:
                         os.link(tmp, target)
                     except FileExistsError:  # a newer copy's ticket arrived while this one was aside
                         aside.unlink()
-                        return self._read_ticket(target)
+                        return self.read_ticket(target)
                     aside.unlink()
                     return None
                 except BaseException:
@@ -235,7 +235,7 @@ class Queue:
             tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def _read_ticket(path: Path) -> dict[str, Any] | None:
+    def read_ticket(path: Path) -> dict[str, Any] | None:
         """A ticket's fields, or None where the file cannot be read as one (then it counts as the caller's own)."""
         try:
             return json.loads(path.read_bytes())
@@ -257,7 +257,7 @@ class Queue:
                 os.replace(src, aside)
             except FileNotFoundError:
                 return None
-            taken = self._read_ticket(aside)
+            taken = self.read_ticket(aside)
             if taken is not None and taken.get("copy") != t.get("copy"):  # a newer copy's ticket: back in place
                 self._put_back(aside)
                 return taken
@@ -269,7 +269,7 @@ class Queue:
 
     def _put_back(self, aside: Path) -> None:
         """A ticket set aside returns to its outbox place, unless a newer ticket is there; the aside name goes."""
-        t = self._read_ticket(aside)
+        t = self.read_ticket(aside)
         try:
             if t is not None:  # unreadable: it was never a ticket of ours whole
                 os.link(aside, self._ticket_path(t))
@@ -334,7 +334,7 @@ class Queue:
         return removed
 
     def _records(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
-        return [t for t in map(self._read_ticket, paths) if t is not None]
+        return [t for t in map(self.read_ticket, paths) if t is not None]
 
     def round_running(self) -> bool:
         """Whether a processing round holds :meth:`output_lock` now."""
