@@ -167,7 +167,7 @@ class DenyList:
     """
 
     groups: tuple[TermGroup, ...] = ()
-    parts: frozenset[str] = frozenset()
+    parts: frozenset[str] = field(default=frozenset(), repr=False)  # name parts: identity, never in a repr
     _seen: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -272,9 +272,10 @@ class TermGroup:
     """One group of a deny-list's terms: their skeletons (those whose pattern is not None), and the group's
     pattern, compiled the first time it is asked for (and cached apart, :func:`_compile_terms`)."""
 
-    terms: frozenset[str]
-    common: frozenset[str]
-    skeletons: tuple[str, ...]
+    # Not in the repr: the terms are the object's identity (a repr in a log or a test failure would print them).
+    terms: frozenset[str] = field(repr=False)
+    common: frozenset[str] = field(repr=False)
+    skeletons: tuple[str, ...] = field(repr=False)
 
     def pattern(self) -> re.Pattern[str]:
         pattern = _compile_terms(self.terms, self.common)

@@ -579,3 +579,10 @@ def test_kept_attribute_written_as_un_in_latin1_is_screened(charset, name, key):
     out = io.BytesIO()
     write_dataset(result.dataset, out)
     assert b"ller" not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
+
+
+def test_denylist_repr_shows_no_identity():
+    """A deny-list in a log line or a test failure prints no term and no name part."""
+    deny = DenyList.from_groups([{"Okafor^Ngozi", "MRN77123"}], ["Okafor", "Ngozi"])
+    text = repr(deny).lower()
+    assert "okafor" not in text and "ngozi" not in text and "77123" not in text
