@@ -3,11 +3,16 @@ pydicom's bundled files as bytes, dciodvfy's errors."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from deidpipe.dicomio import read_dataset, write_dataset
 from deidpipe.header.engine import deidentify
@@ -93,3 +98,22 @@ def associate(ae, *args, **kwargs):
     get_msg = assoc.dimse.get_msg
     assoc.dimse.get_msg = lambda block=False: get_msg(block) if block else (None, None)
     return assoc
+
+
+def raw_part10(elements: list[tuple[int, int, bytes, bytes]]) -> bytes:
+    """A Part 10 file (Explicit VR Little Endian) whose data set is ``elements`` (group, element, VR, value) as
+    given: values pydicom would not write, such as Latin-1 bytes under a UTF-8 declaration."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    head = Dataset()
+    head.file_meta = meta
+    buf = io.BytesIO()
+    head.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    out = [buf.getvalue()]
+    for group, elem, vr, value in elements:
+        value += b" " if len(value) % 2 else b""
+        out.append(struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) if vr in (b"SQ", b"UN", b"UT", b"OB")
+                   else struct.pack("<HH2sH", group, elem, vr, len(value)))
+        out.append(value)
+    return b"".join(out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import re
 from functools import cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydicom.datadict import dictionary_is_retired, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -41,6 +41,9 @@ from deidpipe.header.screen import SCREENED_COUNT, screen_values, split_values, 
 from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
 from deidpipe.policy import is_known_tag
 from deidpipe.ruledata import load_rule_file, resolve_compound
+
+if TYPE_CHECKING:
+    from deidpipe.header.text import DenyList
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
 _SPECIFIC_CHARACTER_SET = 0x00080005  # kept, and checked against the defined terms (actions.clean_character_set)
@@ -285,19 +288,39 @@ def _texts(src: Dataset, elem: DataElement | RawDataElement, vr: str) -> list[st
 
 def _misread_hits(elem: DataElement | RawDataElement, vr: str, texts: list[str] | None,
                   ctx: ScrubContext) -> list[int]:
-    """The indexes of the values whose raw bytes the character set could not decode (pydicom put U+FFFD where a
-    byte failed, and "M?ller" matches no term) and whose bytes, read one by one as Latin-1, hold the object's
-    identity: a name written in Latin-1 under a UTF-8 declaration, a common mislabelling. Each value is judged
-    apart; those that decoded cleanly are not read again. Empty where the value is not raw, or where the Latin-1
-    reading splits into another number of values (0x5C inside a two-byte character): the decoding stands."""
+    """The indexes of the values whose raw bytes, read one by one as Latin-1, hold the object's identity where
+    the declared character set hid it: a name written in Latin-1 by a second system under another declaration, a
+    common mislabelling (see :func:`_hides_identity`). Each value is judged apart; an ASCII value is not read
+    again. Empty where the value is not raw, or where the Latin-1 reading splits into another number of values
+    (0x5C inside a two-byte character): the decoding stands."""
     value = elem.value
-    if not texts or not isinstance(value, bytes) or not any("\ufffd" in t for t in texts):
+    if not texts or not isinstance(value, bytes) or value.isascii():
         return []
     misread = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
     if len(misread) != len(texts):
         return []
     return [i for i, (text, latin1) in enumerate(zip(texts, misread, strict=True))
-            if "\ufffd" in text and ctx.denylist.hits(latin1)]
+            if _hides_identity(text.strip(), latin1.strip(), ctx.denylist)]
+
+
+def _hides_identity(text: str, latin1: str, denylist: DenyList) -> bool:
+    """Whether ``latin1``, a value's bytes read as Latin-1, holds the identity where ``text``, the same bytes as
+    the declared character set decoded them, does not show it.
+
+    - Under UTF-8 pydicom puts U+FFFD where a byte fails ("M?ller"): any hit in the Latin-1 reading counts.
+    - A single-byte set that defines every byte (Cyrillic ISO_IR 144, Greek ISO_IR 126, Latin-5 ISO_IR 148)
+      decodes such bytes into other letters ("Mќller"), character for character: the Latin-1 reading counts where
+      it still hits once the spans the decoded text shows (those a clean masks) are blanked.
+    - Text decoded into fewer characters (valid multi-byte text) or into the same ones hides nothing.
+    """
+    if "\ufffd" in text:
+        return denylist.hits(latin1)
+    if len(text) != len(latin1) or text == latin1:
+        return False
+    masked = list(latin1)
+    for start, end in denylist.spans(text):
+        masked[start:end] = " " * (end - start)
+    return denylist.hits("".join(masked))
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

@@ -334,15 +334,24 @@ def _search(ds: Dataset, known: DenyList, prefix: str, top: Dataset) -> Iterator
             continue
         t = int(tag)
         name = _name(head) if not (t >> 16) & 1 else private_name(t, private_creator(ds, t))
+        raw = ds._dict[tag]  # before decoding: pydicom may replace the stored raw element
         try:
             elem = decoded(ds, tag)
         except Exception:  # noqa: BLE001 - an undecodable element: searched as raw bytes below
-            raw = ds._dict[tag]
             if any(known.spans(bytes(getattr(raw, "value", b"") or b"").decode("latin-1"))):
                 yield prefix + name
             continue
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
                 yield from _search(item, known, f"{prefix}{name}[{i}].", top)
-        elif any(known.spans(text) for text in _element_texts(elem)):
+        elif any(known.spans(text) for text in _element_texts(elem)) or _latin1_hit(raw, known):
             yield prefix + name
+
+
+def _latin1_hit(stored: Any, known: DenyList) -> bool:
+    """A raw text value with bytes beyond ASCII, read byte for byte as Latin-1, holds a known term: a name written
+    in Latin-1 under another declared character set, which decodes it as "M?ller" (UTF-8) or "Mќller" (ISO_IR
+    144), both out of a term's reach (the header stage screens the same reading:
+    :func:`deidpipe.header.walk._misread_hits`)."""
+    value = getattr(stored, "value", None) if isinstance(stored, RawDataElement) else None
+    return isinstance(value, bytes) and not value.isascii() and bool(known.spans(value.decode("latin-1")))

@@ -21,6 +21,7 @@ from deidpipe.header.engine import deidentify
 from deidpipe.header.screen import SCREENED_COUNT, URI_COUNT
 from deidpipe.header.text import DenyList, date_variants, screen_text
 from deidpipe.policy import Override, Policy
+from tests.helpers import raw_part10
 
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -485,27 +486,6 @@ def test_lazily_compiled_groups_find_what_their_patterns_find():
     assert 600 < matched < 2400  # both kinds of text are well represented
 
 
-def _raw_file(elements: list[tuple[int, int, bytes, bytes]]) -> bytes:
-    """A Part 10 file (Explicit VR Little Endian) whose data set is ``elements`` (group, element, VR, value) as
-    given: values pydicom would not write, such as Latin-1 bytes under a UTF-8 declaration."""
-    import struct
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
-    head = Dataset()
-    head.file_meta = meta
-    buf = io.BytesIO()
-    head.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    out = [buf.getvalue()]
-    for group, elem, vr, value in elements:
-        value += b" " if len(value) % 2 else b""
-        out.append(struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) if vr in (b"SQ", b"UN", b"UT", b"OB")
-                   else struct.pack("<HH2sH", group, elem, vr, len(value)))
-        out.append(value)
-    return b"".join(out)
-
-
 _MISLABELLED_HEAD = [(0x0008, 0x0005, b"CS", b"ISO_IR 192"), (0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7"),
                      (0x0008, 0x0018, b"UI", b"1.2.3.4"), (0x0008, 0x0060, b"CS", b"OT")]
 _MISLABELLED_NAME = (0x0010, 0x0010, b"PN", "Müller^Hans".encode())
@@ -519,7 +499,7 @@ def test_name_in_bytes_its_character_set_cannot_decode_is_screened(key):
 
     item = b"".join(struct.pack("<HH2sH", 0x0008, e, vr, len(v)) + v for e, vr, v in (
         (0x0100, b"SH", b"T-28000"), (0x0102, b"SH", b"SRT "), (0x0104, b"LO", b"Lunge M\xfcller ")))
-    data = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1090, b"LO", b"Scanner M\xfcller"),
+    data = raw_part10([*_MISLABELLED_HEAD, (0x0008, 0x1090, b"LO", b"Scanner M\xfcller"),
                       (0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item),
                       _MISLABELLED_NAME])
     result = deidentify(read_dataset(data), Policy.basic(), key)
@@ -536,13 +516,13 @@ def test_cleaned_value_in_bytes_its_character_set_cannot_decode_is_replaced(key)
     replaced by a dummy (the name cannot be masked in a text pydicom could not read). A description whose name is
     in proper UTF-8 beside one bad byte is cleaned as before: the name is masked, nothing is read as Latin-1."""
     policy = Policy.basic(options=("CleanDescriptors",))
-    hidden = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), _MISLABELLED_NAME])
+    hidden = raw_part10([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), _MISLABELLED_NAME])
     result = deidentify(read_dataset(hidden), policy, key)
     out = io.BytesIO()
     write_dataset(result.dataset, out)
     assert b"M\xfcller" not in out.getvalue() and "Müller".encode() not in out.getvalue()
     assert result.dataset.StudyDescription.startswith("ANON") and result.actions["D"] >= 1
-    proper = _raw_file([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", "Follow-up Müller ".encode() + b"\xff"),
+    proper = raw_part10([*_MISLABELLED_HEAD, (0x0008, 0x1030, b"LO", "Follow-up Müller ".encode() + b"\xff"),
                         _MISLABELLED_NAME])
     cleaned = deidentify(read_dataset(proper), policy, key).dataset.StudyDescription
     assert cleaned.startswith("Follow-up ***") and "ller" not in cleaned
@@ -557,7 +537,7 @@ def test_only_the_values_whose_bytes_hide_a_name_are_replaced(key):
     meaning = "Zürich".encode() + b"\\M\xfcller\\http://h/a?q=1"
     item = b"".join(struct.pack("<HH2sH", 0x0008, e, vr, len(v)) + v for e, vr, v in (
         (0x0100, b"SH", b"T-28000 "), (0x0102, b"SH", b"SRT "), (0x0104, b"LO", meaning + b" " * (len(meaning) % 2))))
-    data = _raw_file([*_MISLABELLED_HEAD,
+    data = raw_part10([*_MISLABELLED_HEAD,
                       (0x0008, 0x2218, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item),
                       _MISLABELLED_NAME])
     result = deidentify(read_dataset(data), Policy.basic(), key)
@@ -573,7 +553,7 @@ def test_kept_attribute_written_as_un_in_latin1_is_screened(charset, name, key):
     mislabelled one): the screen reads it and removes it (an UN element may go) where it holds the name. Before,
     only UTF-8 counted as text in UN, and the name went out."""
     patient = "Müller^Hans".encode("latin-1" if charset == b"ISO_IR 100" else "utf-8")
-    data = _raw_file([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:], (0x0008, 0x1090, b"UN", name),
+    data = raw_part10([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:], (0x0008, 0x1090, b"UN", name),
                       (0x0010, 0x0010, b"PN", patient)])
     result = deidentify(read_dataset(data), Policy.basic(), key)
     out = io.BytesIO()
@@ -586,3 +566,43 @@ def test_denylist_repr_shows_no_identity():
     deny = DenyList.from_groups([{"Okafor^Ngozi", "MRN77123"}], ["Okafor", "Ngozi"])
     text = repr(deny).lower()
     assert "okafor" not in text and "ngozi" not in text and "77123" not in text
+
+
+@pytest.mark.parametrize(("charset", "value", "patient"), [
+    (b"ISO_IR 144", b"Scanner M\xfcller", b"Muller^Hans"),  # Cyrillic: 0xFC is "ќ", Latin-1 "ü"
+    (b"ISO_IR 126", b"Scanner M\xfcller", b"Muller^Hans"),  # Greek: 0xFC is "ό"
+    (b"ISO_IR 148", b"Scanner \xddilmaz", b"Yilmaz^Ayse"),  # Latin-5: 0xDD is "İ", Latin-1 "Ý"
+])
+def test_latin1_name_under_a_charset_that_decodes_every_byte_is_screened(charset, value, patient, key):
+    """A kept value written in Latin-1 under a single-byte character set that defines every byte (Cyrillic,
+    Greek, Latin-5): pydicom decodes it without a replacement character, into other letters ("Mќller" under
+    ISO_IR 144), which no term matches. Its Latin-1 reading is screened as well and finds the patient's name
+    (before, it went out as written). Text in the declared character set stays as it was."""
+    codec = {b"ISO_IR 144": "iso8859_5", b"ISO_IR 126": "iso8859_7", b"ISO_IR 148": "iso8859_9"}[charset]
+    local = {b"ISO_IR 144": "Сканер", b"ISO_IR 126": "Σαρωτής", b"ISO_IR 148": "Tarayıcı"}[charset]
+    data = raw_part10([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:],
+                      (0x0008, 0x0070, b"LO", local.encode(codec)),  # Manufacturer, kept (K): local text
+                      (0x0008, 0x1090, b"LO", value),  # Manufacturer's Model Name, kept (K)
+                      (0x0010, 0x0010, b"PN", patient)])
+    result = deidentify(read_dataset(data), Policy.basic(), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert value[8:] not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
+    assert result.dataset.Manufacturer == local  # the declared character set's own text is not read as Latin-1
+
+
+def test_cleaned_value_with_a_latin1_name_under_cyrillic_is_replaced(key):
+    """Action C under ISO_IR 144: a description whose given name the decoder shows and whose surname it hides
+    ("Hans Mќller") is replaced by a dummy (masking "Hans" would leave the Latin-1 bytes of "Müller"); one whose
+    every hit the decoded text shows is cleaned as before, its Cyrillic text kept."""
+    policy = Policy.basic(options=("CleanDescriptors",))
+    head = [(0x0008, 0x0005, b"CS", b"ISO_IR 144"), *_MISLABELLED_HEAD[1:]]
+    name = (0x0010, 0x0010, b"PN", b"Muller^Hans")
+    hidden = raw_part10([*head, (0x0008, 0x1030, b"LO", b"Follow-up Hans M\xfcller"), name])
+    result = deidentify(read_dataset(hidden), policy, key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert b"M\xfcller" not in out.getvalue() and result.dataset.StudyDescription.startswith("ANON")
+    shown = raw_part10([*head, (0x0008, 0x1030, b"LO", "Контроль Hans Muller".encode("iso8859_5")), name])
+    cleaned = deidentify(read_dataset(shown), policy, key).dataset.StudyDescription
+    assert cleaned.startswith("Контроль ***") and "Hans" not in cleaned and "Muller" not in cleaned

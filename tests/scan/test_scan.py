@@ -209,6 +209,23 @@ def test_known_identities_in_headers(src, deid, tmp_path):
     assert not [f for f in after.findings if f.rule == "DP-H010"]
 
 
+@pytest.mark.parametrize("charset", [b"ISO_IR 192", b"ISO_IR 144"])
+def test_known_identity_in_latin1_bytes_under_another_charset(charset):
+    """A known name written in Latin-1 under UTF-8 or Cyrillic, which decode it as "M?ller" and "Mќller": found
+    in its Latin-1 reading (before, scan passed it). Text in the declared character set is not a finding."""
+    from deidpipe.dicomio import read_dataset
+    from deidpipe.scan.headers import known_identity_locations
+    from deidpipe.scan.known import deny_list
+    from tests.helpers import raw_part10
+
+    local = "Сканер".encode("iso8859_5") if charset == b"ISO_IR 144" else "Scanner Zoë".encode()
+    data = raw_part10([(0x0008, 0x0005, b"CS", charset), (0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7"),
+                       (0x0008, 0x0018, b"UI", b"1.2.3.4"), (0x0008, 0x0070, b"LO", local),
+                       (0x0008, 0x1090, b"LO", b"Scanner M\xfcller")])
+    found = list(known_identity_locations(read_dataset(data), deny_list(["Müller"])))
+    assert found == ["ManufacturerModelName"]
+
+
 def test_known_identity_only_in_pixel_text_of_a_scrubbed_header(src, tmp_path):
     """The header was de-identified (pixels untouched): only OCR of the pixel text can find the name."""
     from deidpipe.dicomio import read_dataset
