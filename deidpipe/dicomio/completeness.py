@@ -25,6 +25,7 @@ PIXELS_MISSING = "pixel data is missing though the header describes an image"
 PIXELS_SHORT = "pixel data is shorter than its header declares"
 FRAGMENTS_CUT = "encapsulated pixel data fragments do not end"
 FRAMES_MISSING = "encapsulated pixel data has fewer fragments than frames"
+FRAMES_UNCOUNTED = "Number of Frames is not a number: the pixel data's frames cannot be counted"
 
 _PIXEL_DATA, _FLOAT_PIXEL_DATA, _DOUBLE_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
 _ROWS, _COLUMNS, _BITS_ALLOCATED = 0x00280010, 0x00280011, 0x00280100
@@ -43,6 +44,16 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
     except (TypeError, ValueError):
         return default
     return number if number >= 0 else default
+
+
+def number_of_frames(ds: Dataset) -> int | None:
+    """Number of Frames (0028,0008): 1 when absent or empty (a single frame), the number when it is one, None when
+    it is not a number (pydicom reads "1A" without error and leaves it to ``int()`` to fail later)."""
+    try:
+        value = ds.get("NumberOfFrames")
+        return 1 if value is None or value == "" else max(int(value), 1)
+    except (TypeError, ValueError):
+        return None
 
 
 def declared_native_size(ds: Dataset) -> int | None:
@@ -94,6 +105,10 @@ def pixel_data_problem(ds: Dataset) -> str | None:
     value = elem.value
     if value is None:
         return None  # deferred by the caller's read: not ours to judge
+    if number_of_frames(ds) is None:
+        # Neither a decoder nor this check can tell which bytes are which frame; the header stage would replace
+        # the value by a dummy ("0") and write an object that claims no frame (pydicom's badVR.dcm).
+        return FRAMES_UNCOUNTED
     if not isinstance(value, bytes | bytearray):
         return None  # set by the caller as an array or the like: its length is the caller's
     ts = _transfer_syntax(ds)

@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 from pydicom.dataset import Dataset
 
+from deidpipe.dicomio.completeness import number_of_frames
 from deidpipe.pixels.candidates import (
     MIN_SIDE,
     Box,
@@ -144,7 +145,8 @@ def text_likely(ds: Dataset) -> str | None:
     image_type = _str_values(ds, "ImageType")
     if "secondary capture" in sop_name or any(t in ("SECONDARY", "SCREEN SAVE", "SCREENSHOT") for t in image_type):
         return "secondary capture"
-    if "multi-frame" in sop_name or int(ds.get("NumberOfFrames", 1) or 1) > 1 and modality not in ("CT", "MR", "PT"):
+    frames = number_of_frames(ds)  # None (not a number): counted as several, the safer reading
+    if "multi-frame" in sop_name or (frames is None or frames > 1) and modality not in ("CT", "MR", "PT"):
         return "multi-frame"
     if modality in ANNOTATED_MODALITIES and burned != "NO":
         return "annotated projection image"

@@ -27,7 +27,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from deidpipe.dicomio import encode_dataset, read_dataset
-from deidpipe.dicomio.completeness import FRAGMENTS_CUT, PIXELS_MISSING, PIXELS_SHORT, pixel_data_problem
+from deidpipe.dicomio.completeness import (
+    FRAGMENTS_CUT,
+    FRAMES_UNCOUNTED,
+    PIXELS_MISSING,
+    PIXELS_SHORT,
+    pixel_data_problem,
+)
 from deidpipe.dicomio.plainread import TRUNCATED_IN_HEADER, TRUNCATED_UNDELIMITED, truncation
 from deidpipe.errors import TruncatedError
 from deidpipe.header.engine import UID_FROM_FILE_META, deidentify
@@ -288,6 +294,24 @@ def test_truncated_files_are_quarantined_in_a_run(tmp_path):
     assert all(reason.startswith("file is truncated") for _, reason in rows), rows
     records = [json.loads(p.read_text()) for p in (dst / "quarantine").glob("*.json")]
     assert len(records) == len(cuts)
+
+
+def test_number_of_frames_that_is_no_number_is_quarantined_with_its_reason(tmp_path):
+    """pydicom's badVR.dcm: an RT Dose whose Number of Frames reads "1A". Before, the header stage replaced the value
+    by a dummy ("0": an object that claims no frame though it carries 15) and the pixel stage then failed on the
+    source's value ("unexpected error (ValueError)"); now the object is refused at the header with a reason that
+    says why, and the pixel stage's selection reads such a count as several frames instead of failing."""
+    from deidpipe.pixels.find import text_likely
+
+    ds = read_dataset(get_testdata_file("badVR.dcm"))
+    assert pixel_data_problem(ds) == FRAMES_UNCOUNTED
+    assert text_likely(ds) == "multi-frame"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dose.dcm").write_bytes(_bytes("badVR.dcm"))
+    report = run(src, tmp_path / "out", Policy.basic(), key=KEY, workers=1)
+    assert (report.written, report.quarantined) == (0, 1)
+    assert _audit(tmp_path / "out").select("stage", "reason").rows() == [("header", FRAMES_UNCOUNTED)]
 
 
 # -- head series that are no volume -------------------------------------------------------------------------------
