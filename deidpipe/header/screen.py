@@ -102,3 +102,21 @@ def text_of_bytes(raw: bytes, vr: str) -> str | None:
 def split_values(text: str, vr: str) -> list[str]:
     """The values of a decoded multi-valued text (backslash-separated), or the one value of an LT/ST/UT/UR."""
     return [text] if vr in SINGLE_VALUED else text.split("\\")
+
+
+def latin1_hit(latin1: str, denylist: DenyList) -> bool:
+    """Whether ``latin1``, a text value's bytes read one by one as Latin-1, holds the identity as a name that a
+    second system wrote in Latin-1 under another declared character set: a common mislabelling that the declared
+    set decodes out of every term's reach. UTF-8 puts U+FFFD where a byte fails ("M?ller"), a single-byte set that
+    defines every byte decodes other letters ("Mќller" under Cyrillic ISO_IR 144), Shift JIS or GB18030 join a
+    byte and the letter after it into one character ("J臠er").
+
+    Such a name mixes ASCII letters with bytes beyond ASCII, so a hit counts where one of the reading's spans
+    holds both. A span of ASCII alone reads the same in every set (the decoded text was screened or cleaned with
+    it); one of bytes beyond ASCII alone is text of the declared set (a Greek or Cyrillic word read as Latin-1 may
+    fold to a short name: "άρα" to "una")."""
+    return any(_mixes_ascii_letters_and_high_bytes(latin1[start:end]) for start, end in denylist.spans(latin1))
+
+
+def _mixes_ascii_letters_and_high_bytes(span: str) -> bool:
+    return any(c >= "\x80" for c in span) and any(c.isascii() and c.isalpha() for c in span)

@@ -37,7 +37,7 @@ from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
 from deidpipe.header.identity import identity_rules
-from deidpipe.header.screen import SCREENED_COUNT, screen_values, split_values, text_of_bytes
+from deidpipe.header.screen import SCREENED_COUNT, latin1_hit, screen_values, split_values, text_of_bytes
 from deidpipe.header.values import CHECKED_VRS, dummy_for, raw_value_is_valid, value_is_valid
 from deidpipe.policy import is_known_tag
 from deidpipe.ruledata import load_rule_file, resolve_compound
@@ -210,7 +210,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             elem = copy.copy(decoded(src, tag))
             if head.VR in CHECKED_VRS and not value_is_valid(tag, head.VR, elem.value):
                 return _invalid_kept(tag, head.VR, ctx)
-            return screened(src, elem, head, ctx, top_level)
+            return screened(src, elem, head, ctx, top_level, raw=stored)
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         # A value whose bytes hide a name from the decoder (see _misread_hits) is not cleaned but replaced.
@@ -240,11 +240,14 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
 
 
 def screened(src: Dataset, elem: DataElement | RawDataElement, head: Head, ctx: ScrubContext, top_level: bool,
-             private: bool = False) -> DataElement | RawDataElement | None:
+             private: bool = False,
+             raw: DataElement | RawDataElement | None = None) -> DataElement | RawDataElement | None:
     """A kept or cleaned element after the identity screen (:mod:`deidpipe.header.screen`): as it came (raw stays
     raw) when no value holds the object's identity; else removed where it may be (a private element, an UN
     element, an attribute of Type 3 at the top of a known IOD), or each value that held one replaced by a dummy
-    of the VR (a URI by its cleaned form). Counted as ``identity_screened`` and ``uri_cleaned``."""
+    of the VR (a URI by its cleaned form). Counted as ``identity_screened`` and ``uri_cleaned``. ``raw``: the
+    element as stored before ``elem`` was decoded from it, whose bytes are read as Latin-1 too (see
+    :func:`_misread_hits`)."""
     vr = head.VR
     if (vr not in identity_rules().screened_vrs or head.is_empty or head.tag == _SPECIFIC_CHARACTER_SET
             or (top_level and head.tag in ctx.exempt)):
@@ -253,7 +256,7 @@ def screened(src: Dataset, elem: DataElement | RawDataElement, head: Head, ctx: 
     if texts is None:
         return elem
     result = screen_values(texts, vr, ctx.denylist, ctx.counts)
-    for i in _misread_hits(elem, vr, texts, ctx):  # the identity replacement characters hid: a hit as any other
+    for i in _misread_hits(raw or elem, vr, texts, ctx):  # the identity the decoder hid: a hit as any other
         if result.values[i] is not None:
             result.values[i], result.hits, result.changed = None, result.hits + 1, True
     if not result.changed:
@@ -289,38 +292,24 @@ def _texts(src: Dataset, elem: DataElement | RawDataElement, vr: str) -> list[st
 def _misread_hits(elem: DataElement | RawDataElement, vr: str, texts: list[str] | None,
                   ctx: ScrubContext) -> list[int]:
     """The indexes of the values whose raw bytes, read one by one as Latin-1, hold the object's identity where
-    the declared character set hid it: a name written in Latin-1 by a second system under another declaration, a
-    common mislabelling (see :func:`_hides_identity`). Each value is judged apart; an ASCII value is not read
-    again. Empty where the value is not raw, or where the Latin-1 reading splits into another number of values
-    (0x5C inside a two-byte character): the decoding stands."""
+    the declared character set hid it (see :func:`_hides_identity`). Each value is judged apart; an ASCII value
+    is not read again. Empty where the value is not raw, or where the Latin-1 reading splits into another number
+    of values (0x5C inside a two-byte character): the decoding stands."""
     value = elem.value
     if not texts or not isinstance(value, bytes) or value.isascii():
         return []
-    misread = split_values(value.rstrip(b"\x00 ").decode("latin-1"), vr)
+    misread = split_values(value.decode("latin-1"), vr)
     if len(misread) != len(texts):
         return []
     return [i for i, (text, latin1) in enumerate(zip(texts, misread, strict=True))
-            if _hides_identity(text.strip(), latin1.strip(), ctx.denylist)]
+            if _hides_identity(text, latin1, ctx.denylist)]
 
 
 def _hides_identity(text: str, latin1: str, denylist: DenyList) -> bool:
     """Whether ``latin1``, a value's bytes read as Latin-1, holds the identity where ``text``, the same bytes as
-    the declared character set decoded them, does not show it.
-
-    - Under UTF-8 pydicom puts U+FFFD where a byte fails ("M?ller"): any hit in the Latin-1 reading counts.
-    - A single-byte set that defines every byte (Cyrillic ISO_IR 144, Greek ISO_IR 126, Latin-5 ISO_IR 148)
-      decodes such bytes into other letters ("Mќller"), character for character: the Latin-1 reading counts where
-      it still hits once the spans the decoded text shows (those a clean masks) are blanked.
-    - Text decoded into fewer characters (valid multi-byte text) or into the same ones hides nothing.
-    """
-    if "\ufffd" in text:
-        return denylist.hits(latin1)
-    if len(text) != len(latin1) or text == latin1:
-        return False
-    masked = list(latin1)
-    for start, end in denylist.spans(text):
-        masked[start:end] = " " * (end - start)
-    return denylist.hits("".join(masked))
+    the declared character set decoded them, reads otherwise (see :func:`deidpipe.header.screen.latin1_hit`)."""
+    text, latin1 = text.strip("\x00 "), latin1.strip("\x00 ")
+    return text != latin1 and latin1_hit(latin1, denylist)
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:
@@ -359,10 +348,11 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
         return None
     kept_blocks.add((group, block))
     ctx.counts["K"] += 1
+    stored = src._dict[tag]  # before decoding, which replaces it: the raw bytes for the Latin-1 reading
     elem = decoded(src, tag)
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
-    return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True)
+    return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True, raw=stored)
 
 
 def _private_x(element: int) -> int:

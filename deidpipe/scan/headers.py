@@ -26,6 +26,7 @@ from pydicom.multival import MultiValue
 
 from deidpipe.header.actions import is_mappable_uid
 from deidpipe.header.context import ScrubContext
+from deidpipe.header.screen import latin1_hit
 from deidpipe.header.text import DenyList
 from deidpipe.header.walk import NORMAL, decide, decoded, head_of, identifier_kinds, is_free_text, sequence_mode
 from deidpipe.header.walk import private_creator as walk_private_creator
@@ -131,13 +132,14 @@ class HeaderChecker:
     def check(self, ds: Dataset) -> list[Hit]:
         ctx = self.context(ds)
         hits: list[Hit] = []
+        # Searched first: the walk decodes some elements (presidio's free text), and the search reads the raw
+        # bytes of the others as Latin-1 too, which a decoded element no longer has.
+        known = [] if self.known is None or self.known.empty else list(known_identity_locations(ds, self.known))
         self._walk(ds, ctx, NORMAL, True, "", hits)
         self._dataset_level(ds, hits)
         self._file_meta(ds, hits)
-        if self.known is not None and not self.known.empty:
-            for loc in known_identity_locations(ds, self.known):
-                hits.append(("DP-H010", "high", loc, "a known identity (name, ID or birth date) occurs in this "
-                                                     "value"))
+        for loc in known:
+            hits.append(("DP-H010", "high", loc, "a known identity (name, ID or birth date) occurs in this value"))
         return hits
 
     # -- the walk ------------------------------------------------------------------------------------------
@@ -344,14 +346,13 @@ def _search(ds: Dataset, known: DenyList, prefix: str, top: Dataset) -> Iterator
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
                 yield from _search(item, known, f"{prefix}{name}[{i}].", top)
-        elif any(known.spans(text) for text in _element_texts(elem)) or _latin1_hit(raw, known):
+        elif any(known.spans(text) for text in _element_texts(elem)) or (
+                elem.VR in TEXT_VRS and _latin1_hit(raw, known)):
             yield prefix + name
 
 
 def _latin1_hit(stored: Any, known: DenyList) -> bool:
-    """A raw text value with bytes beyond ASCII, read byte for byte as Latin-1, holds a known term: a name written
-    in Latin-1 under another declared character set, which decodes it as "M?ller" (UTF-8) or "Mќller" (ISO_IR
-    144), both out of a term's reach (the header stage screens the same reading:
-    :func:`deidpipe.header.walk._misread_hits`)."""
+    """A raw text value with bytes beyond ASCII whose Latin-1 reading holds a known name that its declared character
+    set hid (:func:`deidpipe.header.screen.latin1_hit`; the header stage screens the same reading)."""
     value = getattr(stored, "value", None) if isinstance(stored, RawDataElement) else None
-    return isinstance(value, bytes) and not value.isascii() and bool(known.spans(value.decode("latin-1")))
+    return isinstance(value, bytes) and not value.isascii() and latin1_hit(value.decode("latin-1"), known)

@@ -572,14 +572,21 @@ def test_denylist_repr_shows_no_identity():
     (b"ISO_IR 144", b"Scanner M\xfcller", b"Muller^Hans"),  # Cyrillic: 0xFC is "ќ", Latin-1 "ü"
     (b"ISO_IR 126", b"Scanner M\xfcller", b"Muller^Hans"),  # Greek: 0xFC is "ό"
     (b"ISO_IR 148", b"Scanner \xddilmaz", b"Yilmaz^Ayse"),  # Latin-5: 0xDD is "İ", Latin-1 "Ý"
+    # Shift JIS and GB18030 join a byte and the letter after it into one character ("J臠er", "M黮ler")
+    (b"ISO 2022 IR 13\\ISO 2022 IR 87", b"Scanner J\xe4ger", b"Jager^Hans"),
+    (b"ISO_IR 13", b"Scanner Ren\xe9e", b"Renee^Dupont"),
+    (b"GB18030", b"Scanner M\xfcller", b"Muller^Hans"),
+    (b"ISO_IR 144", b"Scanner M\xfcller\x00\\CT", b"Muller^Hans"),  # a NUL ends the first value (review)
 ])
 def test_latin1_name_under_a_charset_that_decodes_every_byte_is_screened(charset, value, patient, key):
     """A kept value written in Latin-1 under a single-byte character set that defines every byte (Cyrillic,
     Greek, Latin-5): pydicom decodes it without a replacement character, into other letters ("Mќller" under
     ISO_IR 144), which no term matches. Its Latin-1 reading is screened as well and finds the patient's name
     (before, it went out as written). Text in the declared character set stays as it was."""
-    codec = {b"ISO_IR 144": "iso8859_5", b"ISO_IR 126": "iso8859_7", b"ISO_IR 148": "iso8859_9"}[charset]
-    local = {b"ISO_IR 144": "Сканер", b"ISO_IR 126": "Σαρωτής", b"ISO_IR 148": "Tarayıcı"}[charset]
+    codec = {b"ISO_IR 144": "iso8859_5", b"ISO_IR 126": "iso8859_7", b"ISO_IR 148": "iso8859_9",
+             b"ISO_IR 13": "shift_jis", b"GB18030": "gb18030"}.get(charset, "shift_jis")
+    local = {b"ISO_IR 144": "Сканер", b"ISO_IR 126": "Σαρωτής", b"ISO_IR 148": "Tarayıcı",
+             b"GB18030": "扫描仪"}.get(charset, "ｽｷｬﾅ")  # half-width katakana: ISO_IR 13's own
     data = raw_part10([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:],
                       (0x0008, 0x0070, b"LO", local.encode(codec)),  # Manufacturer, kept (K): local text
                       (0x0008, 0x1090, b"LO", value),  # Manufacturer's Model Name, kept (K)
@@ -587,8 +594,39 @@ def test_latin1_name_under_a_charset_that_decodes_every_byte_is_screened(charset
     result = deidentify(read_dataset(data), Policy.basic(), key)
     out = io.BytesIO()
     write_dataset(result.dataset, out)
-    assert value[8:] not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
+    assert value[8:].split(b"\x00")[0] not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
     assert result.dataset.Manufacturer == local  # the declared character set's own text is not read as Latin-1
+
+
+@pytest.mark.parametrize(("charset", "text", "patient"), [
+    (b"ISO_IR 126", "Εξέταση άρα θώρακα", b"Una^Maria"),  # "άρα" read as Latin-1 is "Üñá": folds to "una"
+    (b"ISO_IR 144", "Контроль для нее", b"Yoo^Jin"),  # "нее" read as Latin-1 is "ÝÕÕ": folds to "yoo"
+])
+def test_local_text_that_folds_to_a_name_when_read_as_latin1_is_kept(charset, text, patient, key):
+    """Greek or Cyrillic text in its own declared character set is not taken for a Latin-1 name: a word of it read
+    as Latin-1 may fold to a short name, but holds no ASCII letter, as a Latin-1 name under another declaration
+    does (review). Kept as it is, and cleaned (action C) as it was before."""
+    codec = {b"ISO_IR 126": "iso8859_7", b"ISO_IR 144": "iso8859_5"}[charset]
+    data = raw_part10([(0x0008, 0x0005, b"CS", charset), *_MISLABELLED_HEAD[1:],
+                       (0x0008, 0x0070, b"LO", text.encode(codec)), (0x0008, 0x1030, b"LO", text.encode(codec)),
+                       (0x0010, 0x0010, b"PN", patient)])
+    kept = deidentify(read_dataset(data), Policy.basic(), key)
+    assert kept.dataset.Manufacturer == text and kept.actions[SCREENED_COUNT] == 0
+    cleaned = deidentify(read_dataset(data), Policy.basic(options=("CleanDescriptors",)), key)
+    assert cleaned.dataset.StudyDescription == text
+
+
+def test_safe_private_value_with_a_latin1_name_is_screened(key):
+    """Retain Safe Private keeps a safe private element decoded: its raw bytes are read as Latin-1 as well (review:
+    "Dr M\xfcller" under ISO_IR 144 went out)."""
+    data = raw_part10([(0x0008, 0x0005, b"CS", b"ISO_IR 144"), *_MISLABELLED_HEAD[1:],
+                       (0x0009, 0x0010, b"LO", b"GEMS_IDEN_01"), (0x0009, 0x10E6, b"SH", b"Dr M\xfcller"),
+                       (0x0010, 0x0010, b"PN", b"Muller^Hans")])
+    result = deidentify(read_dataset(data), Policy.basic(options=("RetainSafePrivate",)), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert b"GEMS_IDEN_01" in out.getvalue()  # the block is kept: the element was judged safe
+    assert b"M\xfcller" not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
 
 
 def test_cleaned_value_with_a_latin1_name_under_cyrillic_is_replaced(key):

@@ -226,6 +226,28 @@ def test_known_identity_in_latin1_bytes_under_another_charset(charset):
     assert found == ["ManufacturerModelName"]
 
 
+def test_known_identity_in_latin1_bytes_found_with_presidio_and_not_in_local_text():
+    """Review: with --presidio the walk decoded free text before the known-identity search, whose raw bytes were
+    then gone (the Latin-1 name was missed); and Greek text whose word "άρα" reads as Latin-1 "Üñá" ("una") is not
+    a finding for the known name "Una" (no ASCII letter in it, as a Latin-1 name under another set has)."""
+    from deidpipe.dicomio import read_dataset
+    from deidpipe.scan.headers import HeaderChecker
+    from deidpipe.scan.known import deny_list
+    from tests.helpers import raw_part10
+
+    head = [(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7"), (0x0008, 0x0018, b"UI", b"1.2.3.4")]
+    hidden = raw_part10([(0x0008, 0x0005, b"CS", b"ISO_IR 144"), *head,
+                         (0x0008, 0x1030, b"LO", b"Follow-up M\xfcller")])
+    greek = raw_part10([(0x0008, 0x0005, b"CS", b"ISO_IR 126"), *head,
+                        (0x0008, 0x1030, b"LO", "Εξέταση άρα θώρακα".encode("iso8859_7"))])
+    policy = Policy.basic(options=("CleanDescriptors",))
+    for presidio in (False, True):
+        checker = HeaderChecker(policy, ProjectKey(b"scan-test-key-0123456789"), deny_list(["Müller", "Una"]), presidio)
+        found = [loc for rule, _, loc, _ in checker.check(read_dataset(hidden)) if rule == "DP-H010"]
+        assert found == ["StudyDescription"], presidio
+        assert not [h for h in checker.check(read_dataset(greek)) if h[0] == "DP-H010"]
+
+
 def test_known_identity_only_in_pixel_text_of_a_scrubbed_header(src, tmp_path):
     """The header was de-identified (pixels untouched): only OCR of the pixel text can find the name."""
     from deidpipe.dicomio import read_dataset
