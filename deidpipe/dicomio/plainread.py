@@ -174,6 +174,18 @@ def dictionary_vr(tag: int) -> str:
         return "UN"
 
 
+def element_vr(tag: int, vr: str | None) -> str:
+    """The VR an element is judged by: its own; the dictionary's where it has none (Implicit VR) or where a writer
+    that did not know a standard attribute (a newer one, such as Study Update DateTime) wrote it as UN. pydicom
+    decodes such a value with the dictionary VR too (``config.replace_un_with_known_vr``); judged as UN, a date
+    would be neither removed nor shifted and a name neither replaced nor collected for the identity screen.
+    Private and unknown tags, and those whose dictionary VR depends on other attributes (US or SS), stay UN."""
+    if vr is not None and (vr != "UN" or tag >> 16 & 1):
+        return vr
+    known = dictionary_vr(tag)
+    return "UN" if vr == "UN" and " " in known else known
+
+
 def _is_sequence(tag: int, vr: bytes | None) -> bool:
     """Whether an element of undefined length is a sequence: by its VR, or in Implicit VR by the dictionary
     (pydicom reads any other such element up to a delimiter, which this module does not)."""

@@ -29,7 +29,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from deidpipe.dicomio.plainread import dictionary_vr
+from deidpipe.dicomio.plainread import dictionary_vr, element_vr
 from deidpipe.errors import InvalidValueError
 from deidpipe.header.text import DenyList, date_variants
 from deidpipe.ruledata import load_rule_file
@@ -114,7 +114,7 @@ def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], groups: d
     """Terms into ``groups`` (see :data:`GROUPS`) and name parts into ``parts``, at every level of ``ds``."""
     for tag, stored in ds._dict.items():
         t = int(tag)
-        vr = stored.VR or dictionary_vr(t)
+        vr = element_vr(t, stored.VR)
         kind = kinds.get(t)
         if (vr != "SQ" and vr != "PN" and kind is None) or t in skip:
             continue

@@ -32,7 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deidpipe.dicomio.plainread import dictionary_vr
+from deidpipe.dicomio.plainread import element_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
@@ -72,7 +72,7 @@ def head_of(stored: DataElement | RawDataElement) -> Head:
     # A plain int: the caches below (and the decision cache the Head keys) compare keys, and pydicom's BaseTag
     # compares in Python.
     tag = int(stored.tag)
-    vr = stored.VR or dictionary_vr(tag)
+    vr = element_vr(tag, stored.VR)
     if isinstance(stored, RawDataElement):
         value = stored.value
         empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))

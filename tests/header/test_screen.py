@@ -561,6 +561,24 @@ def test_kept_attribute_written_as_un_in_latin1_is_screened(charset, name, key):
     assert b"ller" not in out.getvalue() and result.actions[SCREENED_COUNT] == 1
 
 
+@pytest.mark.parametrize("temporal", ["removed", "modified"])
+def test_standard_attribute_written_as_un_is_judged_by_its_dictionary_vr(temporal, key):
+    """A writer that did not know a standard attribute writes it with VR UN. Judged as UN, Study Update DateTime
+    and Expiry Date (outside Table E.1-1) were kept unchanged, Secondary Reviewer Name was not replaced, and a
+    Patient's Name written so never reached the deny-list, so the name went out in kept values (leak hunt). Each is
+    now judged by its dictionary VR: dates removed or shifted, names replaced and screened for."""
+    data = raw_part10([*_MISLABELLED_HEAD[1:], (0x0008, 0x0070, b"LO", b"Zyxwv Qorblat"),
+                       (0x0008, 0x041F, b"UN", b"20040119133733"), (0x0010, 0x0010, b"UN", b"Qorblat^Zyxwv"),
+                       (0x0014, 0x0104, b"UN", b"Drwhox^Bbbqx"), (0x0014, 0x1020, b"UN", b"20040119")])
+    options = ("RetainLongModifiedDates",) if temporal == "modified" else ()
+    result = deidentify(read_dataset(data), Policy.basic(options=options), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    for marker in (b"Qorblat", b"Zyxwv", b"Drwhox", b"20040119"):
+        assert marker not in out.getvalue(), marker
+    assert result.actions[SCREENED_COUNT] == 1  # the Manufacturer that held the name
+
+
 def test_denylist_repr_shows_no_identity():
     """A deny-list in a log line or a test failure prints no term and no name part."""
     deny = DenyList.from_groups([{"Okafor^Ngozi", "MRN77123"}], ["Okafor", "Ngozi"])
