@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from deidpipe.header.text import DenyList
 
 NORMAL, DUMMY, DUMMY_CODES, CLEAN = "normal", "dummy", "dummy_codes", "clean"
+_ICC_PROFILE = 0x00282000  # kept, its free text blanked (_icc_profile_blanked)
+ICC_COUNT = "icc_text_blanked"  # audit: ICC profiles whose text was blanked
 _SPECIFIC_CHARACTER_SET = 0x00080005  # kept, and checked against the defined terms (actions.clean_character_set)
 _TEXTUAL_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
                           "UI", "UR", "UT"})
@@ -200,6 +202,8 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
             return None
         if action == "Z":
             return DataElement(tag, head.VR, None if head.VR in ("SQ",) else _empty(head.VR))
+        if head.tag == _ICC_PROFILE and not head.is_empty:
+            return _icc_profile_blanked(src, tag, ctx)
         if head.VR != "SQ":
             # A raw element without a VR in data declared explicit was read by pydicom's implicit-VR
             # fallback: decode it so it can be written with a VR; every other kept element stays raw.
@@ -310,6 +314,26 @@ def _hides_identity(text: str, latin1: str, denylist: DenyList) -> bool:
     the declared character set decoded them, reads otherwise (see :func:`deidpipe.header.screen.latin1_hit`)."""
     text, latin1 = text.strip("\x00 "), latin1.strip("\x00 ")
     return text != latin1 and latin1_hit(latin1, denylist)
+
+
+def _icc_profile_blanked(src: Dataset, tag: BaseTag, ctx: ScrubContext) -> DataElement | RawDataElement | None:
+    """A kept ICC Profile (0028,2000) with its free text blanked (:mod:`deidpipe.pixels.icc`: description,
+    copyright, device descriptions; its colour data byte for byte), counted as ``icc_text_blanked``; one whose tag
+    table does not add up is removed (counted under X), its text out of reach."""
+    from deidpipe.pixels.icc import ICCError, blank_icc_text
+
+    stored = src._dict[tag]
+    value = decoded(src, tag).value
+    try:
+        blanked = blank_icc_text(bytes(value))
+    except (ICCError, TypeError):
+        ctx.counts["K"] -= 1
+        ctx.counts["X"] += 1
+        return None
+    if blanked == value:
+        return stored
+    ctx.counts[ICC_COUNT] += 1
+    return DataElement(tag, "OB", blanked)
 
 
 def _invalid_kept(tag: int, vr: str, ctx: ScrubContext) -> DataElement:

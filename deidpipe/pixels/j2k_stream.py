@@ -9,10 +9,11 @@ changed: it would point into the wrong places. Everything else, the bit streams 
 byte.
 
 A JP2 file wraps the codestream in boxes (length, type, contents). Only what a decoder reads is kept: the
-signature (``jP``), ``ftyp``, the ``jp2h`` header (``ihdr``, ``bpcc``, ``colr``, ``pclr``, ``cmap``, ``cdef``,
-``res ``) and the codestream box ``jp2c`` (cleaned as above); ``xml ``, ``uuid``, ``uinf``, ``jp2i`` and any other
-box are dropped. A marker or box this module does not know to be harmless, or a length that does not add up,
-raises :class:`StreamError` (the object is quarantined).
+signature (``jP``), ``ftyp`` (brands other than JPEG 2000's replaced, minor version 0), the ``jp2h`` header
+(``ihdr``, ``bpcc``, ``colr`` with an ICC profile's text blanked, ``pclr``, ``cmap``, ``cdef``, ``res ``) and the
+codestream box ``jp2c`` (cleaned as above); ``xml ``, ``uuid``, ``uinf``, ``jp2i`` and any other box are
+dropped. A marker or box this module does not know to be harmless, or a length that does not add up, raises
+:class:`StreamError` (the object is quarantined).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _TILE = frozenset({0x52, 0x53, 0x58, 0x5C, 0x5D, 0x5E, 0x5F, 0x61, *range(0x72, 
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _JP2_TOP = (b"jP  ", b"ftyp", b"jp2h", b"jp2c")
 _JP2_HEADER = frozenset({b"ihdr", b"bpcc", b"colr", b"pclr", b"cmap", b"cdef", b"res "})
+#: File type brands of JPEG 2000 (Part 1, Part 2, HTJ2K): the only ones a file type box keeps.
+_JP2_BRANDS = frozenset({b"jp2 ", b"jpx ", b"jpxb", b"jph "})
 
 
 def _marker(data: bytes, pos: int) -> int:
@@ -155,6 +158,29 @@ def _box(kind: bytes, contents: bytes) -> bytes:
     return _U32.pack(1) + kind + _U64.pack(len(contents) + 16) + contents
 
 
+def _clean_ftyp(contents: bytes) -> bytes:
+    """The file type box's brand, minor version and compatibility list are 4-byte fields any writer may fill
+    (text included): brands other than the JPEG 2000 ones become ``jp2 ``, the minor version 0."""
+    if len(contents) < 8 or len(contents) % 4:
+        raise StreamError("JP2 file type box is malformed")
+    brands = [contents[i:i + 4] for i in range(0, len(contents), 4)]
+    brands[1] = bytes(4)
+    return b"".join(b if i == 1 or b in _JP2_BRANDS else b"jp2 " for i, b in enumerate(brands))
+
+
+def _clean_colr(contents: bytes) -> bytes:
+    """A colour specification box (method, precedence, approximation, then an enumerated colour space or, for
+    methods 2 and 3, an ICC profile) with the profile's text blanked (:mod:`deidpipe.pixels.icc`)."""
+    from deidpipe.pixels.icc import ICCError, blank_icc_text
+
+    if len(contents) < 3 or contents[0] not in (2, 3):
+        return contents
+    try:
+        return contents[:3] + blank_icc_text(contents[3:])
+    except ICCError:
+        raise StreamError("JP2 colour profile is malformed") from None
+
+
 def strip_jp2(data: bytes) -> Stripped:
     """Keep only the boxes of a JP2 file that a decoder reads, with the codestream inside cleaned."""
     data = bytes(data)
@@ -171,11 +197,26 @@ def strip_jp2(data: bytes) -> Stripped:
             removed += 1
             changed = True
             continue
-        if kind == b"jp2h":
+        if kind == b"ftyp":
+            contents = _clean_ftyp(data[body:end])
+            if contents != data[body:end]:
+                removed += 1
+                changed = True
+                out.append(_box(kind, contents))
+                continue
+        elif kind == b"jp2h":
             inner = _boxes(data, body, end)
-            kept = [data[s:e] for k, s, _, e in inner if k in _JP2_HEADER]
-            if len(kept) != len(inner):
-                removed += len(inner) - len(kept)
+            kept, dropped = [], 0
+            for k, s, b, e in inner:
+                if k not in _JP2_HEADER:
+                    dropped += 1
+                elif k == b"colr" and (colr := _clean_colr(data[b:e])) != data[b:e]:
+                    kept.append(_box(k, colr))
+                    dropped += 1  # counted as a box cut
+                else:
+                    kept.append(data[s:e])
+            if dropped:
+                removed += dropped
                 changed = True
                 out.append(_box(kind, b"".join(kept)))
                 continue

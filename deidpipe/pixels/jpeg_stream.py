@@ -7,7 +7,8 @@ and are not needed to decode:
 * COM (``FFFE``): dropped.
 * APP0 JFIF: kept with its standard fields only (version, density units, X/Y density; thumbnail size set to 0
   and the thumbnail dropped); any other APP0 (JFXX thumbnails, vendor data) is dropped.
-* APP2 ``ICC_PROFILE``: kept (a colour profile; not used by DICOM decoders, but it belongs to the colours).
+* APP2 ``ICC_PROFILE``: kept with the profile's text blanked (:mod:`deidpipe.pixels.icc`: a colour profile, not
+  used by DICOM decoders, but it belongs to the colours); dropped when split over several segments.
 * APP14 ``Adobe``: kept, cut to its standard 12 bytes (version, flags, colour transform: tells RGB from YCbCr).
 * APP8 ``mrfx``: kept, cut to its 5 bytes (the HP colour transform of JPEG-LS, which CharLS decodes).
 * every other APPn (EXIF and XMP in APP1, FlashPix/MPF in APP2, SPIFF in APP8, Photoshop IRB in APP13, ...):
@@ -68,7 +69,7 @@ def _kept_app(marker: int, payload: bytes) -> bytes | None:
             return payload
         return payload[:JFIF_SIZE - 2] + b"\x00\x00"  # no thumbnail (its width and height, then its pixels)
     if marker == 0xE2 and payload.startswith(ICC_ID):
-        return payload
+        return _kept_icc(payload)
     # Cut to their standard size, but never dropped: a short Adobe segment (some encoders write 10 bytes) still
     # tells a decoder that three components are RGB, not YCbCr.
     if marker == 0xEE and payload.startswith(ADOBE_ID):
@@ -76,6 +77,23 @@ def _kept_app(marker: int, payload: bytes) -> bytes | None:
     if marker == 0xE8 and payload.startswith(MRFX_ID):
         return payload[:MRFX_SIZE]
     return None
+
+
+def _kept_icc(payload: bytes) -> bytes | None:
+    """An APP2 ``ICC_PROFILE`` segment (identifier, sequence number, count, profile) with the profile's text
+    blanked (:func:`deidpipe.pixels.icc.blank_icc_text`); None (dropped) for a profile split over several segments
+    or one whose tags do not add up: the header's ICC Profile (0028,2000) is the one DICOM decoders read."""
+    from deidpipe.pixels.icc import ICCError, blank_icc_text
+
+    head = len(ICC_ID) + 2
+    if len(payload) < head or payload[head - 1] != 1:
+        return None
+    chunk = payload[head:]
+    try:
+        profile = blank_icc_text(chunk)
+    except ICCError:
+        return None
+    return payload if profile is chunk else payload[:head] + profile
 
 
 def _segment(marker: int, payload: bytes) -> bytes:

@@ -87,6 +87,11 @@ def _frames(value: bytes, n_frames: int, extended: tuple[bytes, bytes] | None, i
 
     try:
         frames = list(generate_frames(value, number_of_frames=n_frames, extended_offsets=extended))
+        if extended is not None and sum(len(f) + (len(f) & 1) for f in frames) != _fragment_bytes(value):
+            # The Extended Offset Table names only part of the fragments' bytes (beyond each frame's pad byte):
+            # the rest (a fragment outside every frame, text after a frame's end) would go out unparsed. Split as
+            # if it were absent.
+            frames = list(generate_frames(value, number_of_frames=n_frames))
     except Exception:  # noqa: BLE001 - any malformed encapsulation: the object cannot be checked (below)
         frames = []
     if len(frames) != n_frames and incomplete:
@@ -99,6 +104,13 @@ def _frames(value: bytes, n_frames: int, extended: tuple[bytes, bytes] | None, i
     if len(frames) != n_frames:
         raise StreamError("encapsulated pixel data cannot be split into its frames")
     return frames
+
+
+def _fragment_bytes(value: bytes) -> int:
+    """The bytes of every fragment of encapsulated ``value`` after the Basic Offset Table."""
+    from pydicom.encaps import generate_fragments
+
+    return sum(map(len, list(generate_fragments(value))[1:]))
 
 
 def _number_of_frames(ds: Dataset) -> int:

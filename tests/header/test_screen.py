@@ -13,6 +13,7 @@ import re
 import unicodedata
 
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -577,6 +578,31 @@ def test_standard_attribute_written_as_un_is_judged_by_its_dictionary_vr(tempora
     for marker in (b"Qorblat", b"Zyxwv", b"Drwhox", b"20040119"):
         assert marker not in out.getvalue(), marker
     assert result.actions[SCREENED_COUNT] == 1  # the Manufacturer that held the name
+
+
+def test_icc_profile_text_is_blanked_at_the_top_and_in_an_optical_path(key):
+    """ICC Profile (0028,2000), kept (Table E.1-1 does not list it), carried its description and copyright as
+    written (leak hunt): their text is blanked at the top level and in an Optical Path Sequence item, the colour
+    data kept byte for byte."""
+    from PIL import ImageCms
+
+    from deidpipe.header.walk import ICC_COUNT
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    at = icc.index("sRGB".encode("utf-16-be"))
+    icc[at:at + 16] = "Okonkwo ".encode("utf-16-be")
+    ds = read_dataset(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Okonkwo^Chidi"
+    ds.ICCProfile = bytes(icc)
+    item = Dataset()
+    item.ICCProfile = bytes(icc)
+    ds.OpticalPathSequence = [item]
+    result = deidentify(ds, Policy.basic(), key)
+    out = io.BytesIO()
+    write_dataset(result.dataset, out)
+    assert "Okonkwo".encode("utf-16-be") not in out.getvalue()
+    assert result.actions[ICC_COUNT] == 2
+    assert len(result.dataset.ICCProfile) == len(icc) and result.dataset.ICCProfile[-36:] == bytes(icc[-36:])  # chrm
 
 
 def test_denylist_repr_shows_no_identity():

@@ -180,20 +180,33 @@ def test_jpeg_segments_are_removed_and_decoding_kept():
 
 
 def test_decoding_segments_are_kept():
-    """ICC profile kept whole, Adobe cut to its 12 bytes, mrfx to its 5; nothing to remove leaves the bytes."""
+    """ICC profile kept with its text blanked (its colour tags byte for byte), Adobe cut to its 12 bytes, mrfx to
+    its 5; nothing to remove leaves the bytes."""
     from PIL import ImageCms
+
+    from deidpipe.pixels.icc import blank_icc_text
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     buf = io.BytesIO()
-    Image.fromarray(_image(colour=True)).save(buf, "JPEG", quality=90, icc_profile=icc)
+    Image.fromarray(_image(colour=True)).save(buf, "JPEG", quality=90)
     plain = buf.getvalue()
     assert strip_jpeg_metadata(plain).data is plain  # the fast path: the very same object
+    buf = io.BytesIO()
+    Image.fromarray(_image(colour=True)).save(buf, "JPEG", quality=90, icc_profile=icc)
     adobe = _seg(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01Adobetail " + NAME)
     mrfx = _seg(0xE8, b"mrfx\x01" + NAME)
-    out = strip_jpeg_metadata(_after_soi(plain, adobe, mrfx))
-    assert out.removed == 2
+    out = strip_jpeg_metadata(_after_soi(buf.getvalue(), adobe, mrfx))
+    assert out.removed == 3  # Adobe and mrfx cut, the profile's description and copyright blanked
     assert _seg(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01") in out.data and _seg(0xE8, b"mrfx\x01") in out.data
-    assert icc in out.data
+    assert blank_icc_text(icc) in out.data and b"s\x00R\x00G\x00B" not in out.data
+    _assert_clean(out.data)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(out.data))), np.asarray(Image.open(buf)))
+
+
+def test_icc_profile_split_over_several_segments_is_dropped():
+    """A profile in two APP2 chunks is dropped, not joined (the header's ICC Profile is the one DICOM reads)."""
+    chunk = b"ICC_PROFILE\x00\x01\x02" + b"desc" + NAME
+    out = strip_jpeg_metadata(_after_soi(_pillow_jpeg(_image()), _seg(0xE2, chunk)))
     _assert_clean(out.data)
 
 
@@ -253,6 +266,26 @@ def test_extended_offset_table_is_rewritten():
     _assert_offsets(ds)
     _assert_same_pixels(before, ds)
     _assert_clean(ds.PixelData)
+
+
+@pytest.mark.parametrize("case", ["fragment outside every frame", "text after the frame's end"])
+def test_extended_offset_table_that_leaves_bytes_out_is_not_trusted(case):
+    """An Extended Offset Table that names only part of the fragments' bytes (leak hunt): a second fragment that
+    no frame covers, or a frame length that stops at EOI before trailing text. Its frames alone held nothing to
+    remove, so the Pixel Data went out as it came. The frames are now split as if the table were absent."""
+    clean = _pillow_jpeg(_image())
+    clean = clean[:clean.index(b"\xff\xfe")] + clean[clean.index(b"\xff\xdb"):]  # Pillow's COM out: nothing but
+    clean = b"\xff\xd8" + clean[clean.index(b"\xff\xdb"):]  # pixels and tables left in the first frame
+    if case == "fragment outside every frame":
+        value = encapsulate([clean, _hostile_jpeg(_image(shift=3))], has_bot=False)
+    else:
+        value = encapsulate([clean + b"Afterthe EOI " + NAME + b" "], has_bot=False)
+    ds = _sc(value, JPEGBaseline8Bit, 32, 48)
+    ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = struct.pack("<Q", 0), struct.pack("<Q", len(clean))
+    ds["ExtendedOffsetTable"].VR = ds["ExtendedOffsetTableLengths"].VR = "OV"
+    assert clean_encapsulated(ds) > 0
+    _assert_clean(ds.PixelData)
+    assert ds.pixel_array.shape == (32, 48)
 
 
 def _spliced(name: str, *segments: bytes) -> tuple[Dataset, Dataset]:
@@ -339,6 +372,31 @@ def test_jp2_boxes_are_dropped():
     cleaned = copy.deepcopy(planted)
     assert clean_encapsulated(cleaned) == out.removed
     _assert_same_pixels(ds, cleaned)
+
+
+def test_jp2_file_type_and_colour_profile_are_cleaned():
+    """A JP2 file whose file type box carries text in its minor version and compatibility list, and whose colour
+    box holds an ICC profile with a name in its description (leak hunt: both went out byte for byte): brands
+    other than JPEG 2000's become ``jp2 ``, the minor version 0, the profile's text blank; pixels unchanged."""
+    from PIL import ImageCms
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    code = next(generate_frames(ds.PixelData, number_of_frames=1))
+    own = strip_j2k_metadata(code).removed
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    at = icc.index("sRGB".encode("utf-16-be"))
+    icc[at:at + 2 * len(NAME[:8])] = NAME[:8].decode().encode("utf-16-be")  # "Plantedsurname" cut to 8 letters
+    ihdr = _box(b"ihdr", struct.pack(">IIHBBBB", int(ds.Rows), int(ds.Columns), 1, 15, 7, 0, 0))
+    jp2 = (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + _box(b"ftyp", b"jp2 Plan" + b"jp2 " + NAME[:8])
+           + _box(b"jp2h", ihdr + _box(b"colr", b"\x02\x00\x00" + bytes(icc))) + _box(b"jp2c", code))
+    out = strip_j2k_metadata(jp2)
+    assert out.removed == 2 + own
+    assert b"Plan" not in out.data and NAME[:8].decode().encode("utf-16-be") not in out.data
+    assert _box(b"ftyp", b"jp2 \x00\x00\x00\x00jp2 jp2 jp2 ") in out.data
+    planted = copy.deepcopy(ds)
+    planted.PixelData = encapsulate([jp2])
+    assert clean_encapsulated(planted) == out.removed
+    _assert_same_pixels(ds, planted)
 
 
 @pytest.mark.parametrize("bad", [
