@@ -40,6 +40,7 @@ MAX_TERMS = 4096
 TOO_MANY_TERMS = "object holds more identifying values than the identity screen takes"
 _PARTS = re.compile(r"[,;\r\n]+")  # the lines of an address
 _WORDS = re.compile(r"[\s,;]+")  # the words of an ID value ("MRN 12345, NHS 9434765919")
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,34 @@ def _strings(value: object) -> list[str]:
     return [str(v).strip() for v in values if v not in (None, "", b"") and str(v).strip()]
 
 
+_NAME_WORD = re.compile(r"[\s\-\u2010\u2011]+")  # words of a name component: "Müller-Schmidt" is two as well
+#: How German and Nordic names are written without their letters: "Müller" as "Mueller", "Jörg" as "Joerg".
+_SPELLED_OUT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ø": "oe", "Ø": "Oe",
+                              "å": "aa", "Å": "Aa"})
+_SPELLED = re.compile(r"(?<=[^\W\d_])([aouAOU])e")  # "ue" after a letter, as "Mueller" spells "Müller"
+
+
+def spelling_variants(word: str) -> list[str]:
+    """Other spellings of a name word that accent folding does not reach: "Müller" -> "Mueller"; "Mueller" ->
+    "Muller" (which folding then matches with "Müller"); "Sørensen" -> "Soerensen"."""
+    out = []
+    spelled = word.translate(_SPELLED_OUT)
+    if spelled != word:
+        out.append(spelled)
+    plain = _SPELLED.sub(r"\1", word)
+    if plain != word and len(plain) >= 4:
+        out.append(plain)
+    return out
+
+
 def name_terms(value: str) -> tuple[list[str], list[str]]:
-    """The terms of one PN value (whole name, groups, components, words, given-family orders) and its parts
-    (every word of every component, however short)."""
+    """The terms of one PN value (whole name, groups, components, words, given-family orders, the other
+    spellings of its words) and its parts (every word of every component, however short)."""
     terms, parts = [value], []
     for group in value.split("="):
         comps = [c.strip() for c in group.split("^") if c.strip()]
-        words = [w for c in comps for w in c.split()]
-        terms += comps + words
+        words = [w for c in comps for w in _NAME_WORD.split(c) if w]
+        terms += comps + words + [v for w in words for v in spelling_variants(w)]
         parts += words
         if len(comps) >= 2:
             terms += [" ".join(comps), f"{comps[1]} {comps[0]}", " ".join(comps[1:] + comps[:1])]
@@ -89,7 +110,11 @@ def _value_terms(kind: str, value: str) -> list[str]:
         return date_variants(value)
     if kind == _PLACE:
         return [value, *(p.strip() for p in _PARTS.split(value) if p.strip())]
-    return [value, *(w for w in _WORDS.split(value) if len(w) >= 4)]
+    words = [w for w in _WORDS.split(value) if len(w) >= 4]
+    # The number inside an ID ("QX7734521" -> "7734521", "0007734521" -> "7734521"): written without its
+    # letters or zeros elsewhere. Five digits at least, as any term of digits alone.
+    digits = [d for run in _DIGITS.findall(value) for d in {run, run.lstrip("0")} if len(d) >= 5 and d != value]
+    return [value, *words, *digits]
 
 
 #: Tag group of the Patient module's attributes (names, IDs, birth date, address, telephone numbers).

@@ -59,12 +59,30 @@ def _date_variants(da: str) -> tuple[str, ...]:
         # without leading zeros: 5 March 1961, March 5, 1961, 3/5/1961, 5.3.1961
         f"{day} {bb} {d.year}", f"{day} {b_} {d.year}", f"{bb} {day}, {d.year}", f"{b_} {day}, {d.year}",
         f"{month}/{day}/{d.year}", f"{day}/{month}/{d.year}", f"{day}.{month}.{d.year}",
+        # two-digit years, day first (12.03.61, 120361) and year first (610312, as in Swedish personal numbers)
+        d.strftime("%d.%m.%y"), d.strftime("%d/%m/%y"), d.strftime("%d%m%y"), d.strftime("%y%m%d"),
+        d.strftime("%d %b %y"), d.strftime("%Y%b%d"), f"{d.year}-{month}-{day}",
+        # ordinals: 12th March 1961, March 12th 1961
+        f"{day}{_ordinal(day)} {bb} {d.year}", f"{bb} {day}{_ordinal(day)} {d.year}",
+        f"{bb} {day}{_ordinal(day)}, {d.year}",
     )
 
 
+def _ordinal(day: int) -> str:
+    return "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+
+
 # -- normalisation ------------------------------------------------------------------------------------------
+#: Letters NFKD does not decompose, as they are written without them: "Sørensen" as "Sorensen", "Paweł" as "Pawel".
+_UNDECOMPOSED = {"ø": "o", "Ø": "o", "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ð": "d", "Ð": "d", "þ": "th",
+                 "Þ": "th", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ı": "i"}
+
+
 def _fold_char(c: str) -> str:
-    """One character without accents, case-folded (NFKD, combining marks dropped): "É" -> "e", "ß" -> "ss"."""
+    """One character without accents, case-folded (NFKD, combining marks dropped): "É" -> "e", "ß" -> "ss",
+    "ø" -> "o"."""
+    if c in _UNDECOMPOSED:
+        return _UNDECOMPOSED[c]
     return "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x)).casefold()
 
 

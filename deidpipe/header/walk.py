@@ -376,6 +376,13 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     elem = decoded(src, tag)
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
+    if elem.VR in ("DA", "DT", "TM") and ctx.policy.temporal != "full" and not elem.is_empty:
+        # A date in a safe private slot goes as a standard one would: shifted, or replaced by a dummy.
+        shifted = ctx.policy.temporal == "modified"
+        ctx.counts["K"] -= 1
+        ctx.counts["C" if shifted else "D"] += 1
+        value = actions.clean_value(elem, ctx) if shifted else actions.dummy_value(elem, ctx)
+        return DataElement(tag, elem.VR, value)
     return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True, raw=stored)
 
 

@@ -605,6 +605,41 @@ def test_icc_profile_text_is_blanked_at_the_top_and_in_an_optical_path(key):
     assert len(result.dataset.ICCProfile) == len(icc) and result.dataset.ICCProfile[-36:] == bytes(icc[-36:])  # chrm
 
 
+def test_identity_is_found_in_the_forms_people_write_it():
+    """Forms of the patient's name, ID and birth date the deny-list missed (leak hunt): the parts of a hyphenated
+    name, spelled-out umlauts both ways, letters NFKD does not decompose, the number inside an ID, two-digit years
+    day or year first, and ordinals. Ordinary text holds none of them."""
+    from deidpipe.header.identity import identity_denylist
+
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Müller-Schmidt^Hans-Jürgen", "QX7734521", "19610312"
+    ds.OtherPatientNames = ["Mueller^Hans", "Sørensen^Paweł"]
+    deny = identity_denylist(ds)
+    for text in ("CT THORAX MUELLER", "Schmidt follow-up", "Dr Juergen", "Jurgen", "Müller", "SORENSEN",
+                 "Soerensen", "Pawel", "Ref 7734521", "12.03.61", "120361", "610312", "61-03-12", "12 MAR 61",
+                 "1961MAR12", "1961-3-12", "12th March 1961", "March 12th 1961"):
+        assert deny.hits(text), text
+    for text in ("CHEST PA ERECT", "serial 9610312", "Michelle", "Hansen scanner", "SAMUEL"):
+        assert not deny.hits(text), text
+
+
+@pytest.mark.parametrize(("options", "expected"), [((), "19000101"), (("RetainLongModifiedDates",), "shifted")])
+def test_date_in_a_safe_private_slot_goes_as_a_standard_date(options, expected, key):
+    """Retain Safe Private kept a date in a safe private slot as it was (leak hunt): it is now replaced by a dummy,
+    or shifted as the standard dates are under Retain Longitudinal Temporal Information with Modified Dates."""
+    ds = read_dataset(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.StudyDate = "Okonkwo^Chidi", "20040119"
+    ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x01, "DA", "20040119")
+    result = deidentify(ds, Policy.basic(options=("RetainSafePrivate", *options)), key).dataset
+    block = result.private_block(0x0009, "GEMS_PETD_01")
+    value = block[0x01].value
+    assert value != "20040119"
+    if expected == "shifted":
+        assert value == result.StudyDate  # shifted by the patient's own offset, as the study date
+    else:
+        assert value == expected
+
+
 def test_denylist_repr_shows_no_identity():
     """A deny-list in a log line or a test failure prints no term and no name part."""
     deny = DenyList.from_groups([{"Okafor^Ngozi", "MRN77123"}], ["Okafor", "Ngozi"])
