@@ -37,6 +37,8 @@ MIN_WIDE_LENGTH = 2
 _WIDE_SCRIPTS = 0x2E80  # CJK radicals and everything above: Han, kana, Hangul
 #: Shortest term of digits only: shorter numbers are counts, sizes and years (presidio's ID pattern starts at 5).
 MIN_NUMBER_LENGTH = 5
+#: Shortest run of two or more name words (letters counted) that matches inside a longer word as well.
+MIN_GLUED_LENGTH = 10
 
 
 def date_variants(da: str) -> list[str]:
@@ -73,6 +75,9 @@ def _ordinal(day: int) -> str:
 
 
 # -- normalisation ------------------------------------------------------------------------------------------
+#: Characters that print as nothing (soft hyphen, zero-width space and joiners, word joiner, BOM): folded away, so
+#: that "Zyx\u00adwv" reads as "Zyxwv".
+_INVISIBLE = frozenset("\u00ad\u200b\u200c\u200d\u2060\ufeff")
 #: Letters NFKD does not decompose, as they are written without them: "Sørensen" as "Sorensen", "Paweł" as "Pawel".
 _UNDECOMPOSED = {"ø": "o", "Ø": "o", "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ð": "d", "Ð": "d", "þ": "th",
                  "Þ": "th", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ı": "i"}
@@ -83,6 +88,8 @@ def _fold_char(c: str) -> str:
     "ø" -> "o"."""
     if c in _UNDECOMPOSED:
         return _UNDECOMPOSED[c]
+    if c in _INVISIBLE:
+        return ""
     return "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x)).casefold()
 
 
@@ -142,6 +149,10 @@ def _term_pattern(term: str, common: frozenset[str]) -> tuple[str, str] | None:
             return None
         body = _SEP_WORD.join(re.escape(r) for r in runs)
         first = re.escape(chars[0])
+        if len(runs) >= 2 and len(chars) >= MIN_GLUED_LENGTH:
+            # Two or more words of a name in a row, long enough not to occur by chance: inside a longer word
+            # too ("PatientZyxwvQorblat", an AE title "CTQORBLATZYXWV").
+            return first, body[len(first):]
         return first, _NOT_LETTER_BEFORE + body[len(first):] + _NOT_LETTER_AFTER
     if len(chars) < (MIN_NUMBER_LENGTH if chars.isdigit() else MIN_TOKEN_LENGTH):
         return None
