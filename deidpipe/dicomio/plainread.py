@@ -174,13 +174,14 @@ def dictionary_vr(tag: int) -> str:
         return "UN"
 
 
-def element_vr(tag: int, vr: str | None) -> str:
+def element_vr(tag: int, vr: str | None, length: int = 0) -> str:
     """The VR an element is judged by: its own; the dictionary's where it has none (Implicit VR) or where a writer
     that did not know a standard attribute (a newer one, such as Study Update DateTime) wrote it as UN. pydicom
     decodes such a value with the dictionary VR too (``config.replace_un_with_known_vr``); judged as UN, a date
     would be neither removed nor shifted and a name neither replaced nor collected for the identity screen.
-    Private and unknown tags, and those whose dictionary VR depends on other attributes (US or SS), stay UN."""
-    if vr is not None and (vr != "UN" or tag >> 16 & 1):
+    Private and unknown tags, those whose dictionary VR depends on other attributes (US or SS), and values of
+    ``length`` 0xFFFF bytes or more (which pydicom leaves UN, as a 16-bit length cannot hold them) stay UN."""
+    if vr is not None and (vr != "UN" or tag >> 16 & 1 or length >= 0xFFFF):
         return vr
     known = dictionary_vr(tag)
     return "UN" if vr == "UN" and " " in known else known

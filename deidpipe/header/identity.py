@@ -41,6 +41,7 @@ TOO_MANY_TERMS = "object holds more identifying values than the identity screen 
 _PARTS = re.compile(r"[,;\r\n]+")  # the lines of an address
 _WORDS = re.compile(r"[\s,;]+")  # the words of an ID value ("MRN 12345, NHS 9434765919")
 _DIGITS = re.compile(r"\d+")
+_OID = re.compile(r"\d+(\.\d+)+")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,14 @@ def _strings(value: object) -> list[str]:
     return [str(v).strip() for v in values if v not in (None, "", b"") and str(v).strip()]
 
 
-_NAME_WORD = re.compile(r"[\s\-\u2010\u2011]+")  # words of a name component: "Müller-Schmidt" is two as well
+_NAME_WORD = re.compile(r"\s+")  # words of a name component
+_HYPHEN = re.compile(r"[\-\u2010\u2011]+")  # "Müller-Schmidt" is two words as well (a component without digits)
 #: How German and Nordic names are written without their letters: "Müller" as "Mueller", "Jörg" as "Joerg".
 _SPELLED_OUT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ø": "oe", "Ø": "Oe",
                               "å": "aa", "Å": "Aa"})
-_SPELLED = re.compile(r"(?<=[^\W\d_])([aouAOU])e")  # "ue" after a letter, as "Mueller" spells "Müller"
+#: "ue" after a letter, as "Mueller" spells "Müller"; not a word's last two letters or before its last "l" (Chloe,
+#: Michael, Samuel: names of their own).
+_SPELLED = re.compile(r"(?<=[^\W\d_])([aou])e(?!l?\b)", re.IGNORECASE)
 
 
 def spelling_variants(word: str) -> list[str]:
@@ -91,13 +95,26 @@ def spelling_variants(word: str) -> list[str]:
     return out
 
 
+def _name_words(component: str) -> list[str]:
+    """The words of a name component: split at spaces, and at hyphens where it holds no digit (a hyphenated
+    surname, not a research pseudonym such as LIDC-IDRI-0001, whose pieces are everyone's)."""
+    words = [w for w in _NAME_WORD.split(component) if w]
+    if any(c.isdigit() for c in component):
+        return words
+    out = []
+    for word in words:
+        parts = [x for x in _HYPHEN.split(word) if x]
+        out += [word, *parts] if len(parts) >= 2 else [word]
+    return out
+
+
 def name_terms(value: str) -> tuple[list[str], list[str]]:
     """The terms of one PN value (whole name, groups, components, words, given-family orders, the other
     spellings of its words) and its parts (every word of every component, however short)."""
     terms, parts = [value], []
     for group in value.split("="):
         comps = [c.strip() for c in group.split("^") if c.strip()]
-        words = [w for c in comps for w in _NAME_WORD.split(c) if w]
+        words = [w for c in comps for w in _name_words(c)]
         terms += comps + words + [v for w in words for v in spelling_variants(w)]
         parts += words
         if len(comps) >= 2:
@@ -111,9 +128,11 @@ def _value_terms(kind: str, value: str) -> list[str]:
     if kind == _PLACE:
         return [value, *(p.strip() for p in _PARTS.split(value) if p.strip())]
     words = [w for w in _WORDS.split(value) if len(w) >= 4]
+    if _OID.fullmatch(value.strip()):  # an issuer's OID: its arcs are everyone's ("113883" is HL7's)
+        return [value, *words]
     # The number inside an ID ("QX7734521" -> "7734521", "0007734521" -> "7734521"): written without its
-    # letters or zeros elsewhere. Five digits at least, as any term of digits alone.
-    digits = [d for run in _DIGITS.findall(value) for d in {run, run.lstrip("0")} if len(d) >= 5 and d != value]
+    # letters or zeros elsewhere. Seven digits at least: shorter runs are versions, codes and counts.
+    digits = [d for run in _DIGITS.findall(value) for d in {run, run.lstrip("0")} if len(d) >= 7 and d != value]
     return [value, *words, *digits]
 
 
@@ -139,7 +158,7 @@ def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], groups: d
     """Terms into ``groups`` (see :data:`GROUPS`) and name parts into ``parts``, at every level of ``ds``."""
     for tag, stored in ds._dict.items():
         t = int(tag)
-        vr = element_vr(t, stored.VR)
+        vr = element_vr(t, stored.VR, len(getattr(stored, "value", None) or b"") if stored.VR == "UN" else 0)
         kind = kinds.get(t)
         if (vr != "SQ" and vr != "PN" and kind is None) or t in skip:
             continue

@@ -61,8 +61,8 @@ def _date_variants(da: str) -> tuple[str, ...]:
         # without leading zeros: 5 March 1961, March 5, 1961, 3/5/1961, 5.3.1961
         f"{day} {bb} {d.year}", f"{day} {b_} {d.year}", f"{bb} {day}, {d.year}", f"{b_} {day}, {d.year}",
         f"{month}/{day}/{d.year}", f"{day}/{month}/{d.year}", f"{day}.{month}.{d.year}",
-        # two-digit years, day first (12.03.61, 120361) and year first (610312, as in Swedish personal numbers)
-        d.strftime("%d.%m.%y"), d.strftime("%d/%m/%y"), d.strftime("%d%m%y"), d.strftime("%y%m%d"),
+        # two-digit years only with a month name (12 Mar 61): in digits (12.03.61, 610312) a term matches any six
+        # digits in a row, as often a code value (121071 is DCM's "Finding"), a time or a measurement
         d.strftime("%d %b %y"), d.strftime("%Y%b%d"), f"{d.year}-{month}-{day}",
         # ordinals: 12th March 1961, March 12th 1961
         f"{day}{_ordinal(day)} {bb} {d.year}", f"{bb} {day}{_ordinal(day)} {d.year}",

@@ -74,11 +74,12 @@ def head_of(stored: DataElement | RawDataElement) -> Head:
     # A plain int: the caches below (and the decision cache the Head keys) compare keys, and pydicom's BaseTag
     # compares in Python.
     tag = int(stored.tag)
-    vr = element_vr(tag, stored.VR)
     if isinstance(stored, RawDataElement):
         value = stored.value
+        vr = element_vr(tag, stored.VR, len(value or b""))
         empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))
     else:
+        vr = element_vr(tag, stored.VR)
         empty = stored.is_empty
     return Head(tag, vr, _keyword(tag), empty)
 

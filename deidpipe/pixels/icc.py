@@ -6,9 +6,10 @@ tone curves, matrices and look-up tables) is what a viewer uses; its text tags (
 copyright ``cprt``, device manufacturer and model descriptions ``dmnd`` and ``dmdd``, and any private tag of a
 text type) are free text a device or a person wrote, and can hold a name. :func:`blank_icc_text` overwrites the
 characters of every tag of the types ``text``, ``desc`` (textDescriptionType, version 2) and ``mluc``
-(multiLocalizedUnicodeType, version 4) with spaces, keeping every length and offset, so the profile stays
-well-formed and its colours the same; the profile's creation date (header bytes 24-35) is set to zero and, since
-the bytes changed, its Profile ID (an MD5 of the profile, bytes 84-99; zero means "not computed") too.
+(multiLocalizedUnicodeType, version 4) with spaces, keeping every length and offset, and zeroes the contents of
+every other tag that is not colour data (sequences of descriptions, dictionaries, named colours, vendor XML), so
+the profile stays well-formed and its colours the same. The creation date (header bytes 24-35) becomes 2000-01-01
+and, since the bytes changed, the Profile ID (an MD5 of the profile, bytes 84-99; zero means "not computed") zero.
 
 Written here rather than taken from a library: Pillow's ``ImageCms`` (LittleCMS) reads profiles but writes back
 only the whole profile it parsed, and nothing on PyPI edits tags in place; the layout is 128 header bytes, a tag
@@ -19,20 +20,29 @@ from __future__ import annotations
 
 import struct
 
-_U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
+_U32 = struct.Struct(">I")
 _HEADER = 128
 _DATE = slice(24, 36)
+#: The creation date every profile is given: a valid date (Pillow's reader refuses year 0), the same for all.
+_FIXED_DATE = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
 _PROFILE_ID = slice(84, 100)
 _TEXT, _DESC, _MLUC = b"text", b"desc", b"mluc"
+#: Tag types that hold colour data only (numbers, curves, tables, signatures): left byte for byte. Every other
+#: type (sequences of descriptions ``pseq``, dictionaries ``dict``, named colours ``ncl2``, colorant tables
+#: ``clrt``, ``data``, date-times ``dtim``, vendor XML, ...) may hold text, and its contents are zeroed.
+_COLOUR_TYPES = frozenset({b"XYZ ", b"curv", b"para", b"sf32", b"uf32", b"ui08", b"ui16", b"ui32", b"ui64",
+                           b"mft1", b"mft2", b"mAB ", b"mBA ", b"mpet", b"chrm", b"sig ", b"view", b"meas",
+                           b"clro", b"vcgt", b"cicp"})
 
 
 class ICCError(ValueError):
-    """The profile's tag table does not add up: its text cannot be found, so it cannot be kept."""
+    """The profile's tag table runs past its end: its tags cannot be found, so it cannot be kept."""
 
 
 def blank_icc_text(profile: bytes) -> bytes:
-    """``profile`` with the characters of its text tags blanked (see the module's text); the very ``profile``
-    object when it holds no text to blank. Raises :class:`ICCError` when the tag table runs past the profile."""
+    """``profile`` with the characters of its text tags blanked and every other non-colour tag zeroed (see the
+    module's text); the very ``profile`` object when there was nothing to change. A tag that runs past the
+    profile is cleaned as far as it is there. Raises :class:`ICCError` when the tag table runs past the profile."""
     data = bytearray(profile)
     n = len(data)
     if n < _HEADER + 4:
@@ -42,23 +52,28 @@ def blank_icc_text(profile: bytes) -> bytes:
         raise ICCError("ICC profile's tag table runs past its end")
     for k in range(count):
         _, offset, size = struct.unpack_from(">4sII", data, _HEADER + 4 + 12 * k)
-        if offset + size > n or size < 8:
-            raise ICCError("ICC profile tag runs past its end")
+        end = min(offset + size, n)
+        if offset + 8 > end:
+            continue  # no contents (or none within the profile): nothing to clean
         kind = bytes(data[offset:offset + 4])
-        if kind == _TEXT:
-            _blank(data, offset + 8, offset + size, 1)
-        elif kind == _DESC:
-            _blank_desc(data, offset, offset + size)
-        elif kind == _MLUC:
-            _blank_mluc(data, offset, offset + size)
-    if data[_DATE] != bytes(12):
-        data[_DATE] = bytes(12)
+        if kind in _COLOUR_TYPES:
+            continue
+        try:
+            if kind == _TEXT:
+                _blank(data, offset + 8, end, 1)
+            elif kind == _DESC:
+                _blank_desc(data, offset, end)
+            elif kind == _MLUC:
+                _blank_mluc(data, offset, end)
+            else:
+                data[offset + 8:end] = bytes(end - offset - 8)
+        except ICCError:  # a text tag whose counts do not add up: its contents go whole
+            data[offset + 8:end] = bytes(end - offset - 8)
+    data[_DATE] = _FIXED_DATE
     if data == profile:
         return profile
     data[_PROFILE_ID] = bytes(16)
     return bytes(data)
-
-
 def _blank(data: bytearray, start: int, stop: int, width: int) -> None:
     """Characters of ``width`` bytes (1: ASCII, 2: UTF-16BE) in ``data[start:stop]`` become spaces; the NULs that
     end a string stay."""

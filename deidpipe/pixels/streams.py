@@ -110,7 +110,9 @@ def _fragment_bytes(value: bytes) -> int:
     """The bytes of every fragment of encapsulated ``value`` after the Basic Offset Table."""
     from pydicom.encaps import generate_fragments
 
-    return sum(map(len, list(generate_fragments(value))[1:]))
+    fragments = generate_fragments(value)  # one at a time: the pixel data of a slide may be gigabytes
+    next(fragments, b"")  # the Basic Offset Table
+    return sum(len(f) for f in fragments)
 
 
 def _number_of_frames(ds: Dataset) -> int:

@@ -55,7 +55,8 @@ def test_text_is_blanked_and_colours_stay(make):
     blanked = blank_icc_text(profile)
     assert len(blanked) == len(profile)
     assert NAME not in blanked and "Plantedsurname".encode("utf-16-be") not in blanked
-    assert blanked[24:36] == bytes(12) and blanked[84:100] == bytes(16)
+    assert blanked[24:36] == struct.pack(">6H", 2000, 1, 1, 0, 0, 0) and blanked[84:100] == bytes(16)
+    assert ImageCms.ImageCmsProfile(io.BytesIO(blanked)).profile.creation_date.year == 2000  # Pillow reads it
     before, after = _tags(profile), _tags(blanked)
     assert before.keys() == after.keys()
     for sig in before:
@@ -68,6 +69,23 @@ def test_text_is_blanked_and_colours_stay(make):
             for p in (profile, blanked)]
     assert np.array_equal(outs[0], outs[1])
     assert blank_icc_text(blanked) is blanked  # nothing left to blank: the very same object
+
+
+def test_profiles_littlecms_reads_are_cleaned_not_refused():
+    """Review: a last tag that runs past the profile, an empty tag entry, a description whose counts do not add up,
+    and a tag of another type holding text (a dictionary, a description sequence): each is cleaned as far as it is
+    there (text types blanked, the others zeroed), the colour tags kept."""
+    profile = bytearray(_v2_profile())
+    count = struct.unpack_from(">I", profile, 128)[0]
+    entries = {bytes(profile[132 + 12 * k:136 + 12 * k]): 132 + 12 * k for k in range(count)}
+    desc_at = struct.unpack_from(">I", profile, entries[b"desc"] + 4)[0]
+    struct.pack_into(">I", profile, desc_at + 8, 10_000)  # an ASCII count far past the tag
+    cprt_at = struct.unpack_from(">I", profile, entries[b"cprt"] + 4)[0]
+    profile[cprt_at:cprt_at + 4] = b"dict"  # text under another type
+    struct.pack_into(">I", profile, entries[b"cprt"] + 8, len(profile) - cprt_at + 4)  # runs past the end
+    blanked = blank_icc_text(bytes(profile))
+    assert NAME not in blanked and len(blanked) == len(profile)
+    assert _tags(blanked)[b"rXYZ"] == _tags(bytes(profile))[b"rXYZ"]
 
 
 def test_a_tag_table_that_runs_past_the_profile_is_refused():
