@@ -377,14 +377,30 @@ def _scrub_private(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     elem = decoded(src, tag)
     if elem.VR == "SQ":
         return _scrub_sequence(elem, ctx, mode)
-    if elem.VR in ("DA", "DT", "TM") and ctx.policy.temporal != "full" and not elem.is_empty:
-        # A date in a safe private slot goes as a standard one would: shifted, or replaced by a dummy.
+    date_vr = elem.VR if elem.VR in ("DA", "DT", "TM") else _date_shaped(elem.value)
+    if date_vr is not None and ctx.policy.temporal != "full" and not elem.is_empty:
+        # A date in a safe private slot goes as a standard one would: shifted, or replaced by a dummy. Its VR
+        # may be the private dictionary's LO (Implicit VR, or written as UN): a value shaped as a date counts.
         shifted = ctx.policy.temporal == "modified"
         ctx.counts["K"] -= 1
         ctx.counts["C" if shifted else "D"] += 1
-        value = actions.clean_value(elem, ctx) if shifted else actions.dummy_value(elem, ctx)
+        as_date = DataElement(tag, date_vr, elem.value)
+        value = actions.clean_value(as_date, ctx) if shifted else actions.dummy_value(as_date, ctx)
         return DataElement(tag, elem.VR, value)
     return screened(src, copy.copy(elem), head_of(elem), ctx, top_level=False, private=True, raw=stored)
+
+
+_DA_SHAPE = re.compile(r"(1[89]|2[01])\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])")
+_DT_SHAPE = re.compile(r"(1[89]|2[01])\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])[0-5]\d"
+                       r"([0-5]\d(\.\d{1,6})?)?([+-]\d{4})?")
+
+
+def _date_shaped(value: object) -> str | None:
+    """``DA`` or ``DT`` where a single text value is a date (YYYYMMDD) or a date-time in DICOM's form, else None."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    return "DA" if _DA_SHAPE.fullmatch(text) else "DT" if _DT_SHAPE.fullmatch(text) else None
 
 
 def _private_x(element: int) -> int:

@@ -639,15 +639,20 @@ def test_date_in_a_safe_private_slot_goes_as_a_standard_date(options, expected, 
     or shifted as the standard dates are under Retain Longitudinal Temporal Information with Modified Dates."""
     ds = read_dataset(get_testdata_file("CT_small.dcm"))
     ds.PatientName, ds.StudyDate = "Okonkwo^Chidi", "20040119"
-    ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x01, "DA", "20040119")
+    block = ds.private_block(0x0009, "GEMS_PETD_01", create=True)
+    block.add_new(0x01, "DA", "20040119")
+    block.add_new(0x12, "LO", "20040119")  # the private dictionary's LO, as Implicit VR reads it (review)
+    block.add_new(0x11, "LO", "PET 3D")
     result = deidentify(ds, Policy.basic(options=("RetainSafePrivate", *options)), key).dataset
     block = result.private_block(0x0009, "GEMS_PETD_01")
-    value = block[0x01].value
-    assert value != "20040119"
-    if expected == "shifted":
-        assert value == result.StudyDate  # shifted by the patient's own offset, as the study date
-    else:
-        assert value == expected
+    for element in (0x01, 0x12):
+        value = block[element].value
+        assert value != "20040119"
+        if expected == "shifted":
+            assert value == result.StudyDate  # shifted by the patient's own offset, as the study date
+        else:
+            assert value == expected
+    assert block[0x11].value == "PET 3D"  # a value not shaped as a date is kept
 
 
 def test_large_standard_sequence_written_as_un_does_not_fail_the_object(key):
