@@ -93,8 +93,15 @@ def _fold_char(c: str) -> str:
     return "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x)).casefold()
 
 
+#: A word broken at a line's end with a hyphen ("Zyx-\nwv" in a document's text): the break folds away.
+_LINE_BREAK_HYPHEN = re.compile(r"(?<=[^\W\d_])-[ \t]*\r?\n[ \t]*(?=[^\W\d_])")
+
+
 def fold(text: str) -> str:
-    """``text`` case-, accent- and compatibility-folded, as terms and texts are compared."""
+    """``text`` case-, accent- and compatibility-folded, as terms and texts are compared; a word hyphenated at a
+    line break is read whole."""
+    if "\n" in text:
+        text = _LINE_BREAK_HYPHEN.sub("", text)
     if text.isascii():
         return text.lower()  # the common case: ASCII needs no decomposition
     return "".join(_fold_char(c) for c in text)
@@ -102,11 +109,15 @@ def fold(text: str) -> str:
 
 def _fold_with_map(text: str) -> tuple[str, list[int]]:
     """:func:`fold` and, for each folded character, the index of the character of ``text`` it came from."""
-    if text.isascii():
+    breaks = list(_LINE_BREAK_HYPHEN.finditer(text)) if "\n" in text else []
+    if text.isascii() and not breaks:
         return text.lower(), list(range(len(text)))
+    skip = {i for m in breaks for i in range(m.start(), m.end())}
     out: list[str] = []
     where: list[int] = []
     for i, c in enumerate(text):
+        if i in skip:
+            continue
         f = _fold_char(c)
         out.append(f)
         where += [i] * len(f)
