@@ -30,7 +30,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fetch a font or an asset would fail instead of quietly using the network."""
     out = tmp_path_factory.mktemp("site")
     closed = "http://127.0.0.1:9"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
+    env = {**{k: v for k, v in os.environ.items() if k != "NO_MKDOCS_2_WARNING"}, "HTTP_PROXY": closed,
+           "HTTPS_PROXY": closed,
            "http_proxy": closed, "https_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
     unshare = shutil.which("unshare")
     offline = [unshare, "-rn"] if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True,
@@ -40,6 +41,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" not in proc.stderr, proc.stderr[-3000:]
+    # nothing but mkdocs' own INFO lines: no notice of a plugin or theme either (a bare `mkdocs build` is quiet)
+    assert all(line.startswith("INFO") for line in proc.stderr.splitlines() if line.strip()), proc.stderr[-3000:]
     return out
 
 
