@@ -35,7 +35,7 @@ from functools import cache
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
@@ -185,6 +185,13 @@ def element_vr(tag: int, vr: str | None, length: int = 0) -> str:
         return vr
     known = dictionary_vr(tag)
     return "UN" if vr == "UN" and " " in known else known
+
+
+def stored_vr(stored: DataElement | RawDataElement) -> str:
+    """:func:`element_vr` of a data set's stored element, raw or decoded (a decoded one that pydicom left UN for
+    its length still holds its bytes)."""
+    value = stored.value if stored.VR == "UN" else None
+    return element_vr(int(stored.tag), stored.VR, len(value) if isinstance(value, bytes | bytearray) else 0)
 
 
 def _is_sequence(tag: int, vr: bytes | None) -> bool:

@@ -29,7 +29,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from deidpipe.dicomio.plainread import dictionary_vr, element_vr
+from deidpipe.dicomio.plainread import dictionary_vr, stored_vr
 from deidpipe.errors import InvalidValueError
 from deidpipe.header.text import DenyList, date_variants
 from deidpipe.ruledata import load_rule_file
@@ -132,7 +132,8 @@ def _value_terms(kind: str, value: str) -> list[str]:
         return [value, *words]
     # The number inside an ID ("QX7734521" -> "7734521", "0007734521" -> "7734521"): written without its
     # letters or zeros elsewhere. Seven digits at least: shorter runs are versions, codes and counts.
-    digits = [d for run in _DIGITS.findall(value) for d in {run, run.lstrip("0")} if len(d) >= 7 and d != value]
+    digits = [d for run in _DIGITS.findall(value) for d in dict.fromkeys((run, run.lstrip("0")))
+              if len(d) >= 7 and d != value]  # dict, not set: the same terms in the same order in every process
     return [value, *words, *digits]
 
 
@@ -158,7 +159,7 @@ def _collect(ds: Dataset, skip: frozenset[int], kinds: dict[int, str], groups: d
     """Terms into ``groups`` (see :data:`GROUPS`) and name parts into ``parts``, at every level of ``ds``."""
     for tag, stored in ds._dict.items():
         t = int(tag)
-        vr = element_vr(t, stored.VR, len(getattr(stored, "value", None) or b"") if stored.VR == "UN" else 0)
+        vr = stored_vr(stored)
         kind = kinds.get(t)
         if (vr != "SQ" and vr != "PN" and kind is None) or t in skip:
             continue

@@ -32,7 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from deidpipe.dicomio.plainread import element_vr
+from deidpipe.dicomio.plainread import stored_vr
 from deidpipe.errors import InvalidValueError, PolicyError
 from deidpipe.header import actions
 from deidpipe.header.context import ScrubContext
@@ -74,12 +74,11 @@ def head_of(stored: DataElement | RawDataElement) -> Head:
     # A plain int: the caches below (and the decision cache the Head keys) compare keys, and pydicom's BaseTag
     # compares in Python.
     tag = int(stored.tag)
+    vr = stored_vr(stored)
     if isinstance(stored, RawDataElement):
         value = stored.value
-        vr = element_vr(tag, stored.VR, len(value or b""))
         empty = not value or (vr in _TEXTUAL_VRS and not value.strip(b" \x00"))
     else:
-        vr = element_vr(tag, stored.VR)
         empty = stored.is_empty
     return Head(tag, vr, _keyword(tag), empty)
 
@@ -219,7 +218,7 @@ def scrub_element(src: Dataset, tag: BaseTag, ctx: ScrubContext, mode: str,
     elem = decoded(src, tag)
     if action == "C" and elem.VR != "SQ":
         # A value whose bytes hide a name from the decoder (see _misread_hits) is not cleaned but replaced.
-        misread = _misread_hits(stored, elem.VR, _texts(src, elem, elem.VR), ctx)
+        misread = _beyond_ascii(stored) and _misread_hits(stored, elem.VR, _texts(src, elem, elem.VR), ctx)
         value = None if misread else actions.clean_value(elem, ctx)
         if value is None:  # PN, AE, binary: no partial clean possible, take a dummy
             action = "D"
@@ -300,14 +299,18 @@ def _misread_hits(elem: DataElement | RawDataElement, vr: str, texts: list[str] 
     the declared character set hid it (see :func:`_hides_identity`). Each value is judged apart; an ASCII value
     is not read again. Empty where the value is not raw, or where the Latin-1 reading splits into another number
     of values (0x5C inside a two-byte character): the decoding stands."""
-    value = elem.value
-    if not texts or not isinstance(value, bytes) or value.isascii():
+    if not texts or not _beyond_ascii(elem):
         return []
-    misread = split_values(value.decode("latin-1"), vr)
+    misread = split_values(elem.value.decode("latin-1"), vr)
     if len(misread) != len(texts):
         return []
     return [i for i, (text, latin1) in enumerate(zip(texts, misread, strict=True))
             if _hides_identity(text, latin1, ctx.denylist)]
+
+
+def _beyond_ascii(elem: DataElement | RawDataElement) -> bool:
+    """Whether an element is held as raw bytes with one beyond ASCII: the only values a character set can misread."""
+    return isinstance(elem.value, bytes) and not elem.value.isascii()
 
 
 def _hides_identity(text: str, latin1: str, denylist: DenyList) -> bool:

@@ -354,5 +354,5 @@ def _search(ds: Dataset, known: DenyList, prefix: str, top: Dataset) -> Iterator
 def _latin1_hit(stored: Any, known: DenyList) -> bool:
     """A raw text value with bytes beyond ASCII whose Latin-1 reading holds a known name that its declared character
     set hid (:func:`deidpipe.header.screen.latin1_hit`; the header stage screens the same reading)."""
-    value = getattr(stored, "value", None) if isinstance(stored, RawDataElement) else None
+    value = stored.value if isinstance(stored, RawDataElement) else None
     return isinstance(value, bytes) and not value.isascii() and latin1_hit(value.decode("latin-1"), known)
